@@ -1,0 +1,293 @@
+"""The one stepping core shared by every explicit Runge-Kutta method.
+
+The state is a flat 1-D tensor. Two storage modes, chosen by whether autograd records:
+- no grad (ODE-Net forward, the adjoint's backward solve, evaluation): the stages live
+  in one preallocated stage-major buffer K (stages x N), and each stage input, the
+  solution, the error estimate and the dense output are a single fused
+  `addmv` into preallocated buffers;
+- grad (RK-Net, backprop through the solver): stages are kept as a list and combined
+  with `torch.add(..., alpha=)`, which saves nothing extra for backward, so the graph
+  holds only what `func` itself saves.
+The only device-to-host sync per step is the accept/reject decision (adaptive methods).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .stats import SolverError
+from .tableaus import Tableau
+
+FlatFunc = Callable[[float, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Tally:
+    """Live counts of one solve (kept current even when the solve raises)."""
+
+    nfe: int = 0
+    accepted: int = 0
+    rejected: int = 0
+
+
+class _Stepper:
+    def __init__(self, fn: FlatFunc, tab: Tableau, y0: torch.Tensor, tally: Tally,
+                 channels: Sequence[slice]):
+        self.fn, self.tab, self.tally = fn, tab, tally
+        self.channels = channels
+        self.inplace = not torch.is_grad_enabled()
+        coef = tab.tensors(y0.dtype, y0.device)
+        self.a, self.b, self.e = coef["a"], coef["b"], coef["error"]
+        n = y0.numel()
+        if self.inplace:
+            self.K = y0.new_empty(tab.stages, n)
+            self.stage_buf = y0.new_empty(n)
+            self.state_bufs = (y0.new_empty(n), y0.new_empty(n))
+            if tab.adaptive:
+                self.err_buf = y0.new_empty(n)
+                self.scale_buf = y0.new_empty(n)
+
+    def eval(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        self.tally.nfe += 1
+        return self.fn(t, y)
+
+    # --- one step ---------------------------------------------------------------
+    def first_stage(self, t: float, y: torch.Tensor):
+        f = self.eval(t, y)
+        if self.inplace:
+            self.K[0].copy_(f)
+            return self.K[0]
+        return f
+
+    def step(self, t: float, y: torch.Tensor, h: float, k1):
+        """One step from (t, y) with step h; k1 = f(t, y) if already known (FSAL)."""
+        tab = self.tab
+        if k1 is None:
+            k1 = self.first_stage(t, y)
+        if self.inplace:
+            return self._step_inplace(t, y, h)
+        ks = [k1]
+        y1 = None
+        for i in range(1, tab.stages):
+            yi = _combine(y, ks, tab.a[i], h)
+            if tab.fsal and i == tab.stages - 1:
+                y1 = yi
+            ks.append(self.eval(t + tab.c[i] * h, yi))
+        if y1 is None:
+            y1 = _combine(y, ks, tab.b, h)
+        return y1, ks
+
+    def _step_inplace(self, t, y, h):
+        tab, K = self.tab, self.K
+        y1_buf = self.state_bufs[0] if y is not self.state_bufs[0] else self.state_bufs[1]
+        last = tab.stages - 1
+        for i in range(1, tab.stages):
+            out = y1_buf if (tab.fsal and i == last) else self.stage_buf
+            yi = torch.addmv(y, K[:i].T, self.a[i], alpha=h, out=out)
+            K[i].copy_(self.eval(t + tab.c[i] * h, yi))
+        if not tab.fsal:
+            torch.addmv(y, K.T, self.b, alpha=h, out=y1_buf)
+        return y1_buf, K
+
+    def next_first_stage(self, ks):
+        """FSAL: the accepted step's last stage is the next step's first."""
+        if self.inplace:
+            self.K[0].copy_(self.K[-1])
+            return self.K[0]
+        return ks[-1]
+
+    # --- error control ----------------------------------------------------------
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        """Max over channels of the RMS norm (one channel for a plain solve)."""
+        norms = [torch.linalg.vector_norm(x[sl]) / math.sqrt(max(sl.stop - sl.start, 1))
+                 for sl in self.channels]
+        return norms[0] if len(norms) == 1 else torch.stack(norms).max()
+
+    def error_ratio(self, y, y1, ks, h, rtol, atol) -> float:
+        """RMS of the embedded error estimate over (atol + rtol * max(|y|, |y1|))."""
+        if self.inplace:
+            err = torch.mv(self.K.T, self.e, out=self.err_buf)
+            scale = torch.abs(y, out=self.scale_buf)
+            torch.maximum(scale, y1.abs(), out=scale)
+        else:
+            with torch.no_grad():
+                err = torch.mv(torch.stack([k.detach() for k in ks], 1), self.e)
+                scale = torch.maximum(y.detach().abs(), y1.detach().abs())
+        with torch.no_grad():
+            scale.mul_(rtol).add_(atol)
+            err.div_(scale)
+            return float(self.norm(err)) * abs(h)  # the one host sync of a step
+
+    # --- outputs ----------------------------------------------------------------
+    def dense(self, y, ks, h, theta, out):
+        """y(t + theta h) from the accepted step's stages; `out` is the row to fill."""
+        weights = self.tab.interp(theta)
+        if self.inplace:
+            w = torch.tensor(weights, dtype=y.dtype, device=y.device)
+            return torch.addmv(y, self.K.T, w, alpha=h, out=out)
+        return _combine(y, ks, weights, h)
+
+
+def _combine(y: torch.Tensor, ks, coefs, h: float) -> torch.Tensor:
+    """y + h * sum_j coefs[j] * ks[j], as a chain of adds that saves nothing for backward."""
+    out = y
+    for k, c in zip(ks, coefs):
+        if c != 0.0:
+            out = torch.add(out, k, alpha=h * c)
+    return out
+
+
+def solve(fn: FlatFunc, y0: torch.Tensor, times: list[float], tab: Tableau, rtol: float,
+          atol: float, options: dict, tally: Tally,
+          channels: Sequence[slice] | None = None) -> torch.Tensor:
+    """Integrate the flat ODE y' = fn(t, y) from times[0]; returns (len(times), N).
+
+    `channels` split the state for the error norm (the adjoint's [z, a, g]); default one.
+    """
+    if channels is None:
+        channels = [slice(0, y0.numel())]
+    st = _Stepper(fn, tab, y0, tally, channels)
+    if st.inplace:
+        ys = y0.new_empty(len(times), y0.numel())
+        ys[0].copy_(y0)
+        emit = ys.__getitem__
+    else:
+        ys = [y0]
+        emit = None
+    run = _adaptive if tab.adaptive else _fixed
+    result = run(st, y0, times, rtol, atol, options, ys, emit)
+    return result if st.inplace else torch.stack(result)
+
+
+def _where(t: float, h: float, tally: Tally) -> str:
+    return f"at t={t:.6g} with step size {h:.3g} after {tally.nfe} function evaluations"
+
+
+def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
+    step_size = options["step_size"]
+    max_steps = options["max_num_steps"]
+    counts = [max(1, math.ceil(abs(b - a) / step_size - 1e-9)) for a, b in zip(times, times[1:])]
+    if sum(counts) > max_steps:
+        raise SolverError(
+            f"step_size={step_size:g} needs {sum(counts)} steps over t in "
+            f"[{times[0]:g}, {times[-1]:g}], more than max_num_steps={max_steps}: "
+            "raise max_num_steps or use a larger step_size")
+    y = y0
+    for i, n in enumerate(counts, start=1):
+        ta, tb = times[i - 1], times[i]
+        direction = 1.0 if tb > ta else -1.0
+        for k in range(n):
+            t = ta + direction * k * step_size
+            h = (tb - t) if k == n - 1 else direction * step_size  # last step lands on tb
+            y, _ = st.step(t, y, h, None)
+            st.tally.accepted += 1
+        if emit is not None:
+            emit(i).copy_(y)
+        else:
+            ys.append(y)
+        if not bool(torch.isfinite(y).all()):
+            raise SolverError(
+                f"the state became NaN/Inf {_where(tb, step_size, st.tally)}: "
+                "use a smaller step_size or an adaptive method")
+    return ys
+
+
+def _initial_step(st: _Stepper, t0, y0, f0, rtol, atol, direction) -> float:
+    """Hairer & Wanner (II.4): a first step from the scale of y0, f0 and one probe of f."""
+    with torch.no_grad():
+        scale = y0.detach().abs() * rtol + atol
+        d0 = float(st.norm(y0.detach() / scale))
+        d1 = float(st.norm(f0.detach() / scale))
+        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        y_probe = y0.detach() + direction * h0 * f0.detach()
+        f_probe = st.eval(t0 + direction * h0, y_probe)
+        d2 = float(st.norm((f_probe - f0.detach()) / scale)) / h0
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / st.tab.order)
+    return min(100 * h0, h1)
+
+
+def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
+    tab, tally = st.tab, st.tally
+    t0, t_end = times[0], times[-1]
+    direction = 1.0 if t_end > t0 else -1.0
+    safety, ifactor, dfactor = options["safety"], options["ifactor"], options["dfactor"]
+    max_steps = options["max_num_steps"]
+    exponent = 1.0 / tab.order
+    pi = options["controller"] == "PI"
+    # never step below what float arithmetic can resolve at this t
+    eps = torch.finfo(y0.dtype).eps
+    min_step_floor = max(options["min_step"], 16 * eps * max(abs(t0), abs(t_end), 1e-300))
+
+    k1 = st.first_stage(t0, y0)
+    if not bool(torch.isfinite(k1).all()):
+        raise SolverError(f"func returned NaN/Inf at the initial state (t={t0:.6g}): "
+                          "check the initial value and the function")
+    h = options["first_step"]
+    if h is None:
+        h = _initial_step(st, t0, y0, k1, rtol, atol, direction)
+    t, y = t0, y0
+    prev_ratio = 1.0
+    nonfinite = False
+    next_out = 1
+    while next_out < len(times):
+        if tally.accepted + tally.rejected >= max_steps:
+            raise SolverError(
+                f"max_num_steps={max_steps} exceeded {_where(t, h, tally)} "
+                f"(integrating to t={t_end:.6g}): the problem may be stiff; raise "
+                "max_num_steps, loosen rtol/atol, or regularize the dynamics")
+        remaining = (t_end - t) * direction
+        last = h >= remaining
+        if last:
+            h = remaining
+        if h < min_step_floor:
+            cause = ("the state or func's output became NaN/Inf" if nonfinite
+                     else "step size underflow")
+            raise SolverError(
+                f"{cause} {_where(t, h, tally)} (integrating to t={t_end:.6g}): the "
+                "dynamics may be stiff or unstable; loosen rtol/atol or check func")
+        dt = direction * h
+        y1, ks = st.step(t, y, dt, k1)
+        ratio = st.error_ratio(y, y1, ks, dt, rtol, atol)
+        if ratio <= 1.0:  # NaN compares False: rejected
+            tally.accepted += 1
+            t1 = t_end if last else t + dt
+            while next_out < len(times) and (t1 - times[next_out]) * direction >= 0:
+                if times[next_out] == t1:
+                    value = y1
+                    if emit is not None:
+                        emit(next_out).copy_(y1)
+                else:
+                    theta = (times[next_out] - t) / dt
+                    value = st.dense(y, ks, dt, theta, emit(next_out) if emit else None)
+                if emit is None:
+                    ys.append(value)
+                next_out += 1
+            t, y = t1, y1
+            if tab.fsal:
+                k1 = st.next_first_stage(ks)
+            else:
+                k1 = None
+            if ratio == 0.0:
+                factor = ifactor
+            elif pi:
+                factor = safety * ratio ** (-0.7 * exponent) * prev_ratio ** (0.4 * exponent)
+            else:
+                factor = safety * ratio ** -exponent
+            factor = min(ifactor, max(1.0, factor))  # accepted: never shrink (as torchdiffeq)
+            prev_ratio = max(ratio, 1e-4)
+        else:
+            tally.rejected += 1
+            if math.isfinite(ratio):
+                factor = min(1.0, max(dfactor, safety * ratio ** -exponent))
+            else:
+                nonfinite = True
+                factor = dfactor
+        h = h * factor
+    return ys
