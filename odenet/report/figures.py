@@ -1,0 +1,426 @@
+"""`odenet figures [RUN_DIRS...]`: Figure 3 (a)-(d) of the paper and a measured memory plot.
+
+Each figure is a PNG with the data behind it as a CSV of the same name:
+- fig3a: NFE-forward vs numerical error of a trained ODE-Net's block, per tolerance
+  (from ``evaluation.json``, written by ``odenet evaluate``).
+- fig3b: NFE-forward vs relative wall time of the forward pass (same source).
+- fig3c: NFE-forward vs NFE-backward over training iterations, per solver/adjoint
+  variant, with the paper's reported y = x/2 (``history.jsonl`` of adjoint runs).
+- fig3d: NFE-forward vs training epoch (``history.jsonl`` of ODE-block runs).
+- memory: activation memory of the ODE block / residual blocks vs NFE (or depth) for
+  ODE-Net, RK-Net and ResNet (``metrics.json``): the O(1) / O(L~) / O(L) claim, measured.
+
+Only finished runs enter fig3c, fig3d and memory; fig3a/b use every evaluation found.
+A figure without data is skipped with a note saying what would produce it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from odenet.report._args import ArgumentParser
+from odenet.report.paper import paper_key
+from odenet.report.runs import (
+    ReportError,
+    Run,
+    atomic_write_text,
+    fmt_tol,
+    load_runs,
+    num,
+    solver_label,
+)
+
+FIGURES = ("fig3a", "fig3b", "fig3c", "fig3d", "memory")
+# Residual blocks in the paper's ResNet; used as its depth when metrics.json has none.
+RESNET_BLOCKS = 6
+
+
+class NoData(Exception):
+    """A figure has nothing to draw; the message says what would produce the data."""
+
+
+# ---------------------------------------------------------------- data extraction
+def _run_label(run: Run) -> str:
+    m = run.metrics
+    seed = m.get("seed")
+    return f"{solver_label(m)}" + (f" seed {seed}" if seed is not None else "")
+
+
+def fig3ab_rows(runs: Sequence[Run]) -> list[dict]:
+    """One row per (evaluated checkpoint, tolerance)."""
+    rows = []
+    for run in runs:
+        ev = run.evaluation
+        if not ev:
+            continue
+        results = [r for r in ev.get("results", []) if num(r.get("nfe_forward_mean")) is not None]
+        times = [num(r.get("forward_seconds")) for r in results]
+        times = [t for t in times if t]
+        block_times = [num(r.get("block_seconds")) for r in results]
+        block_times = [t for t in block_times if t]
+        t0 = min(times) if times else None
+        b0 = min(block_times) if block_times else None
+        for r in results:
+            ft, bt = num(r.get("forward_seconds")), num(r.get("block_seconds"))
+            rows.append({
+                "run_dir": str(run.dir),
+                "label": _run_label(run),
+                "rtol": r.get("rtol"),
+                "atol": r.get("atol"),
+                "nfe_forward_mean": num(r.get("nfe_forward_mean")),
+                "numerical_error": num(r.get("numerical_error")),
+                "numerical_error_max": num(r.get("numerical_error_max")),
+                "test_error": num(r.get("test_error")),
+                "forward_seconds": ft,
+                "block_seconds": bt,
+                "relative_time": ft / t0 if ft and t0 else None,
+                "relative_block_time": bt / b0 if bt and b0 else None,
+            })
+    return rows
+
+
+def _variant(m: dict) -> str:
+    """Solver/adjoint variant of a training run, tolerance left out (fig3c colours)."""
+    norm = m.get("solver_adjoint_norm") or "default"
+    name = str(m.get("solver_method"))
+    return name + (" adjoint" if norm == "default" else f" adjoint, {norm}")
+
+
+def fig3c_rows(runs: Sequence[Run]) -> list[dict]:
+    """(variant, rtol, NFE-F, NFE-B, count) over the training iterations of adjoint runs."""
+    counts: Counter = Counter()
+    for run in runs:
+        m = run.metrics
+        if not (run.finished and run.has_ode_block and m.get("solver_adjoint")):
+            continue
+        for it in run.iters():
+            f, b = num(it.get("nfe_forward")), num(it.get("nfe_backward"))
+            if f is None or b is None:
+                continue
+            counts[(_variant(m), fmt_tol(m.get("solver_rtol")), f, b)] += 1
+    return [{"variant": v, "rtol": t, "nfe_forward": f, "nfe_backward": b, "iterations": n}
+            for (v, t, f, b), n in sorted(counts.items())]
+
+
+def _positions(records: list[dict]) -> list[float]:
+    """Fractional epoch of each iteration record: epoch e's k-th of n records sits at
+    (e - first) + (k + 0.5) / n, whatever base (0 or 1) the trainer numbers epochs from."""
+    by_epoch: dict = defaultdict(list)
+    for i, r in enumerate(records):
+        by_epoch[r.get("epoch")].append(i)
+    first = min((e for e in by_epoch if num(e) is not None), default=0)
+    pos = [0.0] * len(records)
+    for e, idx in by_epoch.items():
+        base = (num(e) if num(e) is not None else 0) - first
+        for k, i in enumerate(idx):
+            pos[i] = base + (k + 0.5) / len(idx)
+    return pos
+
+
+def fig3d_rows(runs: Sequence[Run]) -> list[dict]:
+    rows = []
+    for run in runs:
+        if not (run.finished and run.has_ode_block):
+            continue
+        label = _run_label(run)
+        iters = [it for it in run.iters() if num(it.get("nfe_forward")) is not None]
+        first_epoch = min((num(it.get("epoch")) for it in iters
+                           if num(it.get("epoch")) is not None), default=None)
+        for x, it in zip(_positions(iters), iters):
+            rows.append({"run_dir": str(run.dir), "label": label, "kind": "iter",
+                         "epoch": x, "nfe_forward": num(it["nfe_forward"])})
+        epochs = [e for e in run.epochs() if num(e.get("nfe_forward_mean")) is not None]
+        if first_epoch is None:
+            first_epoch = min((num(e.get("epoch")) for e in epochs
+                               if num(e.get("epoch")) is not None), default=0)
+        for e in epochs:
+            ep = num(e.get("epoch"))
+            if ep is None:
+                continue
+            # An epoch record summarises the epoch that ends at (e - first + 1).
+            rows.append({"run_dir": str(run.dir), "label": label, "kind": "epoch",
+                         "epoch": ep - first_epoch + 1,
+                         "nfe_forward": num(e["nfe_forward_mean"])})
+    return rows
+
+
+def memory_rows(runs: Sequence[Run]) -> list[dict]:
+    rows = []
+    for run in runs:
+        m = run.metrics
+        mib = num(m.get("activation_block_mib"))
+        if not run.finished or mib is None:
+            continue
+        pk = paper_key(m)
+        if pk in ("odenet", "rknet"):
+            x = num(m.get("nfe_forward_mean"))
+            series = "ODE-Net (adjoint)" if pk == "odenet" else "RK-Net (backprop through solver)"
+            x_kind = "nfe_forward"
+        elif pk == "resnet":
+            x = num(m.get("num_blocks")) or RESNET_BLOCKS
+            series, x_kind = "ResNet (x = residual blocks)", "blocks"
+        else:
+            continue
+        if x is None:
+            continue
+        rows.append({"run_dir": str(run.dir), "series": series, "model": m.get("model"),
+                     "solver": solver_label(m) if run.has_ode_block else "",
+                     "x": x, "x_kind": x_kind, "activation_block_mib": mib,
+                     "activation_mib": num(m.get("activation_mib"))})
+    return rows
+
+
+def slope_through_origin(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Least-squares slope of y = a x (MiB per function evaluation)."""
+    sxx = sum(x * x for x in xs)
+    return sum(x * y for x, y in zip(xs, ys)) / sxx if sxx > 0 else None
+
+
+# ---------------------------------------------------------------- drawing
+def _new_figure(title: str):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.6), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.3, which="both")
+    return fig, ax
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+
+
+def _cell(v):
+    if v is None:
+        return ""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return int(v)  # counts (NFE, iterations) read back as integers
+    return v
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    out = io.StringIO()
+    wr = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    wr.writeheader()
+    for r in rows:
+        wr.writerow({k: _cell(v) for k, v in r.items()})
+    atomic_write_text(path, out.getvalue())
+
+
+def _by(rows: list[dict], key: str) -> dict[str, list[dict]]:
+    d: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        d[r[key]].append(r)
+    return d
+
+
+def draw_fig3a(rows: list[dict], path: Path) -> None:
+    pts = [r for r in rows if r["numerical_error"] is not None and r["numerical_error"] > 0]
+    if not pts:
+        raise NoData("no evaluation.json with numerical errors: run `odenet evaluate "
+                     "checkpoint=RUN_DIR/checkpoint.pt`")
+    fig, ax = _new_figure("Fig. 3a: NFE forward vs numerical error (trained ODE-Net)")
+    for _, rs in _by(pts, "run_dir").items():
+        rs = sorted(rs, key=lambda r: r["nfe_forward_mean"])
+        ax.plot([r["nfe_forward_mean"] for r in rs], [r["numerical_error"] for r in rs],
+                "o-", label=rs[0]["label"])
+        for r in rs:
+            ax.annotate(f"tol {fmt_tol(r['rtol'])}", (r["nfe_forward_mean"], r["numerical_error"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE forward (function evaluations per forward pass)")
+    ax.set_ylabel("numerical error (relative L2 to float64 reference)")
+    ax.legend(fontsize=7, title="trained with", title_fontsize=7)
+    _save(fig, path)
+    return fig
+
+
+def draw_fig3b(rows: list[dict], path: Path) -> None:
+    pts = [r for r in rows if r["relative_time"] is not None]
+    if not pts:
+        raise NoData("no evaluation.json with forward timings: run `odenet evaluate "
+                     "checkpoint=RUN_DIR/checkpoint.pt`")
+    fig, ax = _new_figure("Fig. 3b: NFE forward vs relative time of the forward pass")
+    for _, rs in _by(pts, "run_dir").items():
+        rs = sorted(rs, key=lambda r: r["nfe_forward_mean"])
+        xs = [r["nfe_forward_mean"] for r in rs]
+        line = ax.plot(xs, [r["relative_time"] for r in rs], "o-",
+                       label=f"whole forward pass: {rs[0]['label']}")[0]
+        bl = [(r["nfe_forward_mean"], r["relative_block_time"]) for r in rs
+              if r["relative_block_time"] is not None]
+        if bl:
+            ax.plot(*zip(*bl), "s--", mfc="none", color=line.get_color(),
+                    label="ODE block alone")
+    # time proportional to NFE, through the cheapest point
+    x0 = min(r["nfe_forward_mean"] for r in pts)
+    xmax = max(r["nfe_forward_mean"] for r in pts)
+    ax.plot([0, xmax], [0, xmax / x0], ":", color="gray", label="time ∝ NFE")
+    ax.set_xlabel("NFE forward (function evaluations per forward pass)")
+    ax.set_ylabel("relative wall time (1 = fastest tolerance)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return fig
+
+
+def draw_fig3c(rows: list[dict], path: Path) -> None:
+    if not rows:
+        raise NoData("no finished adjoint runs with history.jsonl: train with "
+                     "`model=odenet solver.adjoint=true` (a tolerance sweep spreads the points)")
+    fig, ax = _new_figure("Fig. 3c: NFE forward vs NFE backward (training iterations)")
+    for variant, rs in _by(rows, "variant").items():
+        sizes = [12 + 40 * math.sqrt(r["iterations"] / max(x["iterations"] for x in rs))
+                 for r in rs]
+        ax.scatter([r["nfe_forward"] for r in rs], [r["nfe_backward"] for r in rs],
+                   s=sizes, alpha=0.6, label=f"{variant} (measured)")
+    xmax = max(r["nfe_forward"] for r in rows) * 1.05
+    ax.plot([0, xmax], [0, xmax / 2], "--", color="gray", label="paper: NFE-B = NFE-F / 2")
+    ax.plot([0, xmax], [0, xmax], ":", color="black", label="NFE-B = NFE-F")
+    ax.set_xlabel("NFE forward (function evaluations per forward pass)")
+    ax.set_ylabel("NFE backward (evaluations per adjoint solve)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, title="marker area ∝ iterations", title_fontsize=7)
+    _save(fig, path)
+    return fig
+
+
+def moving_mean(ys: Sequence[float], window: int) -> list[float]:
+    """Trailing moving mean (the first points average what there is so far)."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y
+        if i >= window:
+            acc -= ys[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def draw_fig3d(rows: list[dict], path: Path):
+    if not rows:
+        raise NoData("no finished ODE-Net/RK-Net runs with history.jsonl")
+    fig, ax = _new_figure("Fig. 3d: NFE forward during training")
+    for _, rs in _by(rows, "run_dir").items():
+        it = [r for r in rs if r["kind"] == "iter"]
+        ep = [r for r in rs if r["kind"] == "epoch"]
+        color = None
+        if it:
+            n_epochs = max(1, math.ceil(max(r["epoch"] for r in it)))
+            window = max(1, round(len(it) / n_epochs / 10))  # a tenth of an epoch
+            color = ax.plot([r["epoch"] for r in it],
+                            moving_mean([r["nfe_forward"] for r in it], window), "-",
+                            lw=0.8, alpha=0.6)[0].get_color()
+        if ep:
+            ax.plot([r["epoch"] for r in ep], [r["nfe_forward"] for r in ep], "o",
+                    color=color, label=rs[0]["label"])
+        elif it:
+            ax.lines[-1].set_label(rs[0]["label"])
+    ax.set_xlabel("training epoch (line: iterations, moving mean over 0.1 epoch; "
+                  "dots: epoch mean)", fontsize=9)
+    ax.set_ylabel("NFE forward (function evaluations per forward pass)")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return fig
+
+
+def draw_memory(rows: list[dict], path: Path) -> None:
+    if not rows:
+        raise NoData("no finished ODE-Net, RK-Net or ResNet runs with activation_block_mib")
+    fig, ax = _new_figure("Activation memory of the ODE block / residual blocks")
+    markers = {"ODE": "o", "RK-": "^", "Res": "s"}
+    for series, rs in sorted(_by(rows, "series").items()):
+        xs, ys = [r["x"] for r in rs], [r["activation_block_mib"] for r in rs]
+        label, a = series, None
+        if series.startswith("RK-"):
+            a = slope_through_origin(xs, ys)
+            if a:
+                label += f": ≈ {a:.2f} MiB per evaluation"
+        pts = ax.scatter(xs, ys, marker=markers.get(series[:3], "o"), s=36, label=label)
+        if series.startswith("RK-") and a:
+            xmax = max(r["x"] for r in rows) * 1.05
+            ax.plot([min(xs) / 2, xmax], [a * min(xs) / 2, a * xmax], "--", lw=0.8,
+                    color=pts.get_facecolor()[0])
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE forward (ODE blocks) or number of residual blocks (ResNet)")
+    ax.set_ylabel("activations saved for backward (MiB, one iteration)")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return fig
+
+
+def write_figures(runs: Sequence[Run], out_dir: str | Path,
+                  which: Sequence[str] = FIGURES) -> tuple[dict[str, Path], dict[str, str]]:
+    """Draw the figures; return ({name: png path}, {name: why skipped})."""
+    out = Path(out_dir)
+    ab = fig3ab_rows(runs)
+    jobs = {
+        "fig3a": (ab, draw_fig3a),
+        "fig3b": (ab, draw_fig3b),
+        "fig3c": (fig3c_rows(runs), draw_fig3c),
+        "fig3d": (fig3d_rows(runs), draw_fig3d),
+        "memory": (memory_rows(runs), draw_memory),
+    }
+    written, skipped = {}, {}
+    for name in which:
+        rows, draw = jobs[name]
+        try:
+            draw(rows, out / f"{name}.png")
+        except NoData as e:
+            skipped[name] = str(e)
+            continue
+        _write_csv(out / f"{name}.csv", rows)
+        written[name] = out / f"{name}.png"
+    return written, skipped
+
+
+DEFAULT_OUT = "outputs/report/latest"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(
+        prog="odenet figures",
+        description="Figure 3 (a)-(d) and memory.png, each with its CSV, from run directories "
+                    "(metrics.json, history.jsonl, evaluation.json below RUN_DIRS).")
+    ap.add_argument("run_dirs", nargs="*", default=["outputs"], metavar="RUN_DIRS",
+                    help="directories searched recursively for runs (default: outputs)")
+    ap.add_argument("--out", default=DEFAULT_OUT,
+                    help=f"where the PNG and CSV files go (default: {DEFAULT_OUT})")
+    ap.add_argument("--only", action="append", choices=FIGURES, metavar="NAME",
+                    help=f"draw only this figure (repeatable): {', '.join(FIGURES)}")
+    args = ap.parse_args(argv)
+    try:
+        runs = load_runs(args.run_dirs)
+    except ReportError as e:
+        print(f"odenet figures: error: {e}", file=sys.stderr)
+        return 1
+    written, skipped = write_figures(runs, args.out, args.only or FIGURES)
+    for name, why in skipped.items():
+        print(f"odenet figures: {name} skipped: {why}", file=sys.stderr)
+    if not written:
+        print("odenet figures: error: no figure could be drawn from the runs found",
+              file=sys.stderr)
+        return 1
+    print(f"odenet figures: wrote {', '.join(p.name for p in written.values())} "
+          f"(+ CSV) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

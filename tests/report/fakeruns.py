@@ -1,0 +1,72 @@
+"""Synthetic run directories that follow DEVELOPERS.md Contract 2, for the report tests.
+
+(A module of its own, not conftest.py: test modules import these helpers by name.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def metrics_record(**over) -> dict:
+    """A complete metrics.json record (every Contract 2 key), ODE-Net defaults."""
+    m = {
+        "model": "odenet", "experiment": "quick", "seed": 0, "status": "finished",
+        "reason": None, "solver_method": "dopri5", "solver_rtol": 1e-3, "solver_atol": 1e-3,
+        "solver_adjoint": True, "solver_adjoint_norm": "default", "solver_step_size": None,
+        "test_error": 0.01, "train_error": 0.008, "params": 208266,
+        "nfe_forward_mean": 20.0, "nfe_backward_mean": 26.0,
+        "activation_mib": 40.0, "activation_block_mib": 2.25, "cuda_peak_mib": None,
+        "rss_peak_mib": 900.0, "sec_per_iter": 0.75, "sec_per_test_batch": 1.2,
+        "epochs": 2, "epochs_planned": 2, "batch_size": 128, "train_size": 60000,
+        "device": "cpu", "torch_version": "2.14.1", "git_commit": "abc123",
+        "wall_seconds": 1000.0,
+    }
+    if over.get("model") in ("mlp", "resnet"):
+        m.update(nfe_forward_mean=None, nfe_backward_mean=None)
+    m.update(over)
+    return m
+
+
+def history_records(epochs: int = 2, iters: int = 3, nfe_f=(20, 26), nfe_b=(26, 32),
+                    first_epoch: int = 0) -> list[dict]:
+    """`iters` iteration records per epoch (NFE-F/B alternating between the two values
+    given) and one epoch record per epoch."""
+    recs = []
+    for e in range(first_epoch, first_epoch + epochs):
+        for i in range(iters):
+            recs.append({"kind": "iter", "epoch": e, "iter": i, "loss": 0.5,
+                         "nfe_forward": nfe_f[i % len(nfe_f)],
+                         "nfe_backward": nfe_b[i % len(nfe_b)],
+                         "steps_accepted": 3, "steps_rejected": 0, "seconds": 0.7, "lr": 0.1})
+        recs.append({"kind": "epoch", "epoch": e, "train_error": 0.02, "test_error": 0.02,
+                     "nfe_forward_mean": 20.0 + 2 * (e - first_epoch),
+                     "nfe_backward_mean": 26.0, "activation_mib": 40.0,
+                     "activation_block_mib": 2.25, "rss_peak_mib": 900.0, "seconds": 100.0})
+    return recs
+
+
+def evaluation_record(nfes=(14, 20, 32, 50), errors=(1e-2, 1e-3, 1e-4, 1e-5),
+                      seconds=(1.0, 1.4, 2.2, 3.4)) -> dict:
+    tols = [10.0 ** -(i + 1) for i in range(len(nfes))]
+    return {
+        "checkpoint": "checkpoint.pt",
+        "reference": {"method": "dopri5", "rtol": 1e-10, "atol": 1e-10, "dtype": "float64"},
+        "results": [
+            {"rtol": t, "atol": t, "nfe_forward_mean": n, "numerical_error": e,
+             "numerical_error_max": e * 3, "forward_seconds": s, "block_seconds": s * 0.8,
+             "test_error": 0.01}
+            for t, n, e, s in zip(tols, nfes, errors, seconds)
+        ],
+    }
+
+
+def write_run(d: Path, metrics: dict | None = None, history: list[dict] | None = None,
+              evaluation: dict | None = None, **over) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.json").write_text(json.dumps(metrics or metrics_record(**over)))
+    if history is not None:
+        (d / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    if evaluation is not None:
+        (d / "evaluation.json").write_text(json.dumps(evaluation))
+    return d

@@ -1,0 +1,144 @@
+"""odenet figures: the data behind each figure, the PNGs, skipping what has no data."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from fakeruns import evaluation_record, history_records
+
+from odenet.report import figures as F
+from odenet.report import load_runs
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _png_size(path):
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = imread(path)
+    return img.shape[1], img.shape[0]
+
+
+@pytest.fixture
+def runs(make_run, tmp_path):
+    make_run("ode_adj", history=history_records(epochs=2, iters=4, nfe_f=(20, 26),
+                                                nfe_b=(26, 32), first_epoch=1),
+             evaluation=evaluation_record())
+    make_run("ode_semi", solver_adjoint_norm="seminorm", solver_rtol=1e-2, solver_atol=1e-2,
+             history=history_records(epochs=1, iters=2, nfe_f=(14,), nfe_b=(8,)))
+    make_run("rk_20", model="rknet", solver_adjoint=False, nfe_forward_mean=20.0,
+             activation_block_mib=184.0, history=history_records(nfe_b=(0,)))
+    make_run("rk_40", model="rknet", solver_adjoint=False, nfe_forward_mean=40.0,
+             activation_block_mib=368.0, solver_rtol=1e-5, solver_atol=1e-5)
+    make_run("res", model="resnet", activation_block_mib=30.0)
+    make_run("mlp", model="mlp", activation_block_mib=None)
+    # unfinished runs' iterations must not show up
+    make_run("ode_failed", status="failed", reason="NaN",
+             history=history_records(nfe_f=(99,), nfe_b=(99,)))
+    return load_runs([tmp_path / "outputs"])
+
+
+def test_fig3ab_rows(runs):
+    rows = F.fig3ab_rows(runs)
+    assert [r["nfe_forward_mean"] for r in rows] == [14, 20, 32, 50]
+    assert [r["numerical_error"] for r in rows] == [1e-2, 1e-3, 1e-4, 1e-5]
+    assert [r["relative_time"] for r in rows] == pytest.approx([1.0, 1.4, 2.2, 3.4])
+    assert rows[0]["rtol"] == pytest.approx(0.1)
+
+
+def test_fig3c_rows_count_iterations_of_adjoint_runs_only(runs):
+    rows = F.fig3c_rows(runs)
+    got = {(r["variant"], r["rtol"], r["nfe_forward"], r["nfe_backward"]): r["iterations"]
+           for r in rows}
+    assert got == {
+        ("dopri5 adjoint", "1e-3", 20, 26): 4,   # 2 epochs x (iters 0, 2)
+        ("dopri5 adjoint", "1e-3", 26, 32): 4,
+        ("dopri5 adjoint, seminorm", "1e-2", 14, 8): 2,
+    }  # RK-Net (NFE-B 0) and the failed run (99) are absent
+
+
+def test_fig3d_rows_positions(runs):
+    rows = [r for r in F.fig3d_rows(runs) if r["run_dir"].endswith("ode_adj")]
+    it = [r for r in rows if r["kind"] == "iter"]
+    ep = [r for r in rows if r["kind"] == "epoch"]
+    # epochs numbered from 1 in this history: iterations land in (0, 2)
+    assert [r["epoch"] for r in it] == pytest.approx(
+        [0.125, 0.375, 0.625, 0.875, 1.125, 1.375, 1.625, 1.875])
+    assert [(r["epoch"], r["nfe_forward"]) for r in ep] == [(1, 20.0), (2, 22.0)]
+
+
+def test_memory_rows_and_slope(runs):
+    rows = F.memory_rows(runs)
+    by = {r["run_dir"].rsplit("/", 1)[1]: r for r in rows}
+    assert set(by) == {"ode_adj", "ode_semi", "rk_20", "rk_40", "res"}  # no MLP, no failed
+    assert by["res"]["x"] == 6 and by["res"]["x_kind"] == "blocks"
+    assert by["rk_40"]["series"].startswith("RK-Net") and by["ode_adj"]["series"].startswith(
+        "ODE-Net")
+    rk = [r for r in rows if r["series"].startswith("RK")]
+    assert F.slope_through_origin([r["x"] for r in rk],
+                                  [r["activation_block_mib"] for r in rk]) == pytest.approx(9.2)
+
+
+def test_write_all_figures_with_csvs_and_labelled_axes(runs, tmp_path):
+    out = tmp_path / "figs"
+    written, skipped = F.write_figures(runs, out)
+    assert skipped == {}
+    assert set(written) == set(F.FIGURES)
+    for name in F.FIGURES:
+        w, h = _png_size(out / f"{name}.png")
+        assert w > 400 and h > 300
+        assert len(_csv(out / f"{name}.csv")) > 0
+    c = _csv(out / "fig3c.csv")
+    assert {(r["nfe_forward"], r["nfe_backward"], r["iterations"]) for r in c} == {
+        ("20", "26", "4"), ("26", "32", "4"), ("14", "8", "2")}
+    assert [float(r["numerical_error"]) for r in _csv(out / "fig3a.csv")] == \
+        [1e-2, 1e-3, 1e-4, 1e-5]
+
+
+@pytest.mark.parametrize("name", F.FIGURES)
+def test_each_figure_has_title_and_axes_with_units(runs, tmp_path, name):
+    rows = {"fig3a": F.fig3ab_rows, "fig3b": F.fig3ab_rows, "fig3c": F.fig3c_rows,
+            "fig3d": F.fig3d_rows, "memory": F.memory_rows}[name](runs)
+    fig = getattr(F, f"draw_{name}")(rows, tmp_path / f"{name}.png")
+    ax = fig.axes[0]
+    assert ax.get_title()
+    assert "(" in ax.get_xlabel() and "(" in ax.get_ylabel()  # units / meaning in brackets
+    if name == "fig3c":
+        labels = ax.get_legend_handles_labels()[1]
+        assert any("NFE-F / 2" in lab for lab in labels)
+    if name in ("fig3a", "memory"):
+        assert ax.get_yscale() == "log"
+
+
+def test_figures_without_data_are_skipped_with_a_note(make_run, tmp_path, capsys):
+    make_run("res", model="resnet")
+    out = tmp_path / "figs"
+    assert F.main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "fig3a skipped" in err and "odenet evaluate" in err
+    assert "fig3c skipped" in err
+    assert (out / "memory.png").exists() and not (out / "fig3a.png").exists()
+
+
+def test_main_errors(make_run, tmp_path, capsys):
+    make_run("mlp", model="mlp", activation_block_mib=None)
+    assert F.main([str(tmp_path / "outputs"), "--out", str(tmp_path / "f")]) == 1
+    assert "no figure could be drawn" in capsys.readouterr().err
+    assert F.main([str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing" in err
+    with pytest.raises(SystemExit) as e:
+        F.main(["--only", "fig9"])
+    assert e.value.code == 2
+    assert "fig9" in capsys.readouterr().err
+
+
+def test_only_selects_figures(runs, tmp_path):
+    written, _ = F.write_figures(runs, tmp_path / "o", ["fig3c"])
+    assert list(written) == ["fig3c"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["fig3c.csv", "fig3c.png"]

@@ -1,0 +1,135 @@
+"""odenet table: grouping, averaging over seeds, paper numbers, excluded runs, files."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from odenet.report import load_runs
+from odenet.report.table import build_rows, main, write_table
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def four_models(make_run):
+    make_run("mlp0", model="mlp", params=238510, test_error=0.018, activation_block_mib=None)
+    make_run("res0", model="resnet", params=576778, test_error=0.006, seed=0)
+    # a ResNet whose config carried other (irrelevant) solver settings: same row
+    make_run("res1", model="resnet", params=576778, test_error=0.008, seed=1, solver_rtol=1e-1)
+    make_run("rk0", model="rknet", solver_adjoint=False, test_error=0.007,
+             activation_block_mib=183.0, nfe_backward_mean=0.0)
+    make_run("ode0", seed=0, test_error=0.01, sec_per_iter=0.70)
+    make_run("ode1", seed=1, test_error=0.02, sec_per_iter=0.80)
+    make_run("ode_tol1", seed=0, solver_rtol=1e-1, solver_atol=1e-1, test_error=0.03,
+             nfe_forward_mean=14.0)
+    make_run("ode_failed", seed=2, status="failed", reason="SolverError: max_num_steps exceeded",
+             test_error=0.9, epochs=1)
+    make_run("ode_running", seed=3, status="running", test_error=0.5, epochs=1)
+
+
+def test_rows_grouped_and_averaged_over_seeds(tmp_path, four_models):
+    rows, excluded = build_rows(load_runs([tmp_path / "outputs"]))
+    assert [(r.model, r.key["solver_rtol"], len(r.runs)) for r in rows] == [
+        ("mlp", None, 1), ("resnet", None, 2), ("rknet", 1e-3, 1),
+        ("odenet", 0.1, 1), ("odenet", 1e-3, 2)]
+    ode = rows[-1]
+    # the failed (0.9) and running (0.5) runs are not in the mean
+    assert ode.stats["test_error"].mean == pytest.approx(0.015)
+    assert ode.stats["test_error"].std == pytest.approx(0.0070710678)
+    assert ode.stats["sec_per_iter"].mean == pytest.approx(0.75)
+    assert ode.seeds == [0, 1]
+    assert rows[1].stats["test_error"].mean == pytest.approx(0.007)
+    assert sorted(r.metrics["status"] for r in excluded) == ["failed", "running"]
+    # cuda_peak_mib is null on the CPU: no mean, not a zero
+    assert ode.stats["cuda_peak_mib"].mean is None
+
+
+def test_markdown_has_ours_beside_the_papers(tmp_path, four_models):
+    res = write_table(load_runs([tmp_path / "outputs"]), tmp_path / "rep", ["outputs"])
+    md = res["md"].read_text()
+    lines = md.splitlines()
+    ode = next(line for line in lines if line.startswith("| ODE-Net | dopri5 tol=1e-3"))
+    cells = [c.strip() for c in ode.strip("|").split("|")]
+    assert cells[3] == "0, 1"                      # seeds
+    assert cells[4] == "1.50 ± 0.71"               # test error %, mean ± std
+    assert cells[5] == "0.42"                      # paper's ODE-Net
+    assert cells[6] == "208,266" and cells[7] == "0.22 M"
+    assert cells[9] == "O(1)"
+    assert cells[13] == "20.0 ± 0.0" and cells[14] == "26.0 ± 0.0"
+    rk = next(line for line in lines if line.startswith("| RK-Net |"))
+    assert "| 0.47 |" in rk and "O(L~)" in rk and "183.0" in rk
+    mlp = next(line for line in lines if line.startswith("| 1-layer MLP |"))
+    assert "| 1.80 |" in mlp and "| 1.60 |" in mlp and "238,510" in mlp
+    res_line = next(line for line in lines if line.startswith("| ResNet |"))
+    assert "0.70 ± 0.14" in res_line and "| 0.41 |" in res_line
+    # excluded runs are listed with status and reason, in their own section
+    excl = md.split("## Runs not in the table")[1]
+    assert "failed" in excl and "SolverError: max_num_steps exceeded" in excl
+    assert "running" in excl and "ode_failed" in excl and "ode_running" in excl
+    assert "90.00" not in md and "ode_failed" not in md.split("## Runs not in")[0]
+
+
+def test_csv_content(tmp_path, four_models):
+    res = write_table(load_runs([tmp_path / "outputs"]), tmp_path / "rep")
+    rows = _csv(res["csv"])
+    assert len(rows) == 5
+    ode = [r for r in rows if r["model"] == "odenet" and r["solver_rtol"] == "0.001"][0]
+    assert ode["n_runs"] == "2" and ode["seeds"] == "0;1"
+    assert float(ode["test_error_mean"]) == pytest.approx(0.015)
+    assert float(ode["test_error_std"]) == pytest.approx(0.0070710678)
+    assert float(ode["paper_test_error"]) == 0.0042 and ode["paper_memory"] == "O(1)"
+    assert ode["cuda_peak_mib_mean"] == ""
+    single = [r for r in rows if r["model"] == "odenet" and r["solver_rtol"] == "0.1"][0]
+    assert single["n_runs"] == "1" and single["test_error_std"] == ""
+    excl = _csv(res["excluded_csv"])
+    assert sorted(r["status"] for r in excl) == ["failed", "running"]
+
+
+def test_odenet_without_adjoint_is_the_papers_rknet(make_run, tmp_path):
+    make_run("a", model="odenet", solver_adjoint=False)
+    rows, _ = build_rows(load_runs([tmp_path / "outputs"]))
+    md = write_table(load_runs([tmp_path / "outputs"]), tmp_path / "rep")["md"].read_text()
+    assert rows[0].paper["name"] == "RK-Net"
+    assert "| RK-Net (model=odenet) |" in md
+
+
+def test_seeds_with_different_scale_are_not_averaged(make_run, tmp_path):
+    make_run("a", epochs_planned=2, epochs=2, test_error=0.01)
+    make_run("b", epochs_planned=160, epochs=160, test_error=0.004)
+    make_run("c", experiment="paper", test_error=0.005)
+    rows, _ = build_rows(load_runs([tmp_path / "outputs"]))
+    assert len(rows) == 3 and all(len(r.runs) == 1 for r in rows)
+
+
+def test_main_writes_files_and_reports(tmp_path, four_models, capsys):
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert (out / "table.md").exists() and (out / "table.csv").exists()
+    msg = capsys.readouterr().out
+    assert "5 row(s) from 7 finished run(s), 2 not finished" in msg
+
+
+def test_main_bad_input_one_line_nonzero(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no runs found" in err and "empty" in err
+    assert not (tmp_path / "rep").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["--bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--bogus" in err
+
+
+def test_main_only_failed_runs_still_writes_their_list(make_run, tmp_path):
+    make_run("f", status="failed", reason="NaN loss at iteration 3")
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    md = (out / "table.md").read_text()
+    assert "(no finished runs)" in md and "NaN loss at iteration 3" in md
