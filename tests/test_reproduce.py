@@ -1,0 +1,214 @@
+"""odenet reproduce: plan expansion, skip/resume, failures, the report.
+
+The training and evaluation children are replaced by a fake `odenet` (a small script
+that writes Contract-2 files), so these tests check the orchestration in seconds; the
+real pipeline at smoke scale is tested in test_reproduce_smoke (marked slow).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from odenet import reproduce as R
+
+FAKE = textwrap.dedent('''
+    import json, os, sys
+    from pathlib import Path
+    args = sys.argv[1:]
+    with open(os.environ["FAKE_LOG"], "a") as f:
+        f.write(json.dumps(args) + "\\n")
+    kv = dict(a.split("=", 1) for a in args[1:] if "=" in a)
+    if args[0] == "evaluate":
+        ck = Path(kv["checkpoint"])
+        tols = [float(t) for t in kv["tolerances"].strip("[]").split(",")]
+        res = [{"rtol": t, "atol": t, "nfe_forward_mean": 10 + 6 * i,
+                "numerical_error": t / 10, "forward_seconds": 1.0 + i, "block_seconds": 0.5 + i,
+                "test_error": 0.02} for i, t in enumerate(tols)]
+        (ck.parent / "evaluation.json").write_text(json.dumps({"results": res}))
+        sys.exit(0)
+    d = Path(kv["hydra.run.dir"]); d.mkdir(parents=True, exist_ok=True)
+    model, seed = kv["model"], int(kv["seed"])
+    rtol = float(kv.get("solver.rtol", 1e-3))
+    adjoint = model == "odenet"
+    status = "finished"
+    if os.environ.get("FAKE_FAIL") == model:
+        status = "failed"
+    if os.environ.get("FAKE_INTERRUPT") == model and kv.get("resume") != "true":
+        status = "interrupted"
+    nfe = {0.1: 8, 0.01: 14, 0.001: 20, 0.0001: 32}.get(rtol, 20)
+    m = {"model": model, "experiment": kv["experiment"], "seed": seed, "status": status,
+         "reason": "NaN loss" if status == "failed" else None,
+         "solver_method": "dopri5", "solver_rtol": rtol, "solver_atol": rtol,
+         "solver_adjoint": adjoint, "solver_adjoint_norm": kv.get("solver.adjoint_norm", "default"),
+         "solver_step_size": None, "test_error": 0.01, "train_error": 0.01,
+         "params": {"mlp": 238510, "resnet": 576778}.get(model, 208266),
+         "nfe_forward_mean": nfe if model in ("odenet", "rknet") else None,
+         "nfe_backward_mean": (nfe + 6 if adjoint else 0) if model in ("odenet", "rknet") else None,
+         "activation_mib": 10.0, "activation_block_mib": None if model == "mlp" else
+             (2.25 if adjoint else 9.2 * nfe),
+         "cuda_peak_mib": None, "rss_peak_mib": 500.0, "sec_per_iter": 0.1,
+         "sec_per_test_batch": 0.1, "epochs": 1, "epochs_planned": 1, "batch_size": 128,
+         "train_size": int(kv.get("data.train_size", 60000)), "device": "cpu",
+         "torch_version": "x", "git_commit": "x", "wall_seconds": 1.0}
+    (d / "checkpoint.pt").write_bytes(b"ckpt")
+    (d / "metrics.json").write_text(json.dumps(m))
+    with open(d / "history.jsonl", "a") as f:
+        for i in range(3):
+            f.write(json.dumps({"kind": "iter", "epoch": 0, "iter": i, "nfe_forward": nfe,
+                                "nfe_backward": nfe + 6 if adjoint else 0}) + "\\n")
+        f.write(json.dumps({"kind": "epoch", "epoch": 0, "nfe_forward_mean": nfe}) + "\\n")
+    sys.exit(0 if status == "finished" else 1)
+''')
+
+PLAN = textwrap.dedent('''
+    experiment: tiny
+    plans:
+      tiny:
+        seeds: [0]
+        models: [mlp, resnet, rknet, odenet]
+        evaluate: {model: odenet, tolerances: [1e-1, 1e-2, 1e-3], overrides: [test_size=100]}
+        sweeps:
+          - {name: fig3c, figure: fig3c, model: odenet, overrides: [data.train_size=64],
+             grid: {solver.rtol: [1e-1, 1e-2], solver.adjoint_norm: [default, seminorm]}}
+          - {name: memory, figure: memory, model: rknet, overrides: [data.train_size=64],
+             grid: {solver.rtol: [1e-1, 1e-4]}}
+''')
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    script = tmp_path / "fake_odenet.py"
+    script.write_text(FAKE)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setattr(R, "odenet_command", lambda: [sys.executable, str(script)])
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN)
+
+    def calls():
+        return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+    def run(*over):
+        cfg = R.load_config([f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}",
+                             *over], plan_file=plan)
+        return R.reproduce(cfg, "odenet reproduce (test)", log=lambda *_: None)
+
+    return run, calls, tmp_path
+
+
+def test_plan_expansion(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN)
+    cfg = R.load_config(["seeds=[0,1]"], plan_file=plan)
+    jobs = R.plan_jobs(cfg, Path("r"))
+    table = [j for j in jobs if j.group == "table"]
+    assert [j.name for j in table] == ["mlp_seed0", "mlp_seed1", "resnet_seed0", "resnet_seed1",
+                                       "rknet_seed0", "rknet_seed1", "odenet_seed0",
+                                       "odenet_seed1"]
+    assert table[0].overrides[:3] == ["experiment=tiny", "model=mlp", "seed=0"]
+    sweep = [j for j in jobs if j.group == "fig3c"]
+    assert [j.name for j in sweep] == [
+        "odenet_rtol0.1_adjoint_normdefault_seed0", "odenet_rtol0.1_adjoint_normseminorm_seed0",
+        "odenet_rtol1e-2_adjoint_normdefault_seed0", "odenet_rtol1e-2_adjoint_normseminorm_seed0"]
+    assert "solver.rtol=1e-2" in sweep[2].overrides
+    assert "solver.adjoint_norm=seminorm" in sweep[3].overrides
+    assert sweep[0].dir == Path("r/fig3c/odenet_rtol0.1_adjoint_normdefault_seed0")
+    assert len({j.dir for j in jobs}) == len(jobs) == 8 + 4 + 2
+    assert len(R.plan_jobs(R.load_config(["sweeps=false"], plan_file=plan), Path("r"))) == 4
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["experiment=nope"], "experiment='nope' has no plan; accepted: quick, paper"),
+    (["dry_run=maybe"], "dry_run"),
+    (["bogus=1"], "bogus"),
+    (["quick"], "expected key=value"),
+    (["seeds=[]"], "seeds=[]"),
+])
+def test_bad_settings_one_line(argv, needle, capsys):
+    assert R.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+
+
+def test_shipped_plans_load():
+    for exp in ("quick", "paper"):
+        cfg = R.load_config([f"experiment={exp}"])
+        jobs = R.plan_jobs(cfg, Path("r"))
+        assert {j.name for j in jobs if j.group == "table"} == {
+            f"{m}_seed{s}" for m in ("mlp", "resnet", "rknet", "odenet")
+            for s in cfg.plans[exp].seeds}
+        assert {j.group for j in jobs} == {"table", "fig3c", "memory"}
+
+
+def test_full_pipeline_then_rerun_skips_everything(fake):
+    run, calls, tmp = fake
+    assert run() == 0
+    c = calls()
+    trains = [a for a in c if a[0] == "train"]
+    evals = [a for a in c if a[0] == "evaluate"]
+    assert len(trains) == 4 + 4 + 2 and len(evals) == 1
+    assert f"checkpoint={tmp / 'runs/table/odenet_seed0/checkpoint.pt'}" in evals[0]
+    assert "tolerances=[0.1,0.01,0.001]" in evals[0] and "test_size=100" in evals[0]
+    assert all(any(a.startswith("hydra.run.dir=") for a in t) for t in trains)
+    assert not any("resume=true" in t for t in trains)
+    rep = tmp / "report"
+    names = sorted(p.name for p in rep.iterdir())
+    for f in ("report.md", "table.md", "table.csv", "fig3a.png", "fig3b.png", "fig3c.png",
+              "fig3d.png", "memory.png", "fig3c.csv", "memory.csv"):
+        assert f in names
+    md = (rep / "report.md").read_text()
+    assert "odenet reproduce (test)" in md and "experiment=tiny" in md
+    for name in ("fig3a", "fig3b", "fig3c", "fig3d", "memory"):
+        assert f"![{name}]({name}.png)" in md
+    assert "| ODE-Net | dopri5 tol=1e-3 adjoint |" in md
+    # the table holds only the Table 1 runs; the sweeps feed fig3c and memory
+    assert "n=64" not in (rep / "table.md").read_text()
+    c3 = (rep / "fig3c.csv").read_text()
+    assert "seminorm" in c3 and ",14,20," in c3  # tol 1e-2 sweep: NFE-F 14, NFE-B 20
+    mem = (rep / "memory.csv").read_text()
+    assert "294.4" in mem  # RK-Net at tol 1e-4: 32 NFE x 9.2 MiB
+
+    assert run() == 0
+    assert len(calls()) == len(c)  # nothing re-run, the evaluation included
+
+
+def test_interrupted_run_resumes_and_failure_is_reported(fake, monkeypatch):
+    run, calls, tmp = fake
+    monkeypatch.setenv("FAKE_INTERRUPT", "resnet")
+    monkeypatch.setenv("FAKE_FAIL", "mlp")
+    assert run("sweeps=false") == 1
+    md = (tmp / "report" / "report.md").read_text()
+    assert "**Incomplete:**" in md and "table/mlp_seed0 did not finish" in md
+    assert "table/resnet_seed0 did not finish" in md
+    excluded = md.split("## Runs not in the table")[1]
+    assert "NaN loss" in excluded and "interrupted" in excluded
+    n = len(calls())
+    monkeypatch.delenv("FAKE_FAIL")
+    assert run("sweeps=false") == 0
+    again = calls()[n:]
+    assert [a for a in again if a[0] == "train"] == [
+        a for a in again if a[0] == "train" and ("model=mlp" in a or "model=resnet" in a)]
+    assert len([a for a in again if a[0] == "train"]) == 2
+    resnet = next(a for a in again if "model=resnet" in a)
+    assert "resume=true" in resnet  # it left a checkpoint behind
+    assert "**Incomplete:**" not in (tmp / "report" / "report.md").read_text()
+
+
+def test_evaluation_rerun_when_tolerances_change(fake):
+    run, calls, tmp = fake
+    assert run("sweeps=false") == 0
+    n = len(calls())
+    assert run("sweeps=false", "plans.tiny.evaluate.tolerances=[1e-1,1e-5]") == 0
+    new = calls()[n:]
+    assert [a[0] for a in new] == ["evaluate"]
+
+
+def test_dry_run_runs_nothing(fake):
+    run, calls, tmp = fake
+    assert run("dry_run=true") == 0
+    assert calls() == [] and not (tmp / "report").exists()
