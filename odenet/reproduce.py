@@ -243,7 +243,7 @@ def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
         written.update(w)
         skipped.update(s)
 
-    md = [f"# odenet: Table 1 and Figure 3 of Chen et al. (2018), reproduced\n",
+    md = ["# odenet: Table 1 and Figure 3 of Chen et al. (2018), reproduced\n",
           f"- Command: `{command}`",
           f"- Scale: `experiment={cfg.experiment}`"
           + (" (the paper's recipe: 160 epochs)" if cfg.experiment == "paper" else
