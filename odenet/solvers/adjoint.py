@@ -65,10 +65,14 @@ class _AdjointSolve(torch.autograd.Function):
         grad_ys = grad_ys.reshape(len(times), n)
         ys_flat = ys.reshape(len(times), n)
 
-        # error-norm channels of the augmented state: z, a and (default norm only) g
+        # error-norm channels: z, a and (default norm only) each parameter's gradient, as
+        # torchdiffeq does; the seminorm (Kidger et al. 2021) leaves the gradients out
         channels = [slice(0, n), slice(n, 2 * n)]
-        if n_params and back["norm"] == "default":
-            channels.append(slice(2 * n, 2 * n + n_params))
+        if back["norm"] == "default":
+            offset = 2 * n
+            for size in sizes:
+                channels.append(slice(offset, offset + size))
+                offset += size
 
         def augmented(t: float, s: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():

@@ -198,7 +198,8 @@ def _validate_adjoint_options(adjoint_options: dict | None, problem: Problem) ->
         raise ValueError(f"adjoint_options must be a dict, got {type(adjoint_options).__name__}")
     unknown = sorted(set(adjoint_options) - set(ADJOINT_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown adjoint option(s) {unknown}; valid: {', '.join(ADJOINT_OPTIONS)}")
+        raise ValueError(f"unknown adjoint option(s) {unknown}; "
+                         f"valid: {', '.join(ADJOINT_OPTIONS)}")
     norm = adjoint_options.get("norm", "default")
     if norm not in NORMS:
         raise ValueError(f"adjoint_options['norm'] must be one of {', '.join(NORMS)}, got {norm!r}")
