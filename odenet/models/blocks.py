@@ -1,0 +1,142 @@
+"""The building blocks shared by all four MNIST models (the authors' odenet_mnist.py).
+
+GN = GroupNorm(min(32, C), C). Convolutions inside residual blocks have no bias; the
+ODE function's ConcatConv2d has one (as in the recipe, which fixes the parameter counts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from odenet.solvers import FIXED_METHODS, SolveStats, odeint
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels), channels)
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: x + conv(relu(gn(conv(relu(gn(x))))))."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, shortcut: nn.Module | None = None):
+        super().__init__()
+        self.norm1, self.conv1 = norm(cin), conv3x3(cin, cout, stride)
+        self.norm2, self.conv2 = norm(cout), conv3x3(cout, cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.norm1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv2(self.relu(self.norm2(self.conv1(out))))
+        return out + skip
+
+
+class ConcatConv2d(nn.Module):
+    """A 3x3 convolution that sees t as one more, constant input channel."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin + 1, cout, 3, padding=1)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        tt = torch.ones_like(x[:, :1]) * t
+        return self.conv(torch.cat([tt, x], 1))
+
+
+class ODEFunc(nn.Module):
+    """f(t, h) = GN(ConcatConv(t, ReLU(GN(ConcatConv(t, ReLU(GN(h)))))))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm1, self.conv1 = norm(channels), ConcatConv2d(channels, channels)
+        self.norm2, self.conv2 = norm(channels), ConcatConv2d(channels, channels)
+        self.norm3 = norm(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(t, self.relu(self.norm1(x)))
+        out = self.conv2(t, self.relu(self.norm2(out)))
+        return self.norm3(out)
+
+
+class ODEBlock(nn.Module):
+    """h(t1) = ODESolve(func, h(0), 0, t1) with odenet.solvers.
+
+    ``stats`` (a SolveStats) accumulates the evaluations and steps of every solve until
+    ``stats.reset()``; ``configure(rtol=..., atol=..., method=...)`` changes the solver
+    settings at any time, e.g. to evaluate a trained model at other tolerances.
+    """
+
+    SETTINGS = ("method", "rtol", "atol", "adjoint", "adjoint_norm", "step_size",
+                "max_num_steps")
+
+    def __init__(self, func: nn.Module, t1: float = 1.0, **solver: Any):
+        super().__init__()
+        self.func = func
+        self.register_buffer("times", torch.tensor([0.0, float(t1)]), persistent=False)
+        self.stats = SolveStats()
+        self.method, self.rtol, self.atol = "dopri5", 1e-3, 1e-3
+        self.adjoint, self.adjoint_norm = True, "default"
+        self.step_size: float | None = None
+        self.max_num_steps = 1000
+        self.configure(**solver)
+
+    def configure(self, **settings: Any) -> ODEBlock:
+        """Set solver settings (None leaves one unchanged; atol=None with rtol follows it)."""
+        unknown = set(settings) - set(self.SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown solver setting(s) {sorted(unknown)}; valid: {self.SETTINGS}")
+        if settings.get("rtol") is not None and settings.get("atol") is None:
+            settings["atol"] = settings["rtol"]
+        for k, v in settings.items():
+            if v is not None:
+                setattr(self, k, v)
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.SETTINGS}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        options: dict[str, Any] = {"max_num_steps": int(self.max_num_steps)}
+        if self.method in FIXED_METHODS:
+            options["step_size"] = self.step_size
+        ys = odeint(self.func, x, self.times.to(x.dtype), method=self.method,
+                    rtol=self.rtol, atol=self.atol, options=options, adjoint=self.adjoint,
+                    adjoint_params=tuple(self.func.parameters()) if self.adjoint else None,
+                    adjoint_options={"norm": self.adjoint_norm} if self.adjoint else None,
+                    stats=self.stats)
+        return ys[-1]
+
+    def extra_repr(self) -> str:
+        s = f"method={self.method}, rtol={self.rtol:g}, atol={self.atol:g}, adjoint={self.adjoint}"
+        return s + (f", step_size={self.step_size:g}" if self.method in FIXED_METHODS else "")
+
+
+def downsampling(kind: str, cin: int, width: int) -> nn.Sequential:
+    """28x28 -> 6x6 feature maps of ``width`` channels."""
+    if kind == "conv":
+        return nn.Sequential(
+            nn.Conv2d(cin, width, 3, 1), norm(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 4, 2, 1), norm(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 4, 2, 1))
+    if kind == "res":
+        def shortcut() -> nn.Module:
+            return nn.Conv2d(width, width, 1, stride=2, bias=False)
+        return nn.Sequential(
+            nn.Conv2d(cin, width, 3, 1),
+            ResBlock(width, width, stride=2, shortcut=shortcut()),
+            ResBlock(width, width, stride=2, shortcut=shortcut()))
+    raise ValueError(f"unknown downsampling {kind!r} (conv | res)")
+
+
+def head(width: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(norm(width), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(width, num_classes))
