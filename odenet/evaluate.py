@@ -1,0 +1,344 @@
+"""`odenet evaluate checkpoint=... tolerances=[...]`: a trained ODE-Net at many tolerances.
+
+For each tolerance τ (rtol = atol = τ) the ODE block of a trained checkpoint is re-solved
+on the test set, batch by batch, and we record:
+
+- ``nfe_forward_mean``: function evaluations per forward solve (mean over test batches);
+- ``numerical_error``: how far the block's output is from a reference solution, defined
+  per image i over the first ``error_images`` test images as
+      e_i = ||h_τ(x_i) - h_ref(x_i)||_2 / ||h_ref(x_i)||_2
+  where h(x) is the ODE block's output h(t1) (64 x 6 x 6 values), h_τ the solve at τ
+  (in ``dtype``, float32 as trained, in the same batches as the timing) and h_ref a
+  float64 solve of the same block from the same h(0) (the float32 downsampling output,
+  cast) with ``reference_method`` at rtol = atol = ``reference_tol`` (default dopri5,
+  1e-10). ``numerical_error`` is the mean of e_i, ``numerical_error_max`` the largest;
+- ``forward_seconds`` / ``block_seconds``: wall time of the whole forward pass over the
+  test images / of the ODE block alone;
+- ``test_error``: the fraction of test images misclassified.
+
+The reference itself is checked: a second float64 solve at 10 x ``reference_tol`` gives
+``reference.check_error`` (same definition); it should lie far below every numerical
+error reported. Writes ``evaluation.json`` next to the checkpoint (atomically).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "evaluate.yaml"
+EVALUATION = "evaluation.json"
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = "???"
+    tolerances: list[float] = field(default_factory=lambda: [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
+    method: str | None = None
+    dtype: str = "float32"
+    test_size: int | None = None
+    batch_size: int = 1000
+    error_images: int = 1000
+    reference_tol: float = 1e-10
+    reference_method: str = "dopri5"
+    max_num_steps: int = 100000
+    device: str = "cpu"
+    threads: int | None = None
+    data_root: str | None = None
+    out: str | None = None
+
+
+class EvaluateError(Exception):
+    """Bad input or a checkpoint that cannot be evaluated: one line, printed as is."""
+
+
+def load_settings(schema: type, yaml_name: str, argv: list[str], what: str,
+                  yaml_text: str | None = None):
+    """The shipped configs/<yaml_name> merged with key=value overrides into ``schema``."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    for a in argv:
+        if "=" not in a or a.startswith("-"):
+            raise EvaluateError(f"bad argument {a!r}: expected key=value overrides "
+                                f"(see configs/{yaml_name})")
+    text = yaml_text if yaml_text is not None else \
+        (resources.files("odenet.configs") / yaml_name).read_text(encoding="utf-8")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(text),
+                              OmegaConf.from_dotlist(argv))
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise EvaluateError(f"{e.full_key} is required, e.g. {e.full_key}=...") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = str(e).splitlines()[0]
+        raise EvaluateError(f"bad {what} setting{f' {key}' if key else ''}: {msg}") from None
+
+
+def validate(cfg: EvaluateConfig) -> EvaluateConfig:
+    from odenet.solvers import METHODS
+
+    if not cfg.tolerances:
+        raise EvaluateError("tolerances=[] evaluates nothing; give e.g. tolerances=[1e-1,1e-3]")
+    for t in cfg.tolerances:
+        if not (t > 0 and math.isfinite(t)):
+            raise EvaluateError(f"tolerances: {t!r} is not a positive number")
+    if not (cfg.reference_tol > 0) or cfg.reference_tol * 10 >= min(cfg.tolerances):
+        raise EvaluateError(f"reference_tol={cfg.reference_tol!r} must be positive and at least "
+                            f"100x below the smallest tolerance ({min(cfg.tolerances):g})")
+    if cfg.dtype not in ("float32", "float64"):
+        raise EvaluateError(f"dtype={cfg.dtype!r}; accepted: float32, float64")
+    for name in ("method", "reference_method"):
+        m = getattr(cfg, name)
+        if m is not None and m not in METHODS:
+            raise EvaluateError(f"{name}={m!r}; accepted: {', '.join(METHODS)}")
+    for name in ("batch_size", "error_images", "max_num_steps"):
+        if getattr(cfg, name) < 1:
+            raise EvaluateError(f"{name}={getattr(cfg, name)!r} must be a positive integer")
+    if cfg.test_size is not None and cfg.test_size < 1:
+        raise EvaluateError(f"test_size={cfg.test_size!r} must be a positive integer or null")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise EvaluateError(f"threads={cfg.threads!r} must be a positive integer or null")
+    return cfg
+
+
+# ---------------------------------------------------------------- loading the model
+def load_checkpoint(path: Path, device) -> tuple[Any, dict, dict]:
+    """(model in eval mode, its config as a plain dict, the checkpoint dict)."""
+    import torch
+
+    from odenet.models import build_model, ode_blocks
+
+    if not path.is_file():
+        raise EvaluateError(f"checkpoint={path}: no such file (give a run's checkpoint.pt)")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is "not a checkpoint"
+        raise EvaluateError(f"checkpoint={path}: not a readable checkpoint "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+        raise EvaluateError(f"checkpoint={path}: missing 'model'/'config' entries "
+                            "(expected a checkpoint.pt written by odenet train)")
+    config = ck["config"]
+    model_cfg = config.get("model", {})
+    name = model_cfg.get("name") if isinstance(model_cfg, dict) else None
+    if name not in ("odenet", "rknet"):
+        raise EvaluateError(f"checkpoint={path}: model {name!r} has no ODE block; "
+                            "evaluate accepts odenet and rknet checkpoints")
+    try:
+        model = build_model(model_cfg, config.get("solver"))
+        model.load_state_dict(ck["model"])
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise EvaluateError(f"checkpoint={path}: cannot rebuild the model "
+                            f"({str(e).splitlines()[0][:200]})") from None
+    model.to(device).eval()
+    if len(ode_blocks(model)) != 1:
+        raise EvaluateError(f"checkpoint={path}: expected one ODE block, found "
+                            f"{len(ode_blocks(model))}")
+    return model, config, ck
+
+
+def _rel_errors(h, ref):
+    """Per-image ||h - ref|| / ||ref|| in float64."""
+    h, ref = h.double().flatten(1), ref.double().flatten(1)
+    return (h - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-300)
+
+
+def reference_solve(func, h0s: list, method: str, tol: float, max_steps: int, times):
+    """float64 solves of ``func`` from each h0 in h0s; (outputs, mean NFE)."""
+    import torch
+
+    from odenet.solvers import SolveStats, odeint
+
+    func64 = copy.deepcopy(func).double()
+    t = times.double()
+    outs, nfes = [], []
+    with torch.no_grad():
+        for h0 in h0s:
+            st = SolveStats()
+            ys = odeint(func64, h0.double(), t, method=method, rtol=tol, atol=tol,
+                        options={"max_num_steps": max_steps}, stats=st)
+            outs.append(ys[-1])
+            nfes.append(st.nfe_forward)
+    return torch.cat(outs), sum(nfes) / len(nfes)
+
+
+def evaluate(cfg: EvaluateConfig, log=print) -> dict:
+    """Run the evaluation; returns the record written to evaluation.json."""
+    import torch
+
+    from odenet.data import DataError, load_mnist
+    from odenet.models import ode_blocks
+    from odenet.solvers import SolverError
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dev = cfg.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(dev)
+    except RuntimeError:
+        raise EvaluateError(f"device={cfg.device!r}; accepted: cpu, cuda, cuda:N, auto") from None
+    ckpt = Path(cfg.checkpoint)
+    model, config, ck = load_checkpoint(ckpt, device)
+    block = ode_blocks(model)[0]
+    trained = dict(block.settings())
+    dtype = getattr(torch, cfg.dtype)
+
+    data = config.get("data", {}) or {}
+    root = cfg.data_root or data.get("root", "data")
+    try:
+        from odenet.data import BatchLoader
+
+        xte, yte = load_mnist(root, train=False)
+    except DataError as e:
+        raise EvaluateError(str(e)) from None
+    if cfg.test_size is not None:
+        xte, yte = xte[: cfg.test_size], yte[: cfg.test_size]
+    n_test = len(xte)
+    n_err = min(cfg.error_images, n_test)
+    loader = BatchLoader(xte, yte, cfg.batch_size, normalize=bool(data.get("normalize", False)),
+                         device=device)
+
+    # h(0) of every test image, once (float32, as trained): every solve starts there, so
+    # the tolerance solves and the reference differ only in the ODE block's solve.
+    with torch.no_grad():
+        batches = list(loader)
+        h0s = [model.features(x) for x, _ in batches]
+    err_h0 = torch.cat(h0s)[:n_err]
+
+    # The float64 reference, and a check of it at 10x looser tolerance.
+    t0 = time.perf_counter()
+    chunks = list(torch.split(err_h0, cfg.batch_size))
+    try:
+        ref, ref_nfe = reference_solve(block.func, chunks, cfg.reference_method,
+                                       cfg.reference_tol, cfg.max_num_steps, block.times)
+        ref_seconds = time.perf_counter() - t0
+        check, check_nfe = reference_solve(block.func, chunks, cfg.reference_method,
+                                           cfg.reference_tol * 10, cfg.max_num_steps,
+                                           block.times)
+    except SolverError as e:
+        raise EvaluateError(f"the float64 reference solve failed ({str(e).splitlines()[0]}); "
+                            "raise max_num_steps or reference_tol") from None
+    check_error = float(_rel_errors(check, ref).mean())
+    log(f"reference: {cfg.reference_method} float64 tol {cfg.reference_tol:g}, "
+        f"NFE {ref_nfe:.0f}, {ref_seconds:.1f} s; check at {cfg.reference_tol * 10:g}: "
+        f"error {check_error:.2e}")
+
+    model.to(dtype)
+    method = cfg.method or trained["method"]
+    results = []
+    for tol in cfg.tolerances:
+        block.configure(method=method, rtol=tol, atol=tol, max_num_steps=cfg.max_num_steps)
+        row: dict[str, Any] = {"rtol": tol, "atol": tol, "method": method}
+        try:
+            with torch.no_grad():
+                # warm-up (first-call overheads), not timed
+                block.stats.reset()
+                model(batches[0][0].to(dtype))
+                nfes, steps_acc, steps_rej, outs = [], [], [], []
+                fwd = blk = 0.0
+                wrong = 0
+                for (x, y), h0 in zip(batches, h0s):
+                    block.stats.reset()
+                    ta = time.perf_counter()
+                    model.features(x.to(dtype))  # timed as part of the forward pass; the
+                    h0 = h0.to(dtype)           # solve starts from the cached h(0)
+                    tb = time.perf_counter()
+                    h1 = block(h0)
+                    tc = time.perf_counter()
+                    logits = model.head(h1)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    td = time.perf_counter()
+                    fwd += td - ta
+                    blk += tc - tb
+                    nfes.append(block.stats.nfe_forward)
+                    steps_acc.append(block.stats.steps_accepted)
+                    steps_rej.append(block.stats.steps_rejected)
+                    wrong += int((logits.argmax(1) != y).sum())
+                    if sum(len(o) for o in outs) < n_err:
+                        outs.append(h1)
+            err = _rel_errors(torch.cat(outs)[:n_err], ref)
+            row.update(status="ok", reason=None,
+                       nfe_forward_mean=sum(nfes) / len(nfes), nfe_forward_max=max(nfes),
+                       steps_accepted_mean=sum(steps_acc) / len(steps_acc),
+                       steps_rejected_mean=sum(steps_rej) / len(steps_rej),
+                       numerical_error=float(err.mean()), numerical_error_max=float(err.max()),
+                       test_error=wrong / n_test, forward_seconds=fwd, block_seconds=blk)
+            log(f"tol {tol:g}: NFE {row['nfe_forward_mean']:.1f}, error "
+                f"{row['numerical_error']:.2e}, test error {row['test_error'] * 100:.2f} %, "
+                f"forward {fwd:.2f} s")
+        except SolverError as e:
+            row.update(status="failed", reason=str(e).splitlines()[0])
+            log(f"tol {tol:g}: failed: {row['reason']}")
+        results.append(row)
+
+    min_err = min((r["numerical_error"] for r in results if r.get("numerical_error")),
+                  default=None)
+    record = {
+        "checkpoint": str(ckpt.resolve()),
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "model": config.get("model", {}).get("name"),
+        "epoch": ck.get("epoch"),
+        "trained_with": {k: trained[k] for k in ("method", "rtol", "atol", "adjoint",
+                                                  "adjoint_norm", "step_size")},
+        "settings": asdict(cfg),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "test_images": n_test,
+        "error_images": n_err,
+        "numerical_error_definition": (
+            "mean over the first error_images test images of ||h_tol - h_ref||_2 / "
+            "||h_ref||_2, h = the ODE block's output h(t1); h_ref: float64 solve from the "
+            "same h(0) with reference.method at reference.rtol"),
+        "reference": {"method": cfg.reference_method, "rtol": cfg.reference_tol,
+                      "atol": cfg.reference_tol, "dtype": "float64",
+                      "nfe_forward_mean": ref_nfe, "seconds": ref_seconds,
+                      "check_rtol": cfg.reference_tol * 10, "check_nfe_forward_mean": check_nfe,
+                      "check_error": check_error,
+                      "ok": bool(min_err is None or check_error < 0.1 * min_err)},
+        "results": results,
+    }
+    if not record["reference"]["ok"]:
+        log(f"warning: the reference is not much tighter than the smallest error reported "
+            f"({check_error:.1e} vs {min_err:.1e}); lower reference_tol")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip() + f"\n\nSettings: configs/{CONFIG_FILE} (key=value overrides).")
+        return 0
+    try:
+        cfg = validate(load_settings(EvaluateConfig, CONFIG_FILE, argv, "evaluate"))
+        record = evaluate(cfg)
+    except EvaluateError as e:
+        print(f"odenet evaluate: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(EVALUATION)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, out)
+    failed = [r for r in record["results"] if r["status"] != "ok"]
+    print(f"odenet evaluate: {len(record['results']) - len(failed)}/{len(record['results'])} "
+          f"tolerances evaluated -> {out}")
+    return 1 if failed and len(failed) == len(record["results"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""odenet evaluate: a checkpoint's ODE block re-solved per tolerance (Figure 3 a, b)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from odenet import evaluate as E
+from odenet.models import build_model, ode_blocks
+from odenet.solvers import odeint
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+needs_mnist = pytest.mark.skipif(not (DATA / "MNIST" / "raw").is_dir(),
+                                 reason="MNIST not prepared (make data)")
+
+
+def write_checkpoint(path: Path, model: str = "odenet", seed: int = 0) -> Path:
+    """A Contract-2 checkpoint (model state + resolved config) with untrained weights."""
+    cfg = {"model": {"name": model}, "solver": {"method": "dopri5", "rtol": 1e-3},
+           "data": {"root": str(DATA), "normalize": False}}
+    torch.manual_seed(seed)
+    net = build_model(cfg["model"], cfg["solver"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict(), "config": cfg, "epoch": 1}, path)
+    return path
+
+
+ARGS = ["tolerances=[1e-1,1e-4]", "test_size=24", "batch_size=12", "error_images=12",
+        "reference_tol=1e-7", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    if not (DATA / "MNIST" / "raw").is_dir():
+        pytest.skip("MNIST not prepared (make data)")
+    ck = write_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint.pt")
+    assert E.main([f"checkpoint={ck}", *ARGS]) == 0
+    return ck, json.loads((ck.parent / "evaluation.json").read_text())
+
+
+def test_writes_json_next_to_checkpoint(evaluated):
+    ck, ev = evaluated
+    assert ev["checkpoint"] == str(ck.resolve())
+    assert ev["test_images"] == 24 and ev["error_images"] == 12
+    assert ev["trained_with"]["rtol"] == 1e-3 and ev["trained_with"]["adjoint"] is True
+    assert [r["rtol"] for r in ev["results"]] == [0.1, 1e-4]
+    assert all(r["status"] == "ok" for r in ev["results"])
+
+
+def test_tighter_tolerance_more_nfe_less_error(evaluated):
+    _, ev = evaluated
+    loose, tight = ev["results"]
+    assert tight["nfe_forward_mean"] > loose["nfe_forward_mean"] >= 8
+    assert tight["numerical_error"] < loose["numerical_error"] / 5
+    assert loose["numerical_error_max"] >= loose["numerical_error"] > 0
+    # the reference is far more accurate than anything it judges
+    assert ev["reference"]["check_error"] < 0.1 * tight["numerical_error"]
+    assert ev["reference"]["ok"] is True
+    assert ev["reference"]["nfe_forward_mean"] > tight["nfe_forward_mean"]
+    for r in ev["results"]:
+        assert r["forward_seconds"] > r["block_seconds"] > 0
+        assert 0 <= r["test_error"] <= 1
+
+
+def _test_batch(n=12):
+    from odenet.data import BatchLoader, load_mnist
+
+    x, y = load_mnist(DATA, train=False)
+    return BatchLoader(x[:n], y[:n], n).batch(0)
+
+
+def test_numerical_error_matches_its_definition(evaluated):
+    """Recompute the error of the loose solve independently: block output at tol 0.1 vs a
+    float64 solve at 1e-9, relative L2 per image, mean over images."""
+    ck, ev = evaluated
+    c = torch.load(ck, weights_only=True)
+    net = build_model(c["config"]["model"], c["config"]["solver"])
+    net.load_state_dict(c["model"])
+    net.eval()
+    block = ode_blocks(net)[0]
+    x, _ = _test_batch()
+    with torch.no_grad():
+        h0 = net.features(x)
+        h = odeint(block.func, h0, torch.tensor([0.0, 1.0]), method="dopri5", rtol=0.1,
+                   atol=0.1)[-1]
+        f64 = block.func.double()
+        ref = odeint(f64, h0.double(), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                     method="dopri5", rtol=1e-9, atol=1e-9)[-1]
+    e = ((h.double() - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)).mean().item()
+    assert ev["results"][0]["numerical_error"] == pytest.approx(e, rel=0.02)
+
+
+def test_test_error_matches_the_model_at_the_same_tolerance(evaluated):
+    ck, ev = evaluated
+    c = torch.load(ck, weights_only=True)
+    net = build_model(c["config"]["model"], c["config"]["solver"])
+    net.load_state_dict(c["model"])
+    net.eval()
+    ode_blocks(net)[0].configure(rtol=1e-4, atol=1e-4)
+    from odenet.data import BatchLoader, load_mnist
+
+    xs, ys = load_mnist(DATA, train=False)
+    wrong = 0
+    with torch.no_grad():
+        for x, y in BatchLoader(xs[:24], ys[:24], 12):
+            wrong += int((net(x).argmax(1) != y).sum())
+    assert ev["results"][1]["test_error"] == pytest.approx(wrong / 24)
+
+
+@needs_mnist
+def test_out_setting(tmp_path):
+    ck = write_checkpoint(tmp_path / "ck.pt")
+    out = tmp_path / "elsewhere" / "ev.json"
+    assert E.main([f"checkpoint={ck}", "tolerances=[1e-1]", "test_size=12", "batch_size=12",
+                   "error_images=4", "reference_tol=1e-6", f"out={out}"]) == 0
+    ev = json.loads(out.read_text())
+    assert not (tmp_path / "evaluation.json").exists()
+    assert ev["test_images"] == 12 and ev["error_images"] == 4
+
+
+@needs_mnist
+@pytest.mark.parametrize("argv, needle", [
+    ([], "checkpoint is required"),
+    (["checkpoint=/nonexistent/ck.pt"], "no such file"),
+    (["checkpoint=CK", "tolerances=[-1]"], "tolerances: -1"),
+    (["checkpoint=CK", "tolerances=[]"], "tolerances=[]"),
+    (["checkpoint=CK", "tolerances=[1e-3]", "reference_tol=1e-4"], "reference_tol="),
+    (["checkpoint=CK", "dtype=float16"], "dtype='float16'; accepted: float32, float64"),
+    (["checkpoint=CK", "method=nope"], "method='nope'; accepted:"),
+    (["checkpoint=CK", "tolerance=1e-3"], "tolerance"),
+    (["checkpoint=CK", "batch_size=abc"], "batch_size"),
+    (["checkpoint=RESNET"], "model 'resnet' has no ODE block"),
+    (["checkpoint=GARBAGE"], "not a readable checkpoint"),
+    (["checkpoint"], "expected key=value"),
+    (["checkpoint=CK", "tolerances=[1e-1]", "test_size=4", "max_num_steps=3"],
+     "reference solve failed"),
+])
+def test_bad_input_one_line(tmp_path, capsys, argv, needle):
+    ck = write_checkpoint(tmp_path / "ck.pt")
+    res = write_checkpoint(tmp_path / "res.pt", model="resnet")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    subst = {"CK": str(ck), "RESNET": str(res), "GARBAGE": str(garbage)}
+    argv = [a.split("=")[0] + "=" + subst.get(a.split("=", 1)[1], a.split("=", 1)[1])
+            if "=" in a else a for a in argv]
+    assert E.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "evaluation.json").exists()
