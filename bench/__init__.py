@@ -1,0 +1,1 @@
+"""Benchmarks: odenet vs torchdiffeq side by side in one process (not tests)."""

@@ -1,0 +1,150 @@
+"""odenet.solvers vs torchdiffeq, same problem, same seed, one process.
+
+1. bookkeeping: dopri5, rtol=atol=1e-3, y' = -y on 128x64x6x6 floats over [0, 1]: the
+   function is one negation, so the time is the solver's own arithmetic;
+2. the ODE-Net block (the paper's conv ODE function, batch 128, random weights):
+   forward, and forward + adjoint backward, with the NFE of each side.
+
+    python -m bench.bench_solver [--repeats 20] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from odenet.models.blocks import ODEFunc
+from odenet.solvers import SolveStats, odeint
+
+from .common import Counted, interleaved, machine, require_torchdiffeq, write_json
+
+SHAPE = (128, 64, 6, 6)
+TOL = 1e-3
+
+
+class Negate(torch.nn.Module):
+    def forward(self, t, y):
+        return -y
+
+
+def bookkeeping(tdq, device, repeats):
+    y0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)).to(device)
+    t = torch.tensor([0.0, 1.0], device=device)
+
+    negate = Negate()
+    stats = SolveStats()
+    with torch.no_grad():
+        odeint(negate, y0, t, rtol=TOL, atol=TOL, stats=stats)
+        ref_func = Counted(negate)
+        tdq.odeint(ref_func, y0, t, rtol=TOL, atol=TOL)
+        times = interleaved({
+            "odenet": lambda: odeint(negate, y0, t, rtol=TOL, atol=TOL),
+            "torchdiffeq": lambda: tdq.odeint(negate, y0, t, rtol=TOL, atol=TOL),
+        }, repeats, sync=_sync(device))
+    nfe = {"odenet": stats.nfe_forward, "torchdiffeq": ref_func.calls}
+    steps = {"odenet": stats.steps_accepted + stats.steps_rejected,
+             "torchdiffeq": (ref_func.calls - 2) // 6}  # dopri5 with FSAL: 2 + 6 per step
+    return {
+        name: {"seconds": times[name], "nfe": nfe[name], "steps": steps[name],
+               "ms_per_step": 1e3 * times[name] / steps[name],
+               "ms_per_eval": 1e3 * times[name] / nfe[name]}
+        for name in times
+    } | {"ratio_per_step": (times["odenet"] / steps["odenet"])
+         / (times["torchdiffeq"] / steps["torchdiffeq"])}
+
+
+def block(tdq, device, repeats):
+    torch.manual_seed(0)
+    func = ODEFunc(SHAPE[1]).to(device)
+    ref = Counted(func)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)).to(device)
+    t = torch.tensor([0.0, 1.0], device=device)
+    params = tuple(func.parameters())
+    stats = SolveStats()
+
+    def ours_forward():
+        with torch.no_grad():
+            return odeint(func, x, t, rtol=TOL, atol=TOL, stats=stats)
+
+    def ref_forward():
+        with torch.no_grad():
+            return tdq.odeint(ref, x, t, rtol=TOL, atol=TOL)
+
+    def ours_train():
+        func.zero_grad()
+        y = odeint(func, x.requires_grad_(), t, rtol=TOL, atol=TOL, adjoint=True,
+                   adjoint_params=params, stats=stats)
+        y[-1].square().mean().backward()
+
+    def ref_train():
+        func.zero_grad()
+        y = tdq.odeint_adjoint(ref, x.requires_grad_(), t, rtol=TOL, atol=TOL,
+                               adjoint_params=params)
+        y[-1].square().mean().backward()
+
+    def one_call():
+        with torch.no_grad():
+            func(t[0], x)
+
+    # NFE of one call of each, counted on a fresh counter
+    counts = {}
+    for name, fn in [("forward", (ours_forward, ref_forward)), ("train", (ours_train, ref_train))]:
+        stats.reset()
+        ref.calls = 0
+        fn[0]()
+        ours_nfe = (stats.nfe_forward, stats.nfe_backward)
+        fn[1]()
+        fwd_calls = ref.calls if name == "forward" else None
+        counts[name] = {"odenet": ours_nfe, "torchdiffeq": fwd_calls if fwd_calls else ref.calls}
+    times = interleaved({"odenet_forward": ours_forward, "torchdiffeq_forward": ref_forward,
+                         "odenet_train": ours_train, "torchdiffeq_train": ref_train,
+                         "one_call": one_call}, repeats, sync=_sync(device))
+    return {
+        "forward": {"odenet_s": times["odenet_forward"], "torchdiffeq_s": times["torchdiffeq_forward"],
+                    "ratio": times["odenet_forward"] / times["torchdiffeq_forward"],
+                    "nfe_odenet": counts["forward"]["odenet"][0],
+                    "nfe_torchdiffeq": counts["forward"]["torchdiffeq"]},
+        "forward_adjoint_backward": {
+            "odenet_s": times["odenet_train"], "torchdiffeq_s": times["torchdiffeq_train"],
+            "ratio": times["odenet_train"] / times["torchdiffeq_train"],
+            "nfe_odenet": counts["train"]["odenet"],
+            "nfe_total_torchdiffeq": counts["train"]["torchdiffeq"]},
+        "one_call_s": times["one_call"],
+    }
+
+
+def _sync(device):
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="outputs/bench")
+    args = parser.parse_args(argv)
+    tdq = require_torchdiffeq()
+    result = {"machine": machine(), "device": args.device,
+              "bookkeeping": bookkeeping(tdq, args.device, args.repeats),
+              "block": block(tdq, args.device, max(5, args.repeats // 2))}
+    bk, blk = result["bookkeeping"], result["block"]
+    print(f"machine: {result['machine']}")
+    print(f"1. bookkeeping (dopri5, y'=-y, {SHAPE}): odenet {bk['odenet']['ms_per_step']:.2f} ms/step "
+          f"(NFE {bk['odenet']['nfe']}), torchdiffeq {bk['torchdiffeq']['ms_per_step']:.2f} ms/step "
+          f"(NFE {bk['torchdiffeq']['nfe']}): ratio {bk['ratio_per_step']:.2f} (floor <= 0.5)")
+    f, fb = blk["forward"], blk["forward_adjoint_backward"]
+    print(f"2. ODE-Net block forward: odenet {1e3 * f['odenet_s']:.1f} ms (NFE {f['nfe_odenet']}), "
+          f"torchdiffeq {1e3 * f['torchdiffeq_s']:.1f} ms (NFE {f['nfe_torchdiffeq']}): "
+          f"ratio {f['ratio']:.2f}")
+    print(f"   forward + adjoint backward: odenet {1e3 * fb['odenet_s']:.1f} ms "
+          f"(NFE F/B {fb['nfe_odenet'][0]}/{fb['nfe_odenet'][1]}), torchdiffeq "
+          f"{1e3 * fb['torchdiffeq_s']:.1f} ms (NFE F+B {fb['nfe_total_torchdiffeq']}): "
+          f"ratio {fb['ratio']:.2f} (floor <= 1.0)")
+    print(f"   one ODE-function call: {1e3 * blk['one_call_s']:.2f} ms")
+    print(f"wrote {write_json('solver', result, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""Shared by the benchmarks: interleaved timing, a call counter, machine facts, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median seconds of each case. Cases alternate within every round (order flipped each
+    round), so a load that comes and goes on the machine hits all of them alike."""
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    sync()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            cases[name]()
+            sync()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+class Counted(torch.nn.Module):
+    """Wraps an ODE function and counts its calls (the NFE of a solver we don't instrument)."""
+
+    def __init__(self, func: torch.nn.Module):
+        super().__init__()
+        self.func = func
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return self.func(t, y)
+
+
+def machine() -> dict[str, object]:
+    info: dict[str, object] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import torchdiffeq
+
+        info["torchdiffeq"] = getattr(torchdiffeq, "__version__", "?")
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_json(name: str, payload: dict, out_dir: str | os.PathLike = "outputs/bench") -> Path:
+    path = Path(out_dir) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def require_torchdiffeq():
+    try:
+        import torchdiffeq
+    except ImportError:
+        raise SystemExit("the benchmark compares against torchdiffeq: "
+                         "pip install -e '.[dev]' (or make install)") from None
+    return torchdiffeq
