@@ -29,7 +29,7 @@ from odenet.report.runs import (
 
 SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_adjoint",
                "solver_adjoint_norm", "solver_step_size")
-SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "batch_size", "device")
+SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_size", "device")
 GROUP_KEYS = ("model",) + SOLVER_KEYS + SCALE_KEYS
 # Numeric columns averaged over seeds, in table.csv order.
 METRICS = ("test_error", "train_error", "params", "nfe_forward_mean", "nfe_backward_mean",
@@ -153,6 +153,8 @@ def _scale(key: dict) -> str:
         parts.append(f"{key['epochs_planned']} ep")
     if key["train_size"] is not None:
         parts.append(f"n={key['train_size']}")
+    if key["test_size"] is not None:
+        parts.append(f"test n={key['test_size']}")
     return ", ".join(parts) or "-"
 
 
