@@ -7,18 +7,22 @@ state [x, 0] from t1 back to t0; with ℓ the second component,
     log p(x) = log N(z(t0)) − ℓ(t0),  ℓ(t0) = ∫_{t0}^{t1} tr(∂f/∂z) dt.
 
 Training backpropagates through the solve with the adjoint (Contract 1 of DEVELOPERS.md:
-``odeint(..., adjoint=True, adjoint_params=...)``); the trace is computed with
-``create_graph`` so that the adjoint's vector-Jacobian products reach through it.
+``odeint(..., adjoint=True, adjoint_params=...)``, here through ``ODEBlock``); the trace
+is computed with ``create_graph`` so that the adjoint's vector-Jacobian products reach
+through it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from odenet.cnf.base import normal_log_prob
 from odenet.cnf.trace import NOISES, TRACES, sample_noise, trace_exact, trace_hutchinson
-from odenet.solvers import SolveStats, odeint
+from odenet.models.blocks import ODEBlock
+from odenet.solvers import FIXED_METHODS, SolveStats, odeint
 
 
 class CNFDynamics(nn.Module):
@@ -55,12 +59,28 @@ class CNFDynamics(nn.Module):
         self.eps = sample_noise(like, self.noise) if self.trace == "hutchinson" else None
 
 
+class _Backward(nn.Module):
+    """The dynamics run from t1 back to t0 as a forward solve over s = t1 − t ∈ [0, t1 − t0]."""
+
+    def __init__(self, dynamics: CNFDynamics, t1: float):
+        super().__init__()
+        self.dynamics, self.t1 = dynamics, float(t1)
+
+    def forward(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -self.dynamics(self.t1 - s, y)
+
+
 class CNF(nn.Module):
     """Density model p(x) of a CNF with base N(0, base_std² I) at t0 and data at t1.
 
     ``trace`` is the estimator used while training (``exact`` or ``hutchinson`` with
     ``noise``); in eval mode the model uses ``eval_trace`` (default ``exact``: the reported
-    NLL is then the model's true NLL up to solver tolerance, not a stochastic estimate).
+    NLL is then the model's NLL up to solver tolerance, not a stochastic estimate).
+
+    The density direction (data → noise) is an ``ODEBlock`` (odenet.models) over the
+    augmented state, so the trainer reads its NFE from ``stats``, ``configure(rtol=...)``
+    changes its tolerances and the activation meter measures it like the ODE-Net's block.
+    ``solver`` keywords: method, rtol, atol, adjoint, adjoint_norm, step_size, max_num_steps.
     """
 
     kind = "cnf"
@@ -75,12 +95,7 @@ class CNF(nn.Module):
         trace: str = "exact",
         noise: str = "rademacher",
         eval_trace: str = "exact",
-        method: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        adjoint: bool = True,
-        options: dict | None = None,
-        adjoint_options: dict | None = None,
+        **solver: Any,
     ):
         super().__init__()
         if not t1 > t0:
@@ -90,35 +105,36 @@ class CNF(nn.Module):
         if eval_trace not in TRACES:
             raise ValueError(f"unknown eval_trace {eval_trace!r}; one of {', '.join(TRACES)}")
         self.dim, self.t0, self.t1, self.base_std = dim, float(t0), float(t1), float(base_std)
-        self.dynamics = CNFDynamics(field, dim, trace, noise)
         self.train_trace, self.eval_trace = trace, eval_trace
-        self.solver = dict(method=method, rtol=rtol, atol=atol, options=options)
-        self.adjoint, self.adjoint_options = bool(adjoint), adjoint_options
-        self.stats = SolveStats()  # NFE forward/backward, steps: read and reset by the caller
+        solver = {"rtol": 1e-5, "atol": 1e-5, **solver}
+        self.block = ODEBlock(_Backward(CNFDynamics(field, dim, trace, noise), t1), t1 - t0,
+                              **solver)
+
+    @property
+    def dynamics(self) -> CNFDynamics:
+        return self.block.func.dynamics
 
     @property
     def field(self) -> nn.Module:
         return self.dynamics.field
 
-    def _solve(self, y0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    @property
+    def stats(self) -> SolveStats:
+        """NFE forward/backward and steps of the density solves, until ``stats.reset()``."""
+        return self.block.stats
+
+    def configure(self, **settings: Any) -> CNF:
+        self.block.configure(**settings)
+        return self
+
+    def _prepare(self, z: torch.Tensor) -> None:
         self.dynamics.trace = self.train_trace if self.training else self.eval_trace
-        self.dynamics.resample_noise(y0[:, : self.dim])
-        adjoint = self.adjoint and torch.is_grad_enabled()
-        return odeint(
-            self.dynamics,
-            y0,
-            ts.to(y0),
-            **self.solver,
-            adjoint=adjoint,
-            adjoint_params=tuple(self.dynamics.parameters()) if adjoint else None,
-            adjoint_options=self.adjoint_options if adjoint else None,
-            stats=self.stats,
-        )
+        self.dynamics.resample_noise(z)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats, (B, D) → (B,): solve [x, 0] from t1 back to t0."""
-        y1 = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
-        y0 = self._solve(y1, torch.tensor([self.t1, self.t0]))[-1]
+        self._prepare(x)
+        y0 = self.block(torch.cat([x, torch.zeros_like(x[:, :1])], 1))
         return normal_log_prob(y0[:, : self.dim], self.base_std) - y0[:, self.dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,8 +147,31 @@ class CNF(nn.Module):
     def transform_with_log_prob(
         self, z0: torch.Tensor, steps: int = 2
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """z(t) and log p_t(z(t)) along the flow from t0 to t1: ((steps, B, D), (steps, B))."""
+        """z(t) and log p_t(z(t)) along the flow from t0 to t1: ((steps, B, D), (steps, B)).
+
+        A solve without gradients and outside ``stats`` (for figures and sampling).
+        """
         y0 = torch.cat([z0, torch.zeros_like(z0[:, :1])], 1)
-        ys = self._solve(y0, torch.linspace(self.t0, self.t1, steps))
+        ys = self._solve_plain(y0, torch.linspace(self.t0, self.t1, steps, dtype=z0.dtype))
         logp = normal_log_prob(z0, self.base_std)[None] + ys[..., self.dim]
         return ys[..., : self.dim], logp
+
+    def log_prob_at(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """log p_t(x): the density of z(t) at x, for t in [t0, t1] (no gradients, no stats)."""
+        if not self.t0 <= t <= self.t1:
+            raise ValueError(f"t={t} is outside [{self.t0}, {self.t1}]")
+        if t == self.t0:
+            return normal_log_prob(x, self.base_std)
+        y = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
+        y0 = self._solve_plain(y, torch.tensor([t, self.t0], dtype=x.dtype))[-1]
+        return normal_log_prob(y0[:, : self.dim], self.base_std) - y0[:, self.dim]
+
+    def _solve_plain(self, y0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        self._prepare(y0[:, : self.dim])
+        b = self.block
+        options: dict[str, Any] = {"max_num_steps": int(b.max_num_steps)}
+        if b.method in FIXED_METHODS:
+            options["step_size"] = b.step_size
+        with torch.no_grad():
+            return odeint(self.dynamics, y0, ts.to(y0), method=b.method, rtol=b.rtol,
+                          atol=b.atol, options=options)

@@ -12,7 +12,7 @@ roughly [-4, 4]² and a standard normal base density is a sensible starting poin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -100,13 +100,14 @@ SAMPLERS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
 DATASETS = tuple(SAMPLERS)
 
 
-def sample(name: str, n: int, seed: int) -> torch.Tensor:
-    """``n`` points of dataset ``name`` as a float32 tensor, reproducible from ``seed``."""
+def sample(name: str, n: int, seed: int | Sequence[int]) -> torch.Tensor:
+    """``n`` points of dataset ``name`` as a float32 tensor, reproducible from ``seed``
+    (an int or a sequence of ints: numpy's SeedSequence entropy)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(list(seed) if isinstance(seed, Sequence) else seed)
     return torch.from_numpy(SAMPLERS[name](n, rng).astype(np.float32))
 
 

@@ -23,7 +23,8 @@ from odenet.cnf.base import normal_log_prob
 class PlanarFlow(nn.Module):
     kind = "planar"
 
-    def __init__(self, dim: int = 2, layers: int = 32, base_std: float = 1.0, init_std: float = 0.5):
+    def __init__(self, dim: int = 2, layers: int = 32, base_std: float = 1.0,
+                 init_std: float = 0.5):
         super().__init__()
         if dim < 1 or layers < 1:
             raise ValueError("dim and layers must be >= 1")

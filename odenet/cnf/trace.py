@@ -24,7 +24,9 @@ def trace_exact(dz: torch.Tensor, z: torch.Tensor, create_graph: bool = True) ->
     total = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
     for i in range(z.shape[1]):
         # rows are independent samples, so d(sum_b dz[b, i])/dz[b, :] is row b's Jacobian row i
-        (row,) = torch.autograd.grad(dz[:, i].sum(), z, create_graph=create_graph, retain_graph=True)
+        (row,) = torch.autograd.grad(
+            dz[:, i].sum(), z, create_graph=create_graph, retain_graph=True
+        )
         total = total + row[:, i]
     return total
 
