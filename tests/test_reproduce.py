@@ -212,3 +212,58 @@ def test_dry_run_runs_nothing(fake):
     run, calls, tmp = fake
     assert run("dry_run=true") == 0
     assert calls() == [] and not (tmp / "report").exists()
+
+
+SMOKE_PLAN = textwrap.dedent('''
+    experiment: smoke
+    plans:
+      smoke:
+        seeds: [0]
+        models: [mlp, odenet]
+        evaluate:
+          model: odenet
+          tolerances: [1e-1, 1e-3]
+          overrides: [test_size=64, batch_size=32, error_images=8, reference_tol=1e-6]
+        sweeps:
+          - {name: fig3c, figure: fig3c, model: odenet, overrides: [train.max_iters_per_epoch=2],
+             grid: {solver.rtol: [1e-1, 1e-3]}}
+          - {name: memory, figure: memory, model: rknet, overrides: [train.max_iters_per_epoch=1],
+             grid: {solver.rtol: [1e-1, 1e-3]}}
+''')
+
+
+@pytest.mark.slow
+def test_reproduce_smoke_real_pipeline(tmp_path, monkeypatch):
+    """The real `odenet train` / `odenet evaluate` children at smoke scale: an interrupted
+    first pass, then a second that resumes it, evaluates and writes the full report."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "data" / "MNIST" / "raw").is_dir():
+        pytest.skip("MNIST not prepared (make data)")
+    monkeypatch.chdir(repo)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(SMOKE_PLAN)
+    base = [f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}"]
+    quiet = lambda *_: None  # noqa: E731
+    # pass 1: Table-1 runs only, each stopped after 3 iterations as if interrupted
+    cfg = R.load_config(base + ["sweeps=false", "train_args=[train.stop_after_iters=3]"],
+                        plan_file=plan)
+    assert R.reproduce(cfg, "odenet reproduce (smoke, pass 1)", log=quiet) == 1
+    odenet_dir = tmp_path / "runs" / "table" / "odenet_seed0"
+    first = json.loads((odenet_dir / "metrics.json").read_text())
+    assert first["status"] == "interrupted"
+    # pass 2: resumes, finishes, evaluates, sweeps, reports
+    cfg = R.load_config(base, plan_file=plan)
+    assert R.reproduce(cfg, "odenet reproduce (smoke)", log=quiet) == 0
+    m = json.loads((odenet_dir / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["epochs"] == m["epochs_planned"]
+    ev = json.loads((odenet_dir / "evaluation.json").read_text())
+    assert [r["rtol"] for r in ev["results"]] == [0.1, 0.001]
+    rep = tmp_path / "report"
+    md = (rep / "report.md").read_text()
+    for name in ("fig3a", "fig3b", "fig3c", "fig3d", "memory"):
+        assert (rep / f"{name}.png").stat().st_size > 10_000
+        assert f"![{name}]({name}.png)" in md
+    assert "| ODE-Net | dopri5 tol=1e-3 adjoint | smoke" in md
+    assert "| 1-layer MLP |" in md and "**Incomplete:**" not in md
+    mem = (rep / "memory.csv").read_text()
+    assert mem.count("RK-Net") == 2  # the two memory-sweep runs
