@@ -172,6 +172,14 @@ def test_full_pipeline_then_rerun_skips_everything(fake):
     assert "seminorm" in c3 and ",14,20," in c3  # tol 1e-2 sweep: NFE-F 14, NFE-B 20
     mem = (rep / "memory.csv").read_text()
     assert "294.4" in mem  # RK-Net at tol 1e-4: 32 NFE x 9.2 MiB
+    claims = md.split("## Measured against the paper's claims")[1].split("## Figures")[0]
+    assert "9.20 MiB per function evaluation (least squares over 3 run(s), NFE 8-32)" in claims
+    # ODE-Nets of the fig3c sweep (NFE 8, 14) join the table's (NFE 20) in the memory plot
+    assert "the block saved 2.25 MiB for backward at NFE 8-20 (5 run(s))" in claims
+    # fake NFE-B = NFE-F + 6 over tol 0.1, 0.01 (sweep) and 1e-3 (table): 180 / 126
+    assert "NFE-B / NFE-F (Fig. 3c, dopri5 adjoint, over all logged training iterations): " \
+           "1.43" in claims
+    assert "ODE-Net 1.00 % (paper 0.42 %)" in claims
 
     assert run() == 0
     assert len(calls()) == len(c)  # nothing re-run, the evaluation included

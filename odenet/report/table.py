@@ -131,6 +131,13 @@ def _pm(stat: Stat, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
     return s + unit
 
 
+def _mib(stat: Stat) -> str:
+    """MiB with 3 significant figures or so: 0.844, 2.25, 14.5, 183.0."""
+    m = stat.mean
+    return _pm(stat, digits=3 if m is not None and m < 1 else 2 if m is not None and m < 10
+               else 1)
+
+
 def _params(stat: Stat) -> str:
     if stat.mean is None:
         return "-"
@@ -188,7 +195,7 @@ def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Seque
             f"{p['test_error'] * 100:.2f}" if p else "-",
             _params(st["params"]),
             f"{p['params'] / 1e6:.2f} M" if p else "-",
-            f"{_pm(st['activation_mib'], digits=1)} / {_pm(st['activation_block_mib'], digits=1)}",
+            f"{_mib(st['activation_mib'])} / {_mib(st['activation_block_mib'])}",
             p["memory"] if p else "-",
             _pm(st["sec_per_iter"], digits=3),
             _pm(st["sec_per_test_batch"], digits=3),

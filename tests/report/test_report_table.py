@@ -59,7 +59,7 @@ def test_markdown_has_ours_beside_the_papers(tmp_path, four_models):
     assert cells[4] == "1.50 ± 0.71"               # test error %, mean ± std
     assert cells[5] == "0.42"                      # paper's ODE-Net
     assert cells[6] == "208,266" and cells[7] == "0.22 M"
-    assert cells[9] == "O(1)"
+    assert cells[8] == "40.0 ± 0.0 / 2.25 ± 0.00" and cells[9] == "O(1)"
     assert cells[13] == "20.0 ± 0.0" and cells[14] == "26.0 ± 0.0"
     rk = next(line for line in lines if line.startswith("| RK-Net |"))
     assert "| 0.47 |" in rk and "O(L~)" in rk and "183.0" in rk
