@@ -8,13 +8,14 @@ converted byte-exactly: the MD5s of the written files equal the original MNIST f
 Every file is written to a temporary name, verified, then renamed, so an interrupted
 preparation leaves no half file; ``.verified`` is written last.
 
-Training reads those same files into memory (the 60,000 x 28 x 28 uint8 images are
-47 MB) and builds each batch by indexing: the shuffle order and the RandomCrop(28, padding=4) offsets of an
-epoch are drawn up front from a generator seeded by (seed, epoch). A batch is thus a
-pure function of (seed, epoch, index): a run resumed in the middle of an epoch sees
-exactly the batches an uninterrupted run would, and no worker processes are needed
-(on a 2-core machine they would only compete with the model for the cores). On CUDA
-the uint8 dataset is kept on the GPU (``data.on_device``), or batches are pinned.
+Training reads those same files into memory (the 60,000 x 28 x 28 uint8 images are 47
+MB) and builds each batch by indexing: the shuffle order and the RandomCrop(28,
+padding=4) offsets of an epoch are drawn up front from a generator seeded by (seed,
+epoch). A batch is thus a pure function of (seed, epoch, index): a run resumed in the
+middle of an epoch sees exactly the batches an uninterrupted run would, and no worker
+processes are needed (on a 2-core machine they would only compete with the model for
+the cores). On CUDA the uint8 dataset is kept on the GPU (``data.on_device``), or
+batches are pinned.
 """
 
 from __future__ import annotations

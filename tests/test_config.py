@@ -1,0 +1,174 @@
+"""Configs: every group option composes and validates; bad configs end in one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from odenet.config import Config, ConfigError, compose, error_line, model_config, to_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = ("model", "solver", "data", "optim", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option",
+                         [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group, option):
+    cfg = compose([f"{group}={option}"])
+    assert OmegaConf.is_readonly(cfg)
+    if group == "model":
+        assert cfg.model.name == option
+    if group == "solver":
+        assert cfg.solver.method == option
+    if group == "experiment":
+        assert cfg.experiment_name == option
+
+
+def test_the_groups_hold_what_the_issue_lists():
+    assert options("model") == ["mlp", "odenet", "resnet", "rknet"]
+    assert {"paper", "quick", "smoke"} <= set(options("experiment"))
+    from odenet.solvers import METHODS
+
+    assert set(options("solver")) == set(METHODS)  # one file per method of the library
+
+
+@pytest.mark.parametrize("experiment", ["paper", "quick", "smoke"])
+@pytest.mark.parametrize("model", ["mlp", "resnet", "odenet", "rknet"])
+def test_experiments_compose_with_every_model(experiment, model):
+    cfg = compose([f"experiment={experiment}", f"model={model}"])
+    assert cfg.model.name == model and cfg.experiment_name == experiment
+
+
+def test_defaults_are_the_papers_recipe():
+    c = compose([])
+    assert c.model.name == "odenet" and c.solver.method == "dopri5"
+    assert c.solver.rtol == c.solver.atol == 1e-3 and c.solver.adjoint is True
+    o = c.optim
+    assert (o.name, o.momentum, o.base_lr, o.epochs, list(o.milestones), o.gamma) == (
+        "sgd", 0.9, 0.1, 160, [60, 100, 140], 0.1)
+    assert o.weight_decay == 0 and c.data.batch_size == 128 and c.data.augment
+    assert not c.data.normalize and c.data.train_size is None and c.data.test_size is None
+    p = compose(["experiment=paper"])
+    assert p.optim.epochs == 160 and p.optim.schedule == "multistep"
+    q = compose(["experiment=quick"])
+    assert q.data.train_size is None and q.data.test_size is None  # full MNIST
+    assert q.optim.epochs <= 6
+
+
+def test_atol_follows_rtol_unless_set():
+    assert compose(["solver.rtol=1e-2"]).solver.atol == 1e-2
+    s = compose(["solver.rtol=1e-2", "solver.atol=1e-4"]).solver
+    assert (s.rtol, s.atol) == (1e-2, 1e-4)
+    assert compose(["solver=rk4", "solver.rtol=1e-5"]).solver.atol == 1e-5
+
+
+def test_rknet_is_odenet_without_the_adjoint():
+    o, r = compose(["model=odenet"]), compose(["model=rknet"])
+    assert o.solver.adjoint is True and r.solver.adjoint is False
+    assert OmegaConf.to_container(o.model) == {**OmegaConf.to_container(r.model),
+                                               "name": "odenet"}
+    assert compose(["model=rknet", "solver=rk4"]).solver.step_size == 0.25
+    with pytest.raises(ConfigError, match="model=rknet"):
+        compose(["model=rknet", "solver.adjoint=true"])
+    with pytest.raises(ConfigError, match="model=odenet"):
+        compose(["model=odenet", "solver.adjoint=false"])
+
+
+def test_mlp_and_resnet_ignore_the_solver_settings():
+    assert compose(["model=resnet", "solver.adjoint=false"]).model.name == "resnet"
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["solver.rtol=-1"], "solver.rtol must be > 0"),
+    (["solver.rtol=abc"], "solver.rtol: Value 'abc'"),
+    (["model=nope"], "Could not find 'model/nope' (available: mlp, odenet, resnet, rknet)"),
+    (["solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
+    (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
+    (["rtol=1e-3"], "did you mean 'solver.rtol'?"),
+    (["solver.method=lsoda"], "solver.method='lsoda' is not one of"),
+    (["solver=rk4", "solver.step_size=null"], "fixed-grid method"),
+    (["optim.schedule=linear"], "optim.schedule='linear' is not one of"),
+    (["optim.milestones=[100,60]"], "optim.milestones must be increasing"),
+    (["data.batch_size=0"], "data.batch_size must be >= 1"),
+    (["seed=0,1"], "sweeping needs -m"),
+    (["device=tpu"], "device='tpu'"),
+])
+def test_bad_configs_give_one_line(overrides, expected):
+    with pytest.raises(Exception) as info:
+        compose(overrides)
+    line = error_line(info.value)
+    assert expected in line
+    assert "\n" not in line
+
+
+def test_schema_rejects_unknown_keys_and_wrong_types_from_any_source():
+    good = OmegaConf.to_container(compose([]))
+    with pytest.raises(ConfigError, match="unknown key 'model.widht'; did you mean 'model.width'"):
+        to_config({**good, "model": {**good["model"], "widht": 3}})
+    with pytest.raises(ConfigError, match="seed"):
+        to_config({**good, "seed": "x"})
+    assert isinstance(to_config(good), type(compose([])))
+    # a checkpoint's plain dict (or a part of it) rebuilds the same model config
+    assert model_config({"name": "rknet"}).width == 64
+    assert OmegaConf.structured(Config).model.name == "odenet"
+
+
+def test_bad_command_lines_exit_nonzero_with_one_line(cli_popen, tmp_path):
+    """The command lines of the issue, each in a fresh process (run concurrently)."""
+    cases = {
+        "solver.rtol=-1": "solver.rtol must be > 0",
+        "solver.rtol=abc": "could not be converted to Float",
+        "model=nope": "Could not find 'model/nope'",
+        "solver.rtl=1e-3": "did you mean 'solver.rtol'?",
+        f"data.root={tmp_path / 'nowhere'}": "MNIST not found in",
+    }
+    procs = {arg: cli_popen("train", arg, f"hydra.run.dir={tmp_path / 'run'}")
+             for arg in cases}
+    for arg, expected in cases.items():
+        out, err = procs[arg].communicate(timeout=120)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert procs[arg].returncode == 2, (arg, err)
+        assert len(lines) == 1, (arg, err)
+        assert lines[0].startswith("odenet train: error: ") and expected in lines[0], lines
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_cli_dispatcher(cli):
+    r = cli("--help")
+    assert r.returncode == 0
+    for cmd in ("train", "evaluate", "table", "figures", "reproduce", "data"):
+        assert f"\n  {cmd} " in r.stdout
+    r = cli("nope")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        "odenet: unknown command 'nope'; valid commands: train, evaluate, table, figures, "
+        "reproduce, data"]
+
+
+def test_dispatch_table_is_lazy_and_complete():
+    import sys
+
+    from odenet import cli
+
+    assert cli.COMMANDS["evaluate"][0] == "odenet.evaluate:main"
+    assert cli.COMMANDS["table"][0] == "odenet.report.table:main"
+    assert cli.COMMANDS["figures"][0] == "odenet.report.figures:main"
+    assert cli.COMMANDS["reproduce"][0] == "odenet.reproduce:main"
+    assert cli.COMMANDS["train"][0] == "odenet.train:main"
+    assert cli.COMMANDS["data"][0] == "odenet.data:main"
+    assert "hydra" not in sys.modules or True  # cli itself imports nothing heavy:
+    src = Path(cli.__file__).read_text()
+    assert "import torch" not in src and "import hydra" not in src
+
+
+def test_train_help_lists_config_groups(cli):
+    r = cli("train", "--help")
+    assert r.returncode == 0
+    for group in ("model:", "solver:", "experiment:"):
+        assert group in r.stdout

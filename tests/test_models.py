@@ -1,0 +1,132 @@
+"""Models: exact parameter counts, shapes, the ODE block's solver stats and settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from odenet.config import compose
+from odenet.models import (
+    ODEBlock,
+    build_model,
+    configure_solver,
+    count_parameters,
+    measured_blocks,
+    ode_blocks,
+    reset_solver_stats,
+    solver_stats,
+)
+
+torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
+
+
+def model(name: str, *overrides: str):
+    c = compose([f"model={name}", *overrides])
+    torch.manual_seed(0)
+    return build_model(c.model, c.solver)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("mlp", 238_510), ("resnet", 576_778), ("odenet", 208_266), ("rknet", 208_266)])
+def test_exact_parameter_counts(name, params):
+    assert count_parameters(model(name)) == params
+
+
+def test_blocks_are_shared_and_assemblies_differ_only_in_the_body():
+    r, o = model("resnet"), model("odenet")
+    assert [n for n, _ in r.features.named_parameters()] == \
+           [n for n, _ in o.features.named_parameters()]
+    assert count_parameters(r.head) == count_parameters(o.head) == 778
+    assert count_parameters(r.body) == 6 * 73_984 and count_parameters(o.body) == 75_392
+    assert measured_blocks(r) == [r.body] and measured_blocks(o) == [o.body]
+    assert measured_blocks(model("mlp")) == []
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet", "odenet", "rknet"])
+def test_forward_backward_shapes(name):
+    m = model(name)
+    x = torch.rand(3, 1, 28, 28)
+    out = m(x)
+    assert out.shape == (3, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_ode_block_exposes_solver_stats_per_solve():
+    o, r = model("odenet"), model("rknet")
+    x = torch.rand(2, 1, 28, 28)
+    assert solver_stats(model("resnet")) is None
+    for m, adjoint in ((o, True), (r, False)):
+        (block,) = ode_blocks(m)
+        assert block.adjoint is adjoint
+        reset_solver_stats(m)
+        m(x).sum().backward()
+        st = solver_stats(m)
+        # dopri5 with FSAL: 2 evaluations for the initial step + 6 per step taken
+        assert st["nfe_forward"] == 2 + 6 * (st["steps_accepted"] + st["steps_rejected"])
+        assert (st["nfe_backward"] > 0) is adjoint
+        reset_solver_stats(m)
+        assert solver_stats(m)["nfe_forward"] == 0
+
+
+def test_tolerance_can_change_at_evaluation_time():
+    m = model("odenet")
+    x = torch.rand(2, 1, 28, 28)
+    nfe = {}
+    with torch.no_grad():
+        for tol in (1e-1, 1e-5):
+            configure_solver(m, rtol=tol)
+            (block,) = ode_blocks(m)
+            assert block.rtol == block.atol == tol  # atol follows rtol
+            reset_solver_stats(m)
+            m(x)
+            nfe[tol] = solver_stats(m)["nfe_forward"]
+    assert nfe[1e-5] > nfe[1e-1]
+    configure_solver(m, method="rk4", step_size=0.5)
+    reset_solver_stats(m)
+    with torch.no_grad():
+        m(x)
+    assert solver_stats(m)["nfe_forward"] == 8  # 2 steps x 4 stages
+    with pytest.raises(ValueError, match="unknown solver setting"):
+        configure_solver(m, tol=1)
+
+
+def test_adjoint_and_direct_gradients_agree():
+    """ODE-Net (adjoint) and RK-Net (backprop through the steps) train the same function:
+    their gradients approach each other as the tolerance tightens (backprop gives the
+    gradient of the discretization, the adjoint that of the ODE; the solver tests
+    check each against references)."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 28, 28)
+    grads = []
+    for name in ("odenet", "rknet"):
+        m = model(name, "solver.rtol=1e-5")
+        m.zero_grad()
+        m(x).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    rel = (grads[0] - grads[1]).norm() / grads[1].norm()
+    assert rel < 0.05
+
+
+def test_build_model_from_a_checkpoint_config_dict():
+    cfg = compose(["model=rknet", "solver=bosh3", "solver.rtol=1e-2"])
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg)  # what checkpoint.pt stores
+    torch.manual_seed(0)
+    a = build_model(cfg.model, cfg.solver)
+    b = build_model(plain["model"], plain["solver"])
+    b.load_state_dict(a.state_dict())
+    (blk,) = ode_blocks(b)
+    assert isinstance(blk, ODEBlock)
+    assert (blk.method, blk.rtol, blk.atol, blk.adjoint) == ("bosh3", 1e-2, 1e-2, False)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    # partial dicts work too: unset adjoint follows the model name
+    assert ode_blocks(build_model({"name": "odenet"}, {"rtol": 1e-2}))[0].adjoint is True
+
+
+def test_res_downsampling_option():
+    m = model("odenet", "model.downsampling=res")
+    assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)

@@ -1,0 +1,279 @@
+"""The trainer: what a run writes (Contract 2), resume, interruption, failures, sweeps."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from odenet.config import ConfigError, compose
+from odenet.models import build_model
+from odenet.train import CHECKPOINT, load_checkpoint, lr_factor, run
+
+torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
+
+CONTRACT_KEYS = {
+    "model", "experiment", "seed", "status", "reason", "solver_method", "solver_rtol",
+    "solver_atol", "solver_adjoint", "solver_adjoint_norm", "solver_step_size", "test_error",
+    "train_error", "params", "nfe_forward_mean", "nfe_backward_mean", "activation_mib",
+    "activation_block_mib", "cuda_peak_mib", "rss_peak_mib", "sec_per_iter",
+    "sec_per_test_batch", "epochs", "epochs_planned", "batch_size", "train_size", "device",
+    "torch_version", "git_commit", "wall_seconds"}
+ITER_KEYS = {"kind", "epoch", "iter", "loss", "nfe_forward", "nfe_backward", "steps_accepted",
+             "steps_rejected", "seconds", "lr"}
+EPOCH_KEYS = {"kind", "epoch", "train_error", "test_error", "nfe_forward_mean",
+              "nfe_backward_mean", "activation_mib", "activation_block_mib", "rss_peak_mib",
+              "seconds"}
+PARAMS = {"mlp": 238_510, "resnet": 576_778, "odenet": 208_266, "rknet": 208_266}
+# small and quick: 4 iterations of 32 images per epoch, 64 test images
+TINY = ("experiment=smoke", "data.train_size=128", "data.test_size=64",
+        "train.train_eval_size=64", "train.tensorboard=false")
+
+
+def history(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet", "odenet", "rknet"])
+def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
+    cfg = compose_cfg("experiment=smoke", f"model={name}")
+    m = run(cfg, tmp_path)
+    assert m == metrics(tmp_path)  # the returned record is what metrics.json holds
+    assert CONTRACT_KEYS <= set(m)
+    ode = name in ("odenet", "rknet")
+    assert m["status"] == "finished" and m["reason"] is None
+    assert (m["model"], m["experiment"], m["seed"], m["params"]) == (name, "smoke", 0,
+                                                                     PARAMS[name])
+    assert 0 <= m["test_error"] <= 1 and 0 <= m["train_error"] <= 1
+    assert (m["epochs"], m["epochs_planned"], m["batch_size"], m["train_size"]) == (1, 1, 32, 256)
+    assert m["test_size"] == 200 and m["device"] == "cpu" and m["cuda_peak_mib"] is None
+    assert m["torch_version"] == torch.__version__ and m["wall_seconds"] > 0
+    assert m["sec_per_iter"] > 0 and m["sec_per_test_batch"] > 0 and m["rss_peak_mib"] > 100
+    assert m["activation_mib"] > 0
+    if ode:
+        assert m["solver_method"] == "dopri5" and m["solver_rtol"] == m["solver_atol"] == 1e-3
+        assert m["solver_adjoint"] is (name == "odenet") and m["solver_step_size"] is None
+        assert m["nfe_forward_mean"] >= 14 and m["test_nfe_forward_mean"] >= 8
+        assert (m["nfe_backward_mean"] > 0) is (name == "odenet")
+        assert 0 < m["activation_block_mib"] < m["activation_mib"]
+    else:
+        assert m["solver_method"] is None and m["solver_adjoint"] is None
+        assert m["nfe_forward_mean"] is None and m["nfe_backward_mean"] is None
+        assert (m["activation_block_mib"] is None) is (name == "mlp")
+
+    recs = history(tmp_path)
+    iters = [r for r in recs if r["kind"] == "iter"]
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert len(iters) == 8 and [r["iter"] for r in iters] == list(range(8))  # log_every=1
+    assert all(ITER_KEYS <= set(r) for r in iters) and len(epochs) == 1
+    assert EPOCH_KEYS <= set(epochs[0])
+    assert all(math.isfinite(r["loss"]) and r["seconds"] > 0 and r["lr"] == 0.025
+               for r in iters)  # lr = 0.1 x 32 / 128
+    if ode:
+        assert all(r["nfe_forward"] == 2 + 6 * (r["steps_accepted"] + r["steps_rejected"])
+                   for r in iters)
+        assert m["nfe_forward_mean"] == pytest.approx(sum(r["nfe_forward"] for r in iters) / 8)
+    assert epochs[0]["test_error"] == m["test_error"]
+
+    ck = load_checkpoint(tmp_path / CHECKPOINT)  # weights_only=True: plain data only
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ck)
+    assert ck["epoch"] == 1 and ck["config"]["model"]["name"] == name
+    net = build_model(ck["config"]["model"], ck["config"]["solver"])
+    net.load_state_dict(ck["model"])
+    assert sum(p.numel() for p in net.parameters()) == PARAMS[name]
+
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    if name == "resnet":  # read one run's events back: every iteration was logged
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "tb"))
+        acc.Reload()
+        assert len(acc.Scalars("iter/loss")) == 8
+        assert acc.Scalars("epoch/test_error")[-1].value == pytest.approx(m["test_error"])
+
+
+def test_checkpoint_cannot_run_code(compose_cfg, tmp_path):
+    """A checkpoint is loaded with weights_only=True: a pickle that calls code is refused."""
+    run(compose_cfg(*TINY, "model=mlp"), tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / CHECKPOINT)
+    with pytest.raises(ConfigError, match="cannot load"):
+        run(compose_cfg(*TINY, "model=mlp", "resume=true"), tmp_path)
+
+
+def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
+    from odenet.data import mnist_loaders
+    from odenet.train import ClassifyTask, evaluate
+
+    m = run(compose_cfg(*TINY, "model=odenet"), tmp_path)
+    ck = load_checkpoint(tmp_path / CHECKPOINT)
+    cfg = compose_cfg(*TINY, "model=odenet")
+    net = build_model(ck["config"]["model"], ck["config"]["solver"])
+    net.load_state_dict(ck["model"])
+    _, test, _ = mnist_loaders(cfg.data, cfg.seed, "cpu", 0)
+    ev = evaluate(ClassifyTask(), net, test, torch.device("cpu"))
+    assert ev["value"] == m["test_error"]
+    assert ev["nfe_forward_mean"] == m["test_nfe_forward_mean"]
+
+
+def _final(out: Path) -> tuple[dict, dict]:
+    m = metrics(out)
+    ck = load_checkpoint(out / CHECKPOINT)
+    return m, ck["model"]
+
+
+SAME = ("test_error", "train_error", "nfe_forward_mean", "nfe_backward_mean", "epochs",
+        "activation_mib", "activation_block_mib", "test_nfe_forward_mean", "params")
+
+
+@pytest.mark.parametrize("name", ["odenet", "resnet"])
+def test_resume_gives_the_same_final_metrics(name, compose_cfg, tmp_path):
+    """Stopped mid-epoch twice and resumed == never stopped (CPU, bit for bit)."""
+    args = (*TINY, f"model={name}", "optim.epochs=2", "optim.schedule=onecycle")
+    a, b = tmp_path / "straight", tmp_path / "stopped"
+    run(compose_cfg(*args), a)
+    first = run(compose_cfg(*args, "train.stop_after_iters=2"), b)
+    assert first["status"] == "interrupted" and "stop_after_iters" in first["reason"]
+    assert load_checkpoint(b / CHECKPOINT)["batch"] == 2
+    second = run(compose_cfg(*args, "resume=true", "train.stop_after_iters=3"), b)
+    assert second["status"] == "interrupted" and second["epochs"] == 1
+    last = run(compose_cfg(*args, "resume=true"), b)
+    assert last["status"] == "finished"
+    (ma, wa), (mb, wb) = _final(a), _final(b)
+    for k in SAME:
+        assert ma[k] == mb[k], k
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ha = [{k: v for k, v in r.items() if k not in ("seconds", "rss_peak_mib", "sec_per_iter",
+                                                   "sec_per_test_batch", "train_seconds")}
+          for r in history(a)]
+    hb = [{k: v for k, v in r.items() if k not in ("seconds", "rss_peak_mib", "sec_per_iter",
+                                                   "sec_per_test_batch", "train_seconds")}
+          for r in history(b)]
+    assert ha == hb  # the history, too, reads as one run (no duplicates after resume)
+    assert mb["wall_seconds"] > 0
+
+
+def test_resume_refuses_a_different_run(compose_cfg, tmp_path):
+    run(compose_cfg(*TINY, "model=mlp"), tmp_path)
+    with pytest.raises(ConfigError, match="model.name") as info:
+        run(compose_cfg(*TINY, "model=resnet", "resume=true"), tmp_path)
+    assert "\n" not in str(info.value)
+    # more epochs may be asked for: training continues
+    m = run(compose_cfg(*TINY, "model=mlp", "resume=true", "optim.epochs=2"), tmp_path)
+    assert m["status"] == "finished" and m["epochs"] == 2
+
+
+def test_nan_loss_fails_the_run_with_a_reason(compose_cfg, tmp_path):
+    m = run(compose_cfg(*TINY, "model=mlp", "optim.lr=1e30"), tmp_path)
+    assert m["status"] == "failed" and "non-finite loss" in m["reason"]
+    assert metrics(tmp_path)["status"] == "failed"
+
+
+def test_solver_error_fails_the_run_with_a_reason(compose_cfg, tmp_path):
+    m = run(compose_cfg(*TINY, "model=odenet", "solver.max_num_steps=1"), tmp_path)
+    assert m["status"] == "failed" and m["reason"].startswith("SolverError: max_num_steps=1")
+    assert "\n" not in m["reason"]
+
+
+def test_lr_schedules():
+    o = compose(["optim.epochs=10", "optim.milestones=[4,8]"]).optim
+    assert [lr_factor(s, 10, o) for s in (0, 39, 40, 79, 80, 99)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    c = compose(["optim.epochs=4", "optim.schedule=onecycle", "optim.pct_start=0.25"]).optim
+    f = [lr_factor(s, 100, c) for s in range(400)]
+    assert f[0] == pytest.approx(c.warmup_start) and max(f) == pytest.approx(1.0)
+    assert f.index(max(f)) == 100 and f[-1] < 1e-3
+    assert all(a <= b for a, b in zip(f[:100], f[1:101]))  # rises, then falls
+    assert all(a >= b for a, b in zip(f[100:], f[101:]))
+    k = compose(["optim.epochs=4", "optim.schedule=cosine", "optim.warmup_epochs=1"]).optim
+    g = [lr_factor(s, 100, k) for s in range(400)]
+    assert g[0] == pytest.approx(0.1) and g[100] == pytest.approx(1.0) and g[-1] < 1e-3
+    assert lr_factor(7, 10, compose(["optim.schedule=constant"]).optim) == 1.0
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(cli_popen, tmp_path, mnist_root):
+    out = tmp_path / "run"
+    p = cli_popen("train", *TINY, "model=resnet", "optim.epochs=50", f"data.root={mnist_root}",
+                  "train.progress=always", f"hydra.run.dir={out}")
+    hist, deadline = out / "history.jsonl", time.time() + 120
+    while not (hist.is_file() and hist.read_text()):  # training has begun
+        assert p.poll() is None, p.communicate()
+        assert time.time() < deadline
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM
+    line = [ln for ln in (stdout + stderr).splitlines() if "interrupted (SIGTERM" in ln]
+    assert line and "checkpoint saved to" in line[0] and "resume=true" in line[0]
+    assert "epochs" in stderr  # the tqdm bar was drawn (progress=always)
+    m = metrics(out)
+    assert m["status"] == "interrupted" and m["reason"].startswith("SIGTERM")
+    ck = load_checkpoint(out / CHECKPOINT)
+    assert ck["epoch"] * 4 + ck["batch"] >= 1
+    assert (out / "train.log").read_text().count("interrupted (SIGTERM") == 1
+    # and it continues where it stopped
+    cfg = compose([*TINY, "model=resnet", "optim.epochs=2", f"data.root={mnist_root}",
+                   "resume=true"])
+    assert run(cfg, out)["status"] == "finished"
+
+
+def test_sweep_goes_on_after_a_failed_job(cli, tmp_path, mnist_root):
+    sweep = tmp_path / "sweep"
+    r = cli("train", "-m", *TINY, "model=mlp", "optim.lr=1e30,0.1", f"data.root={mnist_root}",
+            f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 1, r.stderr  # a job failed: the sweep says so
+    m0, m1 = metrics(sweep / "0"), metrics(sweep / "1")
+    assert m0["status"] == "failed" and m1["status"] == "finished"
+    assert (sweep / "1" / ".hydra" / "overrides.yaml").is_file()
+    assert (sweep / "multirun.yaml").is_file()
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(cli, tmp_path, mnist_root):
+    sweep = tmp_path / "sweep"
+    r = cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
+            "model=mlp", "seed=0,1", f"data.root={mnist_root}", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr
+    runs = [metrics(sweep / str(i)) for i in (0, 1)]
+    assert [m["seed"] for m in runs] == [0, 1]
+    assert all(m["status"] == "finished" for m in runs)
+    assert runs[0]["test_error"] is not None
+
+
+def test_submitit_local_launcher(cli, tmp_path, mnist_root):
+    """The same code path as hydra/launcher=submitit_slurm on a SLURM cluster."""
+    sweep = tmp_path / "sweep"
+    r = cli("train", "-m", "hydra/launcher=submitit_local", *TINY, "model=mlp", "seed=0,1",
+            f"data.root={mnist_root}", f"hydra.sweep.dir={sweep}", timeout=600)
+    assert r.returncode == 0, r.stderr
+    runs = [metrics(sweep / str(i)) for i in (0, 1)]
+    assert [m["status"] for m in runs] == ["finished", "finished"]
+    assert (sweep / ".submitit").is_dir()
+
+
+def test_run_accepts_plain_dicts_and_dictconfigs(compose_cfg, tmp_path):
+    cfg = compose_cfg(*TINY, "model=mlp")
+    m = run(OmegaConf.to_container(cfg), tmp_path)
+    assert m["status"] == "finished"
+
+
+def test_missing_data_stops_before_anything_is_written(compose_cfg, tmp_path):
+    from odenet.data import DataError
+
+    with pytest.raises(DataError, match="odenet data"):
+        run(compose_cfg(*TINY, "model=mlp", f"data.root={tmp_path / 'none'}"), tmp_path / "r")
+    assert not (tmp_path / "r" / "metrics.json").exists()
