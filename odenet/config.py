@@ -21,9 +21,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-MODELS = ("mlp", "resnet", "odenet", "rknet")
+MODELS = ("mlp", "resnet", "odenet", "rknet", "cnf", "planar")
 ODE_MODELS = ("odenet", "rknet")
-TASKS = ("classify",)  # the trainer's task registry (odenet.train.TASKS) must match
+DENSITY_MODELS = ("cnf", "planar")  # task=density: 2-D toy densities (odenet/cnf)
+TASKS = ("classify", "density")  # the trainer's task registry (odenet.train.TASKS) must match
+# data.name for task=density; odenet.cnf.datasets.DATASETS (checked by tests/cnf) must match
+TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals")
+OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 
 
@@ -43,6 +47,17 @@ class ModelConfig:
     in_channels: int = 1
     image_size: int = 28
     num_classes: int = 10
+    # density models (cnf, planar; configs/model/cnf.yaml, planar.yaml). A CNF reuses
+    # width (hyper: M units; concat: units per layer), hidden (hypernetwork units), t1.
+    dim: int = 2  # data dimension
+    base_std: float = 1.0  # base density N(0, base_std^2 I)
+    field: str = "hyper"  # cnf: hyper (the paper's hypernetwork) | concat (concat-t MLP)
+    depth: int = 3  # cnf concat: hidden layers
+    activation: str = "tanh"  # cnf concat: tanh | softplus | elu
+    trace: str = "exact"  # cnf training: exact | hutchinson
+    noise: str = "rademacher"  # cnf hutchinson: rademacher | gaussian
+    eval_trace: str = "exact"  # cnf evaluation (test_nll)
+    layers: int = 32  # planar: K layers
 
 
 @dataclass
@@ -213,6 +228,15 @@ def _validate_model(m: Any) -> None:
     for k in ("width", "hidden", "num_blocks", "in_channels", "image_size", "num_classes"):
         _need(getattr(m, k) >= 1, f"model.{k} must be >= 1 (got {getattr(m, k)})")
     _need(m.t1 > 0, f"model.t1 must be > 0 (got {m.t1})")
+    if m.name in DENSITY_MODELS:
+        for k in ("dim", "depth", "layers"):
+            _need(getattr(m, k) >= 1, f"model.{k} must be >= 1 (got {getattr(m, k)})")
+        _need(m.base_std > 0, f"model.base_std must be > 0 (got {m.base_std})")
+        _one_of("model.field", m.field, ("hyper", "concat"))
+        _one_of("model.activation", m.activation, ("tanh", "softplus", "elu"))
+        _one_of("model.trace", m.trace, ("exact", "hutchinson"))
+        _one_of("model.eval_trace", m.eval_trace, ("exact", "hutchinson"))
+        _one_of("model.noise", m.noise, ("rademacher", "gaussian"))
 
 
 def _validate_solver(s: Any, model_name: str | None) -> None:
@@ -258,21 +282,33 @@ def _validate(c: Any) -> None:
     if c.threads is not None:
         _need(c.threads >= 1, f"threads must be >= 1 (got {c.threads})")
     _validate_model(c.model)
-    if c.model.name in ODE_MODELS:
+    density = c.model.name in DENSITY_MODELS
+    if density and c.task != "density":
+        raise ConfigError(f"model={c.model.name} is a density model: train it with "
+                          f"experiment=cnf_moons (task=density, data=toy)")
+    if c.task == "density" and not density:
+        raise ConfigError(f"task=density trains model=cnf or planar, not model={c.model.name}")
+    if c.model.name in ODE_MODELS or c.model.name == "cnf":
         _validate_solver(c.solver, c.model.name)
         with _writable(c.solver):
             if c.solver.atol is None:
                 c.solver.atol = c.solver.rtol
-            c.solver.adjoint = c.model.name == "odenet"
+            if c.model.name == "cnf":  # adjoint by default; false: backprop through the solver
+                c.solver.adjoint = c.solver.adjoint is not False
+            else:
+                c.solver.adjoint = c.model.name == "odenet"
     d = c.data
-    _one_of("data.name", d.name, ("mnist",))
+    _one_of("data.name", d.name, TOY_DATASETS if density else ("mnist",))
+    if density:
+        _need(d.train_size is not None and d.test_size is not None,
+              "toy data need data.train_size and data.test_size (numbers of points)")
     for k in ("train_size", "test_size"):
         v = getattr(d, k)
         _need(v is None or v >= 1, f"data.{k} must be >= 1 or null (got {v})")
     _need(d.batch_size >= 1, f"data.batch_size must be >= 1 (got {d.batch_size})")
     _need(d.test_batch_size >= 1, f"data.test_batch_size must be >= 1 (got {d.test_batch_size})")
     o = c.optim
-    _one_of("optim.name", o.name, ("sgd",))
+    _one_of("optim.name", o.name, OPTIMIZERS)
     _one_of("optim.schedule", o.schedule, SCHEDULES)
     if o.lr is not None:
         _need(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")

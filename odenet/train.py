@@ -138,7 +138,36 @@ class ClassifyTask(Task):
         return float(sums["wrong"]) / n if n else None
 
 
-TASKS: dict[str, Callable[[], Task]] = {"classify": ClassifyTask}
+class DensityTask(Task):
+    """2-D toy densities (odenet/cnf): maximum likelihood, NLL in nats per point."""
+
+    name = "density"
+    metric = "nll"
+
+    def data(self, cfg: Any, device: torch.device) -> TaskData:
+        from odenet.cnf.data import toy_loaders
+
+        train, test, train_eval = toy_loaders(cfg.data, cfg.seed, device,
+                                              cfg.train.train_eval_size)
+        evals = {"test": test}
+        if train_eval is not None:
+            evals["train"] = train_eval
+        return TaskData(train=train, evals=evals, train_size=train.n)
+
+    def train_loss(self, model, batch):
+        log_p = model(batch[0])
+        return -log_p.mean(), {"nll": -log_p.detach().sum(), "count": len(log_p)}
+
+    def eval_batch(self, model, batch):
+        log_p = model(batch[0])
+        return {"nll": -log_p.sum(), "count": len(log_p)}
+
+    def reduce(self, sums):
+        n = sums.get("count", 0)
+        return float(sums["nll"]) / n if n else None
+
+
+TASKS: dict[str, Callable[[], Task]] = {"classify": ClassifyTask, "density": DensityTask}
 
 
 # ============================================================================ the schedule
@@ -350,8 +379,12 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     if cfg.train.max_iters_per_epoch is not None:
         ipe = min(ipe, cfg.train.max_iters_per_epoch)
     o = cfg.optim
-    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr(cfg), momentum=o.momentum,
-                                nesterov=o.nesterov, weight_decay=o.weight_decay)
+    if o.name == "adam":  # configs/optim/adam.yaml (the density experiments)
+        optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr(cfg),
+                                     weight_decay=o.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr(cfg), momentum=o.momentum,
+                                    nesterov=o.nesterov, weight_decay=o.weight_decay)
 
     def schedule(step: int) -> float:
         return lr_factor(step, ipe, o)

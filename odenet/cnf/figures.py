@@ -144,7 +144,7 @@ def draw_flow(model: Any, name: str, path: Path, steps: int = 5, samples: int = 
     z0 = torch.randn(samples, model.dim, generator=g) * model.base_std
     path_z = model.transform(z0, steps).numpy()
     times = np.linspace(model.t0, model.t1, steps)
-    colour = (np.arctan2(z0[:, 1], z0[:, 0]).numpy() + math.pi) / (2 * math.pi)
+    colour = (torch.atan2(z0[:, 1], z0[:, 0]).numpy() + math.pi) / (2 * math.pi)
     fig, axes = plt.subplots(2, steps, figsize=(2.2 * steps, 4.6))
     for k, t in enumerate(times):
         _imshow(axes[0, k], model_density(model, lim, grid, t=float(t)), lim, f"t = {t:.2g}")

@@ -57,6 +57,9 @@ class PlanarFlow(nn.Module):
         z, logdet = self.to_base(x)
         return normal_log_prob(z, self.base_std) + logdet
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(x)
+
     @torch.no_grad()
     def _invert_layer(self, y: torch.Tensor, k: int, u: torch.Tensor, iters: int = 60):
         """x with x + u_k tanh(w_kᵀx + b_k) = y. g(α) = α + (w·u) tanh(α + b) is monotone in

@@ -74,20 +74,29 @@ register_model("odenet")(_ode)
 register_model("rknet")(_ode)
 
 
+@register_model("cnf")
+@register_model("planar")
+def _density(m, s) -> nn.Module:
+    """2-D density models (task=density): odenet/cnf builds them."""
+    from odenet.cnf.build import build_density_model
+
+    return build_density_model(m, s)
+
+
 def build_model(model_cfg: Any, solver_cfg: Any = None) -> nn.Module:
     """The network ``model_cfg`` names, with the ODE solver settings of ``solver_cfg``.
 
     Both may be dataclasses, DictConfigs or plain dicts (a checkpoint's ``config``).
-    For odenet/rknet an unset ``solver.adjoint`` follows the model (odenet: adjoint).
+    For odenet/rknet an unset ``solver.adjoint`` follows the model (odenet, cnf: adjoint).
     """
     m = model_config(model_cfg)
     s = None
-    if m.name in ODE_MODELS:
+    if m.name in ODE_MODELS or m.name == "cnf":
         s = solver_config(solver_cfg if solver_cfg is not None else {})
         if s.atol is None or s.adjoint is None:
             s = solver_config({**_plain(s), "atol": s.atol if s.atol is not None else s.rtol,
                                "adjoint": s.adjoint if s.adjoint is not None
-                               else m.name == "odenet"})
+                               else m.name in ("odenet", "cnf")})
     try:
         builder = MODEL_BUILDERS[m.name]
     except KeyError:

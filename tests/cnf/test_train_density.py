@@ -1,0 +1,100 @@
+"""The density task through the shared trainer: `odenet train experiment=cnf_moons`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from odenet.config import ConfigError, compose
+
+# a tiny budget: 2 epochs of 4 batches of 128 points, fixed-grid RK4 (fast, deterministic)
+TINY = ["data.train_size=512", "data.test_size=500", "data.batch_size=128",
+        "data.test_batch_size=250", "optim.epochs=2", "optim.lr=1e-2",
+        "train.train_eval_size=256", "train.tensorboard=false", "train.log_every=1",
+        "solver.method=rk4", "solver.step_size=0.25"]
+SMALL_CNF = ["model.width=16", "model.hidden=16"]
+
+
+@pytest.mark.parametrize("experiment", ["cnf_moons", "cnf_circles", "cnf_8gaussians",
+                                        "cnf_checkerboard", "cnf_pinwheel", "cnf_2spirals"])
+def test_experiments_compose(experiment):
+    c = compose([f"experiment={experiment}"])
+    assert c.task == "density" and c.model.name == "cnf" and c.model.field == "hyper"
+    assert c.data.name == experiment.removeprefix("cnf_") and c.optim.name == "adam"
+    assert c.solver.adjoint is True and c.solver.atol == c.solver.rtol
+    p = compose([f"experiment={experiment}", "model=planar"])
+    assert p.model.name == "planar" and p.model.layers == 32
+    # the same budget for both: data, batch, epochs, optimizer
+    assert (p.data, p.optim) == (c.data, c.optim)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["model=cnf"], "experiment=cnf_moons"),
+    (["experiment=cnf_moons", "model=odenet"], "task=density"),
+    (["experiment=cnf_moons", "data.name=mnist"], "data.name"),
+    (["experiment=cnf_moons", "model.trace=approx"], "model.trace"),
+    (["experiment=cnf_moons", "model.field=resnet"], "model.field"),
+    (["experiment=cnf_moons", "model.base_std=0"], "model.base_std"),
+])
+def test_bad_density_configs_are_one_line_errors(overrides, expected):
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        compose(overrides)
+
+
+def _run(tmp_path: Path, *overrides: str) -> tuple[dict, Path]:
+    from odenet.train import run
+
+    out = tmp_path / "_".join(o.replace("=", "-") for o in overrides) if overrides else tmp_path
+    m = run(compose(["experiment=cnf_moons", *TINY, *overrides]), out)
+    return m, out
+
+
+def test_cnf_and_planar_train_log_and_lower_the_nll(tmp_path):
+    from odenet.cnf.build import build_density_model
+    from odenet.cnf.data import toy_loaders
+    from odenet.train import seed_everything
+
+    cfg = compose(["experiment=cnf_moons", *TINY, *SMALL_CNF])
+    seed_everything(cfg.seed)
+    init = build_density_model(cfg.model, cfg.solver).eval()
+    _, test, _ = toy_loaders(cfg.data, cfg.seed)
+    with torch.no_grad():
+        nll0 = -torch.cat([init.log_prob(x) for (x,) in test]).mean().item()
+
+    m, out = _run(tmp_path, *SMALL_CNF)
+    assert m["status"] == "finished", m["reason"]
+    assert m["model"] == "cnf" and m["experiment"] == "cnf_moons" and m["task"] == "density"
+    assert m["test_nll"] < nll0 - 0.05  # a short run lowers the test NLL
+    assert math.isfinite(m["train_nll"]) and m["test_error"] is None
+    assert m["nfe_forward_mean"] == 16 and m["nfe_backward_mean"] == 16  # RK4, 4 steps
+    assert m["solver_adjoint"] is True and m["activation_block_mib"] is not None
+    assert m["sec_per_iter"] > 0 and m["rss_peak_mib"] > 0 and m["params"] > 0
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    epochs = [h for h in hist if h["kind"] == "epoch"]
+    assert len(epochs) == 2 and all("test_nll" in e for e in epochs)
+    assert all(h["nfe_forward"] == 16 for h in hist if h["kind"] == "iter")
+
+    p, pout = _run(tmp_path, "model=planar")
+    assert p["status"] == "finished" and p["model"] == "planar"
+    assert p["nfe_forward_mean"] is None and p["solver_method"] is None
+    assert math.isfinite(p["test_nll"])
+
+    # the checkpoints rebuild the models; the figures draw from them
+    from odenet.cnf.figures import load_model, write_density_figures
+
+    model, saved = load_model(out)
+    assert saved["model"]["name"] == "cnf"
+    x = torch.zeros(3, 2)
+    with torch.no_grad():
+        assert torch.isfinite(model.log_prob(x)).all()
+    runs = [SimpleNamespace(dir=d, metrics=json.loads((d / "metrics.json").read_text()))
+            for d in (out, pout)]
+    written, skipped = write_density_figures(runs, tmp_path / "fig")
+    assert set(written) == {"density_moons", "flow_moons"} and not skipped
+    for path in written.values():
+        assert path.stat().st_size > 10_000
