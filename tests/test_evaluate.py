@@ -62,6 +62,7 @@ def test_tighter_tolerance_more_nfe_less_error(evaluated):
     assert ev["reference"]["nfe_forward_mean"] > tight["nfe_forward_mean"]
     for r in ev["results"]:
         assert r["forward_seconds"] > r["block_seconds"] > 0
+        assert r["forward_cpu_seconds"] > 0
         assert 0 <= r["test_error"] <= 1
 
 

@@ -48,6 +48,8 @@ def test_fig3ab_rows(runs):
     assert [r["nfe_forward_mean"] for r in rows] == [14, 20, 32, 50]
     assert [r["numerical_error"] for r in rows] == [1e-2, 1e-3, 1e-4, 1e-5]
     assert [r["relative_time"] for r in rows] == pytest.approx([1.0, 1.4, 2.2, 3.4])
+    assert [r["relative_cpu_time"] for r in rows] == pytest.approx([1.0, 1.4, 2.2, 3.4])
+    assert [r["relative_block_time"] for r in rows] == pytest.approx([1.0, 1.4, 2.2, 3.4])
     assert rows[0]["rtol"] == pytest.approx(0.1)
 
 
