@@ -738,7 +738,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
+    """Dotted keys whose values differ; keys only one side has (a schema that gained a
+    setting since the checkpoint was written) are not differences."""
+    keys = sorted(set(a) & set(b))
     out = []
     for k in keys:
         name = f"{prefix}{k}"
