@@ -97,12 +97,21 @@ def _sort_key(key: dict):
             num(key["epochs_planned"]) or 0, num(key["train_size"]) or 0)
 
 
+def is_table1_run(run: Run) -> bool:
+    """MNIST classification runs (``task`` classify, or no task key: Contract 2 as first
+    written); other tasks (e.g. task=density, the CNF experiments) are not Table 1's."""
+    return run.metrics.get("task", "classify") == "classify"
+
+
 def build_rows(runs: Sequence[Run]) -> tuple[list[Row], list[Run]]:
-    """Group finished runs into rows; return (rows, runs that are not finished)."""
+    """Group finished classification runs into rows; return (rows, runs not finished).
+    Runs of other tasks are left out of both."""
     groups: dict[tuple, list[Run]] = {}
     keys: dict[tuple, dict] = {}
     excluded = []
     for r in runs:
+        if not is_table1_run(r):
+            continue
         if not r.finished:
             excluded.append(r)
             continue
@@ -293,8 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"odenet table: error: {e}", file=sys.stderr)
         return 1
     n_fin = sum(len(r.runs) for r in res["rows"])
+    other = sum(not is_table1_run(r) for r in runs)
     print(f"odenet table: {len(res['rows'])} row(s) from {n_fin} finished run(s), "
-          f"{len(res['excluded'])} not finished -> {res['md']}, {res['csv']}")
+          f"{len(res['excluded'])} not finished"
+          + (f", {other} run(s) of other tasks left out" if other else "")
+          + f" -> {res['md']}, {res['csv']}")
     return 0
 
 

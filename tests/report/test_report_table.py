@@ -133,3 +133,14 @@ def test_main_only_failed_runs_still_writes_their_list(make_run, tmp_path):
     assert main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
     md = (out / "table.md").read_text()
     assert "(no finished runs)" in md and "NaN loss at iteration 3" in md
+
+
+def test_runs_of_other_tasks_are_not_table1(make_run, tmp_path, capsys):
+    make_run("ode", task="classify", test_error=0.01)
+    make_run("old", test_error=0.03)  # no task key: a classification run
+    make_run("cnf", task="density", model="cnf", test_error=None)
+    make_run("cnf_failed", task="density", model="cnf", status="failed")
+    rows, excluded = build_rows(load_runs([tmp_path / "outputs"]))
+    assert [len(r.runs) for r in rows] == [2] and excluded == []
+    assert main([str(tmp_path / "outputs"), "--out", str(tmp_path / "rep")]) == 0
+    assert "2 run(s) of other tasks left out" in capsys.readouterr().out
