@@ -9,6 +9,9 @@ Each figure is a PNG with the data behind it as a CSV of the same name:
 - fig3d: NFE-forward vs training epoch (``history.jsonl`` of ODE-block runs).
 - memory: activation memory of the ODE block / residual blocks vs NFE (or depth) for
   ODE-Net, RK-Net and ResNet (``metrics.json``): the O(1) / O(L~) / O(L) claim, measured.
+- density: runs of task=density (CNF, planar flow) only, drawn by odenet/cnf/figures.py
+  from their checkpoints: density_<dataset>.png (target | planar | CNF, the paper's
+  Figure 4) and flow_<dataset>.png (noise to data over t, Figures 5/6); no CSV.
 
 Only finished runs enter fig3c, fig3d and memory; fig3a/b use every evaluation found.
 A figure without data is skipped with a note saying what would produce it.
@@ -38,6 +41,7 @@ from odenet.report.runs import (
 )
 
 FIGURES = ("fig3a", "fig3b", "fig3c", "fig3d", "memory")
+ALL_FIGURES = (*FIGURES, "density")  # density: only where runs of task=density are found
 # Residual blocks in the paper's ResNet; used as its depth when metrics.json has none.
 RESNET_BLOCKS = 6
 
@@ -379,9 +383,11 @@ def draw_memory(rows: list[dict], path: Path) -> None:
 
 
 def write_figures(runs: Sequence[Run], out_dir: str | Path,
-                  which: Sequence[str] = FIGURES) -> tuple[dict[str, Path], dict[str, str]]:
+                  which: Sequence[str] = ALL_FIGURES) -> tuple[dict[str, Path], dict[str, str]]:
     """Draw the figures; return ({name: png path}, {name: why skipped})."""
     out = Path(out_dir)
+    density_runs = [r for r in runs if r.metrics.get("task") == "density"]
+    runs = [r for r in runs if r.metrics.get("task") != "density"]  # Figure 3: MNIST only
     ab = fig3ab_rows(runs)
     jobs = {
         "fig3a": (ab, draw_fig3a),
@@ -392,6 +398,13 @@ def write_figures(runs: Sequence[Run], out_dir: str | Path,
     }
     written, skipped = {}, {}
     for name in which:
+        if name == "density":  # CNF vs planar flow, per dataset: odenet/cnf/figures.py
+            from odenet.cnf.figures import write_density_figures
+
+            w, s = write_density_figures(density_runs, out)
+            written.update(w)
+            skipped.update(s)
+            continue
         rows, draw = jobs[name]
         try:
             draw(rows, out / f"{name}.png")
@@ -415,15 +428,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="directories searched recursively for runs (default: outputs)")
     ap.add_argument("--out", default=DEFAULT_OUT,
                     help=f"where the PNG and CSV files go (default: {DEFAULT_OUT})")
-    ap.add_argument("--only", action="append", choices=FIGURES, metavar="NAME",
-                    help=f"draw only this figure (repeatable): {', '.join(FIGURES)}")
+    ap.add_argument("--only", action="append", choices=ALL_FIGURES, metavar="NAME",
+                    help=f"draw only this figure (repeatable): {', '.join(ALL_FIGURES)}")
     args = ap.parse_args(argv)
     try:
         runs = load_runs(args.run_dirs)
     except ReportError as e:
         print(f"odenet figures: error: {e}", file=sys.stderr)
         return 1
-    written, skipped = write_figures(runs, args.out, args.only or FIGURES)
+    written, skipped = write_figures(runs, args.out, args.only or ALL_FIGURES)
     for name, why in skipped.items():
         print(f"odenet figures: {name} skipped: {why}", file=sys.stderr)
     if not written:
