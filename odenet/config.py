@@ -79,7 +79,8 @@ class DataConfig:
     test_size: int | None = None  # None: all 10,000 (smoke runs use fewer)
     batch_size: int = 128
     test_batch_size: int = 1000
-    augment: bool = True  # RandomCrop(28, padding=4), as in the recipe
+    augment: bool = True  # RandomCrop(28, padding=crop_padding), as in the recipe
+    crop_padding: int = 4
     normalize: bool = False  # the recipe feeds pixels in [0, 1]; True: MNIST mean/std
     on_device: bool | None = None  # None: keep the uint8 dataset on the GPU when using CUDA
 
@@ -306,6 +307,7 @@ def _validate(c: Any) -> None:
         v = getattr(d, k)
         _need(v is None or v >= 1, f"data.{k} must be >= 1 or null (got {v})")
     _need(d.batch_size >= 1, f"data.batch_size must be >= 1 (got {d.batch_size})")
+    _need(d.crop_padding >= 0, f"data.crop_padding must be >= 0 (got {d.crop_padding})")
     _need(d.test_batch_size >= 1, f"data.test_batch_size must be >= 1 (got {d.test_batch_size})")
     o = c.optim
     _one_of("optim.name", o.name, OPTIMIZERS)

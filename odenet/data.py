@@ -439,7 +439,7 @@ def mnist_loaders(data_cfg: Any, seed: int, device: Any, train_eval_size: int | 
         xte, yte = xte[: data_cfg.test_size], yte[: data_cfg.test_size]
     common = dict(normalize=data_cfg.normalize, device=dev, on_device=on_device)
     train = BatchLoader(xtr, ytr, data_cfg.batch_size, shuffle=True, augment=data_cfg.augment,
-                        drop_last=True, seed=seed, **common)
+                        drop_last=True, seed=seed, crop_padding=data_cfg.crop_padding, **common)
     test = BatchLoader(xte, yte, data_cfg.test_batch_size, **common)
     train_eval = None
     if train_eval_size != 0:

@@ -175,3 +175,18 @@ def test_train_help_lists_config_groups(cli):
     assert r.returncode == 0
     for group in ("model:", "solver:", "experiment:"):
         assert group in r.stdout
+
+
+@pytest.mark.parametrize("option", options("experiment_model"))
+def test_per_model_experiment_deltas_apply_automatically(option):
+    experiment, model = option.rsplit("_", 1)
+    with_delta = compose([f"experiment={experiment}", f"model={model}"])
+    delta = OmegaConf.load(CONFIGS / "experiment_model" / f"{option}.yaml")
+    for section, values in delta.items():
+        for key, value in values.items():
+            assert with_delta[section][key] == value
+    assert compose([f"experiment={experiment}", "model=odenet"]).optim.epochs != \
+        with_delta.optim.epochs or "optim" not in delta
+    # the command line still wins
+    assert compose([f"experiment={experiment}", f"model={model}",
+                    "optim.epochs=3"]).optim.epochs == 3

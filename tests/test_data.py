@@ -157,6 +157,8 @@ def test_augmentation_shifts_and_normalization(mnist_root):
     assert torch.equal(yp, ya)  # same order (same seed), different pixels
     assert not torch.equal(xp, xa)
     assert float(xa.sum()) == pytest.approx(float(xp.sum()), rel=0.05)  # a shift, mostly
+    mild, _, _ = _loaders(mnist_root, "data.train_size=256", "data.crop_padding=2")
+    assert int(mild.offsets.max()) == 4 and int(aug.offsets.max()) == 8  # shifts of 2 and 4 px
     norm, _, _ = _loaders(mnist_root, "data.train_size=256", "data.normalize=true")
     xn, _ = norm.batch(0)
     assert torch.allclose(xn, (xa - D.MEAN) / D.STD)
