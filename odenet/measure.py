@@ -117,9 +117,30 @@ def activation_mib(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = N
 
 
 def rss_peak_mib() -> float:
-    """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process since start or ``reset_rss_peak()``.
+
+    Linux: VmHWM of /proc/self/status; elsewhere ru_maxrss (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / MIB if sys.platform == "darwin" else peak / 1024.0
+
+
+def reset_rss_peak() -> bool:
+    """Start a new peak at the current RSS (Linux >= 4.0), so that runs sharing a process
+    (a sweep's jobs under Hydra's basic launcher) each report their own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def cuda_peak_mib(device: torch.device) -> float | None:

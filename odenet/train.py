@@ -408,6 +408,7 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
         hist_path.write_text("")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    measure.reset_rss_peak()  # this run's peak, not an earlier job's in the same process
 
     has_ode = bool(ode_blocks(model))
     blocks = measured_blocks(model)

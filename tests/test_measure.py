@@ -101,6 +101,17 @@ def test_resnet_block_memory_is_fixed_and_mlp_has_no_block():
     assert block is None and total > 0
 
 
+def test_rss_peak_can_be_reset():
+    from odenet.measure import reset_rss_peak
+
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    high = rss_peak_mib()
+    del big
+    if not reset_rss_peak():
+        pytest.skip("no /proc/self/clear_refs here")
+    assert rss_peak_mib() < high - 32
+
+
 def test_timer_median_and_rss():
     with Timer() as t:
         sum(range(10000))
