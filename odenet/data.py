@@ -180,7 +180,7 @@ def online(timeout: float = 3.0) -> bool:
         try:
             with socket.create_connection(PROBE_HOST, timeout=timeout):
                 ok.append(True)
-        except OSError:
+        except Exception:  # noqa: BLE001 - any failure means: not reachable
             pass
 
     t = threading.Thread(target=probe, daemon=True)  # DNS lookups ignore socket timeouts

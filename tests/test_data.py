@@ -91,15 +91,22 @@ def test_missing_data_is_one_clear_line(tmp_path):
 
 def test_probe_never_hangs(monkeypatch):
     import socket
+    import threading
     import time
 
-    def hang(*a, **k):
-        time.sleep(30)
+    release = threading.Event()
+
+    def hang(*a, **k):  # a connection (or DNS lookup) that never answers
+        release.wait(60)
+        raise OSError("released")
 
     monkeypatch.setattr(socket, "create_connection", hang)
-    t = time.perf_counter()
-    assert D.online(timeout=0.2) is False
-    assert time.perf_counter() - t < 3
+    try:
+        t = time.perf_counter()
+        assert D.online(timeout=0.2) is False
+        assert time.perf_counter() - t < 3
+    finally:
+        release.set()  # let the probe thread end now, not during a later test
 
 
 def test_random_crop_is_torchvisions_random_crop():
