@@ -57,6 +57,7 @@ def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
     assert 0 <= m["test_error"] <= 1 and 0 <= m["train_error"] <= 1
     assert (m["epochs"], m["epochs_planned"], m["batch_size"], m["train_size"]) == (1, 1, 32, 256)
     assert m["test_size"] == 200 and m["device"] == "cpu" and m["cuda_peak_mib"] is None
+    assert m["task"] == "classify"
     assert m["torch_version"] == torch.__version__ and m["wall_seconds"] > 0
     assert m["sec_per_iter"] > 0 and m["sec_per_test_batch"] > 0 and m["rss_peak_mib"] > 100
     assert m["activation_mib"] > 0
@@ -277,3 +278,10 @@ def test_missing_data_stops_before_anything_is_written(compose_cfg, tmp_path):
     with pytest.raises(DataError, match="odenet data"):
         run(compose_cfg(*TINY, "model=mlp", f"data.root={tmp_path / 'none'}"), tmp_path / "r")
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_full_test_set_is_test_size_null(compose_cfg, tmp_path):
+    """Contract 2: test_size is null when the whole 10,000-image test set was used."""
+    m = run(compose_cfg(*TINY, "model=mlp", "data.test_size=null",
+                        "data.test_batch_size=5000", "train.train_eval_size=0"), tmp_path)
+    assert m["test_size"] is None and m["status"] == "finished"
