@@ -101,7 +101,8 @@ def block(tdq, device, repeats):
                          "odenet_train": ours_train, "torchdiffeq_train": ref_train,
                          "one_call": one_call}, repeats, sync=_sync(device))
     return {
-        "forward": {"odenet_s": times["odenet_forward"], "torchdiffeq_s": times["torchdiffeq_forward"],
+        "forward": {"odenet_s": times["odenet_forward"],
+                    "torchdiffeq_s": times["torchdiffeq_forward"],
                     "ratio": times["odenet_forward"] / times["torchdiffeq_forward"],
                     "nfe_odenet": counts["forward"]["odenet"][0],
                     "nfe_torchdiffeq": counts["forward"]["torchdiffeq"]},
@@ -130,8 +131,9 @@ def main(argv=None) -> int:
               "block": block(tdq, args.device, max(5, args.repeats // 2))}
     bk, blk = result["bookkeeping"], result["block"]
     print(f"machine: {result['machine']}")
-    print(f"1. bookkeeping (dopri5, y'=-y, {SHAPE}): odenet {bk['odenet']['ms_per_step']:.2f} ms/step "
-          f"(NFE {bk['odenet']['nfe']}), torchdiffeq {bk['torchdiffeq']['ms_per_step']:.2f} ms/step "
+    print(f"1. bookkeeping (dopri5, y'=-y, {SHAPE}): "
+          f"odenet {bk['odenet']['ms_per_step']:.2f} ms/step (NFE {bk['odenet']['nfe']}), "
+          f"torchdiffeq {bk['torchdiffeq']['ms_per_step']:.2f} ms/step "
           f"(NFE {bk['torchdiffeq']['nfe']}): ratio {bk['ratio_per_step']:.2f} (floor <= 0.5)")
     f, fb = blk["forward"], blk["forward_adjoint_backward"]
     print(f"2. ODE-Net block forward: odenet {1e3 * f['odenet_s']:.1f} ms (NFE {f['nfe_odenet']}), "

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from odenet.data import load_mnist
-from odenet.models import build_model, ode_blocks, reset_solver_stats, solver_stats
+from odenet.models import build_model, reset_solver_stats, solver_stats
 
 from . import bench_solver
 from .common import Counted, interleaved, machine, require_torchdiffeq, write_json
@@ -46,7 +46,7 @@ class TorchdiffeqBlock(torch.nn.Module):
         return ys[-1]
 
 
-def _pair(name: str, adjoint: bool, norm: str, tdq, device):
+def _pair(adjoint: bool, norm: str, tdq, device):
     """(odenet model, torchdiffeq model) with identical weights."""
     torch.manual_seed(0)
     ours = build_model({"name": "odenet" if adjoint else "rknet"},
@@ -65,9 +65,6 @@ class Trainer:
         self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         self.i = 0
         self.nfe: list[tuple[int, int]] = []
-
-    def _counter(self):
-        return self.model.body.func if self.reference else None
 
     def _nfe_read(self):
         if self.reference:
@@ -91,8 +88,8 @@ class Trainer:
         self.nfe.append((forward, backward))
 
 
-def training_case(label, adjoint, norm, tdq, batches, device, iters, warmup):
-    ours, ref = _pair(label, adjoint, norm, tdq, device)
+def training_case(adjoint, norm, tdq, batches, device, iters, warmup):
+    ours, ref = _pair(adjoint, norm, tdq, device)
     a, b = Trainer(ours, batches, False), Trainer(ref, batches, True)
     times = interleaved({"odenet": a.step, "torchdiffeq": b.step}, iters, warmup, _sync(device))
     tail = slice(warmup, None)  # NFE of the timed iterations
@@ -104,7 +101,7 @@ def training_case(label, adjoint, norm, tdq, batches, device, iters, warmup):
 
 
 def test_forward_case(tdq, device, iters):
-    ours, ref = _pair("odenet", True, "default", tdq, device)
+    ours, ref = _pair(True, "default", tdq, device)
     images, _ = load_mnist("data", train=False)
     x = (images[:1000].float() / 255.0).unsqueeze(1).to(device)
     ours.eval(), ref.eval()
@@ -136,7 +133,7 @@ def profile_iteration(tdq, batches, device, rows: int = 25) -> None:
     """torch.profiler of one ODE-Net (adjoint) iteration per side, after warm-up."""
     from torch.profiler import ProfilerActivity, profile
 
-    ours, ref = _pair("odenet", True, "default", tdq, device)
+    ours, ref = _pair(True, "default", tdq, device)
     for name, model in (("odenet", ours), ("torchdiffeq", ref)):
         trainer = Trainer(model, batches, model is ref)
         for _ in range(3):
@@ -160,17 +157,18 @@ def main(argv=None) -> int:
     batches = [((images[i:i + 128].float() / 255.0).unsqueeze(1).to(args.device),
                 labels[i:i + 128].to(args.device)) for i in range(0, 128 * 8, 128)]
     cases = {
-        "odenet_adjoint": training_case("odenet", True, "default", tdq, batches, args.device,
+        "odenet_adjoint": training_case(True, "default", tdq, batches, args.device,
                                         args.iters, args.warmup),
-        "odenet_adjoint_seminorm": training_case("odenet", True, "seminorm", tdq, batches,
+        "odenet_adjoint_seminorm": training_case(True, "seminorm", tdq, batches,
                                                  args.device, args.iters, args.warmup),
-        "rknet_direct": training_case("rknet", False, "default", tdq, batches, args.device,
+        "rknet_direct": training_case(False, "default", tdq, batches, args.device,
                                       args.iters, args.warmup),
         "test_forward_1000": test_forward_case(tdq, args.device, max(5, args.iters // 2)),
     }
     solver = bench_solver.bookkeeping(tdq, args.device, 20)
     print(f"machine: {machine()}  device: {args.device}")
-    print(f"{'case':26s} {'odenet s':>9s} {'tdq s':>9s} {'ratio':>6s}  NFE-F/B odenet | torchdiffeq")
+    print(f"{'case':26s} {'odenet s':>9s} {'tdq s':>9s} {'ratio':>6s}  "
+          "NFE-F/B odenet | torchdiffeq")
     for name, c in cases.items():
         nfe_o, nfe_r = c["nfe_odenet"], c["nfe_torchdiffeq"]
         fmt = (lambda v: f"{v[0]:.1f}/{v[1]:.1f}") if isinstance(nfe_o, tuple) else str

@@ -43,6 +43,10 @@ def odeint(func: Func, y0: torch.Tensor, t, method: str = "dopri5", rtol: float 
     evaluations and steps of this solve, in forward and (adjoint) backward.
     """
     problem = validate(func, y0, t, method, rtol, atol, options)
+    if (not adjoint and torch.is_grad_enabled() and isinstance(t, torch.Tensor)
+            and t.requires_grad):
+        raise ValueError("gradients with respect to t need adjoint=True; "
+                         "pass t.detach() to backpropagate through the solver")
     stats = stats if stats is not None else SolveStats()
     if adjoint and torch.is_grad_enabled():
         from .adjoint import adjoint_solve

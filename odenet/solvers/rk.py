@@ -274,7 +274,7 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
                 f"(integrating to t={t_end:.6g}): the problem may be stiff; raise "
                 "max_num_steps, loosen rtol/atol, or regularize the dynamics")
         remaining = (t_end - t) * direction
-        last = h >= remaining
+        last = h >= remaining - min_step_floor  # never leave a sliver too short to step
         if last:
             h = remaining
         if h < min_step_floor:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from odenet.solvers import SolverError, odeint
+from odenet.solvers import SolverError, SolveStats, odeint
 
 Y0 = torch.tensor([1.0, 2.0])
 T = torch.tensor([0.0, 1.0])
@@ -45,6 +45,7 @@ def decay(t, y):
         ({"adjoint": True, "adjoint_options": {"norm": "l2"}}, "adjoint_options['norm'] must be one of default, seminorm"),
         ({"adjoint": True, "adjoint_options": {"rtol": 0}}, "adjoint_options['rtol'] must be a positive"),
         ({"func": 3}, "func must be callable"),
+        ({"t": torch.tensor([0.0, 1.0], requires_grad=True)}, "gradients with respect to t need adjoint=True"),
         ({"func": lambda t, y: y[:1]}, "func returned (1,); expected a tensor of shape (2,)"),
     ],
 )
@@ -93,3 +94,12 @@ def test_fixed_grid_too_many_steps_is_refused_up_front():
 
 def test_solver_error_is_runtime_error():
     assert issubclass(SolverError, RuntimeError)
+
+
+def test_no_sliver_step_before_the_end():
+    """A step that would stop a hair (below float resolution) before t1 ends at t1 instead
+    of leaving a remainder too short to step (a false "step size underflow")."""
+    stats = SolveStats()
+    odeint(decay, Y0.double(), torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=1.0,
+           atol=1.0, options={"first_step": 1.0 - 1e-15}, stats=stats)
+    assert stats.steps_accepted == 1
