@@ -443,8 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         print("odenet figures: error: no figure could be drawn from the runs found",
               file=sys.stderr)
         return 1
-    print(f"odenet figures: wrote {', '.join(p.name for p in written.values())} "
-          f"(+ CSV) to {args.out}")
+    csv = " (+ CSV)" if any(n in FIGURES for n in written) else ""  # density: PNG only
+    print(f"odenet figures: wrote {', '.join(p.name for p in written.values())}"
+          f"{csv} to {args.out}")
     return 0
 
 
