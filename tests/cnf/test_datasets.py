@@ -53,3 +53,9 @@ def test_moons_entropy_is_what_the_density_says():
     x = datasets.sample("moons", 20_000, seed=0)
     nll = -datasets.log_density("moons", x).mean().item()
     assert 2.0 < nll < 2.6 and math.isfinite(nll)
+
+
+def test_the_config_schema_lists_every_dataset():
+    from odenet.config import TOY_DATASETS
+
+    assert set(TOY_DATASETS) == set(datasets.DATASETS)
