@@ -3,6 +3,9 @@ PY      := .venv/bin/python
 VENV    := .venv/.installed
 DATA    := data/MNIST/raw/.verified
 ARGS    ?=
+# idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning made torch
+# 10-15x slower whenever another process was busy (odenet's CLI sets the same)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
 .PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-solver clean
