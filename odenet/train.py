@@ -87,8 +87,18 @@ class Task:
     metric = "loss"
     full_test_size: int | None = None  # metrics.json says test_size: null for this many
 
-    def data(self, cfg: Any, device: torch.device) -> TaskData:
+    def loaders(self, data_cfg: Any, seed: int, device: torch.device,
+                train_eval_size: int | None) -> tuple[Any, Any, Any]:
+        """(train, test, train_eval or None) loaders of this task's data."""
         raise NotImplementedError
+
+    def data(self, cfg: Any, device: torch.device) -> TaskData:
+        train, test, train_eval = self.loaders(cfg.data, cfg.seed, device,
+                                               cfg.train.train_eval_size)
+        evals = {"test": test}
+        if train_eval is not None:
+            evals["train"] = train_eval
+        return TaskData(train=train, evals=evals, train_size=train.n)
 
     def model(self, cfg: Any) -> nn.Module:
         return build_model(cfg.model, cfg.solver)
@@ -116,13 +126,8 @@ class ClassifyTask(Task):
     metric = "error"
     full_test_size = 10000  # MNIST's test set
 
-    def data(self, cfg: Any, device: torch.device) -> TaskData:
-        train, test, train_eval = mnist_loaders(cfg.data, cfg.seed, device,
-                                                cfg.train.train_eval_size)
-        evals = {"test": test}
-        if train_eval is not None:
-            evals["train"] = train_eval
-        return TaskData(train=train, evals=evals, train_size=train.n)
+    def loaders(self, data_cfg, seed, device, train_eval_size):
+        return mnist_loaders(data_cfg, seed, device, train_eval_size)
 
     def train_loss(self, model, batch):
         x, y = batch
@@ -146,15 +151,10 @@ class DensityTask(Task):
     name = "density"
     metric = "nll"
 
-    def data(self, cfg: Any, device: torch.device) -> TaskData:
+    def loaders(self, data_cfg, seed, device, train_eval_size):
         from odenet.cnf.data import toy_loaders
 
-        train, test, train_eval = toy_loaders(cfg.data, cfg.seed, device,
-                                              cfg.train.train_eval_size)
-        evals = {"test": test}
-        if train_eval is not None:
-            evals["train"] = train_eval
-        return TaskData(train=train, evals=evals, train_size=train.n)
+        return toy_loaders(data_cfg, seed, device, train_eval_size)
 
     def train_loss(self, model, batch):
         log_p = model(batch[0])
