@@ -68,9 +68,8 @@ class Problem:
     def time(self, t: float) -> torch.Tensor:
         return torch.tensor(t, dtype=self.y0.dtype, device=self.y0.device)
 
-    def flat_func(self, func=None) -> rk.FlatFunc:
-        func = func or self.func
-        shape = self.shape
+    def flat_func(self) -> rk.FlatFunc:
+        func, shape = self.func, self.shape
 
         def fn(t: float, y: torch.Tensor) -> torch.Tensor:
             f = func(self.time(t), y.view(shape))

@@ -27,7 +27,3 @@ def time_dependent(dtype=torch.float64):
 
 PROBLEMS = {"decay": decay, "linear": linear, "time_dependent": time_dependent}
 
-
-def exact_at(solution, t: torch.Tensor) -> torch.Tensor:
-    return torch.stack([solution(torch.as_tensor(ti)) if not isinstance(ti, float) else
-                        solution(ti) for ti in t])
