@@ -240,7 +240,7 @@ def _by(rows: list[dict], key: str) -> dict[str, list[dict]]:
     return d
 
 
-def draw_fig3a(rows: list[dict], path: Path) -> None:
+def draw_fig3a(rows: list[dict], path: Path):
     pts = [r for r in rows if r["numerical_error"] is not None and r["numerical_error"] > 0]
     if not pts:
         raise NoData("no evaluation.json with numerical errors: run `odenet evaluate "
@@ -261,7 +261,7 @@ def draw_fig3a(rows: list[dict], path: Path) -> None:
     return fig
 
 
-def draw_fig3b(rows: list[dict], path: Path) -> None:
+def draw_fig3b(rows: list[dict], path: Path):
     pts = [r for r in rows if r["relative_time"] is not None]
     if not pts:
         raise NoData("no evaluation.json with forward timings: run `odenet evaluate "
@@ -295,7 +295,7 @@ def draw_fig3b(rows: list[dict], path: Path) -> None:
     return fig
 
 
-def draw_fig3c(rows: list[dict], path: Path) -> None:
+def draw_fig3c(rows: list[dict], path: Path):
     if not rows:
         raise NoData("no finished adjoint runs with history.jsonl: train with "
                      "`model=odenet solver.adjoint=true` (a tolerance sweep spreads the points)")
@@ -356,7 +356,7 @@ def draw_fig3d(rows: list[dict], path: Path):
     return fig
 
 
-def draw_memory(rows: list[dict], path: Path) -> None:
+def draw_memory(rows: list[dict], path: Path):
     if not rows:
         raise NoData("no finished ODE-Net, RK-Net or ResNet runs with activation_block_mib")
     fig, ax = _new_figure("Activation memory of the ODE block / residual blocks")
