@@ -69,6 +69,7 @@ class SolverConfig:
     adjoint_norm: str = "default"  # default | seminorm (Kidger et al. 2021)
     step_size: float | None = None  # fixed-grid methods only
     max_num_steps: int = 1000
+    last_step: str = "clamp"  # clamp | overshoot (step past t1 and interpolate, as torchdiffeq)
 
 
 @dataclass
@@ -248,6 +249,7 @@ def _validate_solver(s: Any, model_name: str | None) -> None:
     if s.step_size is not None:
         _need(s.step_size > 0, f"solver.step_size must be > 0 (got {s.step_size})")
     _need(s.max_num_steps >= 1, f"solver.max_num_steps must be >= 1 (got {s.max_num_steps})")
+    _one_of("solver.last_step", s.last_step, ("clamp", "overshoot"))
     if model_name == "odenet":
         _need(s.adjoint in (None, True), "model=odenet trains with the adjoint; "
               "for backprop through the solver use model=rknet (not solver.adjoint=false)")

@@ -642,6 +642,7 @@ def _base_metrics(cfg, task, model, data, device, has_ode) -> dict[str, Any]:
         "solver_adjoint_norm": s.adjoint_norm if ode else None,
         "solver_step_size": s.step_size if ode and s.step_size is not None
         and s.method in _fixed_methods() else None,
+        "solver_last_step": s.last_step if ode and s.method not in _fixed_methods() else None,
         "test_error": None, "train_error": None,
         "params": count_parameters(model),
         "nfe_forward_mean": None, "nfe_backward_mean": None,

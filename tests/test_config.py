@@ -98,6 +98,7 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
     (["rtol=1e-3"], "did you mean 'solver.rtol'?"),
     (["solver.method=lsoda"], "solver.method='lsoda' is not one of"),
+    (["solver.last_step=cut"], "solver.last_step='cut' is not one of"),
     (["solver=rk4", "solver.step_size=null"], "fixed-grid method"),
     (["optim.schedule=linear"], "optim.schedule='linear' is not one of"),
     (["optim.milestones=[100,60]"], "optim.milestones must be increasing"),

@@ -130,3 +130,16 @@ def test_build_model_from_a_checkpoint_config_dict():
 def test_res_downsampling_option():
     m = model("odenet", "model.downsampling=res")
     assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("last_step", ["clamp", "overshoot"])
+def test_last_step_setting_reaches_the_solver(last_step):
+    """solver.last_step=overshoot steps past t1 (as torchdiffeq); clamp never leaves [0, t1]."""
+    m = model("odenet", f"solver.last_step={last_step}")
+    (block,) = ode_blocks(m)
+    times = []
+    block.func.register_forward_pre_hook(lambda mod, args: times.append(float(args[0])))
+    with torch.no_grad():
+        m(torch.rand(2, 1, 28, 28))
+    assert min(times) == 0.0
+    assert (max(times) > 1.0) == (last_step == "overshoot")

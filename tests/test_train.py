@@ -20,7 +20,8 @@ torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 
 CONTRACT_KEYS = {
     "model", "experiment", "seed", "status", "reason", "solver_method", "solver_rtol",
-    "solver_atol", "solver_adjoint", "solver_adjoint_norm", "solver_step_size", "test_error",
+    "solver_atol", "solver_adjoint", "solver_adjoint_norm", "solver_step_size", "solver_last_step",
+    "test_error",
     "train_error", "params", "nfe_forward_mean", "nfe_backward_mean", "activation_mib",
     "activation_block_mib", "cuda_peak_mib", "rss_peak_mib", "sec_per_iter",
     "sec_per_test_batch", "epochs", "epochs_planned", "batch_size", "train_size", "device",

@@ -38,7 +38,7 @@ def build_density_model(m: Any, s: Any = None) -> nn.Module:
                           atol=s.atol if s.atol is not None else s.rtol,
                           adjoint=True if s.adjoint is None else bool(s.adjoint),
                           adjoint_norm=s.adjoint_norm, step_size=s.step_size,
-                          max_num_steps=s.max_num_steps)
+                          max_num_steps=s.max_num_steps, last_step=s.last_step)
         return CNF(build_field(m), dim=m.dim, t0=0.0, t1=m.t1, base_std=m.base_std,
                    trace=m.trace, noise=m.noise, eval_trace=m.eval_trace, **solver)
     raise ValueError(f"{m.name!r} is not a density model (cnf | planar)")

@@ -22,7 +22,7 @@ from torch import nn
 from odenet.cnf.base import normal_log_prob
 from odenet.cnf.trace import NOISES, TRACES, sample_noise, trace_exact, trace_hutchinson
 from odenet.models.blocks import ODEBlock
-from odenet.solvers import FIXED_METHODS, SolveStats, odeint
+from odenet.solvers import SolveStats, odeint
 
 
 class CNFDynamics(nn.Module):
@@ -80,7 +80,8 @@ class CNF(nn.Module):
     The density direction (data → noise) is an ``ODEBlock`` (odenet.models) over the
     augmented state, so the trainer reads its NFE from ``stats``, ``configure(rtol=...)``
     changes its tolerances and the activation meter measures it like the ODE-Net's block.
-    ``solver`` keywords: method, rtol, atol, adjoint, adjoint_norm, step_size, max_num_steps.
+    ``solver`` keywords: method, rtol, atol, adjoint, adjoint_norm, step_size, max_num_steps,
+    last_step.
     """
 
     kind = "cnf"
@@ -169,9 +170,6 @@ class CNF(nn.Module):
     def _solve_plain(self, y0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         self._prepare(y0[:, : self.dim])
         b = self.block
-        options: dict[str, Any] = {"max_num_steps": int(b.max_num_steps)}
-        if b.method in FIXED_METHODS:
-            options["step_size"] = b.step_size
         with torch.no_grad():
             return odeint(self.dynamics, y0, ts.to(y0), method=b.method, rtol=b.rtol,
-                          atol=b.atol, options=options)
+                          atol=b.atol, options=b.solver_options())

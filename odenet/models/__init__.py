@@ -65,7 +65,8 @@ def _resnet(m, s) -> nn.Module:
 def _ode(m, s) -> nn.Module:
     block = ODEBlock(ODEFunc(m.width), t1=m.t1, method=s.method, rtol=s.rtol, atol=s.atol,
                      adjoint=bool(s.adjoint), adjoint_norm=s.adjoint_norm,
-                     step_size=s.step_size, max_num_steps=s.max_num_steps)
+                     step_size=s.step_size, max_num_steps=s.max_num_steps,
+                     last_step=s.last_step)
     return Classifier(m.name, downsampling(m.downsampling, m.in_channels, m.width), block,
                       head(m.width, m.num_classes))
 

@@ -76,7 +76,7 @@ class ODEBlock(nn.Module):
     """
 
     SETTINGS = ("method", "rtol", "atol", "adjoint", "adjoint_norm", "step_size",
-                "max_num_steps")
+                "max_num_steps", "last_step")
 
     def __init__(self, func: nn.Module, t1: float = 1.0, **solver: Any):
         super().__init__()
@@ -87,6 +87,7 @@ class ODEBlock(nn.Module):
         self.adjoint, self.adjoint_norm = True, "default"
         self.step_size: float | None = None
         self.max_num_steps = 1000
+        self.last_step = "clamp"
         self.configure(**solver)
 
     def configure(self, **settings: Any) -> ODEBlock:
@@ -104,12 +105,16 @@ class ODEBlock(nn.Module):
     def settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.SETTINGS}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        options: dict[str, Any] = {"max_num_steps": int(self.max_num_steps)}
+    def solver_options(self) -> dict[str, Any]:
+        """The `options` of odeint for the current settings."""
         if self.method in FIXED_METHODS:
-            options["step_size"] = self.step_size
+            return {"max_num_steps": int(self.max_num_steps), "step_size": self.step_size}
+        return {"max_num_steps": int(self.max_num_steps), "last_step": self.last_step}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         ys = odeint(self.func, x, self.times.to(x.dtype), method=self.method,
-                    rtol=self.rtol, atol=self.atol, options=options, adjoint=self.adjoint,
+                    rtol=self.rtol, atol=self.atol, options=self.solver_options(),
+                    adjoint=self.adjoint,
                     adjoint_params=tuple(self.func.parameters()) if self.adjoint else None,
                     adjoint_options={"norm": self.adjoint_norm} if self.adjoint else None,
                     stats=self.stats)

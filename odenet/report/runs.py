@@ -189,6 +189,8 @@ def solver_label(m: dict) -> str:
             parts.append(f"tol={fmt_tol(rtol)}")
         else:
             parts.append(f"rtol={fmt_tol(rtol)} atol={fmt_tol(atol)}")
+    if m.get("solver_last_step") == "overshoot":
+        parts.append("overshoot")
     if m.get("solver_adjoint"):
         norm = m.get("solver_adjoint_norm") or "default"
         parts.append("adjoint" if norm == "default" else f"adjoint ({norm})")

@@ -28,7 +28,7 @@ from odenet.report.runs import (
 )
 
 SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_adjoint",
-               "solver_adjoint_norm", "solver_step_size")
+               "solver_adjoint_norm", "solver_step_size", "solver_last_step")
 SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_size", "device")
 GROUP_KEYS = ("model",) + SOLVER_KEYS + SCALE_KEYS
 # Numeric columns averaged over seeds, in table.csv order.
@@ -80,6 +80,8 @@ class Row:
 
 def group_key(m: dict) -> dict:
     key = {k: m.get(k) for k in GROUP_KEYS}
+    if "solver_last_step" not in m:  # runs from before the setting existed: clamp (adaptive)
+        key["solver_last_step"] = "clamp" if m.get("solver_step_size") is None else None
     if m.get("model") not in ("odenet", "rknet"):
         # Solver settings of a model without an ODE block do not change it.
         for k in SOLVER_KEYS:

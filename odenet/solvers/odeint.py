@@ -24,7 +24,11 @@ ADAPTIVE_OPTIONS: dict[str, Any] = {
     "dfactor": 0.2,  # largest shrink after a rejected step
     "controller": "I",  # "I" (as torchdiffeq) or "PI" (Hairer's PI controller, smoother)
     "min_step": 0.0,  # raise SolverError below this (a floor from float precision always applies)
+    # "clamp": the last step is cut to end exactly at t[-1]; "overshoot": steps run past
+    # t[-1], which is read from the dense output, as torchdiffeq does (NFE step for step)
+    "last_step": "clamp",
 }
+LAST_STEPS = ("clamp", "overshoot")
 ADJOINT_OPTIONS = ("norm", "rtol", "atol", "method", "options")
 NORMS = ("default", "seminorm")
 
@@ -176,6 +180,9 @@ def _validate_options(method: str, options: dict | None) -> dict:
         if opts["controller"] not in ("I", "PI"):
             raise ValueError(f"options['controller'] must be 'I' or 'PI', "
                              f"got {opts['controller']!r}")
+        if opts["last_step"] not in LAST_STEPS:
+            raise ValueError(f"options['last_step'] must be one of {', '.join(LAST_STEPS)}, "
+                             f"got {opts['last_step']!r}")
     steps = opts["max_num_steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"options['max_num_steps'] must be a positive integer, got {steps!r}")

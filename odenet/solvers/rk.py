@@ -252,6 +252,7 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
     max_steps = options["max_num_steps"]
     exponent = 1.0 / tab.order
     pi = options["controller"] == "PI"
+    clamp = options["last_step"] == "clamp"
     # never step below what float arithmetic can resolve at this t
     eps = torch.finfo(y0.dtype).eps
     min_step_floor = max(options["min_step"], 16 * eps * max(abs(t0), abs(t_end), 1e-300))
@@ -274,7 +275,8 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
                 f"(integrating to t={t_end:.6g}): the problem may be stiff; raise "
                 "max_num_steps, loosen rtol/atol, or regularize the dynamics")
         remaining = (t_end - t) * direction
-        last = h >= remaining - min_step_floor  # never leave a sliver too short to step
+        # never leave a sliver too short to step; "overshoot" steps past t_end instead
+        last = clamp and h >= remaining - min_step_floor
         if last:
             h = remaining
         if h < min_step_floor:

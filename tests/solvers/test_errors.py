@@ -39,6 +39,8 @@ def decay(t, y):
         ({"options": {"stepsize": 0.1}}, "unknown option(s) ['stepsize'] for method 'dopri5'"),
         ({"method": "euler", "options": {"step_size": 0.1, "first_step": 1}}, "unknown option(s) ['first_step']"),
         ({"options": {"controller": "PID"}}, "options['controller'] must be 'I' or 'PI'"),
+        ({"options": {"last_step": "cut"}},
+         "options['last_step'] must be one of clamp, overshoot, got 'cut'"),
         ({"options": {"max_num_steps": 0}}, "options['max_num_steps'] must be a positive integer"),
         ({"options": {"safety": 2.0}}, "0 < safety <= 1"),
         ({"adjoint": True, "adjoint_options": {"nrom": "seminorm"}}, "unknown adjoint option(s) ['nrom']"),
