@@ -1,5 +1,8 @@
 """odenet.solvers vs torchdiffeq, same problem, same seed, one process.
 
+odenet runs with options={"last_step": "overshoot"}, torchdiffeq's end handling, so both
+take the same steps.
+
 1. bookkeeping: dopri5, rtol=atol=1e-3, y' = -y on 128x64x6x6 floats over [0, 1]: the
    function is one negation, so the time is the solver's own arithmetic;
 2. the ODE-Net block (the paper's conv ODE function, batch 128, random weights):
@@ -21,6 +24,8 @@ from .common import Counted, interleaved, machine, require_torchdiffeq, write_js
 
 SHAPE = (128, 64, 6, 6)
 TOL = 1e-3
+# odenet steps past t1 and interpolates, as torchdiffeq does: the two take the same steps
+LIKE = {"last_step": "overshoot"}
 
 
 class Negate(torch.nn.Module):
@@ -35,11 +40,11 @@ def bookkeeping(tdq, device, repeats):
     negate = Negate()
     stats = SolveStats()
     with torch.no_grad():
-        odeint(negate, y0, t, rtol=TOL, atol=TOL, stats=stats)
+        odeint(negate, y0, t, rtol=TOL, atol=TOL, options=LIKE, stats=stats)
         ref_func = Counted(negate)
         tdq.odeint(ref_func, y0, t, rtol=TOL, atol=TOL)
         times = interleaved({
-            "odenet": lambda: odeint(negate, y0, t, rtol=TOL, atol=TOL),
+            "odenet": lambda: odeint(negate, y0, t, rtol=TOL, atol=TOL, options=LIKE),
             "torchdiffeq": lambda: tdq.odeint(negate, y0, t, rtol=TOL, atol=TOL),
         }, repeats, sync=_sync(device))
     nfe = {"odenet": stats.nfe_forward, "torchdiffeq": ref_func.calls}
@@ -65,7 +70,7 @@ def block(tdq, device, repeats):
 
     def ours_forward():
         with torch.no_grad():
-            return odeint(func, x, t, rtol=TOL, atol=TOL, stats=stats)
+            return odeint(func, x, t, rtol=TOL, atol=TOL, options=LIKE, stats=stats)
 
     def ref_forward():
         with torch.no_grad():
@@ -73,7 +78,7 @@ def block(tdq, device, repeats):
 
     def ours_train():
         func.zero_grad()
-        y = odeint(func, x.requires_grad_(), t, rtol=TOL, atol=TOL, adjoint=True,
+        y = odeint(func, x.requires_grad_(), t, rtol=TOL, atol=TOL, options=LIKE, adjoint=True,
                    adjoint_params=params, stats=stats)
         y[-1].square().mean().backward()
 

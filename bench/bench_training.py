@@ -3,17 +3,24 @@
 Same seed, same initial weights, same batches (real MNIST), same network: only the ODE
 block's solver differs (odenet.solvers vs torchdiffeq's odeint/odeint_adjoint around the
 very same ODE function). Per case: median seconds per training iteration after warm-up,
-NFE forward/backward, and the ratio odenet / torchdiffeq. Cases: ODE-Net (adjoint),
+NFE forward/backward, the ratio odenet / torchdiffeq, and each side's gradient error on
+the first batch against a float64 rtol=atol=1e-7 adjoint solve. Cases: ODE-Net (adjoint),
 ODE-Net (adjoint + seminorm), RK-Net (direct backprop), test-set forward (batch 1000),
-and the solver alone on y' = -y (see bench_solver).
+and the solver alone on y' = -y (see bench_solver). odenet runs with
+solver.last_step=overshoot, torchdiffeq's end handling, so the two take the same steps;
+the case "odenet_adjoint_clamp" runs odenet's default (last step ends at t1) instead.
 
-    python -m bench.bench_training [--iters 12] [--warmup 3] [--profile]
+    python -m bench.bench_training [--iters 12] [--warmup 3] [--profile] [--epoch]
+
+--profile: torch.profiler of one ODE-Net iteration per side, time split by kind of work.
+--epoch: one whole epoch (468 batches of 128) of ODE-Net and RK-Net training per side.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import time
 
 import torch
 import torch.nn.functional as F
@@ -46,58 +53,98 @@ class TorchdiffeqBlock(torch.nn.Module):
         return ys[-1]
 
 
-def _pair(adjoint: bool, norm: str, tdq, device):
+# name: (adjoint, adjoint norm, odenet's last_step)
+TRAINING_CASES = {
+    "odenet_adjoint": (True, "default", "overshoot"),
+    "odenet_adjoint_seminorm": (True, "seminorm", "overshoot"),
+    "rknet_direct": (False, "default", "overshoot"),
+    "odenet_adjoint_clamp": (True, "default", "clamp"),
+}
+
+
+def _pair(adjoint: bool, norm: str, tdq, device, last_step: str = "overshoot"):
     """(odenet model, torchdiffeq model) with identical weights."""
     torch.manual_seed(0)
     ours = build_model({"name": "odenet" if adjoint else "rknet"},
                        {"method": "dopri5", "rtol": TOL, "atol": TOL, "adjoint": adjoint,
-                        "adjoint_norm": norm}).to(device)
+                        "adjoint_norm": norm, "last_step": last_step}).to(device)
     ref = copy.deepcopy(ours)
     ref.body = TorchdiffeqBlock(ref.body.func, adjoint, norm, tdq)
     return ours, ref
 
 
+def read_nfe(model) -> int:
+    """The ODE block's evaluations since the last read (either side); resets the count."""
+    if isinstance(model.body, TorchdiffeqBlock):
+        n, model.body.func.calls = model.body.func.calls, 0
+        return n
+    stats = solver_stats(model)
+    reset_solver_stats(model)
+    return stats["nfe_forward"] + stats["nfe_backward"]
+
+
 class Trainer:
     """One model, its optimizer and its own pass over the shared batches."""
 
-    def __init__(self, model, batches, reference: bool):
-        self.model, self.batches, self.reference = model, batches, reference
+    def __init__(self, model, batches):
+        self.model, self.batches = model, batches
         self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         self.i = 0
         self.nfe: list[tuple[int, int]] = []
-
-    def _nfe_read(self):
-        if self.reference:
-            n = self.model.body.func.calls
-            self.model.body.func.calls = 0
-            return n
-        stats = solver_stats(self.model)
-        reset_solver_stats(self.model)
-        return stats["nfe_forward"] + stats["nfe_backward"]
 
     def step(self):
         x, y = self.batches[self.i % len(self.batches)]
         self.i += 1
         self.opt.zero_grad(set_to_none=True)
-        self._nfe_read()
+        read_nfe(self.model)
         loss = F.cross_entropy(self.model(x), y)
-        forward = self._nfe_read()
+        forward = read_nfe(self.model)
         loss.backward()
-        backward = self._nfe_read()
+        backward = read_nfe(self.model)
         self.opt.step()
         self.nfe.append((forward, backward))
 
 
-def training_case(adjoint, norm, tdq, batches, device, iters, warmup):
-    ours, ref = _pair(adjoint, norm, tdq, device)
-    a, b = Trainer(ours, batches, False), Trainer(ref, batches, True)
+def training_case(case, tdq, batches, device, iters, warmup, true_grad):
+    adjoint, norm, last_step = TRAINING_CASES[case]
+    ours, ref = _pair(adjoint, norm, tdq, device, last_step)
+    errors = {name: _grad_error(model, batches[0], true_grad)
+              for name, model in (("odenet", ours), ("torchdiffeq", ref))}
+    a, b = Trainer(ours, batches), Trainer(ref, batches)
     times = interleaved({"odenet": a.step, "torchdiffeq": b.step}, iters, warmup, _sync(device))
     tail = slice(warmup, None)  # NFE of the timed iterations
     return {
         "odenet_s": times["odenet"], "torchdiffeq_s": times["torchdiffeq"],
         "ratio": times["odenet"] / times["torchdiffeq"],
         "nfe_odenet": _mean(a.nfe[tail]), "nfe_torchdiffeq": _mean(b.nfe[tail]),
+        "last_step": last_step,
+        "grad_error_odenet": errors["odenet"], "grad_error_torchdiffeq": errors["torchdiffeq"],
     }
+
+
+def _grads(model, batch) -> torch.Tensor:
+    x, y = batch
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    return grad
+
+
+def true_gradient(batch, device) -> torch.Tensor:
+    """The initial weights' gradient on `batch` from a float64 adjoint solve at 1e-7."""
+    torch.manual_seed(0)
+    model = build_model({"name": "odenet"}, {"method": "dopri5", "rtol": 1e-7, "atol": 1e-7,
+                                             "max_num_steps": 100_000}).to(device).double()
+    x, y = batch
+    return _grads(model, (x.double(), y)).float()
+
+
+def _grad_error(model, batch, true_grad) -> float:
+    """Relative L2 error of all parameter gradients on `batch` (NFE counters are reset)."""
+    grad = _grads(model, batch)
+    read_nfe(model)
+    return float((grad - true_grad).norm() / true_grad.norm())
 
 
 def test_forward_case(tdq, device, iters):
@@ -129,19 +176,88 @@ def _sync(device):
     return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
 
-def profile_iteration(tdq, batches, device, rows: int = 25) -> None:
-    """torch.profiler of one ODE-Net (adjoint) iteration per side, after warm-up."""
+# Kinds of work in a profile, matched on the op name (first match wins); aten ops that
+# match none are tensor arithmetic: the solver's stage sums, error norm, adjoint state
+# and the optimizer step.
+KINDS = (
+    ("convolutions", ("conv",)),
+    ("group norms", ("group_norm",)),
+    ("other layers (ReLU, linear, pool, loss)",
+     ("relu", "clamp_min", "threshold_backward", "addmm", "linear", "pool", "softmax",
+      "nll_loss", "mean")),
+)
+ARITHMETIC = "tensor arithmetic (solver, adjoint state, optimizer)"
+AUTOGRAD = "autograd engine"
+PYTHON_FUNCS = "Python inside autograd Functions / optimizer"
+PYTHON_GAPS = "Python between ops (not in any op)"
+
+
+def kind_of(name: str) -> str:
+    if name.startswith("aten::"):
+        for kind, needles in KINDS:
+            if any(n in name for n in needles):
+                return kind
+        return ARITHMETIC
+    if name.startswith("autograd::") or ("Backward" in name and "Adjoint" not in name):
+        return AUTOGRAD
+    return PYTHON_FUNCS
+
+
+def profile_iteration(tdq, batches, device) -> dict:
+    """torch.profiler of one ODE-Net (adjoint) iteration per side after warm-up: seconds
+    by kind of work (ops' self time; the wall time no op accounts for is Python)."""
     from torch.profiler import ProfilerActivity, profile
 
     ours, ref = _pair(True, "default", tdq, device)
+    result = {}
     for name, model in (("odenet", ours), ("torchdiffeq", ref)):
-        trainer = Trainer(model, batches, model is ref)
+        trainer = Trainer(model, batches)
         for _ in range(3):
             trainer.step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
             trainer.step()
-        print(f"\n--- profile of one ODE-Net iteration: {name} (NFE F/B {trainer.nfe[-1]}) ---")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+            wall = time.perf_counter() - start
+        kinds = {kind: 0.0 for kind, _ in KINDS} | {ARITHMETIC: 0.0, AUTOGRAD: 0.0,
+                                                    PYTHON_FUNCS: 0.0}
+        for event in prof.key_averages():
+            kinds[kind_of(event.key)] += event.self_cpu_time_total / 1e6
+        kinds[PYTHON_GAPS] = max(wall - sum(kinds.values()), 0.0)
+        result[name] = {"wall_s": wall, "nfe": trainer.nfe[-1], "seconds": kinds}
+    return result
+
+
+def print_profile(profile: dict) -> None:
+    o, r = profile["odenet"], profile["torchdiffeq"]
+    print(f"\nprofile of one ODE-Net iteration (NFE-F/B odenet {o['nfe']}, torchdiffeq "
+          f"{r['nfe']}); seconds and share of the profiled wall time")
+    for kind in o["seconds"]:
+        a, b = o["seconds"][kind], r["seconds"][kind]
+        print(f"  {kind:52s} {a:7.3f} {100 * a / o['wall_s']:5.1f}%   "
+              f"{b:7.3f} {100 * b / r['wall_s']:5.1f}%")
+    print(f"  {'total (profiled wall time)':52s} {o['wall_s']:7.3f}         {r['wall_s']:7.3f}")
+
+
+def epoch_case(adjoint: bool, tdq, device) -> dict:
+    """One pass over all 468 full training batches, the two sides alternating per batch."""
+    images, labels = load_mnist("data", train=True)
+    batches = [((images[i:i + 128].float() / 255.0).unsqueeze(1).to(device),
+                labels[i:i + 128].to(device)) for i in range(0, len(images) - 127, 128)]
+    ours, ref = _pair(adjoint, "default", tdq, device)
+    sides = {"odenet": Trainer(ours, batches), "torchdiffeq": Trainer(ref, batches)}
+    total = dict.fromkeys(sides, 0.0)
+    sync = _sync(device)
+    for i in range(len(batches)):
+        for name in (list(sides) if i % 2 == 0 else list(sides)[::-1]):
+            start = time.perf_counter()
+            sides[name].step()
+            sync()
+            total[name] += time.perf_counter() - start
+    return {"batches": len(batches), "odenet_s": total["odenet"],
+            "torchdiffeq_s": total["torchdiffeq"],
+            "ratio": total["odenet"] / total["torchdiffeq"],
+            "nfe_odenet": _mean(sides["odenet"].nfe),
+            "nfe_torchdiffeq": _mean(sides["torchdiffeq"].nfe)}
 
 
 def main(argv=None) -> int:
@@ -149,39 +265,45 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=12, help="timed iterations per case (>= 10)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table")
+    parser.add_argument("--profile", action="store_true", help="also profile one iteration")
+    parser.add_argument("--epoch", action="store_true",
+                        help="also time one whole epoch of ODE-Net and RK-Net (~25 min on CPU)")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
     tdq = require_torchdiffeq()
     images, labels = load_mnist("data", train=True)
     batches = [((images[i:i + 128].float() / 255.0).unsqueeze(1).to(args.device),
                 labels[i:i + 128].to(args.device)) for i in range(0, 128 * 8, 128)]
-    cases = {
-        "odenet_adjoint": training_case(True, "default", tdq, batches, args.device,
-                                        args.iters, args.warmup),
-        "odenet_adjoint_seminorm": training_case(True, "seminorm", tdq, batches,
-                                                 args.device, args.iters, args.warmup),
-        "rknet_direct": training_case(False, "default", tdq, batches, args.device,
-                                      args.iters, args.warmup),
-        "test_forward_1000": test_forward_case(tdq, args.device, max(5, args.iters // 2)),
-    }
+    true_grad = true_gradient(batches[0], args.device)
+    cases = {name: training_case(name, tdq, batches, args.device, args.iters, args.warmup,
+                                 true_grad) for name in TRAINING_CASES}
+    cases["test_forward_1000"] = test_forward_case(tdq, args.device, max(5, args.iters // 2))
     solver = bench_solver.bookkeeping(tdq, args.device, 20)
+    result = {"machine": machine(), "device": args.device, "cases": cases,
+              "solver_alone": solver}
     print(f"machine: {machine()}  device: {args.device}")
     print(f"{'case':26s} {'odenet s':>9s} {'tdq s':>9s} {'ratio':>6s}  "
-          "NFE-F/B odenet | torchdiffeq")
+          f"{'NFE-F/B odenet | torchdiffeq':30s} grad error odenet | torchdiffeq")
     for name, c in cases.items():
         nfe_o, nfe_r = c["nfe_odenet"], c["nfe_torchdiffeq"]
         fmt = (lambda v: f"{v[0]:.1f}/{v[1]:.1f}") if isinstance(nfe_o, tuple) else str
+        grads = (f"{c['grad_error_odenet']:.3f} | {c['grad_error_torchdiffeq']:.3f}"
+                 if "grad_error_odenet" in c else "")
         print(f"{name:26s} {c['odenet_s']:9.3f} {c['torchdiffeq_s']:9.3f} {c['ratio']:6.2f}  "
-              f"{fmt(nfe_o)} | {fmt(nfe_r)}")
+              f"{fmt(nfe_o) + ' | ' + fmt(nfe_r):30s} {grads}")
     print(f"{'solver y=-y (per step)':26s} {solver['odenet']['ms_per_step'] / 1e3:9.4f} "
           f"{solver['torchdiffeq']['ms_per_step'] / 1e3:9.4f} {solver['ratio_per_step']:6.2f}  "
           f"{solver['odenet']['nfe']} | {solver['torchdiffeq']['nfe']}")
-    path = write_json("training", {"machine": machine(), "device": args.device, "cases": cases,
-                                   "solver_alone": solver}, args.out)
-    print(f"wrote {path}")
     if args.profile:
-        profile_iteration(tdq, batches, args.device)
+        result["profile"] = profile_iteration(tdq, batches, args.device)
+        print_profile(result["profile"])
+    if args.epoch:
+        result["epoch"] = {name: epoch_case(adjoint, tdq, args.device)
+                           for name, adjoint in (("odenet", True), ("rknet", False))}
+        for name, e in result["epoch"].items():
+            print(f"one epoch of {name} ({e['batches']} batches): odenet {e['odenet_s']:.0f} s, "
+                  f"torchdiffeq {e['torchdiffeq_s']:.0f} s, ratio {e['ratio']:.2f}")
+    print(f"wrote {write_json('training', result, args.out)}")
     return 0
 
 

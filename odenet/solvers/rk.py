@@ -138,11 +138,12 @@ class _Stepper:
 # multi-MB allocations cost page faults on every solve (measured ~0.5 ms per MiB on CPU).
 # A buffer set is checked out while a solve uses it, so nested solves never share one.
 _POOL: dict[tuple, list] = {}
-_POOL_KEYS = 8  # distinct (stages, size, dtype, device) kept; the oldest is dropped
+_POOL_KEYS = 8  # distinct workspace keys kept; the oldest is dropped
 
 
 def _acquire_workspace(stages: int, y0: torch.Tensor):
-    key = (stages, y0.numel(), y0.dtype, y0.device)
+    # buffers made under inference_mode cannot be written outside it (and vice versa)
+    key = (stages, y0.numel(), y0.dtype, y0.device, torch.is_inference_mode_enabled())
     free = _POOL.get(key)
     if free:
         return free.pop()

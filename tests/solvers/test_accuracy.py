@@ -135,6 +135,19 @@ def test_dtypes(dtype, method):
     assert torch.allclose(ys[-1], solution(torch.tensor(1.0, dtype=dtype)), rtol=1e-4, atol=1e-5)
 
 
+def test_solves_alternate_between_inference_mode_and_no_grad():
+    """Reused buffers never cross inference_mode (its tensors are read-only outside it)."""
+    func, y0, solution = PROBLEMS["decay"](torch.float32)
+    t = torch.tensor([0.0, 1.0])
+    with torch.inference_mode():
+        first = odeint(func, y0, t, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        second = odeint(func, y0, t, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        third = odeint(func, y0, t, rtol=1e-5, atol=1e-5)
+    assert torch.equal(first, second) and torch.equal(second, third)
+
+
 def test_pi_controller_is_accurate():
     err = _error("linear", "dopri5", torch.tensor([0.0, 3.0]), rtol=1e-8, atol=1e-8,
                  options={"controller": "PI"})
