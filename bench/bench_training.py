@@ -13,6 +13,7 @@ the case "odenet_adjoint_clamp" runs odenet's default (last step ends at t1) ins
     python -m bench.bench_training [--iters 12] [--warmup 3] [--profile] [--epoch]
 
 --profile: torch.profiler of one ODE-Net iteration per side, time split by kind of work.
+--compile: also the cases with odenet's ODE function torch.compile'd (model.compile=true).
 --epoch: one whole epoch (468 batches of 128) of ODE-Net and RK-Net training per side.
 """
 
@@ -53,23 +54,34 @@ class TorchdiffeqBlock(torch.nn.Module):
         return ys[-1]
 
 
-# name: (adjoint, adjoint norm, odenet's last_step)
+# name: (adjoint, adjoint norm, odenet's last_step, odenet's model.compile)
 TRAINING_CASES = {
-    "odenet_adjoint": (True, "default", "overshoot"),
-    "odenet_adjoint_seminorm": (True, "seminorm", "overshoot"),
-    "rknet_direct": (False, "default", "overshoot"),
-    "odenet_adjoint_clamp": (True, "default", "clamp"),
+    "odenet_adjoint": (True, "default", "overshoot", False),
+    "odenet_adjoint_seminorm": (True, "seminorm", "overshoot", False),
+    "rknet_direct": (False, "default", "overshoot", False),
+    "odenet_adjoint_clamp": (True, "default", "clamp", False),
+}
+COMPILED_CASES = {  # with --compile (the reference stays eager, as the authors' code is)
+    "odenet_adjoint_compiled": (True, "default", "overshoot", True),
+    "rknet_direct_compiled": (False, "default", "overshoot", True),
 }
 
 
-def _pair(adjoint: bool, norm: str, tdq, device, last_step: str = "overshoot"):
-    """(odenet model, torchdiffeq model) with identical weights."""
+def _pair(adjoint: bool, norm: str, tdq, device, last_step: str = "overshoot",
+          compiled: bool = False):
+    """(odenet model, torchdiffeq model) with identical weights and eager ODE functions;
+    compiled: odenet's is then torch.compile'd (model.compile=true)."""
     torch.manual_seed(0)
-    ours = build_model({"name": "odenet" if adjoint else "rknet"},
-                       {"method": "dopri5", "rtol": TOL, "atol": TOL, "adjoint": adjoint,
-                        "adjoint_norm": norm, "last_step": last_step}).to(device)
+    model = {"name": "odenet" if adjoint else "rknet"}
+    solver = {"method": "dopri5", "rtol": TOL, "atol": TOL, "adjoint": adjoint,
+              "adjoint_norm": norm, "last_step": last_step}
+    ours = build_model(model, solver).to(device)
     ref = copy.deepcopy(ours)
     ref.body = TorchdiffeqBlock(ref.body.func, adjoint, norm, tdq)
+    if compiled:
+        state = ours.state_dict()
+        ours = build_model(model | {"compile": True}, solver).to(device)
+        ours.load_state_dict(state)
     return ours, ref
 
 
@@ -106,8 +118,8 @@ class Trainer:
 
 
 def training_case(case, tdq, batches, device, iters, warmup, true_grad):
-    adjoint, norm, last_step = TRAINING_CASES[case]
-    ours, ref = _pair(adjoint, norm, tdq, device, last_step)
+    adjoint, norm, last_step, compiled = (TRAINING_CASES | COMPILED_CASES)[case]
+    ours, ref = _pair(adjoint, norm, tdq, device, last_step, compiled)
     errors = {name: _grad_error(model, batches[0], true_grad)
               for name, model in (("odenet", ours), ("torchdiffeq", ref))}
     a, b = Trainer(ours, batches), Trainer(ref, batches)
@@ -147,8 +159,8 @@ def _grad_error(model, batch, true_grad) -> float:
     return float((grad - true_grad).norm() / true_grad.norm())
 
 
-def test_forward_case(tdq, device, iters):
-    ours, ref = _pair(True, "default", tdq, device)
+def test_forward_case(tdq, device, iters, compiled=False):
+    ours, ref = _pair(True, "default", tdq, device, compiled=compiled)
     images, _ = load_mnist("data", train=False)
     x = (images[:1000].float() / 255.0).unsqueeze(1).to(device)
     ours.eval(), ref.eval()
@@ -266,6 +278,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", action="store_true", help="also profile one iteration")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time odenet with model.compile=true (compiles first)")
     parser.add_argument("--epoch", action="store_true",
                         help="also time one whole epoch of ODE-Net and RK-Net (~25 min on CPU)")
     parser.add_argument("--out", default="outputs/bench")
@@ -275,9 +289,13 @@ def main(argv=None) -> int:
     batches = [((images[i:i + 128].float() / 255.0).unsqueeze(1).to(args.device),
                 labels[i:i + 128].to(args.device)) for i in range(0, 128 * 8, 128)]
     true_grad = true_gradient(batches[0], args.device)
+    names = list(TRAINING_CASES) + (list(COMPILED_CASES) if args.compile else [])
     cases = {name: training_case(name, tdq, batches, args.device, args.iters, args.warmup,
-                                 true_grad) for name in TRAINING_CASES}
+                                 true_grad) for name in names}
     cases["test_forward_1000"] = test_forward_case(tdq, args.device, max(5, args.iters // 2))
+    if args.compile:
+        cases["test_forward_1000_compiled"] = test_forward_case(
+            tdq, args.device, max(5, args.iters // 2), compiled=True)
     solver = bench_solver.bookkeeping(tdq, args.device, 20)
     result = {"machine": machine(), "device": args.device, "cases": cases,
               "solver_alone": solver}

@@ -44,6 +44,7 @@ class ModelConfig:
     num_blocks: int = 6  # ResNet residual blocks
     downsampling: str = "conv"  # conv (the recipe's; fixes the parameter counts) | res
     t1: float = 1.0  # ODE block integrates over [0, t1]
+    compile: bool = False  # odenet/rknet: torch.compile the ODE function (README "Speed")
     in_channels: int = 1
     image_size: int = 28
     num_classes: int = 10
@@ -191,6 +192,8 @@ def unknown_key_line(key: str) -> str:
         hint = [f"{parent}.{hint[0]}" if parent else hint[0]]
     else:  # e.g. rtol=1 for solver.rtol=1
         hint = [k for k in _all_keys(Config) if k.rsplit(".", 1)[-1] == name][:1]
+    if hint == [key]:  # a schema key that the chosen group's yaml (e.g. model=mlp) leaves out
+        return f"'{key}' is not in the chosen {parent} config; add it with '+{key}=...'"
     tail = f"; did you mean '{hint[0]}'?" if hint else ""
     return f"unknown key '{key}'{tail}"
 
@@ -230,6 +233,8 @@ def _validate_model(m: Any) -> None:
     for k in ("width", "hidden", "num_blocks", "in_channels", "image_size", "num_classes"):
         _need(getattr(m, k) >= 1, f"model.{k} must be >= 1 (got {getattr(m, k)})")
     _need(m.t1 > 0, f"model.t1 must be > 0 (got {m.t1})")
+    _need(not m.compile or m.name in ("odenet", "rknet"), "model.compile=true compiles the "
+          f"ODE function of model=odenet or rknet; model={m.name} has none")
     if m.name in DENSITY_MODELS:
         for k in ("dim", "depth", "layers"):
             _need(getattr(m, k) >= 1, f"model.{k} must be >= 1 (got {getattr(m, k)})")

@@ -99,6 +99,10 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["rtol=1e-3"], "did you mean 'solver.rtol'?"),
     (["solver.method=lsoda"], "solver.method='lsoda' is not one of"),
     (["solver.last_step=cut"], "solver.last_step='cut' is not one of"),
+    (["model=mlp", "model.compile=true"],
+     "'model.compile' is not in the chosen model config; add it with '+model.compile=...'"),
+    (["model=mlp", "+model.compile=true"], "model.compile=true compiles the ODE function of "
+     "model=odenet or rknet; model=mlp has none"),
     (["solver=rk4", "solver.step_size=null"], "fixed-grid method"),
     (["optim.schedule=linear"], "optim.schedule='linear' is not one of"),
     (["optim.milestones=[100,60]"], "optim.milestones must be increasing"),

@@ -63,7 +63,10 @@ def _resnet(m, s) -> nn.Module:
 
 
 def _ode(m, s) -> nn.Module:
-    block = ODEBlock(ODEFunc(m.width), t1=m.t1, method=s.method, rtol=s.rtol, atol=s.atol,
+    func = ODEFunc(m.width)
+    if m.compile:  # in place: parameter names and checkpoints stay those of the eager model
+        func.compile()
+    block = ODEBlock(func, t1=m.t1, method=s.method, rtol=s.rtol, atol=s.atol,
                      adjoint=bool(s.adjoint), adjoint_norm=s.adjoint_norm,
                      step_size=s.step_size, max_num_steps=s.max_num_steps,
                      last_step=s.last_step)
