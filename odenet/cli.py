@@ -7,8 +7,9 @@ when that command runs (so `odenet --help` and a bad command line answer at once
 from __future__ import annotations
 
 import importlib
-import os
 import sys
+
+from odenet.openmp import set_wait_policy
 
 # command -> ("module:function", one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,10 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"odenet: unknown command {cmd!r}; valid commands: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
-    # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared
-    # 2-core machine, spinning threads made a training iteration 10-15x slower whenever
-    # another process was busy (ResNet 2.6 vs 0.33 s, ODE-Net 12.9 vs 1.1 s, batch 128).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # before torch loads OpenMP: spin briefly on an idle machine, sleep on a busy one
+    set_wait_policy()
     module, func = COMMANDS[cmd][0].split(":")
     try:
         mod = importlib.import_module(module)

@@ -424,6 +424,9 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     bars = _bars(cfg)
     log.info("%s: %s, %d parameters, %s, %d x %d iterations -> %s", "resuming" if resumed
              else "training", cfg.model.name, metrics["params"], device, o.epochs, ipe, out)
+    log.info("threads %d, OMP_WAIT_POLICY=%s, GOMP_SPINCOUNT=%s (odenet/openmp.py)",
+             torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "-"),
+             os.environ.get("GOMP_SPINCOUNT", "-"))
     write_json_atomic(out / METRICS, metrics)
 
     status, reason, signum = "running", None, None
