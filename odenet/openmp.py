@@ -9,27 +9,43 @@ ODE-Net adjoint iteration, batch 128; `make bench` and the README's "Speed"):
     GOMP_SPINCOUNT=10000      0.52 s          1.49 s             1.49 s each
     libgomp's default spin    0.52 s          1.88 s             3.6-4.3 s each
 
-So: spin briefly when the machine is idle as the run starts, sleep when it is not.
+So: spin briefly when no other process is running as the run starts, sleep otherwise.
+"Running" is the kernel's count of runnable tasks (/proc/loadavg), the least of a few
+samples so that a process passing through does not count: the load average lags by
+minutes and would call the machine busy right after a previous run ended.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
-QUIET_LOAD_PER_CORE = 0.25  # 1-minute load average per core below which we call it idle
 SPIN_COUNT = "10000"
+SAMPLES, SAMPLE_GAP_S = 5, 0.01
+
+
+def other_runnable_tasks() -> int | None:
+    """Tasks ready to run besides this one (Linux); None where the kernel does not say."""
+    try:
+        counts = []
+        for i in range(SAMPLES):
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+            if i < SAMPLES - 1:
+                time.sleep(SAMPLE_GAP_S)
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(min(counts) - 1, 0)
 
 
 def set_wait_policy() -> str:
     """Choose the policy (environment variables); returns a one-line description."""
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return "OpenMP wait policy: set by the environment"
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on this platform: the safe choice
-        load = float("inf")
-    if load < QUIET_LOAD_PER_CORE * (os.cpu_count() or 1):
+    others = other_runnable_tasks()
+    if others == 0:
         os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
-        return f"OpenMP wait policy: GOMP_SPINCOUNT={SPIN_COUNT} (idle machine, load {load:.2f})"
+        return f"OpenMP wait policy: GOMP_SPINCOUNT={SPIN_COUNT} (nothing else running)"
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return f"OpenMP wait policy: PASSIVE (busy machine, load {load:.2f})"
+    why = "unknown load" if others is None else f"{others} other task(s) running"
+    return f"OpenMP wait policy: PASSIVE ({why})"
