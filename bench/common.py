@@ -52,6 +52,9 @@ def machine() -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        # chosen by odenet/openmp.py on import of bench/ (as `odenet train` does)
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
     }
     try:
         import torchdiffeq
