@@ -2,4 +2,4 @@
 
 from odenet.openmp import set_wait_policy
 
-WAIT_POLICY = set_wait_policy()  # as `odenet train` does, before torch loads
+set_wait_policy()  # as `odenet train` does, before torch loads (recorded by common.machine)
