@@ -250,11 +250,17 @@ def print_profile(profile: dict) -> None:
     print(f"  {'total (profiled wall time)':52s} {o['wall_s']:7.3f}         {r['wall_s']:7.3f}")
 
 
+def training_batches(device, count: int | None = None) -> list:
+    """The first `count` (None: all 468 full) batches of 128 MNIST training images."""
+    images, labels = load_mnist("data", train=True)
+    stop = len(images) - 127 if count is None else 128 * count
+    return [((images[i:i + 128].float() / 255.0).unsqueeze(1).to(device),
+             labels[i:i + 128].to(device)) for i in range(0, stop, 128)]
+
+
 def epoch_case(adjoint: bool, tdq, device) -> dict:
     """One pass over all 468 full training batches, the two sides alternating per batch."""
-    images, labels = load_mnist("data", train=True)
-    batches = [((images[i:i + 128].float() / 255.0).unsqueeze(1).to(device),
-                labels[i:i + 128].to(device)) for i in range(0, len(images) - 127, 128)]
+    batches = training_batches(device)
     ours, ref = _pair(adjoint, "default", tdq, device)
     sides = {"odenet": Trainer(ours, batches), "torchdiffeq": Trainer(ref, batches)}
     total = dict.fromkeys(sides, 0.0)
@@ -285,9 +291,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
     tdq = require_torchdiffeq()
-    images, labels = load_mnist("data", train=True)
-    batches = [((images[i:i + 128].float() / 255.0).unsqueeze(1).to(args.device),
-                labels[i:i + 128].to(args.device)) for i in range(0, 128 * 8, 128)]
+    batches = training_batches(args.device, 8)
     true_grad = true_gradient(batches[0], args.device)
     names = list(TRAINING_CASES) + (list(COMPILED_CASES) if args.compile else [])
     cases = {name: training_case(name, tdq, batches, args.device, args.iters, args.warmup,
