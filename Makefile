@@ -8,7 +8,7 @@ ARGS    ?=
 TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-solver clean
+.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-openmp bench-solver clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ reproduce: $(VENV) $(DATA)  ## Table 1 + Figure 3 at quick scale (about an hour 
 
 bench: $(VENV) $(DATA)  ## odenet vs torchdiffeq side by side: training iteration, test forward, solver
 	$(PY) -m bench.bench_training $(ARGS)
+
+bench-openmp: $(VENV) $(DATA)  ## an ODE-Net iteration under each OpenMP wait policy, alone and two at once
+	$(PY) -m bench.bench_openmp $(ARGS)
 
 bench-solver: $(VENV)  ## odenet.solvers vs torchdiffeq: bookkeeping and the ODE-Net block
 	$(PY) -m bench.bench_solver $(ARGS)

@@ -1,13 +1,13 @@
 """How idle OpenMP threads wait: set before torch loads OpenMP, unless the user has.
 
 torch's CPU ops run in OpenMP parallel regions; between two regions the worker threads
-either spin (fast to wake, but they burn a core) or sleep. Measured here (2 cores, one
-ODE-Net adjoint iteration, batch 128; `make bench` and the README's "Speed"):
+either spin (fast to wake, but they burn a core) or sleep. `make bench-openmp` on this
+2-core machine, one ODE-Net adjoint iteration (batch 128):
 
-    policy                    quiet machine   one busy process   two trainings at once
-    OMP_WAIT_POLICY=PASSIVE   0.65 s          1.04 s             0.97 s each
-    GOMP_SPINCOUNT=10000      0.52 s          1.49 s             1.49 s each
-    libgomp's default spin    0.52 s          1.88 s             3.6-4.3 s each
+    policy                          alone     two trainings at once (each)
+    OMP_WAIT_POLICY=PASSIVE         0.77 s    1.03 s, 0.98 s
+    GOMP_SPINCOUNT=10000            0.55 s    1.51 s, 1.52 s
+    libgomp's default (spin 300k)   0.52 s    3.17 s, 3.12 s
 
 So: spin briefly when no other process is running as the run starts, sleep otherwise.
 "Running" is the kernel's count of runnable tasks (/proc/loadavg), the least of a few
