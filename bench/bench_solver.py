@@ -6,7 +6,8 @@ take the same steps.
 1. bookkeeping: dopri5, rtol=atol=1e-3, y' = -y on 128x64x6x6 floats over [0, 1]: the
    function is one negation, so the time is the solver's own arithmetic;
 2. the ODE-Net block (the paper's conv ODE function, batch 128, random weights):
-   forward, and forward + adjoint backward, with the NFE of each side.
+   forward, and forward + adjoint backward, with the NFE of each side; one call of the
+   function and of its vjp, also in channels_last; the forward under inference_mode.
 
     python -m bench.bench_solver [--repeats 20] [--device cpu|cuda]
 """
@@ -14,6 +15,7 @@ take the same steps.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 
@@ -92,6 +94,23 @@ def block(tdq, device, repeats):
         with torch.no_grad():
             func(t[0], x)
 
+    # channels_last: the same function and input in NHWC layout, forward and vjp
+    func_cl = copy.deepcopy(func).to(memory_format=torch.channels_last)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last)
+
+    def one_call_cl():
+        with torch.no_grad():
+            func_cl(t[0], x_cl)
+
+    def vjp(f, z):
+        z = z.detach().requires_grad_(True)
+        out = f(t[0], z)
+        torch.autograd.grad(out, (z, *f.parameters()), torch.ones_like(out))
+
+    def ours_forward_inference():  # inference_mode instead of no_grad
+        with torch.inference_mode():
+            return odeint(func, x, t, rtol=TOL, atol=TOL, options=LIKE)
+
     # NFE of one call of each, counted on a fresh counter
     counts = {}
     for name, fn in [("forward", (ours_forward, ref_forward)), ("train", (ours_train, ref_train))]:
@@ -104,7 +123,11 @@ def block(tdq, device, repeats):
         counts[name] = {"odenet": ours_nfe, "torchdiffeq": fwd_calls if fwd_calls else ref.calls}
     times = interleaved({"odenet_forward": ours_forward, "torchdiffeq_forward": ref_forward,
                          "odenet_train": ours_train, "torchdiffeq_train": ref_train,
-                         "one_call": one_call}, repeats, sync=_sync(device))
+                         "one_call": one_call, "one_call_channels_last": one_call_cl,
+                         "one_vjp": lambda: vjp(func, x),
+                         "one_vjp_channels_last": lambda: vjp(func_cl, x_cl),
+                         "odenet_forward_inference_mode": ours_forward_inference},
+                        repeats, sync=_sync(device))
     return {
         "forward": {"odenet_s": times["odenet_forward"],
                     "torchdiffeq_s": times["torchdiffeq_forward"],
@@ -117,6 +140,10 @@ def block(tdq, device, repeats):
             "nfe_odenet": counts["train"]["odenet"],
             "nfe_total_torchdiffeq": counts["train"]["torchdiffeq"]},
         "one_call_s": times["one_call"],
+        "one_call_channels_last_s": times["one_call_channels_last"],
+        "one_vjp_s": times["one_vjp"],
+        "one_vjp_channels_last_s": times["one_vjp_channels_last"],
+        "forward_inference_mode_s": times["odenet_forward_inference_mode"],
     }
 
 
@@ -148,7 +175,12 @@ def main(argv=None) -> int:
           f"(NFE F/B {fb['nfe_odenet'][0]}/{fb['nfe_odenet'][1]}), torchdiffeq "
           f"{1e3 * fb['torchdiffeq_s']:.1f} ms (NFE F+B {fb['nfe_total_torchdiffeq']}): "
           f"ratio {fb['ratio']:.2f} (floor <= 1.0)")
-    print(f"   one ODE-function call: {1e3 * blk['one_call_s']:.2f} ms")
+    print(f"   one ODE-function call: {1e3 * blk['one_call_s']:.2f} ms "
+          f"(channels_last {1e3 * blk['one_call_channels_last_s']:.2f} ms); with its vjp "
+          f"{1e3 * blk['one_vjp_s']:.2f} ms (channels_last "
+          f"{1e3 * blk['one_vjp_channels_last_s']:.2f} ms)")
+    print(f"   block forward under inference_mode instead of no_grad: "
+          f"{1e3 * blk['forward_inference_mode_s']:.1f} ms")
     print(f"wrote {write_json('solver', result, args.out)}")
     return 0
 
