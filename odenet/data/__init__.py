@@ -1,16 +1,18 @@
-"""Data: MNIST preparation (``prepare``) and MNIST loading (``mnist``).
+"""Data: MNIST preparation (``prepare``), MNIST loading (``mnist``), the batch iterator
+shared by MNIST and the toy 2-D points (``batches``).
 
 Importing this package does not import torch: ``odenet data`` and the trainer's
-preflight use it before (or without) torch. It never imports hydra or ``odenet.cnf``.
+preflight use it before (or without) torch. It never imports hydra or ``odenet.cnf``
+(``odenet.cnf.data`` builds its loaders on ``Batches``).
 """
 
+from odenet.data.batches import SEED_STRIDE, Batches, epoch_generator
 from odenet.data.mnist import (
     MEAN,
     RAW_FILES,
     STD,
-    BatchLoader,
     DataError,
-    epoch_generator,
+    MnistBatches,
     load_mnist,
     mnist_loaders,
     random_crop,
@@ -20,9 +22,12 @@ from odenet.data.mnist import (
 )
 from odenet.data.prepare import CLASS_COUNTS, VERIFIED, check_raw, main, prepare_mnist
 
+# The name evaluate.py and tests/test_evaluate.py import MnistBatches by.
+BatchLoader = MnistBatches
+
 __all__ = [
-    "CLASS_COUNTS", "MEAN", "RAW_FILES", "STD", "VERIFIED", "BatchLoader",
-    "DataError", "check_raw", "epoch_generator", "load_mnist",
+    "CLASS_COUNTS", "MEAN", "RAW_FILES", "SEED_STRIDE", "STD", "VERIFIED", "BatchLoader",
+    "Batches", "DataError", "MnistBatches", "check_raw", "epoch_generator", "load_mnist",
     "main", "mnist_loaders", "prepare_mnist", "random_crop", "raw_dir", "read_idx",
     "require_raw",
 ]

@@ -14,11 +14,12 @@ import this package and should not pay torch's import time.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from odenet.data.batches import Batches
 
 # torchvision's file names (the .gz names without .gz) with the MD5 of the uncompressed file.
 RAW_FILES = {
@@ -94,85 +95,43 @@ def random_crop(images, dy, dx, size: int, padding: int):
     return padded[torch.arange(b, device=images.device)[:, None, None], rows, cols]
 
 
-def epoch_generator(seed: int, epoch: int):
-    import torch
+class MnistBatches(Batches):
+    """Batches of (float images B x 1 x 28 x 28 in [0, 1], int64 labels) from uint8 tensors.
 
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-class BatchLoader:
-    """Batches of (float images B x 1 x 28 x 28, labels) from uint8 tensors in memory.
-
-    shuffle/augment draw the epoch's order and crop offsets from (seed, epoch) when
-    ``set_epoch`` is called; ``batches(start)`` skips the first ``start`` batches
-    without computing them. ``drop_last`` is for training only; evaluation keeps every
-    image.
+    augment: RandomCrop(28, padding=crop_padding), its offsets drawn per epoch after the
+    order. normalize: (x - MEAN) / STD.
     """
 
     def __init__(self, images, labels, batch_size: int, *, shuffle: bool = False,
                  augment: bool = False, normalize: bool = False, drop_last: bool = False,
                  seed: int = 0, device: Any = "cpu", on_device: bool = False,
                  crop_padding: int = 4):
+        self.augment, self.normalize, self.padding = augment, normalize, crop_padding
+        super().__init__((images, labels), batch_size, shuffle=shuffle, drop_last=drop_last,
+                         seed=seed, device=device, on_device=on_device)
+
+    def _draw(self, g) -> None:
         import torch
 
-        self.device = torch.device(device)
-        store = self.device if on_device else torch.device("cpu")
-        self.images = images.to(store)
-        self.labels = labels.to(store)
-        self.n = len(self.images)
-        self.batch_size = batch_size
-        self.shuffle, self.augment, self.normalize = shuffle, augment, normalize
-        self.drop_last = drop_last and self.n >= batch_size
-        self.seed = seed
-        self.padding = crop_padding
-        self.pin = self.device.type == "cuda" and store.type == "cpu"
-        self.set_epoch(0)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.n // self.batch_size
-        return -(-self.n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else self.n
-
-    def set_epoch(self, epoch: int) -> None:
-        import torch
-
-        g = epoch_generator(self.seed, epoch)
-        self.order = torch.randperm(self.n, generator=g) if self.shuffle else None
         if self.augment:
             span = 2 * self.padding + 1
             self.offsets = torch.randint(0, span, (self.n, 2), generator=g)
         else:
             self.offsets = None
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        return self.batches(0)
-
-    def batches(self, start: int = 0) -> Iterator[tuple[Any, Any]]:
-        for i in range(start, len(self)):
-            yield self.batch(i)
-
-    def batch(self, i: int) -> tuple[Any, Any]:
+    def _assemble(self, parts, lo: int, hi: int):
         import torch
 
-        lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n)
-        if self.order is not None:
-            idx = self.order[lo:hi].to(self.images.device)
-            x, y = self.images[idx], self.labels[idx]
-        else:
-            x, y = self.images[lo:hi], self.labels[lo:hi]
+        x, y = parts
         if self.offsets is not None:
             off = self.offsets[lo:hi]
             x = random_crop(x, off[:, 0], off[:, 1], x.shape[-1], self.padding)
-        if self.pin:
-            x, y = x.pin_memory(), y.pin_memory()
-        x = x.to(self.device, non_blocking=True).unsqueeze(1).to(torch.float32).div_(255.0)
+        # copied as uint8 (a quarter of float32's bytes), converted on the device
+        x, y = super()._assemble((x, y), lo, hi)
+        x = x.unsqueeze(1).to(torch.float32).div_(255.0)
         if self.normalize:
             x = (x - MEAN) / STD
-        return x, y.to(self.device, non_blocking=True)
+        return x, y
 
 
 def mnist_loaders(data_cfg: Any, seed: int, device: Any, train_eval_size: int | None = None):
@@ -192,11 +151,11 @@ def mnist_loaders(data_cfg: Any, seed: int, device: Any, train_eval_size: int | 
     if data_cfg.test_size is not None:
         xte, yte = xte[: data_cfg.test_size], yte[: data_cfg.test_size]
     common = dict(normalize=data_cfg.normalize, device=dev, on_device=on_device)
-    train = BatchLoader(xtr, ytr, data_cfg.batch_size, shuffle=True, augment=data_cfg.augment,
+    train = MnistBatches(xtr, ytr, data_cfg.batch_size, shuffle=True, augment=data_cfg.augment,
                          drop_last=True, seed=seed, crop_padding=data_cfg.crop_padding, **common)
-    test = BatchLoader(xte, yte, data_cfg.test_batch_size, **common)
+    test = MnistBatches(xte, yte, data_cfg.test_batch_size, **common)
     train_eval = None
     if train_eval_size != 0:
         n = len(xtr) if train_eval_size is None else min(train_eval_size, len(xtr))
-        train_eval = BatchLoader(xtr[:n], ytr[:n], data_cfg.test_batch_size, **common)
+        train_eval = MnistBatches(xtr[:n], ytr[:n], data_cfg.test_batch_size, **common)
     return train, test, train_eval
