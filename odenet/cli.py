@@ -13,7 +13,8 @@ from odenet.openmp import set_wait_policy
 
 # command -> ("module:function", one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("odenet.train:main", "train one model (a Hydra app: odenet train model=odenet ...)"),
+    "train": ("odenet.app:train_main",
+              "train one model (a Hydra app: odenet train model=odenet ...)"),
     "evaluate": ("odenet.evaluate:main", "re-solve a trained checkpoint at many tolerances"),
     "table": ("odenet.report.table:main", "Table 1 from run directories"),
     "figures": ("odenet.report.figures:main", "Figure 3 from run directories"),

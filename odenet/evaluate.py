@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from odenet.files import write_json
 
 CONFIG_FILE = "evaluate.yaml"
 EVALUATION = "evaluation.json"
@@ -116,38 +116,21 @@ def validate(cfg: EvaluateConfig) -> EvaluateConfig:
 
 
 # ---------------------------------------------------------------- loading the model
-def load_checkpoint(path: Path, device) -> tuple[Any, dict, dict]:
-    """(model in eval mode, its config as a plain dict, the checkpoint dict)."""
-    import torch
+def load_checkpoint_model(path: Path, device) -> tuple[Any, dict, dict]:
+    """(model in eval mode, its config as a plain dict, the checkpoint dict) of a run
+    whose model holds one ODE block."""
+    from odenet.checkpoint import CheckpointError, load_model
+    from odenet.models import ode_blocks
 
-    from odenet.models import build_model, ode_blocks
-
-    if not path.is_file():
-        raise EvaluateError(f"checkpoint={path}: no such file (give a run's checkpoint.pt)")
     try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is "not a checkpoint"
-        raise EvaluateError(f"checkpoint={path}: not a readable checkpoint "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-        raise EvaluateError(f"checkpoint={path}: missing 'model'/'config' entries "
-                            "(expected a checkpoint.pt written by odenet train)")
-    config = ck["config"]
-    model_cfg = config.get("model", {})
-    name = model_cfg.get("name") if isinstance(model_cfg, dict) else None
-    if name not in ("odenet", "rknet"):
-        raise EvaluateError(f"checkpoint={path}: model {name!r} has no ODE block; "
-                            "evaluate accepts odenet and rknet checkpoints")
-    try:
-        model = build_model(model_cfg, config.get("solver"))
-        model.load_state_dict(ck["model"])
-    except (ValueError, RuntimeError, KeyError) as e:
-        raise EvaluateError(f"checkpoint={path}: cannot rebuild the model "
-                            f"({str(e).splitlines()[0][:200]})") from None
-    model.to(device).eval()
+        model, config, ck = load_model(path, device)
+    except CheckpointError as e:
+        raise EvaluateError(f"checkpoint={e}") from None
+    name = config.get("model", {}).get("name")
     if len(ode_blocks(model)) != 1:
-        raise EvaluateError(f"checkpoint={path}: expected one ODE block, found "
-                            f"{len(ode_blocks(model))}")
+        raise EvaluateError(f"checkpoint={path}: model {name!r} has "
+                            f"{len(ode_blocks(model))} ODE blocks; evaluate re-solves a "
+                            "model with one (model=odenet, rknet)")
     return model, config, ck
 
 
@@ -181,20 +164,19 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     import torch
 
     from odenet.data import DataError, load_mnist
+    from odenet.errors import ConfigError
     from odenet.models import ode_blocks
+    from odenet.runtime import resolve_device
     from odenet.solvers import SolverError
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dev = cfg.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(dev)
-    except RuntimeError:
-        raise EvaluateError(f"device={cfg.device!r}; accepted: cpu, cuda, cuda:N, auto") from None
+        device = resolve_device(cfg.device)
+    except ConfigError as e:
+        raise EvaluateError(str(e)) from None
     ckpt = Path(cfg.checkpoint)
-    model, config, ck = load_checkpoint(ckpt, device)
+    model, config, ck = load_checkpoint_model(ckpt, device)
     block = ode_blocks(model)[0]
     trained = dict(block.settings())
     dtype = getattr(torch, cfg.dtype)
@@ -202,7 +184,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     data = config.get("data", {}) or {}
     root = cfg.data_root or data.get("root", "data")
     try:
-        from odenet.data import BatchLoader
+        from odenet.data import MnistBatches
 
         xte, yte = load_mnist(root, train=False)
     except DataError as e:
@@ -211,7 +193,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
         xte, yte = xte[: cfg.test_size], yte[: cfg.test_size]
     n_test = len(xte)
     n_err = min(cfg.error_images, n_test)
-    loader = BatchLoader(xte, yte, cfg.batch_size, normalize=bool(data.get("normalize", False)),
+    loader = MnistBatches(xte, yte, cfg.batch_size, normalize=bool(data.get("normalize", False)),
                          device=device)
 
     # h(0) of every test image, once (float32, as trained): every solve starts there, so
@@ -247,53 +229,11 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
         row: dict[str, Any] = {"rtol": tol, "atol": tol, "method": method}
         try:
             with torch.no_grad():
-                # warm-up (first-call overheads), not timed
-                block.stats.reset()
-                model(batches[0][0].to(dtype))
-                nfes, steps_acc, steps_rej, outs = [], [], [], []
-                fwd = blk = cpu = 0.0
-                wrong = 0
-                for (x, y), h0 in zip(batches, h0s):
-                    # the fastest of `repeats` passes: robust to other load on the machine
-                    best_fwd = best_blk = best_cpu = math.inf
-                    for _ in range(cfg.repeats):
-                        block.stats.reset()
-                        ca = time.process_time()
-                        ta = time.perf_counter()
-                        model.features(x.to(dtype))  # timed as part of the forward pass;
-                        h0 = h0.to(dtype)           # the solve starts from the cached h(0)
-                        tb = time.perf_counter()
-                        h1 = block(h0)
-                        if device.type == "cuda":
-                            torch.cuda.synchronize(device)
-                        tc = time.perf_counter()
-                        logits = model.head(h1)
-                        if device.type == "cuda":
-                            torch.cuda.synchronize(device)
-                        td = time.perf_counter()
-                        cd = time.process_time()
-                        best_fwd, best_blk = min(best_fwd, td - ta), min(best_blk, tc - tb)
-                        best_cpu = min(best_cpu, cd - ca)
-                    fwd += best_fwd
-                    blk += best_blk
-                    cpu += best_cpu
-                    nfes.append(block.stats.nfe_forward)
-                    steps_acc.append(block.stats.steps_accepted)
-                    steps_rej.append(block.stats.steps_rejected)
-                    wrong += int((logits.argmax(1) != y).sum())
-                    if sum(len(o) for o in outs) < n_err:
-                        outs.append(h1)
-            err = _rel_errors(torch.cat(outs)[:n_err], ref)
-            row.update(status="ok", reason=None,
-                       nfe_forward_mean=sum(nfes) / len(nfes), nfe_forward_max=max(nfes),
-                       steps_accepted_mean=sum(steps_acc) / len(steps_acc),
-                       steps_rejected_mean=sum(steps_rej) / len(steps_rej),
-                       numerical_error=float(err.mean()), numerical_error_max=float(err.max()),
-                       test_error=wrong / n_test, forward_seconds=fwd, block_seconds=blk,
-                       forward_cpu_seconds=cpu)
+                row.update(status="ok", reason=None, **_measure_tolerance(
+                    model, block, batches, h0s, ref, dtype, cfg.repeats))
             log(f"tol {tol:g}: NFE {row['nfe_forward_mean']:.1f}, error "
                 f"{row['numerical_error']:.2e}, test error {row['test_error'] * 100:.2f} %, "
-                f"forward {fwd:.2f} s")
+                f"forward {row['forward_seconds']:.2f} s")
         except SolverError as e:
             row.update(status="failed", reason=str(e).splitlines()[0])
             log(f"tol {tol:g}: failed: {row['reason']}")
@@ -332,6 +272,56 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     return record
 
 
+def _measure_tolerance(model, block, batches, h0s, ref, dtype, repeats: int) -> dict:
+    """NFE, numerical error (first len(ref) images), test error and timings of the model
+    at the block's current settings; each batch's times are the fastest of ``repeats``."""
+    import torch
+
+    from odenet.measure import synchronize
+
+    device = ref.device
+    block.stats.reset()
+    model(batches[0][0].to(dtype))  # warm-up (first-call overheads), not timed
+    nfes, steps_acc, steps_rej, outs = [], [], [], []
+    fwd = blk = cpu = 0.0
+    wrong = n = 0
+    for (x, y), h0 in zip(batches, h0s):
+        best_fwd = best_blk = best_cpu = math.inf
+        for _ in range(repeats):
+            block.stats.reset()
+            ca = time.process_time()
+            ta = time.perf_counter()
+            model.features(x.to(dtype))  # timed as part of the forward pass;
+            h0 = h0.to(dtype)            # the solve starts from the cached h(0)
+            tb = time.perf_counter()
+            h1 = block(h0)
+            synchronize(device)
+            tc = time.perf_counter()
+            logits = model.head(h1)
+            synchronize(device)
+            td = time.perf_counter()
+            cd = time.process_time()
+            best_fwd, best_blk = min(best_fwd, td - ta), min(best_blk, tc - tb)
+            best_cpu = min(best_cpu, cd - ca)
+        fwd += best_fwd
+        blk += best_blk
+        cpu += best_cpu
+        nfes.append(block.stats.nfe_forward)
+        steps_acc.append(block.stats.steps_accepted)
+        steps_rej.append(block.stats.steps_rejected)
+        wrong += int((logits.argmax(1) != y).sum())
+        n += len(y)
+        if sum(len(o) for o in outs) < len(ref):
+            outs.append(h1)
+    err = _rel_errors(torch.cat(outs)[: len(ref)], ref)
+    return dict(nfe_forward_mean=sum(nfes) / len(nfes), nfe_forward_max=max(nfes),
+                steps_accepted_mean=sum(steps_acc) / len(steps_acc),
+                steps_rejected_mean=sum(steps_rej) / len(steps_rej),
+                numerical_error=float(err.mean()), numerical_error_max=float(err.max()),
+                test_error=wrong / n, forward_seconds=fwd, block_seconds=blk,
+                forward_cpu_seconds=cpu)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -344,10 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"odenet evaluate: error: {e}", file=sys.stderr)
         return 2
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(EVALUATION)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_json(out, record)
     failed = [r for r in record["results"] if r["status"] != "ok"]
     print(f"odenet evaluate: {len(record['results']) - len(failed)}/{len(record['results'])} "
           f"tolerances evaluated -> {out}")

@@ -26,7 +26,7 @@ def mnist_root() -> Path:
 @pytest.fixture
 def compose_cfg(mnist_root):
     """compose(overrides) with data.root pointing at the prepared data."""
-    from odenet.config import compose
+    from odenet.app import compose
 
     def make(*overrides: str):
         return compose([f"data.root={mnist_root}", *overrides])

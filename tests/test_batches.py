@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from odenet.cnf.data import toy_loaders
 from odenet.cnf.datasets import sample
-from odenet.data import MEAN, SEED_STRIDE, STD, Batches, BatchLoader, mnist_loaders
+from odenet.data import MEAN, SEED_STRIDE, STD, Batches, MnistBatches, mnist_loaders
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -169,7 +169,7 @@ def test_image_batches_equal_the_old_loaders(device, shuffle, augment, normalize
     for seed, on_device, padding in ((0, False, 4), (7, True, 2)):
         kw = dict(shuffle=shuffle, augment=augment, normalize=normalize, drop_last=drop_last,
                   seed=seed, device=device, on_device=on_device, crop_padding=padding)
-        assert_same_iterators(BatchLoader(x, y, batch_size, **kw),
+        assert_same_iterators(MnistBatches(x, y, batch_size, **kw),
                               OldBatchLoader(x, y, batch_size, **kw))
 
 

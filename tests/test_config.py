@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from odenet.config import Config, ConfigError, compose, error_line, model_config, to_config
+from odenet.app import compose, error_line
+from odenet.config import Config, ConfigError, model_config, to_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("model", "solver", "data", "optim", "experiment")
@@ -100,9 +101,11 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["solver.method=lsoda"], "solver.method='lsoda' is not one of"),
     (["solver.last_step=cut"], "solver.last_step='cut' is not one of"),
     (["model=mlp", "model.compile=true"],
-     "'model.compile' is not in the chosen model config; add it with '+model.compile=...'"),
-    (["model=mlp", "+model.compile=true"], "model.compile=true compiles the ODE function of "
-     "model=odenet or rknet; model=mlp has none"),
+     "'model.compile' is not in the chosen model's config; models that have it: rknet, odenet"),
+    (["model=mlp", "+model.compile=true"], "unknown key 'model.compile' for model=mlp (its "
+     "keys: name, in_channels, image_size, num_classes, hidden)"),
+    (["model=resnet", "+model.widht=3"], "unknown key 'model.widht' for model=resnet; did you "
+     "mean 'model.width'?"),
     (["solver=rk4", "solver.step_size=null"], "fixed-grid method"),
     (["optim.schedule=linear"], "optim.schedule='linear' is not one of"),
     (["optim.milestones=[100,60]"], "optim.milestones must be increasing"),
@@ -120,7 +123,7 @@ def test_bad_configs_give_one_line(overrides, expected):
 
 def test_schema_rejects_unknown_keys_and_wrong_types_from_any_source():
     good = OmegaConf.to_container(compose([]))
-    with pytest.raises(ConfigError, match="unknown key 'model.widht'; did you mean 'model.width'"):
+    with pytest.raises(ConfigError, match="unknown key 'model.widht' for model=odenet; did you mean 'model.width'"):
         to_config({**good, "model": {**good["model"], "widht": 3}})
     with pytest.raises(ConfigError, match="seed"):
         to_config({**good, "seed": "x"})
@@ -169,7 +172,7 @@ def test_dispatch_table_is_lazy_and_complete():
     assert cli.COMMANDS["table"][0] == "odenet.report.table:main"
     assert cli.COMMANDS["figures"][0] == "odenet.report.figures:main"
     assert cli.COMMANDS["reproduce"][0] == "odenet.reproduce:main"
-    assert cli.COMMANDS["train"][0] == "odenet.train:main"
+    assert cli.COMMANDS["train"][0] == "odenet.app:train_main"
     assert cli.COMMANDS["data"][0] == "odenet.data:main"
     src = Path(cli.__file__).read_text()  # commands are imported only when they run
     assert "import torch" not in src and "import hydra" not in src

@@ -67,10 +67,10 @@ def test_tighter_tolerance_more_nfe_less_error(evaluated):
 
 
 def _test_batch(n=12):
-    from odenet.data import BatchLoader, load_mnist
+    from odenet.data import MnistBatches, load_mnist
 
     x, y = load_mnist(DATA, train=False)
-    return BatchLoader(x[:n], y[:n], n).batch(0)
+    return MnistBatches(x[:n], y[:n], n).batch(0)
 
 
 def test_numerical_error_matches_its_definition(evaluated):
@@ -101,12 +101,12 @@ def test_test_error_matches_the_model_at_the_same_tolerance(evaluated):
     net.load_state_dict(c["model"])
     net.eval()
     ode_blocks(net)[0].configure(rtol=1e-4, atol=1e-4)
-    from odenet.data import BatchLoader, load_mnist
+    from odenet.data import MnistBatches, load_mnist
 
     xs, ys = load_mnist(DATA, train=False)
     wrong = 0
     with torch.no_grad():
-        for x, y in BatchLoader(xs[:24], ys[:24], 12):
+        for x, y in MnistBatches(xs[:24], ys[:24], 12):
             wrong += int((net(x).argmax(1) != y).sum())
     assert ev["results"][1]["test_error"] == pytest.approx(wrong / 24)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from odenet.config import compose
+from odenet.app import compose
 from odenet.measure import MIB, ActivationMeter, Timer, activation_mib, median, rss_peak_mib
 from odenet.models import (
     build_model,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from odenet.config import compose
+from odenet.app import compose
+from odenet.measure import count_parameters
 from odenet.models import (
     ODEBlock,
     build_model,
     configure_solver,
-    count_parameters,
     measured_blocks,
     ode_blocks,
     reset_solver_stats,

@@ -22,11 +22,8 @@ from odenet.data.mnist import (
 )
 from odenet.data.prepare import CLASS_COUNTS, VERIFIED, check_raw, main, prepare_mnist
 
-# The name evaluate.py and tests/test_evaluate.py import MnistBatches by.
-BatchLoader = MnistBatches
-
 __all__ = [
-    "CLASS_COUNTS", "MEAN", "RAW_FILES", "SEED_STRIDE", "STD", "VERIFIED", "BatchLoader",
+    "CLASS_COUNTS", "MEAN", "RAW_FILES", "SEED_STRIDE", "STD", "VERIFIED",
     "Batches", "DataError", "MnistBatches", "check_raw", "epoch_generator", "load_mnist",
     "main", "mnist_loaders", "prepare_mnist", "random_crop", "raw_dir", "read_idx",
     "require_raw",

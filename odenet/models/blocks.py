@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from odenet.config import SolverConfig
 from odenet.solvers import FIXED_METHODS, SolveStats, odeint
 
 
@@ -79,16 +80,22 @@ class ODEBlock(nn.Module):
                 "max_num_steps", "last_step")
 
     def __init__(self, func: nn.Module, t1: float = 1.0, **solver: Any):
+        """``solver``: any of SETTINGS; the rest are SolverConfig's defaults, with the
+        adjoint on (``from_config`` builds a block from a validated SolverConfig)."""
         super().__init__()
         self.func = func
         self.register_buffer("times", torch.tensor([0.0, float(t1)]), persistent=False)
         self.stats = SolveStats()
-        self.method, self.rtol, self.atol = "dopri5", 1e-3, 1e-3
-        self.adjoint, self.adjoint_norm = True, "default"
-        self.step_size: float | None = None
-        self.max_num_steps = 1000
-        self.last_step = "clamp"
+        for k in self.SETTINGS:
+            setattr(self, k, getattr(SolverConfig, k))
+        self.atol, self.adjoint = self.rtol, True
         self.configure(**solver)
+
+    @classmethod
+    def from_config(cls, func: nn.Module, t1: float, solver: Any) -> ODEBlock:
+        """A block with the settings of ``solver`` (a validated SolverConfig: atol and
+        adjoint resolved)."""
+        return cls(func, t1, **{k: solver[k] for k in cls.SETTINGS})
 
     def configure(self, **settings: Any) -> ODEBlock:
         """Set solver settings (None leaves one unchanged; atol=None with rtol follows it)."""
@@ -96,7 +103,7 @@ class ODEBlock(nn.Module):
         if unknown:
             raise ValueError(f"unknown solver setting(s) {sorted(unknown)}; valid: {self.SETTINGS}")
         if settings.get("rtol") is not None and settings.get("atol") is None:
-            settings["atol"] = settings["rtol"]
+            settings["atol"] = settings["rtol"]  # as in SolverConfig: atol follows rtol
         for k, v in settings.items():
             if v is not None:
                 setattr(self, k, v)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from odenet.config import ConfigError, compose
+from odenet.app import compose
+from odenet.config import ConfigError
 
 # a tiny budget: 2 epochs of 4 batches of 128 points, fixed-grid RK4 (fast, deterministic)
 TINY = ["data.train_size=512", "data.test_size=500", "data.batch_size=128",
@@ -23,7 +24,7 @@ SMALL_CNF = ["model.width=16", "model.hidden=16"]
                                         "cnf_checkerboard", "cnf_pinwheel", "cnf_2spirals"])
 def test_experiments_compose(experiment):
     c = compose([f"experiment={experiment}"])
-    assert c.task == "density" and c.model.name == "cnf" and c.model.field == "hyper"
+    assert c.model.name == "cnf" and c.model.field == "hyper"
     assert c.data.name == experiment.removeprefix("cnf_") and c.optim.name == "adam"
     assert c.solver.adjoint is True and c.solver.atol == c.solver.rtol
     p = compose([f"experiment={experiment}", "model=planar"])
@@ -34,7 +35,7 @@ def test_experiments_compose(experiment):
 
 @pytest.mark.parametrize("overrides,expected", [
     (["model=cnf"], "experiment=cnf_moons"),
-    (["experiment=cnf_moons", "model=odenet"], "task=density"),
+    (["experiment=cnf_moons", "model=odenet"], "model=odenet learns MNIST"),
     (["experiment=cnf_moons", "data.name=mnist"], "data.name"),
     (["experiment=cnf_moons", "model.trace=approx"], "model.trace"),
     (["experiment=cnf_moons", "model.field=resnet"], "model.field"),
@@ -54,9 +55,9 @@ def _run(tmp_path: Path, *overrides: str) -> tuple[dict, Path]:
 
 
 def test_cnf_and_planar_train_log_and_lower_the_nll(tmp_path):
-    from odenet.cnf.build import build_density_model
     from odenet.cnf.data import toy_loaders
-    from odenet.train import seed_everything
+    from odenet.models import build_model as build_density_model
+    from odenet.runtime import seed_everything
 
     cfg = compose(["experiment=cnf_moons", *TINY, *SMALL_CNF])
     seed_everything(cfg.seed)

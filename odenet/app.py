@@ -1,0 +1,178 @@
+"""The Hydra layer: composing ``configs/``, the ``odenet train`` app, and Hydra's errors
+turned into one line. The only module that imports Hydra; below it, configs are
+validated structured configs (odenet/config.py) and ``train.run(cfg, out_dir)`` trains.
+
+Python API (README, "Python API"):
+
+    from odenet.app import compose
+    from odenet.train import run
+    cfg = compose(["experiment=smoke", "model=odenet"])
+    metrics = run(cfg, "outputs/api/odenet")
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from odenet.config import ConfigError, to_config, unknown_key_line
+
+CONFIG_MODULE = "odenet.configs"
+CONFIG_NAME = "config"
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> Any:
+    """Compose ``configs/`` with Hydra's compose API and validate (the Python API, tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    return to_config(cfg)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for the user from a ConfigError or an exception of Hydra's composition."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    first = lines[0] if lines else type(exc).__name__
+    if "Available options in" in str(exc):  # e.g. model=nope
+        opts, on = [], False
+        for raw in str(exc).splitlines():
+            if raw.startswith("Available options in"):
+                on = True
+                continue
+            if on and raw.startswith("\t"):
+                opts.append(raw.strip())
+            elif on and raw.strip():
+                break
+        first = first.removeprefix("In 'config': ")
+        return f"{first} (available: {', '.join(opts)})" if opts else first
+    cause = exc.__cause__
+    if cause is not None and "not in struct" in str(cause):
+        return unknown_key_line(getattr(cause, "full_key", "") or "")
+    if cause is not None and str(cause):
+        return f"{first.rstrip('.')}: {str(cause).splitlines()[0].strip()}"
+    if first.startswith("Ambiguous value") and len(lines) > 3:
+        return f"{first}: sweeping needs -m (--multirun); a list is key=[a,b]"
+    return first
+
+
+# ------------------------------------------------------------------------- odenet train
+def _hydra_flags(argv: list[str]) -> argparse.Namespace:
+    """The flags of a Hydra app's command line that decide what preflight checks."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("overrides", nargs="*")
+    for flag in ("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), \
+            ("--multirun", "-m"), ("--run", "-r"), ("--shell-completion", "-sc"):
+        p.add_argument(*flag, action="store_true")
+    for opt in ("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), \
+            ("--config-name", "-cn"), ("--config-dir", "-cd"), ("--experimental-rerun",):
+        p.add_argument(*opt)
+    p.add_argument("--info", "-i", nargs="?", const="all")
+    args, _ = p.parse_known_args(argv)
+    return args
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override lists of a multirun's jobs (the cartesian product of its sweeps), as
+    Hydra's basic sweeper expands them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    choices = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if not o.is_sweep_override():
+            choices.append([o.input_line])
+        elif o.is_discrete_sweep():
+            choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+        else:
+            raise ConfigError(f"{o.input_line}: only discrete sweeps (a,b,c or range()) "
+                              "can be expanded into jobs")
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def preflight(argv: list[str]) -> str | None:
+    """Compose and validate every job of the command line; one line per problem, or None.
+
+    Runs before Hydra takes over, so that a bad config or missing data ends with one
+    clear line (and exit code 2) instead of Hydra's multi-line report.
+    """
+    from odenet.data import DataError, require_raw
+    from odenet.registry import CLASSIFY, spec
+
+    args = _hydra_flags(argv)
+    if (args.help or args.hydra_help or args.version or args.info or args.shell_completion
+            or args.config_path or args.config_dir or args.experimental_rerun):
+        return None
+    try:
+        jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
+        roots = set()
+        for job in jobs:
+            cfg = compose(job, config_name=args.config_name or CONFIG_NAME)
+            if spec(cfg.model.name).task == CLASSIFY:
+                roots.add(cfg.data.root)
+    except Exception as e:  # noqa: BLE001 - every composition error becomes one line
+        return error_line(e)
+    if args.cfg:  # --cfg job|hydra|all only prints
+        return None
+    for root in sorted(roots):
+        try:
+            require_raw(root)
+        except DataError as e:
+            return str(e)
+    return None
+
+
+_STATUSES: list[str] = []  # statuses of the jobs run in this process
+
+
+def _train_job(dcfg: Any) -> float | None:
+    """The function Hydra runs per job (also inside joblib/submitit workers)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from odenet import train
+    from odenet.data import DataError
+
+    try:
+        metrics = train.run(dcfg, HydraConfig.get().runtime.output_dir)
+    except (ConfigError, DataError) as e:
+        print(f"odenet train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _STATUSES.append(metrics["status"])
+    if train.last_signal is not None:  # Ctrl-C / SIGTERM also ends a sweep
+        raise SystemExit(128 + int(train.last_signal))
+    value = metrics.get("test_error")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`odenet train [overrides] [-m]`: the Hydra app (config: configs/config.yaml)."""
+    import hydra
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    err = preflight(argv)
+    if err:
+        print(f"odenet train: error: {err}", file=sys.stderr)
+        return 2
+    app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",
+                     config_name=CONFIG_NAME)(_train_job)
+    _STATUSES.clear()
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "odenet", *argv]
+    try:
+        app()
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+    if "failed" in _STATUSES:
+        return 1
+    if "interrupted" in _STATUSES:
+        return 3
+    return 0

@@ -1,0 +1,66 @@
+"""checkpoint.pt: the one save and the one load, used by train, evaluate and the figures.
+
+A checkpoint is a dict of plain data: ``model``, ``optimizer``, ``scheduler`` state
+dicts, ``epoch``, ``progress``, ``rng`` and ``config`` (the resolved config as a plain
+dict). ``load`` refuses anything that could run code (``weights_only=True``) and
+anything that is not an odenet checkpoint, with one line (``CheckpointError``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from odenet.files import write_atomic
+from odenet.models import build_model
+
+CHECKPOINT = "checkpoint.pt"
+REQUIRED = ("model", "config")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable odenet checkpoint; the message is one line."""
+
+
+def save(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint at ``path`` as plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (give a run's {CHECKPOINT})")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt, foreign or unsafe: not a checkpoint
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch's message has colours
+        first = text.splitlines()[0][:200] if text else ""
+        raise CheckpointError(f"{path}: not a readable checkpoint "
+                              f"({type(e).__name__}{': ' + first if first else ''})") from None
+    if not isinstance(ck, dict) or any(k not in ck for k in REQUIRED):
+        raise CheckpointError(f"{path}: missing 'model'/'config' entries "
+                              "(expected a checkpoint.pt written by odenet train)")
+    return ck
+
+
+def load_model(path: str | os.PathLike, map_location: Any = "cpu"
+               ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(the trained network in eval mode, its config as a plain dict, the checkpoint)."""
+    ck = load(path, map_location)
+    config = ck["config"]
+    try:
+        model = build_model(config.get("model", {}), config.get("solver"), strict=False)
+        model.load_state_dict(ck["model"])
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model "
+                              f"({str(e).splitlines()[0][:200]})") from None
+    return model.to(map_location).eval(), config, ck

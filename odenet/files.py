@@ -1,0 +1,53 @@
+"""The one way odenet writes a file: atomically.
+
+The content goes to a temporary file in the same directory, is flushed and fsync'ed,
+then renamed over the target, and the directory is fsync'ed: a reader sees the old file
+or the new one, never a half-written one, even after a crash. The temporary file is
+removed on any error. Standard library only (reports use it too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON (indent 1, no NaN: the caller turns non-finite numbers into null)."""
+    return write_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,287 @@
+"""The run record: what a training run writes and every report reads (DEVELOPERS.md,
+Contract 2), as typed schemas.
+
+- ``Metrics``: ``metrics.json``, one flat record = one table row;
+- ``IterRecord`` / ``EpochRecord``: the lines of ``history.jsonl`` (``"kind"``: iter | epoch).
+
+The trainer fills these dataclasses and writes them with ``to_json``; table, figures,
+regression, reproduce and evaluate read them back through ``read_metrics`` /
+``read_history``, which validate every known field's type and report a bad file by
+path and reason (``RecordError``, one line). Adding a metric = one field here plus the
+code that computes it: the writer, TensorBoard, the table's columns (``MEASURE`` fields
+are averaged over seeds) and the schema checks follow from the field.
+
+Each field's metadata: ``kind`` (``SETTING``: what the run was asked to do, a table
+groups by it; ``MEASURE``: a number the run measured; ``INFO``: bookkeeping), ``unit``,
+``task`` (only runs of that task write the field) and ``from_epoch`` (copied from the
+last epoch record into metrics.json). Imports nothing but the standard library.
+"""
+
+import json
+import math
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SETTING, MEASURE, INFO = "setting", "measure", "info"
+STATUSES = ("running", "finished", "failed", "interrupted")
+CLASSIFY, DENSITY = "classify", "density"  # the tasks (a model's trait, odenet/registry.py)
+
+
+def _f(kind: str, doc: str, unit: str = "", task: str | None = None,
+       from_epoch: bool = False, default: Any = None) -> Any:
+    return field(default=default, metadata={"kind": kind, "doc": doc, "unit": unit,
+                                            "task": task, "from_epoch": from_epoch})
+
+
+@dataclass
+class Metrics:
+    """metrics.json. Fractions in [0, 1]; NFE: function evaluations per solve."""
+
+    model: str = _f(INFO, "registry name (odenet/registry.py)", default="")
+    experiment: str | None = _f(SETTING, "experiment_name of the config")
+    seed: int | None = _f(INFO, "seed of torch, numpy, random and the data order")
+    status: str = _f(INFO, "running | finished | failed | interrupted", default="running")
+    reason: str | None = _f(INFO, "why the run failed or stopped, one line")
+    task: str = _f(SETTING, "classify | density (the model's trait)", default=CLASSIFY)
+    solver_method: str | None = _f(SETTING, "ODE solver method; null without an ODE block")
+    solver_rtol: float | None = _f(SETTING, "relative tolerance")
+    solver_atol: float | None = _f(SETTING, "absolute tolerance")
+    solver_adjoint: bool | None = _f(SETTING, "gradients by the adjoint (else backprop)")
+    solver_adjoint_norm: str | None = _f(SETTING, "default | seminorm")
+    solver_step_size: float | None = _f(SETTING, "fixed-grid step; null when adaptive")
+    solver_last_step: str | None = _f(SETTING, "clamp | overshoot; null for fixed grids")
+    # Contract 2's columns: every run writes them (null for density runs)
+    test_error: float | None = _f(MEASURE, "test-set error", "fraction", from_epoch=True)
+    train_error: float | None = _f(MEASURE, "training-set error", "fraction", from_epoch=True)
+    test_nll: float | None = _f(MEASURE, "test negative log-likelihood", "nats", DENSITY, True)
+    train_nll: float | None = _f(MEASURE, "training NLL", "nats", DENSITY, True)
+    params: int | None = _f(MEASURE, "trainable parameters", "count")
+    residual_blocks: int | None = _f(SETTING, "residual blocks of the body; null without")
+    nfe_forward_mean: float | None = _f(MEASURE, "NFE per forward solve, last epoch's "
+                                        "training iterations", "evaluations", from_epoch=True)
+    nfe_backward_mean: float | None = _f(MEASURE, "NFE per adjoint backward solve",
+                                         "evaluations", from_epoch=True)
+    test_nfe_forward_mean: float | None = _f(MEASURE, "NFE per test batch", "evaluations",
+                                             from_epoch=True)
+    activation_mib: float | None = _f(MEASURE, "saved for backward, whole model, one "
+                                      "training iteration", "MiB", from_epoch=True)
+    activation_block_mib: float | None = _f(MEASURE, "saved for backward by the ODE block "
+                                            "or the residual blocks", "MiB", from_epoch=True)
+    cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB", from_epoch=True)
+    rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB",
+                                    from_epoch=True)
+    sec_per_iter: float | None = _f(MEASURE, "median training iteration", "s",
+                                    from_epoch=True)
+    sec_per_test_batch: float | None = _f(MEASURE, "median test batch", "s", from_epoch=True)
+    epochs: int = _f(MEASURE, "epochs completed", "epochs", default=0)
+    epochs_planned: int | None = _f(SETTING, "optim.epochs", "epochs")
+    batch_size: int | None = _f(SETTING, "training batch", "samples")
+    train_size: int | None = _f(SETTING, "training samples", "samples")
+    test_size: int | None = _f(SETTING, "test samples; null: the task's full test set",
+                               "samples")
+    max_iters_per_epoch: int | None = _f(SETTING, "train.max_iters_per_epoch")
+    lr: float | None = _f(SETTING, "peak learning rate")
+    schedule: str | None = _f(SETTING, "optim.schedule")
+    device: str | None = _f(SETTING, "torch device")
+    threads: int | None = _f(INFO, "torch threads")
+    torch_version: str | None = _f(INFO, "torch.__version__")
+    git_commit: str | None = _f(INFO, "odenet's commit, when run from a git checkout")
+    host: str | None = _f(INFO, "platform.node()")
+    wall_seconds: float = _f(MEASURE, "wall time of the run, all sessions", "s", default=0.0)
+
+
+@dataclass
+class IterRecord:
+    """history.jsonl, one line per logged training iteration (every train.log_every)."""
+
+    kind: str = _f(INFO, "always iter", default="iter")
+    epoch: int = _f(INFO, "epoch, from 0", default=0)
+    iter: int = _f(INFO, "iteration within the epoch, from 0", default=0)
+    step: int = _f(INFO, "optimizer steps so far, from 1", default=0)
+    loss: float | None = _f(MEASURE, "training loss of the batch")
+    nfe_forward: int | None = _f(MEASURE, "NFE of the forward solve", "evaluations")
+    nfe_backward: int | None = _f(MEASURE, "NFE of the adjoint backward solve", "evaluations")
+    steps_accepted: int | None = _f(MEASURE, "accepted solver steps (forward)", "steps")
+    steps_rejected: int | None = _f(MEASURE, "rejected solver steps (forward)", "steps")
+    seconds: float | None = _f(MEASURE, "wall time of the iteration", "s")
+    lr: float | None = _f(MEASURE, "learning rate of the step")
+
+
+@dataclass
+class EpochRecord:
+    """history.jsonl, one line per finished epoch."""
+
+    kind: str = _f(INFO, "always epoch", default="epoch")
+    epoch: int = _f(INFO, "epoch, from 0", default=0)
+    train_error: float | None = _f(MEASURE, "training-set error", "fraction", CLASSIFY)
+    test_error: float | None = _f(MEASURE, "test-set error", "fraction", CLASSIFY)
+    train_nll: float | None = _f(MEASURE, "training NLL", "nats", DENSITY)
+    test_nll: float | None = _f(MEASURE, "test NLL", "nats", DENSITY)
+    nfe_forward_mean: float | None = _f(MEASURE, "NFE per forward solve", "evaluations")
+    nfe_backward_mean: float | None = _f(MEASURE, "NFE per backward solve", "evaluations")
+    test_nfe_forward_mean: float | None = _f(MEASURE, "NFE per test batch", "evaluations")
+    activation_mib: float | None = _f(MEASURE, "saved for backward, whole model", "MiB")
+    activation_block_mib: float | None = _f(MEASURE, "saved for backward, blocks", "MiB")
+    rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB")
+    cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB")
+    loss: float | None = _f(MEASURE, "mean training loss")
+    lr: float | None = _f(MEASURE, "learning rate at the epoch's end")
+    sec_per_iter: float | None = _f(MEASURE, "median training iteration", "s")
+    sec_per_test_batch: float | None = _f(MEASURE, "median test batch", "s")
+    train_seconds: float | None = _f(MEASURE, "wall time of the epoch's training", "s")
+    seconds: float | None = _f(MEASURE, "wall time of the epoch, evaluation included", "s")
+
+
+HISTORY_KINDS = {"iter": IterRecord, "epoch": EpochRecord}
+
+
+class RecordError(ValueError):
+    """A record that fails its schema; the message is one line naming the file."""
+
+
+# ------------------------------------------------------------------------- writing
+def to_json(record: Any) -> dict:
+    """The record as a JSON-ready dict: non-finite floats become null, fields of the
+    other task are left out (a classification run writes no test_nll)."""
+    task = getattr(record, "task", None)
+    out = {}
+    for f in fields(record):
+        if f.metadata["task"] is not None and task is not None and f.metadata["task"] != task:
+            continue
+        v = getattr(record, f.name)
+        out[f.name] = None if isinstance(v, float) and not math.isfinite(v) else v
+    return out
+
+
+def for_task(record_type: type, task: str) -> list[str]:
+    """Names of ``record_type``'s fields a run of ``task`` writes."""
+    return [f.name for f in fields(record_type) if f.metadata["task"] in (None, task)]
+
+
+def names(record_type: type, kind: str | None = None, **meta: Any) -> list[str]:
+    """Field names of ``record_type``, filtered by metadata kind and other metadata."""
+    return [f.name for f in fields(record_type)
+            if (kind is None or f.metadata["kind"] == kind)
+            and all(f.metadata.get(k) == v for k, v in meta.items())]
+
+
+def copy_epoch(metrics: Metrics, epoch: dict) -> None:
+    """Copy an epoch record's aggregates (as JSON) into the run's metrics: the Metrics
+    fields marked from_epoch."""
+    for name in names(Metrics, from_epoch=True):
+        if name in epoch:
+            setattr(metrics, name, epoch[name])
+
+
+# ------------------------------------------------------------------------- reading
+def _types(annotation: Any) -> tuple[type, ...]:
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) \
+        else (annotation,)
+    out = set(args)
+    if float in out:
+        out.add(int)  # JSON writes 2.0 as 2.0, but hand-made files may say 2
+    return tuple(out)
+
+
+def check(record_type: type, obj: Any) -> dict:
+    """``obj`` checked against ``record_type``: a dict whose known fields have their
+    types (bool is not a number; NaN is not a value). Missing fields take their default
+    (records written before the field existed); unknown keys are kept (a newer writer).
+    Raises RecordError (message without the file name)."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
+    out = dict(obj)
+    for f in fields(record_type):
+        if f.name not in obj:
+            if f.default is MISSING:
+                raise RecordError(f"missing key {f.name!r}")
+            out[f.name] = f.default
+            continue
+        v, ok = obj[f.name], _types(f.type)
+        bad = (isinstance(v, bool) and bool not in ok) or not isinstance(v, ok) or (
+            isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in ok
+                               if not (t is int and float in ok))
+            raise RecordError(f"{f.name} = {v!r} is not {want}")
+    if record_type is Metrics:
+        if not out["model"]:
+            raise RecordError("missing key 'model'")
+        if out["status"] not in STATUSES:
+            raise RecordError(f"status {out['status']!r} is not one of {', '.join(STATUSES)}")
+    return out
+
+
+def read_metrics(path: str | Path) -> dict:
+    """A metrics.json, checked (RecordError: one line with the path and the reason)."""
+    return check_file(path, Metrics)
+
+
+def check_file(path: str | Path, record_type: type = Metrics) -> dict:
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RecordError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise RecordError(f"{path}: not valid JSON{where}") from None
+    try:
+        return check(record_type, obj)
+    except RecordError as e:
+        raise RecordError(f"{path}: invalid {path.name}: {e}") from None
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """history.jsonl, each line checked. A truncated *last* line (a run killed while
+    appending) is dropped; a bad line anywhere else is a RecordError. No file: []."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break
+            raise RecordError(f"{path}:{i}: invalid {path.name}: line is not JSON") from None
+        kind = rec.get("kind") if isinstance(rec, dict) else None
+        if kind not in HISTORY_KINDS:
+            raise RecordError(f"{path}:{i}: invalid {path.name}: kind {kind!r} is not one of "
+                              f"{', '.join(HISTORY_KINDS)}")
+        try:
+            out.append(check(HISTORY_KINDS[kind], rec))
+        except RecordError as e:
+            raise RecordError(f"{path}:{i}: invalid {path.name}: {e}") from None
+    return out
+
+
+def fake(record_type: type = Metrics, **values: Any) -> dict:
+    """A complete record as JSON (every field), for tests and examples: the defaults of
+    ``record_type`` updated with ``values``; unknown names are an error."""
+    return to_json(record_type(**values))
+
+
+def doc_table(record_type: type) -> str:
+    """Markdown lines 'name | type | unit | meaning' of ``record_type`` (for DEVELOPERS.md)."""
+    rows = []
+    for f in fields(record_type):
+        t = str(f.type).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        task = f" ({f.metadata['task']} runs)" if f.metadata["task"] else ""
+        rows.append(f"| `{f.name}` | {t} | {f.metadata['unit']} | {f.metadata['doc']}{task} |")
+    return "\n".join(rows)
+
+
+__all__ = ["Metrics", "IterRecord", "EpochRecord", "RecordError", "STATUSES", "SETTING",
+           "MEASURE", "INFO", "to_json", "for_task", "names", "copy_epoch", "check",
+           "check_file", "read_metrics", "read_history", "fake", "doc_table"]
