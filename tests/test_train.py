@@ -20,6 +20,8 @@ from odenet.models import build_model
 from odenet.optim import lr_factor
 from odenet.train import run
 
+from odenet import record
+
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 
 CONTRACT_KEYS = {
@@ -90,6 +92,13 @@ def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
                    for r in iters)
         assert m["nfe_forward_mean"] == pytest.approx(sum(r["nfe_forward"] for r in iters) / 8)
     assert epochs[0]["test_error"] == m["test_error"]
+    # the files hold exactly the schema's records (odenet/record.py): every key a field
+    assert record.read_metrics(tmp_path / "metrics.json") == m
+    assert set(m) == set(record.for_task(record.Metrics, "classify"))
+    assert m["residual_blocks"] == (6 if name == "resnet" else None)
+    assert record.read_history(tmp_path / "history.jsonl") == recs
+    assert set(iters[0]) == set(record.for_task(record.IterRecord, "classify"))
+    assert set(epochs[0]) == set(record.for_task(record.EpochRecord, "classify"))
 
     ck = load_checkpoint(tmp_path / CHECKPOINT)  # weights_only=True: plain data only
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ck)
