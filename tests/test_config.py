@@ -170,7 +170,7 @@ def test_dispatch_table_is_lazy_and_complete():
 
     assert cli.COMMANDS["evaluate"][0] == "odenet.evaluate:main"
     assert cli.COMMANDS["table"][0] == "odenet.report.table:main"
-    assert cli.COMMANDS["figures"][0] == "odenet.report.figures:main"
+    assert cli.COMMANDS["figures"][0] == "odenet.figures:main"
     assert cli.COMMANDS["reproduce"][0] == "odenet.reproduce:main"
     assert cli.COMMANDS["train"][0] == "odenet.app:train_main"
     assert cli.COMMANDS["data"][0] == "odenet.data:main"

@@ -133,7 +133,7 @@ def test_out_setting(tmp_path):
     (["checkpoint=CK", "method=nope"], "method='nope'; accepted:"),
     (["checkpoint=CK", "tolerance=1e-3"], "tolerance"),
     (["checkpoint=CK", "batch_size=abc"], "batch_size"),
-    (["checkpoint=RESNET"], "model 'resnet' has no ODE block"),
+    (["checkpoint=RESNET"], "model 'resnet' has no ODE block(s)"),
     (["checkpoint=GARBAGE"], "not a readable checkpoint"),
     (["checkpoint"], "expected key=value"),
     (["checkpoint=CK", "tolerances=[1e-1]", "test_size=4", "max_num_steps=3"],

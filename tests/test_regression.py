@@ -8,6 +8,7 @@ import copy
 
 import pytest
 
+from odenet import record
 from odenet.report import regression as G
 
 STUCK = 0.874  # test error of a net that predicts "1" for the first 1,000 test images
@@ -25,6 +26,14 @@ def test_reference_covers_every_model_with_bands(reference):
         assert ref["epochs"] == 2 and isinstance(ref["params"], int), m
     assert reference["models"]["odenet"]["solver_adjoint"] is True
     assert reference["models"]["rknet"]["solver_adjoint"] is False
+
+
+def test_bands_and_keys_are_record_fields():
+    """A renamed metric must fail here, not silently compare null with null."""
+    fields = set(record.names(record.Metrics))
+    assert set(G.BANDS) <= set(record.names(record.Metrics, record.MEASURE))
+    assert set(G.KEYS) <= fields
+    assert G.MODELS == ("mlp", "resnet", "rknet", "odenet")  # the registry's classifiers
 
 
 def test_bands_can_catch_a_model_that_does_not_learn(reference):

@@ -1,7 +1,7 @@
 """odenet reproduce: plan expansion, skip/resume, failures, the report.
 
 The training and evaluation children are replaced by a fake `odenet` (a small script
-that writes Contract-2 files), so these tests check the orchestration in seconds; the
+that writes complete run records, built from the schema by odenet.record.fake), so these tests check the orchestration in seconds; the
 real pipeline at smoke scale is tested in test_reproduce_smoke (marked slow).
 """
 
@@ -19,6 +19,7 @@ from odenet import reproduce as R
 FAKE = textwrap.dedent('''
     import json, os, sys
     from pathlib import Path
+    from odenet.record import EpochRecord, IterRecord, Metrics, fake
     args = sys.argv[1:]
     with open(os.environ["FAKE_LOG"], "a") as f:
         f.write(json.dumps(args) + "\\n")
@@ -41,27 +42,32 @@ FAKE = textwrap.dedent('''
     if os.environ.get("FAKE_INTERRUPT") == model and kv.get("resume") != "true":
         status = "interrupted"
     nfe = {0.1: 8, 0.01: 14, 0.001: 20, 0.0001: 32}.get(rtol, 20)
-    m = {"model": model, "experiment": kv["experiment"], "seed": seed, "status": status,
-         "reason": "NaN loss" if status == "failed" else None,
-         "solver_method": "dopri5", "solver_rtol": rtol, "solver_atol": rtol,
-         "solver_adjoint": adjoint, "solver_adjoint_norm": kv.get("solver.adjoint_norm", "default"),
-         "solver_step_size": None, "test_error": 0.01, "train_error": 0.01,
-         "params": {"mlp": 238510, "resnet": 576778}.get(model, 208266),
-         "nfe_forward_mean": nfe if model in ("odenet", "rknet") else None,
-         "nfe_backward_mean": (nfe + 6 if adjoint else 0) if model in ("odenet", "rknet") else None,
-         "activation_mib": 10.0, "activation_block_mib": None if model == "mlp" else
-             (2.25 if adjoint else 9.2 * nfe),
-         "cuda_peak_mib": None, "rss_peak_mib": 500.0, "sec_per_iter": 0.1,
-         "sec_per_test_batch": 0.1, "epochs": 1, "epochs_planned": 1, "batch_size": 128,
-         "train_size": int(kv.get("data.train_size", 60000)), "device": "cpu",
-         "torch_version": "x", "git_commit": "x", "wall_seconds": 1.0}
+    ode = model in ("odenet", "rknet")
+    m = fake(Metrics, model=model, experiment=kv["experiment"], seed=seed, status=status,
+             reason="NaN loss" if status == "failed" else None, task="classify",
+             solver_method="dopri5", solver_rtol=rtol, solver_atol=rtol,
+             solver_adjoint=adjoint, solver_adjoint_norm=kv.get("solver.adjoint_norm", "default"),
+             solver_step_size=None, solver_last_step="clamp", test_error=0.01, train_error=0.01,
+             params={"mlp": 238510, "resnet": 576778}.get(model, 208266),
+             residual_blocks=6 if model == "resnet" else None,
+             nfe_forward_mean=nfe if ode else None,
+             nfe_backward_mean=(nfe + 6 if adjoint else 0) if ode else None,
+             test_nfe_forward_mean=nfe if ode else None,
+             activation_mib=10.0, activation_block_mib=None if model == "mlp" else
+                 (2.25 if adjoint else 9.2 * nfe),
+             cuda_peak_mib=None, rss_peak_mib=500.0, sec_per_iter=0.1,
+             sec_per_test_batch=0.1, epochs=1, epochs_planned=1, batch_size=128,
+             train_size=int(kv.get("data.train_size", 60000)),
+             test_size=int(kv["test_size"]) if "test_size" in kv else None, device="cpu",
+             lr=0.1, schedule="step", threads=1, torch_version="x", git_commit="x",
+             host="test", wall_seconds=1.0)
     (d / "checkpoint.pt").write_bytes(b"ckpt")
     (d / "metrics.json").write_text(json.dumps(m))
     with open(d / "history.jsonl", "a") as f:
         for i in range(3):
-            f.write(json.dumps({"kind": "iter", "epoch": 0, "iter": i, "nfe_forward": nfe,
-                                "nfe_backward": nfe + 6 if adjoint else 0}) + "\\n")
-        f.write(json.dumps({"kind": "epoch", "epoch": 0, "nfe_forward_mean": nfe}) + "\\n")
+            f.write(json.dumps(fake(IterRecord, epoch=0, iter=i, step=i + 1, nfe_forward=nfe,
+                                    nfe_backward=nfe + 6 if adjoint else 0)) + "\\n")
+        f.write(json.dumps(fake(EpochRecord, epoch=0, nfe_forward_mean=nfe)) + "\\n")
     sys.exit(0 if status == "finished" else 1)
 ''')
 
@@ -214,6 +220,29 @@ def test_evaluation_rerun_when_tolerances_change(fake):
     assert run("sweeps=false", "plans.tiny.evaluate.tolerances=[1e-1,1e-5]") == 0
     new = calls()[n:]
     assert [a[0] for a in new] == ["evaluate"]
+
+
+def test_invalid_run_is_listed_and_the_report_still_written(fake):
+    run, calls, tmp = fake
+    assert run("sweeps=false") == 0
+    bad = tmp / "runs" / "table" / "mlp_seed0" / "metrics.json"
+    m = json.loads(bad.read_text())
+    m["test_error"] = "0.01"  # a string: not a number
+    bad.write_text(json.dumps(m))
+    assert R.Job("x", "table", [], bad.parent).status() is None  # not finished: retrained
+    cfg = R.load_config([f"root={tmp / 'runs'}", f"report={tmp / 'report2'}"],
+                        plan_file=tmp / "plan.yaml")
+    jobs = R.plan_jobs(cfg, tmp / "runs")
+    R.write_report(cfg, jobs, tmp / "report2", "test", {}, [])
+    md = (tmp / "report2" / "report.md").read_text()
+    assert f"| {bad} | invalid metrics.json: test_error = '0.01' is not float or null |" in md
+    assert "| 1-layer MLP |" not in md and "| ODE-Net |" in md
+
+
+def test_defaults_come_from_the_registry():
+    assert R.Plan().models == ["mlp", "resnet", "rknet", "odenet"]
+    assert R.EvalPlan().model == "odenet" and R.SweepPlan().model == "odenet"
+    assert R.ConfigError is __import__("odenet.errors").errors.ConfigError
 
 
 def test_dry_run_runs_nothing(fake):

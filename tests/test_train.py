@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from odenet import record
 from odenet.app import compose
 from odenet.checkpoint import CHECKPOINT
 from odenet.checkpoint import load as load_checkpoint
@@ -19,8 +20,6 @@ from odenet.config import ConfigError
 from odenet.models import build_model
 from odenet.optim import lr_factor
 from odenet.train import run
-
-from odenet import record
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 

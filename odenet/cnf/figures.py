@@ -6,8 +6,9 @@
   density p_t (top) and samples z(t) (bottom) at evenly spaced t; samples are coloured
   by the angle of their starting point so that one can follow them.
 
-``write_density_figures(runs, out_dir)`` is what ``odenet figures`` calls (runs: objects
-with ``dir`` and ``metrics``, as odenet.report.runs.load_runs returns).
+``write_density_figures(runs, out_dir)`` is the "density" entry of the figures registry
+(odenet/figures.py; runs: objects with ``dir`` and ``metrics``, as
+odenet.report.runs.load_runs returns). Models come back through odenet.checkpoint.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from odenet.checkpoint import CHECKPOINT, load, load_model
 from odenet.cnf import datasets
+from odenet.record import DENSITY
+from odenet.registry import MODELS
 
 EXTENT = {"moons": 3.5}  # half-width of the square drawn; 4.5 for the other datasets
 GRID = 160  # grid points per axis for densities
-CHECKPOINT = "checkpoint.pt"
 
 
 def extent(name: str) -> float:
@@ -66,35 +69,17 @@ def target_density(name: str, lim: float, n: int = GRID) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ runs
-def load_model(run_dir: str | Path) -> tuple[Any, dict]:
-    """The density model of a run directory, rebuilt from its checkpoint, and the config."""
-    from odenet.cnf.build import build_density_model
-    from odenet.config import model_config, solver_config
-
-    ck = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
-    cfg = ck["config"]
-    model = build_density_model(model_config(cfg["model"]), solver_config(cfg["solver"]))
-    model.load_state_dict(ck["model"])
-    return model.eval(), cfg
-
-
-def run_config(run_dir: str | Path) -> dict:
-    """The resolved config a run saved in its checkpoint."""
-    ck = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
-    return ck["config"]
-
-
 def density_runs(runs: Sequence[Any]) -> dict[str, dict[str, Any]]:
     """{dataset: {model name: run}} over finished density runs with a checkpoint; where
     several runs share a dataset and model, the lowest test NLL wins."""
     best: dict[str, dict[str, Any]] = {}
     for run in runs:
         m = run.metrics
-        if m.get("task") != "density" or m.get("status") != "finished":
+        if m.get("task") != DENSITY or m.get("status") != "finished":
             continue
         if not (Path(run.dir) / CHECKPOINT).is_file() or m.get("test_nll") is None:
             continue
-        ds = m.get("dataset") or run_config(run.dir)["data"]["name"]
+        ds = m.get("dataset") or load(Path(run.dir) / CHECKPOINT)["config"]["data"]["name"]
         slot = best.setdefault(ds, {})
         old = slot.get(m["model"])
         if old is None or m["test_nll"] < old.metrics["test_nll"]:
@@ -187,9 +172,10 @@ def write_density_figures(runs: Sequence[Any], out_dir: str | Path
             test = datasets.sample(ds, 5000, [0, 2])
             floor = f", NLL {-datasets.log_density(ds, test).mean().item():.3f}"
         panels = [(f"target{floor}", target_density(ds, lim))]
-        for kind, label in (("planar", "planar flow"), ("cnf", "CNF")):
+        for kind in ("planar", "cnf"):  # the paper's Figure 4, left to right
             if kind in models:
-                model, cfg = load_model(models[kind].dir)
+                model, cfg, _ = load_model(Path(models[kind].dir) / CHECKPOINT)
+                label = MODELS[kind].title
                 m = cfg["model"]
                 size = f"K={m['layers']}" if kind == "planar" else (
                     f"M={m['width']}" if m["field"] == "hyper" else f"{m['depth']}x{m['width']}")
@@ -198,7 +184,7 @@ def write_density_figures(runs: Sequence[Any], out_dir: str | Path
         draw_density_comparison(ds, panels, out / f"{name}.png")
         written[name] = out / f"{name}.png"
         if "cnf" in models:
-            model, _ = load_model(models["cnf"].dir)
+            model, _, _ = load_model(Path(models["cnf"].dir) / CHECKPOINT)
             draw_flow(model, ds, out / f"flow_{ds}.png")
             written[f"flow_{ds}"] = out / f"flow_{ds}.png"
         else:

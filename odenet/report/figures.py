@@ -1,6 +1,8 @@
-"""`odenet figures [RUN_DIRS...]`: Figure 3 (a)-(d) of the paper and a measured memory plot.
+"""The MNIST figures: Figure 3 (a)-(d) of the paper and a measured memory plot.
 
-Each figure is a PNG with the data behind it as a CSV of the same name:
+For each, a ``*_rows(runs)`` function extracts the data (the figure's CSV) and a
+``draw_*(rows, path)`` function draws the PNG; odenet/figures.py lists the figures
+(captions, which runs each reads) and writes them. Torch-free, like all of the report.
 - fig3a: NFE-forward vs numerical error of a trained ODE-Net's block, per tolerance
   (from ``evaluation.json``, written by ``odenet evaluate``).
 - fig3b: NFE-forward vs relative wall time of the forward pass (same source).
@@ -8,13 +10,10 @@ Each figure is a PNG with the data behind it as a CSV of the same name:
   variant, with the paper's reported y = x/2 (``history.jsonl`` of adjoint runs).
 - fig3d: NFE-forward vs training epoch (``history.jsonl`` of ODE-block runs).
 - memory: activation memory of the ODE block / residual blocks vs NFE (or depth) for
-  ODE-Net, RK-Net and ResNet (``metrics.json``): the O(1) / O(L~) / O(L) claim, measured.
-- density: runs of task=density (CNF, planar flow) only, drawn by odenet/cnf/figures.py
-  from their checkpoints: density_<dataset>.png (target | planar | CNF, the paper's
-  Figure 4) and flow_<dataset>.png (noise to data over t, Figures 5/6); no CSV.
+  the models with either (``metrics.json``): the O(1) / O(L~) / O(L) claim, measured.
 
 Only finished runs enter fig3c, fig3d and memory; fig3a/b use every evaluation found.
-A figure without data is skipped with a note saying what would produce it.
+A figure without data raises ``NoData``, saying what would produce it.
 """
 
 from __future__ import annotations
@@ -22,28 +21,26 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from odenet.report._args import ArgumentParser
-from odenet.report.paper import paper_key
+from odenet.files import write_atomic
+from odenet.registry import ADJOINT, BACKPROP, MODELS
 from odenet.report.runs import (
-    ReportError,
     Run,
-    atomic_write_text,
+    adjoint_model,
     fmt_tol,
-    load_runs,
     num,
+    residual_blocks,
     solver_label,
 )
 
-FIGURES = ("fig3a", "fig3b", "fig3c", "fig3d", "memory")
-ALL_FIGURES = (*FIGURES, "density")  # density: only where runs of task=density are found
-# Residual blocks in the paper's ResNet; used as its depth when metrics.json has none.
-RESNET_BLOCKS = 6
+# The memory figure's series: a model's title and how its x is counted. The texts are
+# memory.csv's "series" column.
+SERIES = {ADJOINT: " (adjoint)", BACKPROP: " (backprop through solver)",
+          "blocks": " (x = residual blocks)"}
+MARKERS = {ADJOINT: "o", BACKPROP: "^", "blocks": "s"}
 
 
 class NoData(Exception):
@@ -170,14 +167,16 @@ def memory_rows(runs: Sequence[Run]) -> list[dict]:
         mib = num(m.get("activation_block_mib"))
         if not run.finished or mib is None:
             continue
-        pk = paper_key(m)
-        if pk in ("odenet", "rknet"):
+        spec = MODELS.get(run.model)
+        if spec is None:
+            continue
+        if spec.ode_block:
             x = num(m.get("nfe_forward_mean"))
-            series = "ODE-Net (adjoint)" if pk == "odenet" else "RK-Net (backprop through solver)"
-            x_kind = "nfe_forward"
-        elif pk == "resnet":
-            x = num(m.get("num_blocks")) or RESNET_BLOCKS
-            series, x_kind = "ResNet (x = residual blocks)", "blocks"
+            gradient = ADJOINT if m.get("solver_adjoint") else BACKPROP
+            series, x_kind = spec.title + SERIES[gradient], "nfe_forward"
+        elif spec.residual_blocks is not None:
+            x = residual_blocks(m)
+            series, x_kind = spec.title + SERIES["blocks"], "blocks"
         else:
             continue
         if x is None:
@@ -210,10 +209,9 @@ def _new_figure(title: str):
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_atomic(path, buf.getvalue())
 
 
 def _cell(v):
@@ -224,13 +222,14 @@ def _cell(v):
     return v
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """The figure's data, one row per dict (keys: the columns)."""
     out = io.StringIO()
     wr = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     wr.writeheader()
     for r in rows:
         wr.writerow({k: _cell(v) for k, v in r.items()})
-    atomic_write_text(path, out.getvalue())
+    write_atomic(path, out.getvalue())
 
 
 def _by(rows: list[dict], key: str) -> dict[str, list[dict]]:
@@ -298,7 +297,8 @@ def draw_fig3b(rows: list[dict], path: Path):
 def draw_fig3c(rows: list[dict], path: Path):
     if not rows:
         raise NoData("no finished adjoint runs with history.jsonl: train with "
-                     "`model=odenet solver.adjoint=true` (a tolerance sweep spreads the points)")
+                     f"`model={adjoint_model()} solver.adjoint=true` (a tolerance sweep "
+                     "spreads the points)")
     fig, ax = _new_figure("Fig. 3c: NFE forward vs NFE backward (training iterations)")
     for variant, rs in _by(rows, "variant").items():
         sizes = [12 + 40 * math.sqrt(r["iterations"] / max(x["iterations"] for x in rs))
@@ -330,7 +330,7 @@ def moving_mean(ys: Sequence[float], window: int) -> list[float]:
 
 def draw_fig3d(rows: list[dict], path: Path):
     if not rows:
-        raise NoData("no finished ODE-Net/RK-Net runs with history.jsonl")
+        raise NoData("no finished runs of a model with an ODE block with history.jsonl")
     fig, ax = _new_figure("Fig. 3d: NFE forward during training")
     for _, rs in _by(rows, "run_dir").items():
         it = [r for r in rs if r["kind"] == "iter"]
@@ -356,20 +356,25 @@ def draw_fig3d(rows: list[dict], path: Path):
     return fig
 
 
+def series_kind(series: str) -> str:
+    """ADJOINT, BACKPROP or "blocks": what a memory series measures (from its text)."""
+    return next((k for k, suffix in SERIES.items() if series.endswith(suffix)), "")
+
+
 def draw_memory(rows: list[dict], path: Path):
     if not rows:
-        raise NoData("no finished ODE-Net, RK-Net or ResNet runs with activation_block_mib")
+        raise NoData("no finished runs of a model with an ODE block or residual blocks "
+                     "that measured activation_block_mib")
     fig, ax = _new_figure("Activation memory of the ODE block / residual blocks")
-    markers = {"ODE": "o", "RK-": "^", "Res": "s"}
     for series, rs in sorted(_by(rows, "series").items()):
         xs, ys = [r["x"] for r in rs], [r["activation_block_mib"] for r in rs]
-        label, a = series, None
-        if series.startswith("RK-"):
+        label, a, kind = series, None, series_kind(series)
+        if kind == BACKPROP:  # memory grows with NFE: fit its slope
             a = slope_through_origin(xs, ys)
             if a:
                 label += f": ≈ {a:.2f} MiB per evaluation"
-        pts = ax.scatter(xs, ys, marker=markers.get(series[:3], "o"), s=36, label=label)
-        if series.startswith("RK-") and a:
+        pts = ax.scatter(xs, ys, marker=MARKERS.get(kind, "o"), s=36, label=label)
+        if a:
             xmax = max(r["x"] for r in rows) * 1.05
             ax.plot([min(xs) / 2, xmax], [a * min(xs) / 2, a * xmax], "--", lw=0.8,
                     color=pts.get_facecolor()[0])
@@ -380,74 +385,3 @@ def draw_memory(rows: list[dict], path: Path):
     ax.legend(fontsize=7)
     _save(fig, path)
     return fig
-
-
-def write_figures(runs: Sequence[Run], out_dir: str | Path,
-                  which: Sequence[str] = ALL_FIGURES) -> tuple[dict[str, Path], dict[str, str]]:
-    """Draw the figures; return ({name: png path}, {name: why skipped})."""
-    out = Path(out_dir)
-    density_runs = [r for r in runs if r.metrics.get("task") == "density"]
-    runs = [r for r in runs if r.metrics.get("task") != "density"]  # Figure 3: MNIST only
-    ab = fig3ab_rows(runs)
-    jobs = {
-        "fig3a": (ab, draw_fig3a),
-        "fig3b": (ab, draw_fig3b),
-        "fig3c": (fig3c_rows(runs), draw_fig3c),
-        "fig3d": (fig3d_rows(runs), draw_fig3d),
-        "memory": (memory_rows(runs), draw_memory),
-    }
-    written, skipped = {}, {}
-    for name in which:
-        if name == "density":  # CNF vs planar flow, per dataset: odenet/cnf/figures.py
-            from odenet.cnf.figures import write_density_figures
-
-            w, s = write_density_figures(density_runs, out)
-            written.update(w)
-            skipped.update(s)
-            continue
-        rows, draw = jobs[name]
-        try:
-            draw(rows, out / f"{name}.png")
-        except NoData as e:
-            skipped[name] = str(e)
-            continue
-        _write_csv(out / f"{name}.csv", rows)
-        written[name] = out / f"{name}.png"
-    return written, skipped
-
-
-DEFAULT_OUT = "outputs/report/latest"
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(
-        prog="odenet figures",
-        description="Figure 3 (a)-(d) and memory.png, each with its CSV, from run directories "
-                    "(metrics.json, history.jsonl, evaluation.json below RUN_DIRS).")
-    ap.add_argument("run_dirs", nargs="*", default=["outputs"], metavar="RUN_DIRS",
-                    help="directories searched recursively for runs (default: outputs)")
-    ap.add_argument("--out", default=DEFAULT_OUT,
-                    help=f"where the PNG and CSV files go (default: {DEFAULT_OUT})")
-    ap.add_argument("--only", action="append", choices=ALL_FIGURES, metavar="NAME",
-                    help=f"draw only this figure (repeatable): {', '.join(ALL_FIGURES)}")
-    args = ap.parse_args(argv)
-    try:
-        runs = load_runs(args.run_dirs)
-    except ReportError as e:
-        print(f"odenet figures: error: {e}", file=sys.stderr)
-        return 1
-    written, skipped = write_figures(runs, args.out, args.only or ALL_FIGURES)
-    for name, why in skipped.items():
-        print(f"odenet figures: {name} skipped: {why}", file=sys.stderr)
-    if not written:
-        print("odenet figures: error: no figure could be drawn from the runs found",
-              file=sys.stderr)
-        return 1
-    csv = " (+ CSV)" if any(n in FIGURES for n in written) else ""  # density: PNG only
-    print(f"odenet figures: wrote {', '.join(p.name for p in written.values())}"
-          f"{csv} to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -24,12 +24,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from odenet import record
+from odenet.files import write_atomic
+from odenet.registry import models_of
 from odenet.report._args import ArgumentParser
-from odenet.report.runs import ReportError, atomic_write_text, load_runs
+from odenet.report.runs import ReportError, load_runs
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "outputs" / "reference" / "regression.json"
-MODELS = ("mlp", "resnet", "rknet", "odenet")
+MODELS = tuple(models_of(record.CLASSIFY))  # Table 1's models
 EXPERIMENT = "regression"
 
 # metric -> band. Why these widths:
@@ -112,10 +115,13 @@ def run_models(models, out_dir: Path) -> dict[str, dict]:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise ReportError(f"odenet train exited {proc.returncode}: {tail[0]}")
-    got = {r.model: r.metrics for r in load_runs([out_dir], history=False)}
+    runs, invalid = load_runs([out_dir], history=False)
+    got = {r.model: r.metrics for r in runs}
     missing = [m for m in models if m not in got]
     if missing:
-        raise ReportError(f"no metrics.json for {', '.join(missing)} below {out_dir}")
+        why = f" ({invalid[0].path}: {invalid[0].reason})" if invalid else ""
+        raise ReportError(f"no valid metrics.json for {', '.join(missing)} below "
+                          f"{out_dir}{why}")
     return got
 
 
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.update:
                 ref = make_reference(models, out)
-                atomic_write_text(REFERENCE, json.dumps(ref, indent=1) + "\n")
+                write_atomic(REFERENCE, json.dumps(ref, indent=1) + "\n")
                 print(f"wrote {REFERENCE} for {', '.join(models)}")
                 return 0
             result = check(models, load_reference(), out)

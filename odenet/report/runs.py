@@ -1,8 +1,11 @@
 """Find and read run directories (DEVELOPERS.md Contract 2): the only input of the report.
 
 A run directory is any directory holding a ``metrics.json``. Next to it may lie
-``history.jsonl`` (one JSON object per line) and ``evaluation.json`` (written by
-``odenet evaluate``, Figure 3 a/b). Nothing here imports torch or Hydra.
+``history.jsonl`` and ``evaluation.json`` (written by ``odenet evaluate``, Figure 3 a/b).
+metrics.json and history.jsonl are read through odenet/record.py and validated there; a
+file that fails is not an error of the command: it is returned as an ``Invalid`` (path
+and reason) for the report to list, and the other runs are read on. Imports neither
+torch nor Hydra (the report runs where neither is installed).
 """
 
 from __future__ import annotations
@@ -10,23 +13,26 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-METRICS = "metrics.json"
-HISTORY = "history.jsonl"
-EVALUATION = "evaluation.json"
-
-# The keys without which a metrics.json cannot be placed in the table at all.
-REQUIRED_KEYS = ("model", "status")
-STATUSES = ("running", "finished", "failed", "interrupted")
-# Models that hold an ODE block: their solver settings matter; for the others they do not.
-ODE_MODELS = ("odenet", "rknet")
+from odenet import record
+from odenet.record import EVALUATION, HISTORY, METRICS
+from odenet.registry import ADJOINT, MODELS
 
 
 class ReportError(Exception):
-    """Bad input to the report: the message is one line, fit to print as is."""
+    """No input at all (no such directory, no runs found): one line, fit to print."""
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A run file the report could not use, and why (one line)."""
+
+    path: Path
+    reason: str
 
 
 @dataclass
@@ -48,7 +54,7 @@ class Run:
 
     @property
     def has_ode_block(self) -> bool:
-        return self.model in ODE_MODELS
+        return has_ode_block(self.model)
 
     def iters(self) -> list[dict]:
         return [h for h in self.history if h.get("kind") == "iter"]
@@ -57,58 +63,32 @@ class Run:
         return [h for h in self.history if h.get("kind") == "epoch"]
 
 
-def _read_json_object(path: Path, what: str) -> dict:
+def has_ode_block(model) -> bool:
+    """The registry's trait; a model it does not know (an older or newer odenet) has none."""
+    spec = MODELS.get(model) if isinstance(model, str) else None
+    return spec is not None and spec.ode_block
+
+
+def _reason(e: Exception, path: Path) -> str:
+    """RecordError's message without the leading 'path:' (the report prints the path)."""
+    msg = str(e)
+    if msg.startswith(f"{path}:"):
+        msg = msg[len(str(path)) + 1:].strip()
+        msg = re.sub(r"^(\d+): ", r"line \1: ", msg)
+    return msg
+
+
+def read_evaluation(path: Path) -> dict:
+    """evaluation.json (written by odenet evaluate; no record schema): a JSON object."""
     try:
-        text = path.read_text(encoding="utf-8")
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise ReportError(f"{path}: cannot read {what}: {e.strerror or e}") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ReportError(
-            f"{path}: unreadable {what}: not valid JSON ({e.msg} at line {e.lineno})"
-        ) from None
-    if not isinstance(obj, dict):
-        raise ReportError(f"{path}: unreadable {what}: expected a JSON object, "
-                          f"got {type(obj).__name__}")
+        raise record.RecordError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise record.RecordError(f"{path}: not valid JSON") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("results", []), list):
+        raise record.RecordError(f"{path}: expected a JSON object with a 'results' list")
     return obj
-
-
-def read_metrics(path: Path) -> dict:
-    """Read and check one metrics.json; ReportError (one line) when it is unusable."""
-    m = _read_json_object(path, METRICS)
-    missing = [k for k in REQUIRED_KEYS if k not in m]
-    if missing:
-        raise ReportError(f"{path}: unreadable {METRICS}: missing key(s) {', '.join(missing)}")
-    if m["status"] not in STATUSES:
-        raise ReportError(f"{path}: unreadable {METRICS}: status {m['status']!r} is not one "
-                          f"of {', '.join(STATUSES)}")
-    return m
-
-
-def read_history(path: Path) -> list[dict]:
-    """Read history.jsonl. A truncated *last* line (a run killed mid-append) is dropped;
-    a bad line anywhere else is an error."""
-    if not path.exists():
-        return []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ReportError(f"{path}: cannot read {HISTORY}: {e.strerror or e}") from None
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines):  # the run was stopped while appending this line
-                break
-            raise ReportError(f"{path}:{i}: unreadable {HISTORY}: line is not JSON") from None
-        if not isinstance(rec, dict):
-            raise ReportError(f"{path}:{i}: unreadable {HISTORY}: line is not a JSON object")
-        out.append(rec)
-    return out
 
 
 def find_metrics(dirs: Iterable[str | os.PathLike]) -> list[Path]:
@@ -133,23 +113,37 @@ def find_metrics(dirs: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
-def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True) -> list[Run]:
-    """Load every run below ``dirs``: metrics.json, history.jsonl, evaluation.json.
+def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True
+              ) -> tuple[list[Run], list[Invalid]]:
+    """Every run below ``dirs`` (metrics.json, history.jsonl, evaluation.json), in the
+    order of the sorted run paths, and the files that failed validation. A run with an
+    invalid file is left out whole (its numbers cannot be trusted in part).
 
-    Raises ReportError (one line) for a missing directory, no runs at all, or an
-    unreadable file; the order is that of the sorted run paths.
+    Raises ReportError (one line) only for a missing directory or no runs at all.
     """
-    runs = []
+    runs, invalid = [], []
     for path in find_metrics(dirs):
         d = path.parent
-        ev = d / EVALUATION
-        runs.append(Run(
-            dir=d,
-            metrics=read_metrics(path),
-            history=read_history(d / HISTORY) if history else [],
-            evaluation=_read_json_object(ev, EVALUATION) if ev.exists() else None,
-        ))
-    return runs
+        current = path
+        try:
+            metrics = record.read_metrics(path)
+            current = d / HISTORY
+            hist = record.read_history(current) if history else []
+            current = d / EVALUATION
+            ev = read_evaluation(current) if current.exists() else None
+        except record.RecordError as e:
+            invalid.append(Invalid(current, _reason(e, current)))
+            continue
+        runs.append(Run(dir=d, metrics=metrics, history=hist, evaluation=ev))
+    return runs, invalid
+
+
+def print_invalid(prog: str, invalid: Iterable[Invalid]) -> None:
+    """One stderr line per file that failed validation."""
+    import sys
+
+    for bad in invalid:
+        print(f"{prog}: not read: {bad.path}: {bad.reason}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- small shared helpers
@@ -199,8 +193,19 @@ def solver_label(m: dict) -> str:
     return " ".join(parts)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def residual_blocks(m: dict) -> int | None:
+    """The run's residual blocks: its record's, else (a record written before the field
+    existed) its model's default setting; None for a model without residual blocks."""
+    spec = MODELS.get(m.get("model")) if isinstance(m.get("model"), str) else None
+    if spec is None or spec.residual_blocks is None:
+        return None
+    if m.get("residual_blocks") is not None:
+        return m["residual_blocks"]
+    return getattr(spec.schema(), spec.residual_blocks)
+
+
+def adjoint_model() -> str:
+    """The classifier whose ODE block trains with the adjoint (Table 1's ODE-Net): the
+    model of Figure 3 a/b and of the hints that name one."""
+    return next(s.name for s in MODELS.values()
+                if s.task == record.CLASSIFY and s.gradients[:1] == (ADJOINT,))

@@ -3,7 +3,10 @@
 Finished runs are grouped by model, solver settings and scale (experiment, epochs,
 training-set size, batch size, device) and averaged over seeds (mean, and sample std
 where a group has several runs). Runs that did not finish (running, failed,
-interrupted) are listed in a section of their own and never enter a mean.
+interrupted) are listed in a section of their own and never enter a mean, and so are
+run files that fail validation (odenet/record.py), by path and reason.
+Paper numbers, titles and Table 1's row order are the model registry's
+(odenet/registry.py).
 """
 
 from __future__ import annotations
@@ -16,14 +19,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from odenet import record
+from odenet.files import write_atomic
+from odenet.registry import MODELS, ModelSpec, PaperRow
 from odenet.report._args import ArgumentParser
-from odenet.report.paper import MODEL_ORDER, TABLE1, paper_key
 from odenet.report.runs import (
+    Invalid,
     ReportError,
     Run,
-    atomic_write_text,
+    has_ode_block,
     load_runs,
     num,
+    print_invalid,
+    residual_blocks,
     solver_label,
 )
 
@@ -31,10 +39,24 @@ SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_adjoint",
                "solver_adjoint_norm", "solver_step_size", "solver_last_step")
 SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_size", "device")
 GROUP_KEYS = ("model",) + SOLVER_KEYS + SCALE_KEYS
-# Numeric columns averaged over seeds, in table.csv order.
-METRICS = ("test_error", "train_error", "params", "nfe_forward_mean", "nfe_backward_mean",
-           "activation_mib", "activation_block_mib", "cuda_peak_mib", "rss_peak_mib",
-           "sec_per_iter", "sec_per_test_batch", "epochs", "wall_seconds")
+# Measures averaged over seeds, in table.csv order (an explicit order: table.csv's columns
+# stay put when the record gains a field; the density runs' NLLs are not Table 1's).
+AVERAGED = ("test_error", "train_error", "params", "nfe_forward_mean", "nfe_backward_mean",
+            "activation_mib", "activation_block_mib", "cuda_peak_mib", "rss_peak_mib",
+            "sec_per_iter", "sec_per_test_batch", "epochs", "wall_seconds")
+
+
+def _check_keys() -> None:
+    """The table's keys are the record's fields: a renamed field fails here, at import."""
+    settings = set(record.names(record.Metrics, record.SETTING))
+    measures = set(record.names(record.Metrics, record.MEASURE))
+    bad = [k for k in SOLVER_KEYS + SCALE_KEYS if k not in settings]
+    bad += [k for k in AVERAGED if k not in measures]
+    if bad:
+        raise ImportError(f"odenet.report.table: not in odenet.record.Metrics: {bad}")
+
+
+_check_keys()
 
 
 @dataclass
@@ -69,9 +91,14 @@ class Row:
         return str(self.key["model"])
 
     @property
-    def paper(self) -> dict | None:
-        pk = paper_key(self.key)
-        return TABLE1.get(pk) if pk else None
+    def spec(self) -> ModelSpec | None:
+        return MODELS.get(self.model)
+
+    @property
+    def paper(self) -> PaperRow | None:
+        """The paper's row of this model (odenet trains with the adjoint, rknet by backprop
+        through the solver: config validation holds each to its paper row)."""
+        return self.spec.paper if self.spec else None
 
     @property
     def seeds(self) -> list:
@@ -80,9 +107,11 @@ class Row:
 
 def group_key(m: dict) -> dict:
     key = {k: m.get(k) for k in GROUP_KEYS}
-    if "solver_last_step" not in m:  # runs from before the setting existed: clamp (adaptive)
-        key["solver_last_step"] = "clamp" if m.get("solver_step_size") is None else None
-    if m.get("model") not in ("odenet", "rknet"):
+    if key["solver_last_step"] is None and key["solver_step_size"] is None:
+        # adaptive steps always clamp or overshoot; null: a record from before the
+        # setting existed, when they clamped
+        key["solver_last_step"] = "clamp"
+    if not has_ode_block(m.get("model")):
         # Solver settings of a model without an ODE block do not change it.
         for k in SOLVER_KEYS:
             key[k] = None
@@ -91,7 +120,7 @@ def group_key(m: dict) -> dict:
 
 def _sort_key(key: dict):
     model = key["model"]
-    order = MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
+    order = list(MODELS).index(model) if model in MODELS else len(MODELS)  # Table 1's
     rtol = num(key["solver_rtol"])
     return (order, str(model), str(key["experiment"]), str(key["solver_method"]),
             bool(key["solver_adjoint"]), str(key["solver_adjoint_norm"]),
@@ -102,7 +131,7 @@ def _sort_key(key: dict):
 def is_table1_run(run: Run) -> bool:
     """MNIST classification runs (``task`` classify, or no task key: Contract 2 as first
     written); other tasks (e.g. task=density, the CNF experiments) are not Table 1's."""
-    return run.metrics.get("task", "classify") == "classify"
+    return run.metrics["task"] == record.CLASSIFY
 
 
 def build_rows(runs: Sequence[Run]) -> tuple[list[Row], list[Run]]:
@@ -124,7 +153,7 @@ def build_rows(runs: Sequence[Run]) -> tuple[list[Row], list[Run]]:
     rows = []
     for t, members in groups.items():
         stats = {}
-        for name in METRICS:
+        for name in AVERAGED:
             vals = [num(r.metrics.get(name)) for r in members]
             stats[name] = Stat([v for v in vals if v is not None])
         rows.append(Row(key=keys[t], runs=members, stats=stats))
@@ -158,11 +187,14 @@ def _params(stat: Stat) -> str:
 
 
 def model_name(key: dict) -> str:
-    pk = paper_key(key)
-    base = TABLE1[pk]["name"] if pk else str(key["model"])
-    if key["model"] in ("odenet", "rknet") and pk != key["model"]:
-        base += f" (model={key['model']})"
-    return base
+    spec = MODELS.get(key["model"])
+    return spec.title if spec else str(key["model"])
+
+
+def _blocks_text(rows: Sequence[Row]) -> str:
+    """'the 6 residual blocks', from the runs' records (several depths: no number)."""
+    n = {residual_blocks(r.metrics) for row in rows for r in row.runs} - {None}
+    return f"the {n.pop()} residual blocks" if len(n) == 1 else "the residual blocks"
 
 
 def _scale(key: dict) -> str:
@@ -181,14 +213,15 @@ MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "Test error (%)", "Paper (%)",
              "s / iter", "s / test batch", "Paper time", "NFE-F", "NFE-B", "Device")
 
 
-def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Sequence[str]) -> str:
+def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Sequence[str],
+                    invalid: Sequence[Invalid] = ()) -> str:
     out = io.StringIO()
     w = out.write
     w("# Table 1: MNIST, ours beside the paper's\n\n")
     w(f"From {sum(len(r.runs) for r in rows)} finished run(s) below: "
       f"{', '.join(sources)}. Mean ± sample std over seeds where a row has several runs.\n"
       "Test error over the full test set. Activations: bytes autograd saves for backward "
-      "in one training iteration, whole model / the ODE block or the 6 residual blocks "
+      f"in one training iteration, whole model / the ODE block or {_blocks_text(rows)} "
       "alone (device-independent; the paper gives memory only as O(·)). s / iter: median "
       "seconds per training iteration. NFE-F/B: function evaluations per forward / "
       "backward pass, mean over the last epoch. Paper: L = ResNet layers, L~ = NFE.\n\n")
@@ -196,21 +229,21 @@ def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Seque
     w("|" + "|".join("---" if i < 4 else "---:" for i in range(len(MD_HEADER))) + "|\n")
     for row in rows:
         st, p = row.stats, row.paper
-        nfe = row.model in ("odenet", "rknet")
+        nfe = has_ode_block(row.model)
         cells = [
             model_name(row.key),
             solver_label(row.key) if nfe else "-",
             _scale(row.key),
             ", ".join(str(s) for s in row.seeds),
             _pm(st["test_error"], 100.0, 2),
-            f"{p['test_error'] * 100:.2f}" if p else "-",
+            f"{p.test_error * 100:.2f}" if p else "-",
             _params(st["params"]),
-            f"{p['params'] / 1e6:.2f} M" if p else "-",
+            f"{p.params / 1e6:.2f} M" if p else "-",
             f"{_mib(st['activation_mib'])} / {_mib(st['activation_block_mib'])}",
-            p["memory"] if p else "-",
+            p.memory if p else "-",
             _pm(st["sec_per_iter"], digits=3),
             _pm(st["sec_per_test_batch"], digits=3),
-            p["time"] if p else "-",
+            p.time if p else "-",
             _pm(st["nfe_forward_mean"], digits=1) if nfe else "-",
             _pm(st["nfe_backward_mean"], digits=1) if nfe else "-",
             ", ".join(sorted({str(r.metrics.get("device")) for r in row.runs})),
@@ -230,12 +263,17 @@ def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Seque
             w(f"| {r.dir} | {m.get('model')} | {solver_label(m) if r.has_ode_block else '-'} "
               f"| {m.get('seed', '-')} | {m.get('status')} | "
               f"{m.get('epochs', '-')}/{m.get('epochs_planned', '-')} | {reason} |\n")
+    if invalid:
+        w("\nFiles that failed validation (odenet/record.py); their runs are left out:\n\n")
+        w("| File | Reason |\n|---|---|\n")
+        for bad in invalid:
+            w(f"| {bad.path} | {bad.reason.replace('|', '/')} |\n")
     return out.getvalue()
 
 
 def csv_header() -> list[str]:
     cols = ["model", "paper_model"] + list(SOLVER_KEYS) + list(SCALE_KEYS) + ["n_runs", "seeds"]
-    for name in METRICS:
+    for name in AVERAGED:
         cols += [f"{name}_mean", f"{name}_std"]
     cols += ["paper_test_error", "paper_params", "paper_memory", "paper_time", "run_dirs"]
     return cols
@@ -246,21 +284,21 @@ def render_csv(rows: Sequence[Row]) -> str:
     wr = csv.writer(out, lineterminator="\n")
     wr.writerow(csv_header())
     for row in rows:
-        p = row.paper or {}
-        line = [row.model, paper_key(row.key) or ""]
+        p = row.paper
+        line = [row.model, row.model if p else ""]
         line += ["" if row.key[k] is None else row.key[k] for k in SOLVER_KEYS + SCALE_KEYS]
         line += [len(row.runs), ";".join(str(s) for s in row.seeds)]
-        for name in METRICS:
+        for name in AVERAGED:
             st = row.stats[name]
             line += ["" if st.mean is None else repr(st.mean),
                      "" if st.std is None else repr(st.std)]
-        line += [p.get("test_error", ""), p.get("params", ""), p.get("memory", ""),
-                 p.get("time", ""), ";".join(str(r.dir) for r in row.runs)]
+        line += [p.test_error, p.params, p.memory, p.time] if p else ["", "", "", ""]
+        line += [";".join(str(r.dir) for r in row.runs)]
         wr.writerow(line)
     return out.getvalue()
 
 
-def render_excluded_csv(excluded: Sequence[Run]) -> str:
+def render_excluded_csv(excluded: Sequence[Run], invalid: Sequence[Invalid] = ()) -> str:
     out = io.StringIO()
     wr = csv.writer(out, lineterminator="\n")
     wr.writerow(["run_dir", "model", "seed", "status", "epochs", "epochs_planned", "reason"])
@@ -268,19 +306,23 @@ def render_excluded_csv(excluded: Sequence[Run]) -> str:
         m = r.metrics
         wr.writerow([r.dir, m.get("model"), m.get("seed"), m.get("status"), m.get("epochs"),
                      m.get("epochs_planned"), m.get("reason") or ""])
+    for bad in invalid:  # status "invalid": the file named in run_dir failed validation
+        wr.writerow([bad.path, "", "", "invalid", "", "", bad.reason])
     return out.getvalue()
 
 
-def write_table(runs: Sequence[Run], out_dir: str | Path, sources: Sequence[str] = ()) -> dict:
+def write_table(runs: Sequence[Run], out_dir: str | Path, sources: Sequence[str] = (),
+                invalid: Sequence[Invalid] = ()) -> dict:
     """Write table.md, table.csv and excluded_runs.csv to out_dir; return their paths."""
     out = Path(out_dir)
     rows, excluded = build_rows(runs)
     paths = {"md": out / "table.md", "csv": out / "table.csv",
              "excluded_csv": out / "excluded_runs.csv"}
-    atomic_write_text(paths["md"], render_markdown(rows, excluded, [str(s) for s in sources]))
-    atomic_write_text(paths["csv"], render_csv(rows))
-    atomic_write_text(paths["excluded_csv"], render_excluded_csv(excluded))
-    return {"rows": rows, "excluded": excluded, **paths}
+    write_atomic(paths["md"], render_markdown(rows, excluded, [str(s) for s in sources],
+                                              invalid))
+    write_atomic(paths["csv"], render_csv(rows))
+    write_atomic(paths["excluded_csv"], render_excluded_csv(excluded, invalid))
+    return {"rows": rows, "excluded": excluded, "invalid": list(invalid), **paths}
 
 
 DEFAULT_OUT = "outputs/report/latest"
@@ -298,16 +340,18 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"where table.md / table.csv go (default: {DEFAULT_OUT})")
     args = ap.parse_args(argv)
     try:
-        runs = load_runs(args.run_dirs, history=False)
-        res = write_table(runs, args.out, args.run_dirs)
+        runs, invalid = load_runs(args.run_dirs, history=False)
     except ReportError as e:
         print(f"odenet table: error: {e}", file=sys.stderr)
         return 1
+    print_invalid("odenet table", invalid)
+    res = write_table(runs, args.out, args.run_dirs, invalid)
     n_fin = sum(len(r.runs) for r in res["rows"])
     other = sum(not is_table1_run(r) for r in runs)
     print(f"odenet table: {len(res['rows'])} row(s) from {n_fin} finished run(s), "
           f"{len(res['excluded'])} not finished"
           + (f", {other} run(s) of other tasks left out" if other else "")
+          + (f", {len(invalid)} invalid file(s) listed" if invalid else "")
           + f" -> {res['md']}, {res['csv']}")
     return 0
 

@@ -85,15 +85,15 @@ def test_cnf_and_planar_train_log_and_lower_the_nll(tmp_path):
     assert math.isfinite(p["test_nll"])
 
     # the checkpoints rebuild the models; `odenet figures` draws from them
-    from odenet.cnf.figures import load_model
-    from odenet.report.figures import write_figures
+    from odenet.checkpoint import load_model
+    from odenet.figures import write_figures
     from odenet.report.runs import load_runs
 
-    model, saved = load_model(out)
+    model, saved, _ = load_model(out / "checkpoint.pt")
     assert saved["model"]["name"] == "cnf"
     with torch.no_grad():
         assert torch.isfinite(model.log_prob(torch.zeros(3, 2))).all()
-    written, skipped = write_figures(load_runs([tmp_path]), tmp_path / "fig")
+    written, skipped = write_figures(load_runs([tmp_path])[0], tmp_path / "fig")
     assert {"density_moons", "flow_moons"} <= set(written)
     assert "fig3c" in skipped and "fig3d" in skipped  # density runs stay out of Figure 3
     for name in ("density_moons", "flow_moons"):

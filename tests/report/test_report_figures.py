@@ -7,11 +7,13 @@ import csv
 import pytest
 from fakeruns import evaluation_record, history_records
 
+from odenet import figures as registry
+from odenet.record import CLASSIFY
 from odenet.report import figures as F
 from odenet.report import load_runs
 
-# Figure 3 and memory: drawn from MNIST runs (F.FIGURES may hold other tasks' figures too)
-FIG3 = ("fig3a", "fig3b", "fig3c", "fig3d", "memory")
+# Figure 3 and memory: the registry's figures of MNIST runs
+FIG3 = tuple(f.name for f in registry.of_task(CLASSIFY))
 
 
 def _csv(path):
@@ -43,7 +45,7 @@ def runs(make_run, tmp_path):
     # unfinished runs' iterations must not show up
     make_run("ode_failed", status="failed", reason="NaN",
              history=history_records(nfe_f=(99,), nfe_b=(99,)))
-    return load_runs([tmp_path / "outputs"])
+    return load_runs([tmp_path / "outputs"])[0]
 
 
 def test_fig3ab_rows(runs):
@@ -82,16 +84,17 @@ def test_memory_rows_and_slope(runs):
     by = {r["run_dir"].rsplit("/", 1)[1]: r for r in rows}
     assert set(by) == {"ode_adj", "ode_semi", "rk_20", "rk_40", "res"}  # no MLP, no failed
     assert by["res"]["x"] == 6 and by["res"]["x_kind"] == "blocks"
-    assert by["rk_40"]["series"].startswith("RK-Net") and by["ode_adj"]["series"].startswith(
-        "ODE-Net")
-    rk = [r for r in rows if r["series"].startswith("RK")]
+    assert by["rk_40"]["series"] == "RK-Net (backprop through solver)"
+    assert by["ode_adj"]["series"] == "ODE-Net (adjoint)"
+    assert by["res"]["series"] == "ResNet (x = residual blocks)"
+    rk = [r for r in rows if r["model"] == "rknet"]
     assert F.slope_through_origin([r["x"] for r in rk],
                                   [r["activation_block_mib"] for r in rk]) == pytest.approx(9.2)
 
 
 def test_write_all_figures_with_csvs_and_labelled_axes(runs, tmp_path):
     out = tmp_path / "figs"
-    written, skipped = F.write_figures(runs, out, FIG3)
+    written, skipped = registry.write_figures(runs, out, FIG3)
     assert skipped == {}
     assert set(written) == set(FIG3)
     for name in FIG3:
@@ -123,7 +126,7 @@ def test_each_figure_has_title_and_axes_with_units(runs, tmp_path, name):
 def test_figures_without_data_are_skipped_with_a_note(make_run, tmp_path, capsys):
     make_run("res", model="resnet")
     out = tmp_path / "figs"
-    assert F.main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert registry.main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "fig3a skipped" in err and "odenet evaluate" in err
     assert "fig3c skipped" in err
@@ -132,18 +135,44 @@ def test_figures_without_data_are_skipped_with_a_note(make_run, tmp_path, capsys
 
 def test_main_errors(make_run, tmp_path, capsys):
     make_run("mlp", model="mlp", activation_block_mib=None)
-    assert F.main([str(tmp_path / "outputs"), "--out", str(tmp_path / "f")]) == 1
+    assert registry.main([str(tmp_path / "outputs"), "--out", str(tmp_path / "f")]) == 1
     assert "no figure could be drawn" in capsys.readouterr().err
-    assert F.main([str(tmp_path / "missing")]) == 1
+    assert registry.main([str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err
     with pytest.raises(SystemExit) as e:
-        F.main(["--only", "fig9"])
+        registry.main(["--only", "fig9"])
     assert e.value.code == 2
     assert "fig9" in capsys.readouterr().err
 
 
 def test_only_selects_figures(runs, tmp_path):
-    written, _ = F.write_figures(runs, tmp_path / "o", ["fig3c"])
+    written, _ = registry.write_figures(runs, tmp_path / "o", ["fig3c"])
     assert list(written) == ["fig3c"]
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["fig3c.csv", "fig3c.png"]
+
+
+def test_registry_entries_are_complete():
+    assert FIG3 == ("fig3a", "fig3b", "fig3c", "fig3d", "memory")
+    for f in registry.FIGURES.values():
+        assert f.caption and (f.write or (f.rows and f.draw)), f.name
+        for ref in (f.rows, f.draw, f.write):
+            if ref and f.task == CLASSIFY:  # density figures import torch: tests/cnf
+                assert callable(registry._load(ref)), ref
+
+
+def test_memory_depth_from_the_record(make_run, tmp_path):
+    make_run("res3", model="resnet", residual_blocks=3, activation_block_mib=15.0)
+    [row] = F.memory_rows(load_runs([tmp_path / "outputs"])[0])
+    assert row["x"] == 3 and row["x_kind"] == "blocks"
+
+
+def test_invalid_run_next_to_good_ones_is_reported(runs, tmp_path, capsys):
+    bad = tmp_path / "outputs" / "zz_bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text('{"model": "odenet", "status": "fin')  # truncated
+    out = tmp_path / "figs"
+    assert registry.main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"not read: {bad / 'metrics.json'}: not valid JSON" in err
+    assert all((out / f"{n}.png").exists() and (out / f"{n}.csv").exists() for n in FIG3)

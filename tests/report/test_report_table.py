@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
+from fakeruns import metrics_record
 
+from odenet import record
+from odenet.registry import MODELS
 from odenet.report import load_runs
+from odenet.report import table as T
 from odenet.report.table import build_rows, main, write_table
 
 
@@ -33,7 +38,7 @@ def four_models(make_run):
 
 
 def test_rows_grouped_and_averaged_over_seeds(tmp_path, four_models):
-    rows, excluded = build_rows(load_runs([tmp_path / "outputs"]))
+    rows, excluded = build_rows(load_runs([tmp_path / "outputs"])[0])
     assert [(r.model, r.key["solver_rtol"], len(r.runs)) for r in rows] == [
         ("mlp", None, 1), ("resnet", None, 2), ("rknet", 1e-3, 1),
         ("odenet", 0.1, 1), ("odenet", 1e-3, 2)]
@@ -50,7 +55,7 @@ def test_rows_grouped_and_averaged_over_seeds(tmp_path, four_models):
 
 
 def test_markdown_has_ours_beside_the_papers(tmp_path, four_models):
-    res = write_table(load_runs([tmp_path / "outputs"]), tmp_path / "rep", ["outputs"])
+    res = write_table(load_runs([tmp_path / "outputs"])[0], tmp_path / "rep", ["outputs"])
     md = res["md"].read_text()
     lines = md.splitlines()
     ode = next(line for line in lines if line.startswith("| ODE-Net | dopri5 tol=1e-3"))
@@ -75,7 +80,7 @@ def test_markdown_has_ours_beside_the_papers(tmp_path, four_models):
 
 
 def test_csv_content(tmp_path, four_models):
-    res = write_table(load_runs([tmp_path / "outputs"]), tmp_path / "rep")
+    res = write_table(load_runs([tmp_path / "outputs"])[0], tmp_path / "rep")
     rows = _csv(res["csv"])
     assert len(rows) == 5
     ode = [r for r in rows if r["model"] == "odenet" and r["solver_rtol"] == "0.001"][0]
@@ -90,19 +95,72 @@ def test_csv_content(tmp_path, four_models):
     assert sorted(r["status"] for r in excl) == ["failed", "running"]
 
 
-def test_odenet_without_adjoint_is_the_papers_rknet(make_run, tmp_path):
-    make_run("a", model="odenet", solver_adjoint=False)
-    rows, _ = build_rows(load_runs([tmp_path / "outputs"]))
-    md = write_table(load_runs([tmp_path / "outputs"]), tmp_path / "rep")["md"].read_text()
-    assert rows[0].paper["name"] == "RK-Net"
-    assert "| RK-Net (model=odenet) |" in md
+def test_paper_rows_titles_and_order_come_from_the_registry(tmp_path, four_models):
+    rows, _ = build_rows(load_runs([tmp_path / "outputs"])[0])
+    assert [r.model for r in rows] == [m for m in MODELS if m in {r.model for r in rows}] + \
+        ["odenet"]  # Table 1's order; two ODE-Net rows (two tolerances)
+    for row in rows:
+        assert row.paper == MODELS[row.model].paper and row.spec.title
+    md = write_table(load_runs([tmp_path / "outputs"])[0], tmp_path / "rep")["md"].read_text()
+    assert "or the 6 residual blocks alone" in md  # from the ResNet runs' residual_blocks
+
+
+def test_table_keys_are_record_fields():
+    settings = record.names(record.Metrics, record.SETTING)
+    measures = record.names(record.Metrics, record.MEASURE)
+    assert set(T.SOLVER_KEYS + T.SCALE_KEYS) <= set(settings)
+    assert set(T.AVERAGED) <= set(measures)
+
+
+def _bad_files(root):
+    """Next to good runs: an empty, a truncated, a foreign and a mistyped metrics.json."""
+    for name, text in [("empty", ""), ("truncated", '{"model": "odenet", "stat'),
+                       ("foreign", '{"loss": 0.1, "accuracy": 0.99}'),
+                       ("mistyped", json.dumps(metrics_record(test_error="0.01")))]:
+        (root / name).mkdir(parents=True)
+        (root / name / "metrics.json").write_text(text)
+
+
+def test_invalid_files_are_listed_not_fatal(tmp_path, four_models, capsys):
+    out_root = tmp_path / "outputs"
+    _bad_files(out_root / "bad")
+    out = tmp_path / "rep"
+    assert main([str(out_root), "--out", str(out)]) == 0
+    std = capsys.readouterr()
+    assert "5 row(s) from 7 finished run(s), 2 not finished" in std.out
+    assert "4 invalid file(s) listed" in std.out
+    assert std.err.count("\n") == 4 and "not read:" in std.err
+    md = (out / "table.md").read_text()
+    listed = md.split("## Runs not in the table")[1]
+    for name, why in [("empty", "not valid JSON"), ("truncated", "not valid JSON"),
+                      ("foreign", "missing key 'model'"),
+                      ("mistyped", "test_error = '0.01' is not float or null")]:
+        line = next(x for x in listed.splitlines() if f"/bad/{name}/metrics.json" in x)
+        assert why in line, (name, line)
+    excl = _csv(out / "excluded_runs.csv")
+    assert sorted(r["status"] for r in excl) == ["failed", "invalid", "invalid", "invalid",
+                                                 "invalid", "running"]
+    # the valid rows are those of the good runs alone
+    assert len(_csv(out / "table.csv")) == 5
+
+
+def test_non_numeric_test_error_is_invalid_not_dropped(make_run, tmp_path):
+    make_run("good", test_error=0.01)
+    bad = make_run("bad", test_error=0.02)
+    m = json.loads((bad / "metrics.json").read_text())
+    m["test_error"] = "n/a"
+    (bad / "metrics.json").write_text(json.dumps(m))
+    runs, invalid = load_runs([tmp_path / "outputs"])
+    assert [r.dir.name for r in runs] == ["good"]
+    assert [(b.path, b.reason) for b in invalid] == [
+        (bad / "metrics.json", "invalid metrics.json: test_error = 'n/a' is not float or null")]
 
 
 def test_seeds_with_different_scale_are_not_averaged(make_run, tmp_path):
     make_run("a", epochs_planned=2, epochs=2, test_error=0.01)
     make_run("b", epochs_planned=160, epochs=160, test_error=0.004)
     make_run("c", experiment="paper", test_error=0.005)
-    rows, _ = build_rows(load_runs([tmp_path / "outputs"]))
+    rows, _ = build_rows(load_runs([tmp_path / "outputs"])[0])
     assert len(rows) == 3 and all(len(r.runs) == 1 for r in rows)
 
 
@@ -140,7 +198,7 @@ def test_runs_of_other_tasks_are_not_table1(make_run, tmp_path, capsys):
     make_run("old", test_error=0.03)  # no task key: a classification run
     make_run("cnf", task="density", model="cnf", test_error=None)
     make_run("cnf_failed", task="density", model="cnf", status="failed")
-    rows, excluded = build_rows(load_runs([tmp_path / "outputs"]))
+    rows, excluded = build_rows(load_runs([tmp_path / "outputs"])[0])
     assert [len(r.runs) for r in rows] == [2] and excluded == []
     assert main([str(tmp_path / "outputs"), "--out", str(tmp_path / "rep")]) == 0
     assert "2 run(s) of other tasks left out" in capsys.readouterr().out

@@ -1,0 +1,142 @@
+"""Every figure odenet draws, in one place: ``FIGURES``, one ``Figure`` per entry.
+
+An entry says which runs the figure reads (``task``: the runs of that task), how it is
+drawn and what it writes, and its caption (report.md). ``odenet figures``, ``odenet
+reproduce`` and the tests iterate over it. Drawing functions are ``"module:function"``
+strings, imported when the figure is drawn: the MNIST figures are the report's
+(odenet/report/figures.py, torch-free); the density figures rebuild models from
+checkpoints (odenet/cnf/figures.py, torch), so this module sits above report and cnf.
+
+Adding a figure: its rows and draw functions (or one write function) and an entry here
+(DEVELOPERS.md, "Where a change goes").
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from odenet.record import CLASSIFY, DENSITY
+from odenet.report._args import ArgumentParser
+from odenet.report.figures import NoData, write_csv
+from odenet.report.runs import ReportError, Run, load_runs, print_invalid
+
+DEFAULT_OUT = "outputs/report/latest"
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure. Either ``rows`` + ``draw``: ``rows(runs) -> list[dict]`` (the data, and
+    the CSV when ``csv``), ``draw(rows, png_path)`` (raises NoData when there is nothing
+    to draw); or ``write`` alone: ``write(runs, out_dir) -> ({name: png}, {name: why
+    skipped})`` for a figure that makes one file per dataset."""
+
+    name: str
+    caption: str
+    task: str  # the figure reads the runs of this task (odenet/record.py)
+    rows: str | None = None
+    draw: str | None = None
+    write: str | None = None
+    csv: bool = True
+
+    def select(self, runs: Sequence[Run]) -> list[Run]:
+        return [r for r in runs if r.metrics.get("task") == self.task]
+
+    def make(self, runs: Sequence[Run], out_dir: str | Path
+             ) -> tuple[dict[str, Path], dict[str, str]]:
+        """Draw it from the runs it reads among ``runs``: ({name: png}, {name: why not})."""
+        out, runs = Path(out_dir), self.select(runs)
+        if self.write:
+            return _load(self.write)(runs, out)
+        rows = _load(self.rows)(runs)
+        try:
+            _load(self.draw)(rows, out / f"{self.name}.png")
+        except NoData as e:
+            return {}, {self.name: str(e)}
+        if self.csv:
+            write_csv(out / f"{self.name}.csv", rows)
+        return {self.name: out / f"{self.name}.png"}, {}
+
+
+_R = "odenet.report.figures"
+FIGURES: dict[str, Figure] = {f.name: f for f in (
+    Figure("fig3a", "Fig. 3a: NFE forward vs numerical error of the trained ODE-Net's block "
+           "(re-solved at each tolerance; error against a float64 reference solve).",
+           CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3a"),
+    Figure("fig3b", "Fig. 3b: NFE forward vs relative wall time of the forward pass.",
+           CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3b"),
+    Figure("fig3c", "Fig. 3c: NFE forward vs NFE backward over training iterations (the "
+           "paper reported backward ≈ half of forward with LSODE; contested for dopri5 — "
+           "this is what we measured).", CLASSIFY, f"{_R}:fig3c_rows", f"{_R}:draw_fig3c"),
+    Figure("fig3d", "Fig. 3d: NFE forward during training.",
+           CLASSIFY, f"{_R}:fig3d_rows", f"{_R}:draw_fig3d"),
+    Figure("memory", "Measured activation memory (saved for backward) of the ODE block / "
+           "residual blocks vs NFE or depth: the O(1) / O(L~) / O(L) of Table 1.",
+           CLASSIFY, f"{_R}:memory_rows", f"{_R}:draw_memory"),
+    # density_<dataset>.png (target | planar | CNF, the paper's Figure 4) and
+    # flow_<dataset>.png (noise to data over t, Figures 5/6), from checkpoints; no CSV
+    Figure("density", "Density models on 2-D data: target, planar flow and CNF (Fig. 4), "
+           "and the CNF's flow from noise to data (Figs. 5/6).", DENSITY,
+           write="odenet.cnf.figures:write_density_figures", csv=False),
+)}
+
+
+def of_task(task: str) -> list[Figure]:
+    return [f for f in FIGURES.values() if f.task == task]
+
+
+def write_figures(runs: Sequence[Run], out_dir: str | Path,
+                  which: Sequence[str] = tuple(FIGURES)
+                  ) -> tuple[dict[str, Path], dict[str, str]]:
+    """Draw the figures named in ``which``; return ({name: png path}, {name: why skipped})."""
+    written, skipped = {}, {}
+    for name in which:
+        w, s = FIGURES[name].make(runs, out_dir)
+        written.update(w)
+        skipped.update(s)
+    return written, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(
+        prog="odenet figures",
+        description="Figure 3 (a)-(d), memory.png (each with its CSV) and the density "
+                    "figures from run directories (metrics.json, history.jsonl, "
+                    "evaluation.json, checkpoint.pt below RUN_DIRS).")
+    ap.add_argument("run_dirs", nargs="*", default=["outputs"], metavar="RUN_DIRS",
+                    help="directories searched recursively for runs (default: outputs)")
+    ap.add_argument("--out", default=DEFAULT_OUT,
+                    help=f"where the PNG and CSV files go (default: {DEFAULT_OUT})")
+    ap.add_argument("--only", action="append", choices=list(FIGURES), metavar="NAME",
+                    help=f"draw only this figure (repeatable): {', '.join(FIGURES)}")
+    args = ap.parse_args(argv)
+    try:
+        runs, invalid = load_runs(args.run_dirs)
+    except ReportError as e:
+        print(f"odenet figures: error: {e}", file=sys.stderr)
+        return 1
+    print_invalid("odenet figures", invalid)
+    written, skipped = write_figures(runs, args.out, args.only or list(FIGURES))
+    for name, why in skipped.items():
+        print(f"odenet figures: {name} skipped: {why}", file=sys.stderr)
+    if not written:
+        print("odenet figures: error: no figure could be drawn from the runs found",
+              file=sys.stderr)
+        return 1
+    with_csv = any(FIGURES[n].csv for n in written if n in FIGURES)
+    print(f"odenet figures: wrote {', '.join(p.name for p in written.values())}"
+          f"{' (+ CSV)' if with_csv else ''} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
