@@ -84,8 +84,6 @@ class CNF(nn.Module):
     last_step.
     """
 
-    kind = "cnf"
-
     def __init__(
         self,
         field: nn.Module,
@@ -118,6 +116,10 @@ class CNF(nn.Module):
     @property
     def field(self) -> nn.Module:
         return self.dynamics.field
+
+    def size_label(self) -> str:
+        """Its size in a figure's title, e.g. M=64 (the hypernetwork's width)."""
+        return self.field.size_label()
 
     @property
     def stats(self) -> SolveStats:

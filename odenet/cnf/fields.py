@@ -52,6 +52,9 @@ class HyperField(nn.Module):
         b = p[3 * bs :]
         return w, b, u * torch.sigmoid(g)
 
+    def size_label(self) -> str:
+        return f"M={self.width}"
+
     def forward(self, t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
         # (1/M) Σ_m u_m tanh(w_mᵀz + b_m) for every row of z, as two matrix products
         # (the reference's batched (M, B, 1) products compute the same, several times slower)
@@ -78,8 +81,12 @@ class ConcatField(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; one of {', '.join(ACTIVATIONS)}")
         sizes = [dim, *hidden, dim]
+        self.hidden = tuple(hidden)
         self.layers = nn.ModuleList(ConcatLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.act = ACTIVATIONS[activation]()
+
+    def size_label(self) -> str:
+        return f"{len(self.hidden)}x{self.hidden[0]}" if self.hidden else "linear"
 
     def forward(self, t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
         h = z

@@ -172,21 +172,19 @@ def write_density_figures(runs: Sequence[Any], out_dir: str | Path
             test = datasets.sample(ds, 5000, [0, 2])
             floor = f", NLL {-datasets.log_density(ds, test).mean().item():.3f}"
         panels = [(f"target{floor}", target_density(ds, lim))]
-        for kind in ("planar", "cnf"):  # the paper's Figure 4, left to right
-            if kind in models:
-                model, cfg, _ = load_model(Path(models[kind].dir) / CHECKPOINT)
-                label = MODELS[kind].title
-                m = cfg["model"]
-                size = f"K={m['layers']}" if kind == "planar" else (
-                    f"M={m['width']}" if m["field"] == "hyper" else f"{m['depth']}x{m['width']}")
-                panels.append((f"{label} {size}{_nll(models[kind])}", model_density(model, lim)))
+        # the paper's Figure 4, left to right: the baseline flows, then the ODE-based ones
+        kinds = sorted(models, key=lambda k: (MODELS[k].ode_block, k))
+        flows = [k for k in kinds if MODELS[k].ode_block]
+        nets = {k: load_model(Path(models[k].dir) / CHECKPOINT)[0] for k in kinds}
+        for kind in kinds:
+            panels.append((f"{MODELS[kind].title} {nets[kind].size_label()}"
+                           f"{_nll(models[kind])}", model_density(nets[kind], lim)))
         name = f"density_{ds}"
         draw_density_comparison(ds, panels, out / f"{name}.png")
         written[name] = out / f"{name}.png"
-        if "cnf" in models:
-            model, _, _ = load_model(Path(models["cnf"].dir) / CHECKPOINT)
-            draw_flow(model, ds, out / f"flow_{ds}.png")
+        if flows:  # noise to data over t: the continuous flow (the first, if several)
+            draw_flow(nets[flows[0]], ds, out / f"flow_{ds}.png")
             written[f"flow_{ds}"] = out / f"flow_{ds}.png"
         else:
-            skipped[f"flow_{ds}"] = "no finished CNF run"
+            skipped[f"flow_{ds}"] = "no finished continuous flow (model with an ODE block)"
     return written, skipped

@@ -21,8 +21,6 @@ from odenet.cnf.base import normal_log_prob
 
 
 class PlanarFlow(nn.Module):
-    kind = "planar"
-
     def __init__(self, dim: int = 2, layers: int = 32, base_std: float = 1.0,
                  init_std: float = 0.5):
         super().__init__()
@@ -34,6 +32,10 @@ class PlanarFlow(nn.Module):
         self.u = nn.Parameter(init_std * torch.randn(layers, dim))
         self.w = nn.Parameter(init_std * torch.randn(layers, dim))
         self.b = nn.Parameter(torch.zeros(layers))
+
+    def size_label(self) -> str:
+        """Its size in a figure's title: K layers."""
+        return f"K={self.n_layers}"
 
     def u_hat(self) -> torch.Tensor:
         """û for all layers, (K, D): u corrected so that wᵀû ≥ −1 (invertibility)."""
