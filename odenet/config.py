@@ -92,7 +92,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    experiment_name: str = "default"  # set by configs/experiment/*.yaml
+    experiment_name: str = "custom"  # set by configs/experiment/*.yaml
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads; None: torch's default

@@ -198,3 +198,15 @@ def test_per_model_experiment_deltas_apply_automatically(option):
     # the command line still wins
     assert compose([f"experiment={experiment}", f"model={model}",
                     "optim.epochs=3"]).optim.epochs == 3
+
+
+def test_yaml_and_schema_defaults_agree():
+    """Defaults are written in configs/ and in the schemas (which also fill settings an
+    old checkpoint lacks): composing the default files gives the schemas' defaults."""
+    from odenet.registry import MODELS
+
+    assert OmegaConf.to_container(compose([])) == OmegaConf.to_container(to_config({}))
+    for name, spec in MODELS.items():
+        pre = ["experiment=cnf_moons"] if spec.task == "density" else []
+        assert OmegaConf.to_container(compose([*pre, f"model={name}"]).model) == \
+            OmegaConf.to_container(model_config({"name": name})), name
