@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> Path:
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (str: UTF-8) to ``path`` atomically, with the usual mode (0666 less
+    the umask); creates the parent directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = data.encode("utf-8") if isinstance(data, str) else data
@@ -25,7 +27,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) 
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp creates 0600
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -38,6 +40,12 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """JSON (indent 1, no NaN: the caller turns non-finite numbers into null)."""
     return write_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(d: Path) -> None:

