@@ -72,6 +72,9 @@ class Metrics:
                                       "training iteration", "MiB", from_epoch=True)
     activation_block_mib: float | None = _f(MEASURE, "saved for backward by the ODE block "
                                             "or the residual blocks", "MiB", from_epoch=True)
+    activation_nfe_forward: int | None = _f(MEASURE, "NFE-F of the iteration whose "
+                                            "activations were measured", "evaluations",
+                                            from_epoch=True)
     cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB", from_epoch=True)
     rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB",
                                     from_epoch=True)
@@ -127,6 +130,8 @@ class EpochRecord:
     test_nfe_forward_mean: float | None = _f(MEASURE, "NFE per test batch", "evaluations")
     activation_mib: float | None = _f(MEASURE, "saved for backward, whole model", "MiB")
     activation_block_mib: float | None = _f(MEASURE, "saved for backward, blocks", "MiB")
+    activation_nfe_forward: int | None = _f(MEASURE, "NFE-F of the measured iteration",
+                                            "evaluations")
     rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB")
     cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB")
     loss: float | None = _f(MEASURE, "mean training loss")

@@ -58,13 +58,14 @@ class Progress:
     nfe_b: int = 0
     sums: dict[str, float] = field(default_factory=dict)
     times: list[float] = field(default_factory=list)
-    activation: list[float | None] = field(default_factory=lambda: [None, None])
+    # activations of the epoch's measured iteration: whole model, blocks, its NFE-F
+    activation: list[float | None] = field(default_factory=lambda: [None, None, None])
     epoch_seconds: float = 0.0
     history_bytes: int = 0
 
     def new_epoch(self) -> None:
         self.loss_sum, self.iters, self.nfe_f, self.nfe_b = 0.0, 0, 0, 0
-        self.sums, self.times, self.activation = {}, [], [None, None]
+        self.sums, self.times, self.activation = {}, [], [None, None, None]
         self.epoch_seconds = 0.0
 
     def state(self) -> dict[str, Any]:
@@ -178,7 +179,8 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
                     for k, v in step.sums.items():
                         prog.sums[k] = prog.sums.get(k, 0) + v
                     if measure_now:  # its time includes the census: not a timing sample
-                        prog.activation = [step.activation_mib, step.activation_block_mib]
+                        prog.activation = [step.activation_mib, step.activation_block_mib,
+                                           step.nfe_forward]
                         measure_now = False
                     else:
                         prog.times.append(step.seconds)
@@ -215,6 +217,7 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
                     else None,
                     test_nfe_forward_mean=test["nfe_forward_mean"],
                     activation_mib=prog.activation[0], activation_block_mib=prog.activation[1],
+                    activation_nfe_forward=prog.activation[2],
                     rss_peak_mib=measure.rss_peak_mib(),
                     cuda_peak_mib=measure.cuda_peak_mib(device),
                     loss=prog.loss_sum / prog.iters if prog.iters else None,
@@ -400,6 +403,7 @@ def _resume(path: Path, cfg, model, optimizer, scheduler) -> Progress:
     scheduler.load_state_dict(ck["scheduler"])
     set_rng_state(ck["rng"])
     prog = Progress(**ck["progress"])
+    prog.activation = [*prog.activation, None][:3]  # checkpoints before activation NFE had 2
     log.info("resuming from %s at epoch %d, iteration %d", path, prog.epoch, prog.batch)
     return prog
 
