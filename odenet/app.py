@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from odenet.config import ConfigError, to_config, unknown_key_line
@@ -26,14 +28,24 @@ CONFIG_NAME = "config"
 
 def compose(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> Any:
     """Compose ``configs/`` with Hydra's compose API and validate (the Python API, tests)."""
+    return _compose(overrides, config_name)[0]
+
+
+def _compose(overrides: Sequence[str], config_name: str = CONFIG_NAME,
+             with_hydra: bool = False) -> tuple[Any, Any]:
+    """(validated config, Hydra's own node or None)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-    return to_config(cfg)
+        raw = hydra_compose(config_name=config_name, overrides=list(overrides),
+                            return_hydra_config=with_hydra)
+    if not with_hydra:
+        return to_config(raw), None
+    return to_config(OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"])), raw.hydra
 
 
 def error_line(exc: BaseException) -> str:
@@ -97,11 +109,13 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
-def preflight(argv: list[str]) -> str | None:
-    """Compose and validate every job of the command line; one line per problem, or None.
+def preflight(argv: list[str]) -> tuple[str, int] | None:
+    """Compose and validate every job of the command line, and check its run directory;
+    (one line, exit status) when the command should stop here, else None.
 
-    Runs before Hydra takes over, so that a bad config or missing data ends with one
-    clear line (and exit code 2) instead of Hydra's multi-line report.
+    Runs before Hydra takes over (and writes .hydra/ into the run directory), so that a
+    bad config, missing data or a run directory that cannot be used ends with one clear
+    line and exit status 2, and leaves every file as it was.
     """
     from odenet.data import DataError, require_raw
     from odenet.registry import CLASSIFY, spec
@@ -112,21 +126,80 @@ def preflight(argv: list[str]) -> str | None:
         return None
     try:
         jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
-        roots = set()
-        for job in jobs:
-            cfg = compose(job, config_name=args.config_name or CONFIG_NAME)
-            if spec(cfg.model.name).task == CLASSIFY:
-                roots.add(cfg.data.root)
+        composed = [_compose(job, args.config_name or CONFIG_NAME, with_hydra=True)
+                    for job in jobs]
     except Exception as e:  # noqa: BLE001 - every composition error becomes one line
-        return error_line(e)
+        return error_line(e), 2
     if args.cfg:  # --cfg job|hydra|all only prints
         return None
-    for root in sorted(roots):
+    for root in sorted({cfg.data.root for cfg, _ in composed
+                        if spec(cfg.model.name).task == CLASSIFY}):
         try:
             require_raw(root)
         except DataError as e:
-            return str(e)
+            return str(e), 2
+    given = {o.split("=", 1)[0].lstrip("+~") for o in args.overrides if "=" in o}
+    finished = []
+    for i, (cfg, hydra_node) in enumerate(composed):
+        try:
+            out = _job_dir(hydra_node, i, args.multirun, given)
+            if out is None:  # a directory Hydra names by the time: new, check its base
+                _check_writable(Path(hydra_node.sweep.dir if args.multirun
+                                     else hydra_node.run.dir))
+            elif _check_run_dir(cfg, out, claim=not args.multirun):
+                finished.append(str(out))
+        except ConfigError as e:
+            return str(e), 2
+    if finished and len(finished) == len(composed):
+        return (f"odenet train: nothing to do: {', '.join(finished)} finished (resume=true "
+                "continues only a run that has epochs left; raise optim.epochs for more)", 0)
     return None
+
+
+def _job_dir(hydra_node: Any, index: int, multirun: bool, given: set[str]) -> Path | None:
+    """Where job ``index`` writes, when the command line fixes it (``given`` holds
+    hydra.run.dir, or hydra.sweep.dir with the default numbered subdirectories)."""
+    from omegaconf import OmegaConf
+
+    if not multirun:
+        return Path(hydra_node.run.dir) if "hydra.run.dir" in given else None
+    subdir = OmegaConf.to_container(hydra_node.sweep, resolve=False).get("subdir")
+    if "hydra.sweep.dir" in given and subdir == "${hydra.job.num}":
+        return Path(hydra_node.sweep.dir) / str(index)
+    return None
+
+
+def _check_writable(path: Path) -> None:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"run directory {path}: {p} is a file, not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"run directory {path}: cannot write in {p} (read-only file "
+                          "system or no permission)")
+
+
+def _check_run_dir(cfg: Any, out: Path, claim: bool) -> bool:
+    """ConfigError where ``cfg`` cannot run in ``out``; True when it has nothing to do
+    (resume=true on a finished run). ``claim``: keep ``out`` locked for this process, so
+    that nobody else starts there before Hydra does."""
+    from odenet import rundir, train
+
+    _check_writable(out)
+    if rundir.is_claimed(out):
+        rundir.claim(out)  # raises the one line that names the owner
+    if cfg.resume:
+        if (out / "checkpoint.pt").is_file():
+            train.check_resume(cfg, out)
+        if train.finished(out, cfg) is not None:
+            return True
+    elif rundir.holds_run(out) and not cfg.overwrite:
+        raise ConfigError(f"{out} already holds a run: resume=true continues it, "
+                          "overwrite=true deletes it and starts afresh")
+    if claim:
+        rundir.claim(out)
+    return False
 
 
 _STATUSES: list[str] = []  # statuses of the jobs run in this process
@@ -156,10 +229,14 @@ def train_main(argv: list[str] | None = None) -> int:
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    err = preflight(argv)
-    if err:
-        print(f"odenet train: error: {err}", file=sys.stderr)
-        return 2
+    stop = preflight(argv)
+    if stop:
+        line, code = stop
+        if code:
+            print(f"odenet train: error: {line}", file=sys.stderr)
+        else:
+            print(line)
+        return code
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",
                      config_name=CONFIG_NAME)(_train_job)
     _STATUSES.clear()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +97,8 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads; None: torch's default
-    resume: bool = False
+    resume: bool = False  # continue the run in the run directory
+    overwrite: bool = False  # delete the run in the run directory and start afresh
     # the chosen model's schema (odenet/registry.py), set by to_config
     model: Any = field(default_factory=ODENetConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -249,8 +251,23 @@ def _validate_solver(s: Any, model: str) -> None:
          f"solver.method={s.method} is a fixed-grid method: set solver.step_size (e.g. 0.25)")
 
 
+def _finite(node: Any, prefix: str = "") -> None:
+    """Every number of the config is finite (optim.lr=inf, 1e400 or nan: ConfigError)."""
+    for k, v in node.items():
+        if isinstance(v, DictConfig):
+            _finite(v, f"{prefix}{k}.")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{prefix}{k}={v} is not a finite number")
+        elif OmegaConf.is_list(v) and any(isinstance(x, float) and not math.isfinite(x)
+                                          for x in v):
+            raise ConfigError(f"{prefix}{k}={list(v)} holds a number that is not finite")
+
+
 def _validate(c: Any) -> None:
+    _finite(c)
     need(c.seed >= 0, f"seed must be >= 0 (got {c.seed})")
+    need(not (c.resume and c.overwrite), "resume=true and overwrite=true contradict each "
+         "other: continue the run in the directory, or delete it and start afresh")
     dev = c.device
     need(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
          f"device={dev!r} is not one of: auto, cpu, cuda, cuda:N")

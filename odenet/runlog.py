@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,7 @@ class Bars:
     def __init__(self, progress: str):
         # None: tqdm shows a bar only on a terminal
         self.disable = {"auto": None, "always": False, "never": True}[progress]
+        self.shown = self.disable is False or (self.disable is None and sys.stderr.isatty())
 
     def __enter__(self) -> Bars:
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -154,3 +157,34 @@ class Bars:
 
     def eval(self, total: int, name: str):
         return self._bar(total=total, desc=f"eval {name}", unit="batch", leave=False)
+
+
+class Heartbeat:
+    """Without a bar on a terminal, a line in the log (train.log) at most every ``every``
+    seconds: where the run is, its loss, NFE, seconds per iteration and the time left
+    for the training iterations (evaluations not included)."""
+
+    def __init__(self, enabled: bool, every: float = 60.0):
+        self.enabled, self.every = enabled, every
+        self.last = time.monotonic()
+        self.iters, self.seconds = 0, 0.0
+
+    def tick(self, epoch: int, epochs: int, batch: int, ipe: int, loss: float,
+             nfe: tuple[int | None, int | None], seconds: float) -> None:
+        self.iters += 1
+        self.seconds += seconds
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.every:
+            return
+        self.last = now
+        per_iter = self.seconds / self.iters
+        left = ((epochs - epoch - 1) * ipe + ipe - batch) * per_iter
+        nfe_text = "" if nfe[0] is None else f", NFE {nfe[0]}/{nfe[1]}"
+        log.info("epoch %d/%d, iteration %d/%d, loss %.4f%s, %.3f s/iter, ETA %s",
+                 epoch + 1, epochs, batch, ipe, loss, nfe_text, per_iter, _hms(left))
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"

@@ -28,19 +28,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from odenet import checkpoint, measure, optim, record
+from odenet import checkpoint, measure, optim, record, rundir
 from odenet.config import ConfigError, as_dict, to_config
 from odenet.models import build_model, measured_blocks, reset_solver_stats, solver_stats
 from odenet.registry import spec
-from odenet.runlog import Bars, RunLog, last_epoch, log_epoch
+from odenet.runlog import Bars, Heartbeat, RunLog, last_epoch, log_epoch
 from odenet.runtime import git_commit, resolve_device, rng_state, seed_everything, set_rng_state
 from odenet.solvers import FIXED_METHODS, SolverError
 from odenet.tasks import TASKS, Task
 
 log = logging.getLogger("odenet.train")
 
-# config keys a resumed run may change (everything else must match the checkpoint)
-RESUMABLE_CHANGES = ("optim.epochs", "train", "threads", "device", "resume")
+# config keys a resumed run may change: what does not change the weights' trajectory
+# (more epochs extend it; threads and device change rounding only). Everything else,
+# train.max_iters_per_epoch included, must match the checkpoint.
+RESUMABLE_CHANGES = ("optim.epochs", "train.log_every", "train.train_eval_size",
+                     "train.stop_after_iters", "train.measure_memory", "train.tensorboard",
+                     "train.progress", "threads", "device", "resume", "overwrite")
 
 
 @dataclass
@@ -95,10 +99,37 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     interrupted run: ``status`` says what happened and ``reason`` why. Raises
     ConfigError/DataError before anything is written if the run cannot start.
     """
-    global last_signal
     cfg = to_config(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"run directory {out}: {e.strerror or e}") from None
+    rundir.claim(out)  # one owner: a second training into out is refused here
+    try:
+        return _run(cfg, out)
+    finally:
+        rundir.release(out)
+
+
+def _run(cfg: Any, out: Path) -> dict[str, Any]:
+    global last_signal
+    rundir.remove_orphans(out)
+    ck = None  # the checkpoint to continue from
+    if cfg.resume:
+        if (out / checkpoint.CHECKPOINT).is_file():
+            ck = check_resume(cfg, out)
+        done = finished(out, cfg)
+        if done is not None:
+            log.info("resume=true: the run in %s has finished its %d epochs; nothing to do",
+                     out, done["epochs"])
+            return done
+    elif rundir.holds_run(out):
+        if not cfg.overwrite:
+            raise ConfigError(f"{out} already holds a run: resume=true continues it, "
+                              "overwrite=true deletes it and starts afresh")
+        log.warning("overwrite=true: deleted %s of the run in %s",
+                    ", ".join(rundir.clear(out)), out)
     t_start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -119,9 +150,9 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     # ---- a new run, or the one in out_dir continued
     prog = Progress()
     ckpt_path = out / checkpoint.CHECKPOINT
-    resumed = cfg.resume and ckpt_path.is_file()
+    resumed = ck is not None
     if resumed:
-        prog = _resume(ckpt_path, cfg, model, optimizer, scheduler)
+        prog = _resume(ck, model, optimizer, scheduler)
     elif cfg.resume:
         log.warning("resume=true but there is no %s in %s: starting from scratch",
                     checkpoint.CHECKPOINT, out)
@@ -143,6 +174,8 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
              os.environ.get("GOMP_SPINCOUNT", "-"))
     runlog.metrics(metrics)
 
+    saved = {"epoch": prog.epoch}  # what checkpoint.pt holds: metrics.json never claims more
+
     def save() -> None:
         prog.history_bytes = runlog.history_bytes
         checkpoint.save(ckpt_path, {
@@ -150,6 +183,7 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
             "scheduler": scheduler.state_dict(), "epoch": prog.epoch, "batch": prog.batch,
             "progress": prog.state(), "rng": rng_state(), "config": as_dict(cfg),
             "torch_version": str(torch.__version__)})
+        saved["epoch"] = prog.epoch
 
     # ---- the loop
     status, reason, signum = "running", None, None
@@ -157,6 +191,7 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     t_epoch = time.perf_counter()
     try:
         with _Signals() as sig, Bars(cfg.train.progress) as bars:
+            heartbeat = Heartbeat(enabled=not bars.shown)
             epoch_bar = bars.epochs(cfg.optim.epochs, prog.epoch)
             while prog.epoch < cfg.optim.epochs:
                 epoch = prog.epoch
@@ -192,6 +227,8 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
                             steps_rejected=step.steps_rejected, seconds=step.seconds, lr=lr))
                     batch_bar.update(1)
                     batch_bar.set_postfix(step.postfix(), refresh=False)
+                    heartbeat.tick(epoch, cfg.optim.epochs, prog.batch, ipe, step.loss,
+                                   (step.nfe_forward, step.nfe_backward), step.seconds)
                     session_iters += 1
                     stop_after = cfg.train.stop_after_iters
                     if stop_after is not None and session_iters >= stop_after:
@@ -248,8 +285,8 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
         t_start = time.perf_counter()
         save()
         log.warning("interrupted (%s) at epoch %d, iteration %d/%d: checkpoint saved to %s; "
-                    "continue with resume=true hydra.run.dir=%s", e.reason, prog.epoch,
-                    prog.batch, ipe, ckpt_path, out)
+                    "continue with: %s", e.reason, prog.epoch, prog.batch, ipe, ckpt_path,
+                    rundir.resume_command(out))
     except KeyboardInterrupt:
         status, reason, signum = "interrupted", "SIGINT twice: stopped at once", signal.SIGINT
         log.warning("interrupted at once: the last checkpoint (%s, epoch boundary) is "
@@ -264,9 +301,12 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
         reason += f" (epoch {prog.epoch}, iteration {prog.batch})"
         log.exception("run failed: %s", reason)
     finally:
-        metrics.status, metrics.reason, metrics.epochs = status, reason, prog.epoch
+        metrics.status, metrics.reason, metrics.epochs = status, reason, saved["epoch"]
         metrics.wall_seconds = prog.wall + time.perf_counter() - t_start
-        runlog.metrics(metrics)
+        try:
+            runlog.metrics(metrics)
+        except OSError as e:  # e.g. the disk filled up: say so, keep the last metrics.json
+            log.error("cannot write %s: %s", out / record.METRICS, e.strerror or e)
         runlog.close(metrics, task.metric)
     last_signal = signum  # for the command's exit code
     return record.to_json(metrics)
@@ -388,23 +428,50 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _resume(path: Path, cfg, model, optimizer, scheduler) -> Progress:
+def finished(out: Path, cfg: Any) -> dict | None:
+    """The metrics of the run in ``out`` if it has finished ``cfg``'s epochs, else None."""
+    try:
+        m = record.read_metrics(out / record.METRICS)
+    except record.RecordError:
+        return None
+    return m if m["status"] == "finished" and m["epochs"] >= cfg.optim.epochs else None
+
+
+def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
+    """The checkpoint in ``out`` if ``cfg`` may continue it: a training checkpoint, the
+    same settings but RESUMABLE_CHANGES, its history intact. ConfigError otherwise."""
+    path = out / checkpoint.CHECKPOINT
     try:
         ck = checkpoint.load(path)
     except checkpoint.CheckpointError as e:
         raise ConfigError(f"resume=true: {e}") from None
+    missing = [k for k in ("optimizer", "scheduler", "rng", "progress") if k not in ck]
+    if missing:
+        raise ConfigError(f"resume=true: {path} is not a training checkpoint "
+                          f"(no {', '.join(missing)})")
     diff = [k for k in _config_diff(ck["config"], as_dict(cfg))
             if not any(k == a or k.startswith(a + ".") for a in RESUMABLE_CHANGES)]
     if diff:
         raise ConfigError(f"resume=true: {path} was written with other settings for "
                           f"{', '.join(diff)} (only {', '.join(RESUMABLE_CHANGES)} may change)")
+    hist = out / record.HISTORY
+    need = ck["progress"].get("history_bytes", 0)
+    have = hist.stat().st_size if hist.exists() else None
+    if have is None or have < need:
+        what = "is missing" if have is None else f"has {have} of the {need} bytes it had"
+        raise ConfigError(f"resume=true: {hist} {what} when {path} was saved; the run's "
+                          "history cannot continue (overwrite=true starts afresh)")
+    return ck
+
+
+def _resume(ck: dict[str, Any], model, optimizer, scheduler) -> Progress:
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
     set_rng_state(ck["rng"])
     prog = Progress(**ck["progress"])
     prog.activation = [*prog.activation, None][:3]  # checkpoints before activation NFE had 2
-    log.info("resuming from %s at epoch %d, iteration %d", path, prog.epoch, prog.batch)
+    log.info("resuming at epoch %d, iteration %d", prog.epoch, prog.batch)
     return prog
 
 

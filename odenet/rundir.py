@@ -1,0 +1,133 @@
+"""A run directory has one owner and one history.
+
+- ``claim(out)``: an exclusive lock on ``out/.lock`` (``fcntl.flock``), held for the life
+  of the process or until ``release``; the operating system drops it when the process
+  dies, so a killed run never leaves a stale lock. A second training into a directory
+  that is claimed is refused in one line.
+- ``holds_run(out)``: the directory already has a run's records; starting another one
+  there needs ``resume=true`` (continue it) or ``overwrite=true`` (``clear``: its records
+  are deleted, Hydra's ``.hydra/`` and ``train.log`` are kept and written anew).
+- ``is_claimed(out)``: whether a live process owns it (a run whose metrics.json says
+  ``running`` but that nobody owns was killed).
+
+Standard library only: the reports use ``is_claimed`` too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from odenet.errors import ConfigError
+from odenet.record import EVALUATION, HISTORY, METRICS
+
+LOCK = ".lock"
+CHECKPOINT = "checkpoint.pt"  # as odenet.checkpoint.CHECKPOINT (which imports torch)
+TENSORBOARD = "tb"
+# what a run writes (Hydra's .hydra/ and train.log are Hydra's own, rewritten per launch)
+RECORDS = (METRICS, HISTORY, CHECKPOINT, EVALUATION, TENSORBOARD)
+
+_held: dict[Path, int] = {}  # directories this process has claimed -> lock file descriptor
+
+
+def claim(out: str | os.PathLike) -> None:
+    """Lock ``out`` for this process (again: a no-op); ConfigError if another owns it."""
+    out = Path(out).resolve()
+    if out in _held:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"run directory {out}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"run directory {out} is in use by another training (pid "
+                          f"{_owner(out) or '?'}); wait for it or choose another "
+                          "hydra.run.dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[out] = fd
+
+
+def release(out: str | os.PathLike) -> None:
+    fd = _held.pop(Path(out).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the lock
+
+
+def is_claimed(out: str | os.PathLike) -> bool:
+    """Whether a live process holds the lock of ``out``."""
+    out = Path(out).resolve()
+    if out in _held:
+        return True
+    try:
+        fd = os.open(out / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _owner(out: Path) -> str | None:
+    try:
+        return (out / LOCK).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def holds_run(out: str | os.PathLike) -> bool:
+    out = Path(out)
+    return any((out / name).exists() for name in (METRICS, HISTORY, CHECKPOINT))
+
+
+def clear(out: str | os.PathLike) -> list[str]:
+    """Delete the records of the run in ``out`` (overwrite=true); returns what went."""
+    gone = []
+    for name in RECORDS:
+        p = Path(out) / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        else:
+            continue
+        gone.append(name)
+    return gone
+
+
+def remove_orphans(out: str | os.PathLike) -> list[str]:
+    """Temporary files left by a process killed between write and rename (odenet/files.py
+    names them ``.<name>.<random>.tmp``); only call while owning ``out``."""
+    gone = []
+    for p in Path(out).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        gone.append(p.name)
+    return gone
+
+
+def launch_overrides(out: str | os.PathLike) -> list[str]:
+    """The command-line overrides the run in ``out`` was launched with (Hydra's record)."""
+    try:
+        lines = (Path(out) / ".hydra" / "overrides.yaml").read_text().splitlines()
+    except OSError:
+        return []
+    # Hydra writes a YAML list of strings, one "- item" per line
+    return [ln[2:].strip().strip("'\"") for ln in lines if ln.startswith("- ")]
+
+
+def resume_command(out: str | os.PathLike, overrides: list[str] | None = None) -> str:
+    """The complete command that continues the run in ``out``."""
+    keep = [o for o in (launch_overrides(out) if overrides is None else overrides)
+            if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite", "hydra.run.dir")]
+    return shlex.join(["odenet", "train", *keep, f"hydra.run.dir={out}", "resume=true"])

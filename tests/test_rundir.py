@@ -1,0 +1,199 @@
+"""A run directory has one owner and one history (issue 11): refusals are one line, exit
+status 2, and leave every file as it was."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from odenet import files, rundir
+from odenet.app import compose
+from odenet.config import ConfigError
+from odenet.runlog import Heartbeat
+from odenet.train import run
+
+TINY = ("experiment=smoke", "data.train_size=128", "data.test_size=64",
+        "train.train_eval_size=64", "train.tensorboard=false")
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    """Every file below d (the lock file's owner pid aside) with its bytes."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name != rundir.LOCK}
+
+
+def one_line_error(r, needle: str) -> None:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("odenet train: error: "), lines
+    assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def finished_run(cli, tmp_path, mnist_root):
+    out = tmp_path / "run"
+    args = [*TINY, "model=mlp", f"data.root={mnist_root}", f"hydra.run.dir={out}"]
+    r = cli("train", *args)
+    assert r.returncode == 0, r.stderr
+    (out / "evaluation.json").write_text("{}")  # as `odenet evaluate` would leave it
+    return out, args
+
+
+def test_a_finished_run_is_not_overwritten_by_a_plain_rerun(cli, finished_run):
+    out, args = finished_run
+    before = snapshot(out)
+    one_line_error(cli("train", *args), "already holds a run: resume=true continues it, "
+                                        "overwrite=true deletes it")
+    assert snapshot(out) == before  # .hydra/overrides.yaml included
+
+
+def test_resuming_a_finished_run_changes_nothing(cli, finished_run):
+    out, args = finished_run
+    before = snapshot(out)
+    r = cli("train", *args, "resume=true")
+    assert r.returncode == 0 and "nothing to do" in r.stdout and r.stderr == ""
+    assert snapshot(out) == before
+
+
+def test_a_refused_resume_leaves_the_launch_record(cli, finished_run):
+    out, args = finished_run
+    before = snapshot(out)
+    one_line_error(cli("train", *args, "resume=true", "train.max_iters_per_epoch=2"),
+                   "other settings for train.max_iters_per_epoch")
+    assert snapshot(out) == before
+
+
+def test_overwrite_deletes_the_old_run_first(cli, finished_run):
+    out, args = finished_run
+    old = json.loads((out / "metrics.json").read_text())
+    r = cli("train", *args, "overwrite=true", "seed=1")
+    assert r.returncode == 0, r.stderr
+    assert not (out / "evaluation.json").exists()  # the old run's evaluation is gone
+    new = json.loads((out / "metrics.json").read_text())
+    assert (old["seed"], new["seed"], new["status"]) == (0, 1, "finished")
+    assert "overwrite=true: deleted metrics.json, history.jsonl, checkpoint.pt, " \
+           "evaluation.json" in (out / "train.log").read_text()
+
+
+def test_a_second_training_into_a_run_directory_is_refused(cli, cli_popen, tmp_path,
+                                                           mnist_root):
+    out = tmp_path / "run"
+    args = [*TINY, "model=resnet", "optim.epochs=50", f"data.root={mnist_root}",
+            f"hydra.run.dir={out}"]
+    first = cli_popen("train", *args)
+    deadline = time.time() + 120
+    while not (out / "history.jsonl").is_file() or not (out / "history.jsonl").read_text():
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.2)
+    overrides = (out / ".hydra" / "overrides.yaml").read_bytes()
+    one_line_error(cli("train", *args, "overwrite=true"), "is in use by another training")
+    assert (out / ".hydra" / "overrides.yaml").read_bytes() == overrides
+    assert rundir.is_claimed(out)
+    first.kill()
+    first.wait()
+    assert not rundir.is_claimed(out)  # the OS dropped the lock with the process
+    assert json.loads((out / "metrics.json").read_text())["status"] == "running"  # killed
+
+
+def test_the_interruption_hint_is_a_complete_command(cli, tmp_path, mnist_root):
+    out = tmp_path / "run"
+    r = cli("train", *TINY, "model=mlp", "optim.epochs=3", f"data.root={mnist_root}",
+            f"hydra.run.dir={out}", "train.stop_after_iters=5")
+    assert r.returncode == 3, r.stderr
+    hint = [ln for ln in (r.stdout + r.stderr).splitlines() if "continue with: " in ln]
+    command = shlex.split(hint[0].split("continue with: ", 1)[1])
+    assert command[:2] == ["odenet", "train"] and command[-1] == "resume=true"
+    assert f"hydra.run.dir={out}" in command and "optim.epochs=3" in command
+    r2 = cli(*command[1:], "train.stop_after_iters=null")  # followed as printed
+    assert r2.returncode == 0, r2.stderr
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("delete", "history.jsonl is missing"),
+    ("cut", "history.jsonl has 10 of the"),
+])
+def test_resume_refuses_a_damaged_history(compose_cfg, tmp_path, damage, needle):
+    cfg = compose_cfg(*TINY, "model=mlp", "optim.epochs=2", "train.stop_after_iters=6")
+    assert run(cfg, tmp_path)["status"] == "interrupted"
+    hist = tmp_path / "history.jsonl"
+    if damage == "delete":
+        hist.unlink()
+    else:
+        hist.write_bytes(hist.read_bytes()[:10])
+    before = snapshot(tmp_path)
+    with pytest.raises(ConfigError, match=needle):
+        run(compose_cfg(*TINY, "model=mlp", "optim.epochs=2", "resume=true"), tmp_path)
+    assert snapshot(tmp_path) == before  # never padded with NUL bytes
+
+
+def test_resume_refuses_a_torch_file_that_is_not_a_checkpoint(compose_cfg, tmp_path):
+    run(compose_cfg(*TINY, "model=mlp", "train.stop_after_iters=2"), tmp_path)
+    torch.save({"model": {}, "config": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="is not a training checkpoint"):
+        run(compose_cfg(*TINY, "model=mlp", "resume=true"), tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
+        run(compose_cfg(*TINY, "model=mlp", "resume=true"), tmp_path)
+
+
+def test_orphaned_temporary_files_are_removed_at_the_next_start(compose_cfg, tmp_path):
+    (tmp_path / ".metrics.json.abc123.tmp").write_text("{half")
+    run(compose_cfg(*TINY, "model=mlp"), tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_full_disk_fails_the_run_and_metrics_match_the_checkpoint(compose_cfg, tmp_path,
+                                                                    monkeypatch):
+    real, saves = files.write_atomic, []
+
+    def write_atomic(path, data):
+        if Path(path).name == "checkpoint.pt":
+            saves.append(path)
+            if len(saves) == 2:  # the second epoch's checkpoint does not fit
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr("odenet.checkpoint.write_atomic", write_atomic)
+    m = run(compose_cfg(*TINY, "model=mlp", "optim.epochs=3"), tmp_path)
+    assert m["status"] == "failed" and "No space left on device" in m["reason"]
+    assert "\n" not in m["reason"]
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert on_disk["epochs"] == ck["epoch"] == 1
+
+
+@pytest.mark.parametrize("setting", ["optim.lr=inf", "optim.lr=1e400", "solver.rtol=inf",
+                                     "solver.atol=nan", "optim.milestones=[1,inf]"])
+def test_non_finite_settings_are_one_line_errors(setting):
+    with pytest.raises(ConfigError, match="not finite|finite number") as info:
+        compose([setting])
+    assert setting.split("=")[0] in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_run_directories_are_one_line_errors(cli, tmp_path, mnist_root):
+    (tmp_path / "file").write_text("")
+    one_line_error(cli("train", *TINY, "model=mlp", f"data.root={mnist_root}",
+                       f"hydra.run.dir={tmp_path / 'file' / 'run'}"), "is a file, not a directory")
+    one_line_error(cli("train", *TINY, "model=mlp", f"data.root={mnist_root}", "resume=true",
+                       "overwrite=true"), "contradict")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_heartbeat_logs_progress_without_a_terminal(caplog):
+    beat = Heartbeat(enabled=True, every=0.0)
+    with caplog.at_level("INFO", logger="odenet.train"):
+        beat.tick(epoch=0, epochs=2, batch=10, ipe=100, loss=0.5, nfe=(26, 20), seconds=0.5)
+    msg = caplog.records[-1].getMessage()
+    assert msg == "epoch 1/2, iteration 10/100, loss 0.5000, NFE 26/20, 0.500 s/iter, " \
+                  "ETA 0:01:35"  # (100 + 90) iterations left x 0.5 s
+    quiet = Heartbeat(enabled=True, every=3600.0)
+    n = len(caplog.records)
+    quiet.tick(0, 1, 1, 10, 0.1, (None, None), 0.1)
+    assert len(caplog.records) == n
