@@ -87,10 +87,13 @@ def test_no_source_gives_one_clear_line(tmp_path, monkeypatch):
     assert D.main(["--root", str(tmp_path)]) == 1
 
 
-def test_missing_data_is_one_clear_line(tmp_path):
-    with pytest.raises(D.DataError, match=r"run `odenet data` \(or `make data`\)") as info:
+def test_missing_data_is_one_clear_line(tmp_path, monkeypatch):
+    with pytest.raises(D.DataError, match=r"run `odenet data --root \S+` to prepare it") as info:
         D.load_mnist(tmp_path, train=True)
     assert "\n" not in str(info.value)
+    monkeypatch.chdir(tmp_path)  # the default root: `make data` prepares it too
+    with pytest.raises(D.DataError, match=r"run `odenet data` \(or `make data`\) to prepare"):
+        D.load_mnist("data", train=True)
 
 
 def test_probe_never_hangs(monkeypatch):
