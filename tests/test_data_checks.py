@@ -1,4 +1,4 @@
-"""MNIST checked where it is used.
+"""MNIST checked where it is used, and the validation split.
 
 Training and evaluation read MNIST through ``load_mnist``, which refuses a corrupt raw
 file in one line (the file, what is wrong, the command that rebuilds it) and caches the
@@ -14,9 +14,13 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import odenet.data.mnist as M
 from odenet import data as D
+from odenet.cnf.data import toy_loaders
+from odenet.cnf.datasets import sample
+from odenet.errors import ConfigError
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 
@@ -116,14 +120,6 @@ def test_a_file_changed_after_its_check_is_checked_again(raw_copy, md5_calls):
     assert IMAGES not in json.loads((D.raw_dir(raw_copy) / D.VERIFIED).read_text())
 
 
-def data_cfg(root, **kw):
-    """The fields of the schema's DataConfig that mnist_loaders reads."""
-    base = dict(root=str(root), on_device=None, train_size=None, test_size=None,
-                normalize=False, batch_size=128, test_batch_size=1000, augment=True,
-                crop_padding=4)
-    return SimpleNamespace(**{**base, **kw})
-
-
 # --------------------------------------------------------------------------- the cache
 def test_the_second_load_computes_no_md5(raw_copy, md5_calls):
     d = D.raw_dir(raw_copy)
@@ -188,6 +184,80 @@ def test_a_damaged_cache_is_ignored(raw_copy, md5_calls):
     assert len(md5_calls) == 2
     D.load_mnist(raw_copy, train=False)
     assert len(md5_calls) == 2
+
+
+# --------------------------------------------------------------------------- validation split
+def data_cfg(root, **kw):
+    """The fields of the schema's DataConfig that mnist_loaders reads."""
+    base = dict(root=str(root), on_device=None, train_size=None, test_size=None,
+                normalize=False, batch_size=128, test_batch_size=1000, augment=True,
+                crop_padding=4)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_validation_images_are_the_last_of_the_training_file(mnist_root):
+    xtr, ytr = D.load_mnist(mnist_root, train=True)
+    loaders = D.mnist_loaders(data_cfg(mnist_root, val_size=5000), 0, "cpu", 1000)
+    val = loaders.val
+    assert val.n == 5000 and not val.shuffle and not val.drop_last
+    assert torch.equal(val.tensors[0], xtr[-5000:]) and torch.equal(val.tensors[1], ytr[-5000:])
+    assert loaders.train.n == 55000 and torch.equal(loaders.train.tensors[0], xtr[:55000])
+    assert loaders.train_eval.n == 1000 and loaders.test.n == 10000
+    x, y = next(iter(val))  # evaluated like the test set: in order, no augmentation
+    assert torch.equal(x, xtr[55000:56000].unsqueeze(1).float() / 255) and len(y) == 1000
+    assert [len(b[1]) for b in val] == [1000] * 5
+
+
+def test_the_validation_split_is_the_same_for_every_seed(mnist_root):
+    a = D.mnist_loaders(data_cfg(mnist_root, val_size=3000), 0, "cpu", 0)
+    b = D.mnist_loaders(data_cfg(mnist_root, val_size=3000), 7, "cpu", 0)
+    for (xa, ya), (xb, yb) in zip(a.val, b.val):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(a.train.batch(0)[1], b.train.batch(0)[1])  # training does depend
+
+
+def test_a_small_training_set_is_the_same_with_or_without_validation(mnist_root):
+    """train_size takes the first images, val_size the last: set both, training is unchanged."""
+    plain = D.mnist_loaders(data_cfg(mnist_root, train_size=1000), 3, "cpu", 500)
+    held = D.mnist_loaders(data_cfg(mnist_root, train_size=1000, val_size=10000), 3, "cpu", 500)
+    for epoch in (0, 2):
+        plain.train.set_epoch(epoch)
+        held.train.set_epoch(epoch)
+        for (xa, ya), (xb, yb) in zip(plain.train, held.train):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for (xa, _), (xb, _) in zip(plain.train_eval, held.train_eval):
+        assert torch.equal(xa, xb)
+    assert plain.val is None and held.val.n == 10000
+    # more training images asked for than remain: the rest, never a validation image
+    big = D.mnist_loaders(data_cfg(mnist_root, train_size=59000, val_size=10000), 3, "cpu", 0)
+    assert big.train.n == 50000
+
+
+@pytest.mark.parametrize("val_size", [None, 0])
+def test_no_validation_split_unless_asked(mnist_root, val_size):
+    assert D.mnist_loaders(data_cfg(mnist_root, val_size=val_size, train_size=100), 0,
+                           "cpu", 0).val is None
+
+
+@pytest.mark.parametrize("val_size", [-1, 60000, 1.5, True])
+def test_an_impossible_validation_size_is_one_line(mnist_root, val_size):
+    with pytest.raises(ConfigError, match=r"^data.val_size=\S+ must be an integer >= 0"):
+        D.mnist_loaders(data_cfg(mnist_root, val_size=val_size), 0, "cpu", 0)
+
+
+def test_toy_validation_points_come_from_their_own_fixed_stream():
+    base = dict(name="moons", train_size=300, test_size=200, batch_size=64, test_batch_size=128)
+    plain = toy_loaders(SimpleNamespace(**base), seed=4)
+    a = toy_loaders(SimpleNamespace(**base, val_size=150), seed=4)
+    b = toy_loaders(SimpleNamespace(**base, val_size=150), seed=9)
+    assert plain.val is None and a.val.n == 150
+    assert torch.equal(a.val.tensors[0], sample("moons", 150, [0, 3]))  # [TEST_SEED, VAL_STREAM]
+    assert torch.equal(a.val.tensors[0], b.val.tensors[0])  # the same for every seed
+    assert not torch.equal(a.val.tensors[0], a.test.tensors[0][:150])  # not the test points
+    assert not torch.equal(a.val.tensors[0], a.train.tensors[0][:150])
+    for name in ("train", "test", "train_eval"):  # untouched by the validation split
+        assert torch.equal(getattr(plain, name).tensors[0], getattr(a, name).tensors[0])
+    assert [len(x[0]) for x in a.val] == [128, 22]
 
 
 # --------------------------------------------------------------------------- commands

