@@ -191,7 +191,9 @@ def test_mnist_loaders_equal_the_old_loaders(compose_cfg):
 
     cfg = compose_cfg("data.train_size=1000", "data.test_size=700", "data.batch_size=128",
                       "data.test_batch_size=300", "train.train_eval_size=500", "seed=3")
-    train, test, train_eval = mnist_loaders(cfg.data, cfg.seed, "cpu", cfg.train.train_eval_size)
+    loaders = mnist_loaders(cfg.data, cfg.seed, "cpu", cfg.train.train_eval_size)
+    train, test, train_eval = loaders.train, loaders.test, loaders.train_eval
+    assert loaders.val is None
     xtr, ytr = load_mnist(cfg.data.root, train=True)
     xte, yte = load_mnist(cfg.data.root, train=False)
     d = cfg.data
@@ -209,13 +211,15 @@ def test_toy_loaders_equal_the_old_loaders():
 
     cfg = SimpleNamespace(name="circles", train_size=300, test_size=200, batch_size=64,
                           test_batch_size=128)
-    train, test, train_eval = toy_loaders(cfg, seed=4, train_eval_size=100)
+    loaders = toy_loaders(cfg, seed=4, train_eval_size=100)
+    train, test, train_eval = loaders.train, loaders.test, loaders.train_eval
+    assert loaders.val is None
     pts_tr = sample("circles", 300, [4, 1])
     pts_te = sample("circles", 200, [0, 2])
     assert_same_iterators(train, OldPointLoader(pts_tr, 64, shuffle=True, drop_last=True, seed=4))
     assert_same_iterators(test, OldPointLoader(pts_te, 128), epochs=(0,))
     assert_same_iterators(train_eval, OldPointLoader(pts_tr[:100], 128), epochs=(0,))
-    assert toy_loaders(cfg, seed=4, train_eval_size=0)[2] is None
+    assert toy_loaders(cfg, seed=4, train_eval_size=0).train_eval is None
 
 
 def test_batches_reject_bad_shapes_and_sizes():

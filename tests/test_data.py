@@ -87,10 +87,13 @@ def test_no_source_gives_one_clear_line(tmp_path, monkeypatch):
     assert D.main(["--root", str(tmp_path)]) == 1
 
 
-def test_missing_data_is_one_clear_line(tmp_path):
-    with pytest.raises(D.DataError, match=r"run `odenet data` \(or `make data`\)") as info:
+def test_missing_data_is_one_clear_line(tmp_path, monkeypatch):
+    with pytest.raises(D.DataError, match=r"run `odenet data --root \S+` to prepare it") as info:
         D.load_mnist(tmp_path, train=True)
     assert "\n" not in str(info.value)
+    monkeypatch.chdir(tmp_path)  # the default root: `make data` prepares it too
+    with pytest.raises(D.DataError, match=r"run `odenet data` \(or `make data`\) to prepare"):
+        D.load_mnist("data", train=True)
 
 
 def test_probe_never_hangs(monkeypatch):
@@ -133,16 +136,17 @@ def _loaders(mnist_root, *overrides):
 
 
 def test_test_loader_keeps_every_image(mnist_root):
-    _, test, train_eval = _loaders(mnist_root)
-    sizes = [len(y) for _, y in test]
-    assert sum(sizes) == 10000 and len(sizes) == 10 == len(test)
-    _, test, _ = _loaders(mnist_root, "data.test_size=2500")
+    loaders = _loaders(mnist_root)
+    sizes = [len(y) for _, y in loaders.test]
+    assert sum(sizes) == 10000 and len(sizes) == 10 == len(loaders.test)
+    test = _loaders(mnist_root, "data.test_size=2500").test
     assert [len(y) for _, y in test] == [1000, 1000, 500]  # the partial batch is kept
-    assert sum(len(y) for _, y in train_eval) == 10000
+    assert sum(len(y) for _, y in loaders.train_eval) == 10000
+    assert loaders.val is None  # no validation split unless data.val_size asks for one
 
 
 def test_train_batches_are_a_function_of_seed_epoch_and_index(mnist_root):
-    train, _, _ = _loaders(mnist_root, "data.train_size=1000", "data.batch_size=100")
+    train = _loaders(mnist_root, "data.train_size=1000", "data.batch_size=100").train
     assert len(train) == 10
     train.set_epoch(3)
     full = list(train)
@@ -161,16 +165,16 @@ def test_train_batches_are_a_function_of_seed_epoch_and_index(mnist_root):
 
 
 def test_augmentation_shifts_and_normalization(mnist_root):
-    plain, _, _ = _loaders(mnist_root, "data.train_size=256", "data.augment=false")
-    aug, _, _ = _loaders(mnist_root, "data.train_size=256")
+    plain = _loaders(mnist_root, "data.train_size=256", "data.augment=false").train
+    aug = _loaders(mnist_root, "data.train_size=256").train
     xp, yp = plain.batch(0)
     xa, ya = aug.batch(0)
     assert torch.equal(yp, ya)  # same order (same seed), different pixels
     assert not torch.equal(xp, xa)
     assert float(xa.sum()) == pytest.approx(float(xp.sum()), rel=0.05)  # a shift, mostly
-    mild, _, _ = _loaders(mnist_root, "data.train_size=256", "data.crop_padding=2")
+    mild = _loaders(mnist_root, "data.train_size=256", "data.crop_padding=2").train
     assert int(mild.offsets.max()) == 4 and int(aug.offsets.max()) == 8  # shifts of 2 and 4 px
-    norm, _, _ = _loaders(mnist_root, "data.train_size=256", "data.normalize=true")
+    norm = _loaders(mnist_root, "data.train_size=256", "data.normalize=true").train
     xn, _ = norm.batch(0)
     assert torch.allclose(xn, (xa - D.MEAN) / D.STD)
 

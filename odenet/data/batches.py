@@ -14,7 +14,10 @@ import this package and should not pay torch's import time.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from odenet.errors import ConfigError
 
 # Epoch e of a run with seed s draws from the generator seeded s * SEED_STRIDE + e, so
 # distinct (s, e) pairs get distinct generators while e < SEED_STRIDE (a million epochs).
@@ -100,3 +103,32 @@ class Batches:
         if self.pin:
             parts = tuple(t.pin_memory() for t in parts)
         return tuple(t.to(self.device, non_blocking=True) for t in parts)
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """A run's batch iterators (``mnist_loaders``, ``toy_loaders``).
+
+    train: shuffled (and augmented) by (seed, epoch), ``drop_last``. test: the test split,
+    in file order. train_eval: the first ``train_eval_size`` training samples, in order,
+    no augmentation (None when train_eval_size == 0). val: the validation split, in order,
+    no augmentation (None when ``data.val_size`` is 0 or unset). Evaluation iterators
+    keep every sample.
+    """
+
+    train: Batches
+    test: Batches
+    train_eval: Batches | None
+    val: Batches | None
+
+
+def val_size_of(data_cfg: Any, limit: int | None = None) -> int:
+    """``data.val_size`` as an int: 0 when unset (a config made before the setting existed
+    has no such key); ConfigError unless 0 <= val_size < ``limit`` (the samples it is
+    held out of, when it is held out: at least one is left for training)."""
+    v = getattr(data_cfg, "val_size", None) or 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (limit is not None
+                                                                  and v >= limit):
+        bound = "" if limit is None else f" and < {limit}"
+        raise ConfigError(f"data.val_size={v!r} must be an integer >= 0{bound}")
+    return v

