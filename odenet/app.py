@@ -220,7 +220,9 @@ def _train_job(dcfg: Any) -> float | None:
     _STATUSES.append(metrics["status"])
     if train.last_signal is not None:  # Ctrl-C / SIGTERM also ends a sweep
         raise SystemExit(128 + int(train.last_signal))
-    value = metrics.get("test_error")
+    # what a sweeper that chooses settings optimizes: the validation metric, never the
+    # test metric (None without data.val_size)
+    value = metrics.get("val_error", metrics.get("val_nll"))
     return float(value) if isinstance(value, (int, float)) else None
 
 

@@ -53,6 +53,7 @@ class DataConfig:
     root: str = "data"
     train_size: int | None = None  # None: all 60,000; N: the first N training images
     test_size: int | None = None  # None: all 10,000 (smoke runs use fewer)
+    val_size: int | None = None  # None: no validation split (odenet/data: which samples)
     batch_size: int = 128
     test_batch_size: int = 1000
     augment: bool = True  # RandomCrop(28, padding=crop_padding), as in the recipe
@@ -290,6 +291,8 @@ def _validate(c: Any) -> None:
     for k in ("train_size", "test_size"):
         v = getattr(d, k)
         need(v is None or v >= 1, f"data.{k} must be >= 1 or null (got {v})")
+    need(d.val_size is None or d.val_size >= 0, f"data.val_size must be >= 0 or null (got "
+         f"{d.val_size})")
     need(d.batch_size >= 1, f"data.batch_size must be >= 1 (got {d.batch_size})")
     need(d.crop_padding >= 0, f"data.crop_padding must be >= 0 (got {d.crop_padding})")
     need(d.test_batch_size >= 1, f"data.test_batch_size must be >= 1 (got {d.test_batch_size})")

@@ -58,8 +58,13 @@ class Metrics:
     # Contract 2's columns: every run writes them (null for density runs)
     test_error: float | None = _f(MEASURE, "test-set error", "fraction", from_epoch=True)
     train_error: float | None = _f(MEASURE, "training-set error", "fraction", from_epoch=True)
+    val_error: float | None = _f(MEASURE, "validation error (data.val_size; for choosing "
+                                 "settings)", "fraction", CLASSIFY, True)
     test_nll: float | None = _f(MEASURE, "test negative log-likelihood", "nats", DENSITY, True)
     train_nll: float | None = _f(MEASURE, "training NLL", "nats", DENSITY, True)
+    val_nll: float | None = _f(MEASURE, "validation NLL (data.val_size)", "nats", DENSITY, True)
+    val_size: int | None = _f(SETTING, "validation samples; null: no validation split",
+                              "samples")
     params: int | None = _f(MEASURE, "trainable parameters", "count")
     residual_blocks: int | None = _f(SETTING, "residual blocks of the body; null without")
     nfe_forward_mean: float | None = _f(MEASURE, "NFE per forward solve, last epoch's "
@@ -124,7 +129,9 @@ class EpochRecord:
     train_error: float | None = _f(MEASURE, "training-set error", "fraction", CLASSIFY)
     test_error: float | None = _f(MEASURE, "test-set error", "fraction", CLASSIFY)
     train_nll: float | None = _f(MEASURE, "training NLL", "nats", DENSITY)
+    val_error: float | None = _f(MEASURE, "validation error", "fraction", CLASSIFY)
     test_nll: float | None = _f(MEASURE, "test NLL", "nats", DENSITY)
+    val_nll: float | None = _f(MEASURE, "validation NLL", "nats", DENSITY)
     nfe_forward_mean: float | None = _f(MEASURE, "NFE per forward solve", "evaluations")
     nfe_backward_mean: float | None = _f(MEASURE, "NFE per backward solve", "evaluations")
     test_nfe_forward_mean: float | None = _f(MEASURE, "NFE per test batch", "evaluations")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from odenet.cnf.task import DensityTask
-from odenet.data import mnist_loaders
+from odenet.data import Loaders, mnist_loaders
 from odenet.record import CLASSIFY, DENSITY
 
 
@@ -23,11 +23,11 @@ class Task(Protocol):
     metric: str  # error | nll
     full_test_size: int | None  # metrics.json says test_size: null for this many
 
-    def loaders(self, cfg: Any, device: torch.device) -> tuple[Any, Any, Any]:
-        """(train, test, train_eval or None) loaders. ``train`` has ``len()``,
-        ``set_epoch(e)`` and ``batch(i)``, a pure function of (seed, epoch, i), so that a
-        resumed run sees the same batches; test and train_eval iterate over their whole
-        split; each has ``n`` samples."""
+    def loaders(self, cfg: Any, device: torch.device) -> Loaders:
+        """``odenet.data.Loaders``: ``train`` has ``len()``, ``set_epoch(e)`` and
+        ``batch(i)``, a pure function of (seed, epoch, i), so that a resumed run sees the
+        same batches; ``test``, ``train_eval`` and ``val`` (None when not asked for)
+        iterate over their whole split; each has ``n`` samples."""
 
     def train_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
         """(loss to minimize, sums for ``reduce``), in model.train() mode, with grad."""

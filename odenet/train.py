@@ -139,8 +139,10 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     # ---- what is learned, from what, by which network
     model_spec = spec(cfg.model.name)
     task: Task = TASKS[model_spec.task]()
-    train_data, test_data, train_eval_data = task.loaders(cfg, device)
-    evals = {"test": test_data, **({"train": train_eval_data} if train_eval_data else {})}
+    loaders = task.loaders(cfg, device)
+    train_data, test_data = loaders.train, loaders.test
+    evals = {"test": test_data, "train": loaders.train_eval, "val": loaders.val}
+    evals = {name: loader for name, loader in evals.items() if loader is not None}
     model = build_model(cfg.model, cfg.solver).to(device)
     ipe = len(train_data)  # iterations per epoch
     if cfg.train.max_iters_per_epoch is not None:
@@ -161,7 +163,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     measure.reset_rss_peak()  # this run's peak, not an earlier job's in the same process
     runlog = RunLog(out, cfg.train.tensorboard,
                     (prog.history_bytes, prog.step) if resumed else None)
-    metrics = _new_metrics(cfg, task, model, train_data, test_data, device)
+    metrics = _new_metrics(cfg, task, model, loaders, device)
     metrics.epochs = prog.epoch
     if resumed:
         record.copy_epoch(metrics, last_epoch(out) or {})
@@ -264,6 +266,8 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                     train_seconds=train_seconds, seconds=time.perf_counter() - t_epoch)
                 setattr(erec, f"train_{task.metric}", train_metric)
                 setattr(erec, f"test_{task.metric}", test["value"])
+                if "val" in ev:
+                    setattr(erec, f"val_{task.metric}", ev["val"]["value"])
                 runlog.epoch(erec, metrics.task, prog.step)
                 prog.epoch += 1
                 prog.batch = 0
@@ -388,7 +392,7 @@ def evaluate_split(task: Task, model: nn.Module, loader: Any, device: torch.devi
 
 
 # ============================================================================ setup
-def _new_metrics(cfg: Any, task: Task, model: nn.Module, train_data: Any, test_data: Any,
+def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
                  device: torch.device) -> record.Metrics:
     """The record of a run that has not trained yet: its settings and environment."""
     model_spec, s = spec(cfg.model.name), cfg.solver
@@ -406,9 +410,10 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, train_data: Any, test_d
         residual_blocks=(cfg.model[model_spec.residual_blocks] if model_spec.residual_blocks
                          else None),
         epochs_planned=cfg.optim.epochs, batch_size=cfg.data.batch_size,
-        train_size=train_data.n,
+        train_size=loaders.train.n,
         # None when it is the task's full test set (the table groups by it)
-        test_size=None if test_data.n == task.full_test_size else test_data.n,
+        test_size=None if loaders.test.n == task.full_test_size else loaders.test.n,
+        val_size=loaders.val.n if loaders.val is not None else None,
         max_iters_per_epoch=cfg.train.max_iters_per_epoch, lr=optim.peak_lr(cfg),
         schedule=cfg.optim.schedule, device=str(device), threads=torch.get_num_threads(),
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())

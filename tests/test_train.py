@@ -140,7 +140,7 @@ def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
     cfg = compose_cfg(*TINY, "model=odenet")
     net = build_model(ck["config"]["model"], ck["config"]["solver"])
     net.load_state_dict(ck["model"])
-    _, test, _ = mnist_loaders(cfg.data, cfg.seed, "cpu", 0)
+    test = mnist_loaders(cfg.data, cfg.seed, "cpu", 0).test
     ev = evaluate(ClassifyTask(), net, test, torch.device("cpu"))
     assert ev["value"] == m["test_error"]
     assert ev["nfe_forward_mean"] == m["test_nfe_forward_mean"]
@@ -299,3 +299,14 @@ def test_full_test_set_is_test_size_null(compose_cfg, tmp_path):
     m = run(compose_cfg(*TINY, "model=mlp", "data.test_size=null",
                         "data.test_batch_size=5000", "train.train_eval_size=0"), tmp_path)
     assert m["test_size"] is None and m["status"] == "finished"
+
+
+def test_a_validation_split_is_scored_and_chooses_nothing_else(compose_cfg, tmp_path):
+    m = run(compose_cfg(*TINY, "model=mlp", "data.val_size=100"), tmp_path)
+    assert m["val_size"] == 100 and 0 <= m["val_error"] <= 1
+    assert history(tmp_path)[-1]["val_error"] == m["val_error"]
+    assert m["train_size"] == 128  # the first 128 of the 59,900 left for training
+    plain = run(compose_cfg(*TINY, "model=mlp"), tmp_path / "plain")
+    assert plain["val_size"] is None and plain["val_error"] is None
+    # the held-out images are the last ones: the training run itself is the same
+    assert (plain["test_error"], plain["train_error"]) == (m["test_error"], m["train_error"])

@@ -62,7 +62,7 @@ def test_cnf_and_planar_train_log_and_lower_the_nll(tmp_path):
     cfg = compose(["experiment=cnf_moons", *TINY, *SMALL_CNF])
     seed_everything(cfg.seed)
     init = build_density_model(cfg.model, cfg.solver).eval()
-    _, test, _ = toy_loaders(cfg.data, cfg.seed)
+    test = toy_loaders(cfg.data, cfg.seed).test
     with torch.no_grad():
         nll0 = -torch.cat([init.log_prob(x) for (x,) in test]).mean().item()
 
