@@ -185,7 +185,7 @@ def test_callable_norm_matches_torchdiffeq():
     for lib in ("odenet", "torchdiffeq"):
         calls = [0]
 
-        def f(t, z):
+        def f(t, z, calls=calls):
             calls[0] += 1
             return func(t, (z, z[:, :1]))[0]
 
