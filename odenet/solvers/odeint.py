@@ -221,7 +221,7 @@ def _solve_with_time_gradient(problem: Problem, stats: SolveStats) -> torch.Tens
     len(t) evaluations more, and only on this path.
     """
     fn, times = problem.flat_func(), problem.times
-    shift = (problem.t - problem.t.detach()).to(problem.dtype)
+    shift = (problem.t - problem.t.detach()).to(device=problem.device, dtype=problem.dtype)
     y0 = problem.y0
     with torch.no_grad():
         f0 = fn(times[0], y0)
