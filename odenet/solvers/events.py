@@ -70,7 +70,6 @@ def _find_event(problem, event, direction: float, stats: SolveStats) -> float:
     fn, tab, options = problem.flat_func(), problem.tableau, problem.options
     rtol, atol = problem.rtol, problem.atol
     tally = rk.Tally()
-    eps = torch.finfo(problem.dtype).eps
     with torch.no_grad():
         st = rk._Stepper(fn, tab, problem.y0, tally, problem.norm or [slice(0, problem.y0.numel())])
         try:
@@ -82,13 +81,13 @@ def _find_event(problem, event, direction: float, stats: SolveStats) -> float:
             h = options["first_step"]
             if h is None:
                 h = max(rk._initial_step(st, t, y, k1, rtol, atol, direction),
-                        16 * eps * max(abs(t), 1e-300))
+                        rk.float_floor(problem.dtype, t))
             h = control.first(h)
             while True:
                 if tally.accepted + tally.rejected >= options["max_num_steps"]:
                     raise SolverError(f"no event within max_num_steps={options['max_num_steps']} "
                                       f"steps (reached t={t:.6g})")
-                if h < max(options["fail_below_step"], 16 * eps * max(abs(t), 1e-300)):
+                if h < max(options["fail_below_step"], rk.float_floor(problem.dtype, t)):
                     raise SolverError(f"step size underflow {rk._where(t, h, tally)} while "
                                       "looking for the event")
                 dt = direction * h

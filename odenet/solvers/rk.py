@@ -25,6 +25,22 @@ from .tableaus import Tableau
 
 FlatFunc = Callable[[float, torch.Tensor], torch.Tensor]
 
+# Hairer & Wanner's automatic first step (Solving ODEs I, II.4): a trial step of
+# FIRST_STEP_FRACTION of |y0| / |f0| (or FIRST_STEP_FALLBACK when either is below
+# FIRST_STEP_SMALL), probed once; the result is at most FIRST_STEP_GROWTH times the trial.
+FIRST_STEP_FRACTION = 0.01
+FIRST_STEP_FALLBACK = 1e-6
+FIRST_STEP_SMALL = 1e-5
+FIRST_STEP_FLAT = 1e-15  # derivatives below this: no curvature information
+FIRST_STEP_FLAT_SHRINK = 1e-3
+FIRST_STEP_GROWTH = 100
+# the smallest step float arithmetic resolves at time t: FLOOR_ULPS * eps * |t|
+FLOOR_ULPS = 16
+
+
+def float_floor(dtype: torch.dtype, *times: float) -> float:
+    return FLOOR_ULPS * torch.finfo(dtype).eps * max(*(abs(t) for t in times), 1e-300)
+
 
 @dataclass
 class Tally:
@@ -251,15 +267,16 @@ def _initial_step(st: _Stepper, t0, y0, f0, rtol, atol, direction) -> float:
         scale = y0.detach().abs() * rtol + atol
         d0 = float(st.norm(y0.detach() / scale))
         d1 = float(st.norm(f0.detach() / scale))
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        h0 = (FIRST_STEP_FALLBACK if (d0 < FIRST_STEP_SMALL or d1 < FIRST_STEP_SMALL)
+              else FIRST_STEP_FRACTION * d0 / d1)
         y_probe = y0.detach() + direction * h0 * f0.detach()
         f_probe = st.eval(t0 + direction * h0, y_probe)
         d2 = float(st.norm((f_probe - f0.detach()) / scale)) / h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
+    if max(d1, d2) <= FIRST_STEP_FLAT:
+        h1 = max(FIRST_STEP_FALLBACK, h0 * FIRST_STEP_FLAT_SHRINK)
     else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / st.tab.order)
-    return min(100 * h0, h1)
+        h1 = (FIRST_STEP_FRACTION / max(d1, d2)) ** (1.0 / st.tab.order)
+    return min(FIRST_STEP_GROWTH * h0, h1)
 
 
 def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
@@ -270,9 +287,8 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
     control = make_controller(options, tab.order)
     clamp = options["last_step"] == "clamp"
     # never step below what float arithmetic can resolve at this t
-    eps = torch.finfo(y0.dtype).eps
-    float_floor = 16 * eps * max(abs(t0), abs(t_end), 1e-300)
-    min_step_floor = max(options["fail_below_step"], float_floor)
+    floor = float_floor(y0.dtype, t0, t_end)
+    min_step_floor = max(options["fail_below_step"], floor)
 
     k1 = st.first_stage(t0, y0)
     if not bool(torch.isfinite(k1).all()):
@@ -282,7 +298,7 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
     if h is None:
         # the estimate can fall below what float32 resolves (f0 = 0 gives 1e-6): start at
         # the floor instead of failing there
-        h = max(_initial_step(st, t0, y0, k1, rtol, atol, direction), float_floor)
+        h = max(_initial_step(st, t0, y0, k1, rtol, atol, direction), floor)
     h = control.first(h)
     t, y = t0, y0
     nonfinite = False
