@@ -251,7 +251,8 @@ def _positive(name: str, value, allow_zero: bool = False, allow_inf: bool = Fals
 def _tolerance(name: str, value, shapes, is_tuple, like: torch.Tensor):
     """A number, or per element: a tensor broadcast against y0 (a tensor y0) or one number
     per tensor (a tuple y0, as torchdiffeq); returned as a float or a flat tensor."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not is_tuple:
+    if isinstance(value, torch.Tensor) and (value.dim() == 0 or
+                                            (value.numel() == 1 and not is_tuple)):
         return _positive(name, value)
     if is_tuple and isinstance(value, (tuple, list, torch.Tensor)):
         if isinstance(value, torch.Tensor):
