@@ -75,7 +75,7 @@ def test_tuple_per_tensor_tolerances():
     for a, b in zip(ours, ref):
         assert torch.allclose(a, b, atol=1e-5)
     # a 0-d tensor is one number for the whole tuple
-    same = odeint(func, state, T3, rtol=torch.tensor(1e-6), atol=1e-8)
+    same = odeint(func, state, T3, rtol=torch.tensor(1e-6, dtype=F64), atol=1e-8)
     assert torch.equal(same[0], odeint(func, state, T3, rtol=1e-6, atol=1e-8)[0])
 
 
