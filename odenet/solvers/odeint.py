@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .controllers import CONTROLLERS, DFACTOR, IFACTOR, SAFETY
-from .registry import ADAPTIVE_METHODS, METHODS, REGISTRY, Method, family_solve
+from .registry import METHODS, REGISTRY, Method, family_solve
 from .rk import Tally
 from .stats import SolveStats
 
@@ -439,5 +439,3 @@ def _validate_adjoint_options(adjoint_options: dict | None, problem: Problem) ->
         "options": _validate_options(REGISTRY[name], options),
     }
 
-
-__all__ = ["odeint", "odeint_adjoint", "DEFAULT_MAX_NUM_STEPS", "ADAPTIVE_METHODS"]
