@@ -1,15 +1,22 @@
-"""odenet.solvers: explicit Runge-Kutta ODE solvers with the adjoint method, instrumented.
+"""odenet.solvers: explicit Runge-Kutta and Adams ODE solvers with the adjoint method,
+instrumented, and call-compatible with torchdiffeq (see README, "Switching from
+torchdiffeq").
 
     from odenet.solvers import odeint, SolveStats
     stats = SolveStats()
     ys = odeint(func, y0, t, method="dopri5", rtol=1e-3, atol=1e-3, adjoint=True, stats=stats)
 
-torch only: no Hydra, no files, no datasets.
+torch only: no Hydra, no files, no datasets. Methods and the family solving each are in
+registry.py (where a new family plugs in); step-size controllers in controllers.py.
 """
 
-from .odeint import odeint
+from .controllers import BoundedController, IController, PIController
+from .events import odeint_event
+from .odeint import DEFAULT_MAX_NUM_STEPS, odeint, odeint_adjoint
+from .registry import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, REGISTRY
 from .stats import SolverError, SolveStats
-from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, TABLEAUS
+from .tableaus import TABLEAUS
 
-__all__ = ["odeint", "SolveStats", "SolverError", "METHODS", "FIXED_METHODS",
-           "ADAPTIVE_METHODS", "TABLEAUS"]
+__all__ = ["odeint", "odeint_adjoint", "odeint_event", "SolveStats", "SolverError", "METHODS",
+           "FIXED_METHODS", "ADAPTIVE_METHODS", "TABLEAUS", "REGISTRY", "DEFAULT_MAX_NUM_STEPS",
+           "IController", "PIController", "BoundedController"]

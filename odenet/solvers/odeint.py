@@ -1,4 +1,8 @@
-"""`odeint`: the public entry point. Every input is validated here, in one place."""
+"""`odeint` and `odeint_adjoint`: the public entry points. Every input is validated here,
+in one place, and turned into a `Problem` over one flat state: a tuple y0 is flattened
+once, tolerances and the error norm are prepared once, so the stepping cores never see
+tuples, tensors of tolerances or user norms on their hot path.
+"""
 
 from __future__ import annotations
 
@@ -8,123 +12,305 @@ from typing import Any
 
 import torch
 
-from . import rk
+from .controllers import CONTROLLERS, DFACTOR, IFACTOR, SAFETY
+from .registry import METHODS, REGISTRY, Method, family_solve
+from .rk import Tally
 from .stats import SolveStats
-from .tableaus import ADAPTIVE_METHODS, METHODS, TABLEAUS
 
-DEFAULT_MAX_NUM_STEPS = 10_000
+DEFAULT_MAX_NUM_STEPS = 10_000  # adaptive solves: accepted + rejected steps
+DEFAULT_METHOD = "dopri5"
 
-# option -> default; one table per family, so unknown keys can be named precisely
-FIXED_OPTIONS: dict[str, Any] = {"step_size": None, "max_num_steps": DEFAULT_MAX_NUM_STEPS}
+# option -> default, one table per kind of method, so unknown keys can be named precisely
+FIXED_OPTIONS: dict[str, Any] = {
+    "step_size": None,  # None: the grid is t itself
+    "max_num_steps": None,  # None: no limit (as torchdiffeq); a number: refuse longer grids
+}
+ADAMS_OPTIONS: dict[str, Any] = {**FIXED_OPTIONS, "max_order": 12}  # Adams order <= max_order - 1
 ADAPTIVE_OPTIONS: dict[str, Any] = {
     "first_step": None,  # None: Hairer-Wanner's automatic estimate (costs one evaluation)
     "max_num_steps": DEFAULT_MAX_NUM_STEPS,  # accepted + rejected
-    "safety": 0.9,
-    "ifactor": 10.0,  # largest growth of the step after an accepted step
-    "dfactor": 0.2,  # largest shrink after a rejected step
+    "safety": SAFETY,
+    "ifactor": IFACTOR,  # largest growth of the step after an accepted step
+    "dfactor": DFACTOR,  # largest shrink after a rejected step
     "controller": "I",  # "I" (as torchdiffeq) or "PI" (Hairer's PI controller, smoother)
-    "min_step": 0.0,  # raise SolverError below this (a floor from float precision always applies)
+    # torchdiffeq's bounds: steps are clamped to [min_step, max_step], and a step of at
+    # most min_step is accepted whatever its error
+    "min_step": 0.0,
+    "max_step": math.inf,
+    # odenet's underflow guard: raise SolverError below this step (a floor from float
+    # precision always applies)
+    "fail_below_step": 0.0,
     # "clamp": the last step is cut to end exactly at t[-1]; "overshoot": steps run past
     # t[-1], which is read from the dense output, as torchdiffeq does (NFE step for step)
     "last_step": "clamp",
+    "norm": None,  # None: RMS (max over a tuple's tensors); a callable: as torchdiffeq
 }
 LAST_STEPS = ("clamp", "overshoot")
 ADJOINT_OPTIONS = ("norm", "rtol", "atol", "method", "options")
 NORMS = ("default", "seminorm")
 
-Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Func = Callable[[torch.Tensor, Any], Any]
 
 
-def odeint(func: Func, y0: torch.Tensor, t, method: str = "dopri5", rtol: float = 1e-7,
-           atol: float = 1e-9, options: dict | None = None, adjoint: bool = False,
+def option_table(method: Method) -> dict[str, Any]:
+    if method.adaptive:
+        return ADAPTIVE_OPTIONS
+    return ADAMS_OPTIONS if method.family == "adams" else FIXED_OPTIONS
+
+
+def odeint(func: Func, y0, t, method: str | None = DEFAULT_METHOD, rtol=1e-7, atol=1e-9,
+           options: dict | None = None, adjoint: bool = False,
            adjoint_params: Iterable[torch.Tensor] | None = None,
-           adjoint_options: dict | None = None,
-           stats: SolveStats | None = None) -> torch.Tensor:
+           adjoint_options: dict | None = None, stats: SolveStats | None = None):
     """Solve dy/dt = func(t, y), y(t[0]) = y0; returns y at every time in t.
 
-    Call-compatible with torchdiffeq's odeint (and odeint_adjoint when adjoint=True).
-    The output has shape (len(t), *y0.shape). `stats`, if given, accumulates the
-    evaluations and steps of this solve, in forward and (adjoint) backward.
+    Call-compatible with torchdiffeq's odeint (and, with adjoint=True, odeint_adjoint;
+    `odeint_adjoint` below takes torchdiffeq's keywords). y0 is a tensor (output shape
+    (len(t), *y0.shape)) or a tuple of tensors (output: a tuple of such). `stats`, if
+    given, accumulates the evaluations and steps of this solve, forward and backward.
     """
     problem = validate(func, y0, t, method, rtol, atol, options)
-    if (not adjoint and torch.is_grad_enabled() and isinstance(t, torch.Tensor)
-            and t.requires_grad):
-        raise ValueError("gradients with respect to t need adjoint=True; "
-                         "pass t.detach() to backpropagate through the solver")
+    if adjoint:
+        back = _validate_adjoint_options(adjoint_options, problem)
+        params = _adjoint_params(func, adjoint_params)
     stats = stats if stats is not None else SolveStats()
+    if len(problem.times) == 1:
+        return problem.unflatten(problem.y0[None].clone())
     if adjoint and torch.is_grad_enabled():
         from .adjoint import adjoint_solve
 
-        params = _adjoint_params(func, adjoint_params)
-        back = _validate_adjoint_options(adjoint_options, problem)
-        return adjoint_solve(problem, params, back, stats)
-    return forward_solve(problem, stats)
+        return problem.unflatten(adjoint_solve(problem, params, back, stats))
+    if torch.is_grad_enabled() and problem.t.requires_grad:
+        return problem.unflatten(_solve_with_time_gradient(problem, stats))
+    return problem.unflatten(forward_solve(problem, stats))
+
+
+def odeint_adjoint(func: Func, y0, t, *, rtol=1e-7, atol=1e-9, method: str | None = None,
+                   options: dict | None = None, adjoint_rtol=None, adjoint_atol=None,
+                   adjoint_method: str | None = None, adjoint_options: dict | None = None,
+                   adjoint_params: Iterable[torch.Tensor] | None = None,
+                   stats: SolveStats | None = None):
+    """torchdiffeq's `odeint_adjoint`, keyword for keyword: `adjoint_options` are the
+    backward solve's options (its "norm": "seminorm" or a callable); each adjoint_*
+    defaults to the forward's."""
+    method = DEFAULT_METHOD if method is None else method
+    if (adjoint_method is not None and adjoint_method != method and options is not None
+            and adjoint_options is None):
+        raise ValueError(f"adjoint_method={adjoint_method!r} differs from method={method!r}, "
+                         "so options cannot be reused: pass adjoint_options too")
+    back: dict[str, Any] = {}
+    for key, value in (("rtol", adjoint_rtol), ("atol", adjoint_atol), ("method", adjoint_method)):
+        if value is not None:
+            back[key] = value
+    if adjoint_options is not None:
+        if not isinstance(adjoint_options, dict):
+            raise ValueError("adjoint_options must be a dict, got "
+                             f"{type(adjoint_options).__name__}")
+        opts = dict(adjoint_options)
+        if "norm" in opts:
+            back["norm"] = opts.pop("norm")
+        back["options"] = opts
+    return odeint(func, y0, t, method=method, rtol=rtol, atol=atol, options=options,
+                  adjoint=True, adjoint_params=adjoint_params, adjoint_options=back, stats=stats)
 
 
 class Problem:
-    """A validated solve: the flat function, times as floats and the method settings."""
+    """A validated solve over one flat state: the function as flat -> flat, the times as
+    floats, the method, tolerances (numbers or flat tensors), options and error norm."""
 
-    def __init__(self, func, y0, t, times, tableau, rtol, atol, options):
-        self.func, self.y0, self.t, self.times = func, y0, t, times
-        self.tableau, self.rtol, self.atol, self.options = tableau, rtol, atol, options
-        self.shape = tuple(y0.shape)
+    def __init__(self, func, y0, t, times, method, rtol, atol, options, shapes, is_tuple):
+        self.func, self.t, self.times = func, t, times
+        self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
+        self.shapes, self.is_tuple = shapes, is_tuple
+        self.sizes = [math.prod(s) for s in shapes]
+        self.y0 = torch.cat([y.reshape(-1) for y in y0]) if is_tuple else y0.reshape(-1)
+        self.shape = None if is_tuple else shapes[0]
+        self.dtype, self.device = self.y0.dtype, self.y0.device
+        self.norm = self._norm(options.get("norm"))
+
+    @property
+    def tableau(self):
+        return self.method.tableau
 
     def time(self, t: float) -> torch.Tensor:
-        return torch.tensor(t, dtype=self.y0.dtype, device=self.y0.device)
+        return torch.tensor(t, dtype=self.dtype, device=self.device)
 
-    def flat_func(self) -> rk.FlatFunc:
-        func, shape = self.func, self.shape
+    def split(self, flat: torch.Tensor):
+        """The flat state as the user's y: a tensor, or a tuple of views."""
+        if not self.is_tuple:
+            return flat.view(self.shape)
+        return tuple(p.view(s) for p, s in zip(flat.split(self.sizes), self.shapes))
+
+    def unflatten(self, ys: torch.Tensor):
+        """(len(t), N) -> (len(t), *y0.shape), or a tuple of such for a tuple y0."""
+        n = ys.shape[0]
+        if not self.is_tuple:
+            return ys.view(n, *self.shape)
+        return tuple(p.reshape(n, *s) for p, s in zip(ys.split(self.sizes, dim=1), self.shapes))
+
+    def call(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """func at (t, flat y), checked, flat (differentiable: the adjoint uses it too)."""
+        f = self.func(t, self.split(y))
+        if not self.is_tuple:
+            if (not isinstance(f, torch.Tensor) or f.shape != self.shape
+                    or f.dtype != self.dtype):
+                self._bad_output(f)
+            return f.reshape(-1)
+        if (not isinstance(f, (tuple, list)) or len(f) != len(self.shapes)
+                or any(not isinstance(fi, torch.Tensor) or fi.shape != s or fi.dtype != self.dtype
+                       for fi, s in zip(f, self.shapes))):
+            self._bad_output(f)
+        return torch.cat([fi.reshape(-1) for fi in f])
+
+    def _bad_output(self, f):
+        def describe(x):
+            if isinstance(x, torch.Tensor):
+                return f"a {str(x.dtype).replace('torch.', '')} tensor of shape {tuple(x.shape)}"
+            return type(x).__name__
+
+        dtype = str(self.dtype).replace("torch.", "")
+        if self.is_tuple:
+            got = ("(" + ", ".join(describe(x) for x in f) + ")"
+                   if isinstance(f, (tuple, list)) else describe(f))
+            want = f"a tuple of {len(self.shapes)} {dtype} tensors of shapes {self.shapes}"
+        else:
+            got, want = describe(f), f"a {dtype} tensor of shape {self.shape}"
+        raise ValueError(f"func returned {got}; expected {want} (the dtype and shape of y0)")
+
+    def flat_func(self):
+        call, time = self.call, self.time
 
         def fn(t: float, y: torch.Tensor) -> torch.Tensor:
-            f = func(self.time(t), y.view(shape))
-            if not isinstance(f, torch.Tensor) or f.shape != shape:
-                got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-                raise ValueError(f"func returned {got}; expected a tensor of shape {shape} "
-                                 "(the shape of y0)")
-            return f.reshape(-1)
+            return call(time(t), y)
 
         return fn
 
+    def _norm(self, user):
+        """The error norm for the core: None (one RMS channel), slices, or a flat callable."""
+        if user is None:
+            if not self.is_tuple:
+                return None
+            slices, offset = [], 0
+            for size in self.sizes:  # torchdiffeq's mixed norm: max over the tensors' RMS
+                slices.append(slice(offset, offset + size))
+                offset += size
+            return slices
+        split = self.split
+        return lambda x: user(split(x))
 
-def forward_solve(problem: Problem, stats: SolveStats) -> torch.Tensor:
-    tally = rk.Tally()
+
+def forward_solve(problem: Problem, stats: SolveStats, y0: torch.Tensor | None = None):
+    tally = Tally()
     try:
-        ys = rk.solve(problem.flat_func(), problem.y0.reshape(-1), problem.times,
-                      problem.tableau, problem.rtol, problem.atol, problem.options, tally)
+        return family_solve(problem.method)(
+            problem.flat_func(), problem.y0 if y0 is None else y0, problem.times,
+            problem.method, problem.rtol, problem.atol, problem.options, tally, problem.norm)
     finally:
         stats.nfe_forward += tally.nfe
         stats.steps_accepted += tally.accepted
         stats.steps_rejected += tally.rejected
-    return ys.view(len(problem.times), *problem.shape)
+
+
+def _solve_with_time_gradient(problem: Problem, stats: SolveStats) -> torch.Tensor:
+    """Backprop through the solve with gradients for t (adjoint=False).
+
+    The solver's times are numbers, so t enters through the exact derivatives of the
+    solution: dy(t_i)/dt_i = f(t_i, y_i), and dy(t_i)/dt_0 = -Phi(t_i, t_0) f(t_0, y_0),
+    which is backprop through a solve started from y0 - (t0 - t0.detach()) f(t0, y0).
+    The shifts are zero in value, so the outputs are those of the plain solve; it costs
+    len(t) evaluations more, and only on this path.
+    """
+    fn, times = problem.flat_func(), problem.times
+    shift = (problem.t - problem.t.detach()).to(device=problem.device, dtype=problem.dtype)
+    y0 = problem.y0
+    with torch.no_grad():
+        f0 = fn(times[0], y0)
+    stats.nfe_forward += 1
+    ys = forward_solve(problem, stats, y0=y0 - shift[0] * f0)
+    with torch.no_grad():
+        fs = torch.stack([fn(ti, yi) for ti, yi in zip(times[1:], ys[1:])])
+    stats.nfe_forward += len(times) - 1
+    return torch.cat([y0[None], ys[1:] + shift[1:, None] * fs])
 
 
 # --- validation ---------------------------------------------------------------------
-def _positive(name: str, value, allow_zero: bool = False) -> float:
+def _positive(name: str, value, allow_zero: bool = False, allow_inf: bool = False) -> float:
     accepted = "a non-negative" if allow_zero else "a positive"
+    finite = "" if allow_inf else " finite"
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be {accepted} finite number, got {value!r}")
+        raise ValueError(f"{name} must be {accepted}{finite} number, got {value!r}")
     value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {accepted} finite number, got {value!r}")
+    if (math.isnan(value) or (math.isinf(value) and not allow_inf) or value < 0
+            or (value == 0 and not allow_zero)):
+        raise ValueError(f"{name} must be {accepted}{finite} number, got {value!r}")
     return value
+
+
+def _tolerance(name: str, value, shapes, is_tuple, like: torch.Tensor):
+    """A number, or per element: a tensor broadcast against y0 (a tensor y0) or one number
+    per tensor (a tuple y0, as torchdiffeq); returned as a float or a flat tensor."""
+    if isinstance(value, torch.Tensor) and (value.dim() == 0 or
+                                            (value.numel() == 1 and not is_tuple)):
+        return _positive(name, value)
+    if is_tuple and isinstance(value, (tuple, list, torch.Tensor)):
+        if isinstance(value, torch.Tensor):
+            value = value.reshape(-1).tolist()
+        if len(value) != len(shapes):
+            raise ValueError(f"{name} must be a positive number or one per tensor of the tuple "
+                             f"y0 ({len(shapes)}), got {value!r}")
+        parts = [like.new_full((math.prod(s),), _positive(f"{name}[{i}]", v))
+                 for i, (s, v) in enumerate(zip(shapes, value))]
+        return torch.cat(parts)
+    if not isinstance(value, torch.Tensor):
+        return _positive(name, value)
+    if value.requires_grad:
+        raise ValueError(f"{name} must not require grad")
+    try:
+        full = torch.broadcast_to(value, shapes[0])
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast against y0 "
+                         f"of shape {shapes[0]}") from None
+    if value.is_complex() or not bool(torch.isfinite(value).all()) or not bool((value > 0).all()):
+        raise ValueError(f"{name} must hold positive finite numbers, got {value}")
+    return full.to(dtype=like.dtype, device=like.device).reshape(-1).contiguous()
+
+
+def _validate_state(y0, name: str = "y0") -> None:
+    if not isinstance(y0, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(y0).__name__}")
+    if not y0.is_floating_point():
+        raise ValueError(f"{name} must have a floating dtype (float32, float64, ...), "
+                         f"got {y0.dtype}")
+    if y0.numel() == 0:
+        raise ValueError(f"{name} must hold at least one value, got shape {tuple(y0.shape)}")
+    if not bool(torch.isfinite(y0).all()):
+        raise ValueError(f"{name} contains NaN or Inf; the initial value must be finite")
 
 
 def validate(func, y0, t, method, rtol, atol, options) -> Problem:
     if not callable(func):
         raise ValueError(f"func must be callable as func(t, y), got {type(func).__name__}")
-    if not isinstance(y0, torch.Tensor):
-        raise ValueError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
-    if not y0.is_floating_point():
-        raise ValueError(f"y0 must have a floating dtype (float32, float64, ...), got {y0.dtype}")
-    if y0.numel() == 0:
-        raise ValueError(f"y0 must hold at least one value, got shape {tuple(y0.shape)}")
-    if not bool(torch.isfinite(y0).all()):
-        raise ValueError("y0 contains NaN or Inf; the initial value must be finite")
-    if not isinstance(method, str) or method not in TABLEAUS:
+    is_tuple = isinstance(y0, tuple)
+    if is_tuple:
+        if not y0:
+            raise ValueError("y0 must be a tensor or a non-empty tuple of tensors, got ()")
+        for i, y in enumerate(y0):
+            _validate_state(y, f"y0[{i}]")
+        kinds = {(y.dtype, y.device) for y in y0}
+        if len(kinds) > 1:
+            raise ValueError(f"the tensors of y0 must share one dtype and device, got {kinds}")
+    else:
+        if not isinstance(y0, torch.Tensor):
+            raise ValueError(f"y0 must be a torch.Tensor or a tuple of tensors, "
+                             f"got {type(y0).__name__}")
+        _validate_state(y0)
+    like = y0[0] if is_tuple else y0
+    shapes = [tuple(y.shape) for y in y0] if is_tuple else [tuple(y0.shape)]
+    method = DEFAULT_METHOD if method is None else method
+    if not isinstance(method, str) or method not in REGISTRY:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    tableau = TABLEAUS[method]
 
     if isinstance(t, torch.Tensor):
         t_tensor = t
@@ -133,8 +319,8 @@ def validate(func, y0, t, method, rtol, atol, options) -> Problem:
             t_tensor = torch.tensor(t, dtype=torch.float64)
         except (TypeError, ValueError):
             raise ValueError(f"t must be a 1-D sequence of times, got {t!r}") from None
-    if t_tensor.dim() != 1 or t_tensor.numel() < 2:
-        raise ValueError(f"t must be 1-D with at least 2 times, got shape {tuple(t_tensor.shape)}")
+    if t_tensor.dim() != 1 or t_tensor.numel() < 1:
+        raise ValueError(f"t must be 1-D with at least 1 time, got shape {tuple(t_tensor.shape)}")
     if t_tensor.is_complex() or t_tensor.dtype == torch.bool:
         raise ValueError(f"t must hold real numbers, got dtype {t_tensor.dtype}")
     times = [float(v) for v in t_tensor.detach().cpu().tolist()]
@@ -144,56 +330,69 @@ def validate(func, y0, t, method, rtol, atol, options) -> Problem:
     if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
         raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times}")
 
-    rtol = _positive("rtol", rtol)
-    atol = _positive("atol", atol)
-    opts = _validate_options(method, options)
-    return Problem(func, y0, t_tensor, times, tableau, rtol, atol, opts)
+    rtol = _tolerance("rtol", rtol, shapes, is_tuple, like)
+    atol = _tolerance("atol", atol, shapes, is_tuple, like)
+    opts = _validate_options(REGISTRY[method], options)
+    return Problem(func, y0, t_tensor, times, REGISTRY[method], rtol, atol, opts, shapes,
+                   is_tuple)
 
 
-def _validate_options(method: str, options: dict | None) -> dict:
+def _validate_options(method: Method, options: dict | None) -> dict:
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise ValueError(f"options must be a dict, got {type(options).__name__}")
-    adaptive = method in ADAPTIVE_METHODS
-    table = ADAPTIVE_OPTIONS if adaptive else FIXED_OPTIONS
+    table = option_table(method)
     unknown = sorted(set(options) - set(table))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for method {method!r}; "
+        raise ValueError(f"unknown option(s) {unknown} for method {method.name!r}; "
                          f"valid options: {', '.join(table)}")
     opts = {**table, **options}
-    if not adaptive:
-        if opts["step_size"] is None:
-            raise ValueError(f"fixed-grid method {method!r} needs options={{'step_size': h}} "
-                             "with h > 0 (or choose an adaptive method: "
-                             f"{', '.join(ADAPTIVE_METHODS)})")
-        opts["step_size"] = _positive("options['step_size']", opts["step_size"])
+    if not method.adaptive:
+        if opts["step_size"] is not None:
+            opts["step_size"] = _positive("options['step_size']", opts["step_size"])
+        if "max_order" in opts:
+            order = opts["max_order"]
+            if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 12:
+                raise ValueError(f"options['max_order'] must be an integer in 1..12, "
+                                 f"got {order!r}")
     else:
         if opts["first_step"] is not None:
             opts["first_step"] = _positive("options['first_step']", opts["first_step"])
         opts["min_step"] = _positive("options['min_step']", opts["min_step"], allow_zero=True)
+        opts["max_step"] = _positive("options['max_step']", opts["max_step"], allow_inf=True)
+        if opts["min_step"] > opts["max_step"]:
+            raise ValueError(f"options need min_step <= max_step, got min_step="
+                             f"{opts['min_step']} and max_step={opts['max_step']}")
+        opts["fail_below_step"] = _positive("options['fail_below_step']",
+                                            opts["fail_below_step"], allow_zero=True)
         opts["ifactor"] = _positive("options['ifactor']", opts["ifactor"])
         opts["dfactor"] = _positive("options['dfactor']", opts["dfactor"])
         if not (0 < opts["safety"] <= 1) or opts["ifactor"] < 1 or opts["dfactor"] > 1:
             raise ValueError("options need 0 < safety <= 1, ifactor >= 1 and 0 < dfactor <= 1; "
                              f"got safety={opts['safety']}, ifactor={opts['ifactor']}, "
                              f"dfactor={opts['dfactor']}")
-        if opts["controller"] not in ("I", "PI"):
-            raise ValueError(f"options['controller'] must be 'I' or 'PI', "
+        if opts["controller"] not in CONTROLLERS:
+            raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}, "
                              f"got {opts['controller']!r}")
         if opts["last_step"] not in LAST_STEPS:
             raise ValueError(f"options['last_step'] must be one of {', '.join(LAST_STEPS)}, "
                              f"got {opts['last_step']!r}")
+        if opts["norm"] is not None and not callable(opts["norm"]):
+            raise ValueError(f"options['norm'] must be a callable (the error norm), "
+                             f"got {opts['norm']!r}")
     steps = opts["max_num_steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"options['max_num_steps'] must be a positive integer, got {steps!r}")
     return opts
 
 
 def _adjoint_params(func, adjoint_params) -> tuple[torch.Tensor, ...]:
     if adjoint_params is None:
-        if isinstance(func, torch.nn.Module):
-            return tuple(p for p in func.parameters() if p.requires_grad)
-        return ()
+        if not isinstance(func, torch.nn.Module):
+            raise ValueError("adjoint=True needs func to be a torch.nn.Module (its parameters get "
+                             "gradients) or adjoint_params=(...); pass adjoint_params=() if "
+                             f"func has none, got func of type {type(func).__name__}")
+        return tuple(p for p in func.parameters() if p.requires_grad)
     params = tuple(adjoint_params)
     for p in params:
         if not isinstance(p, torch.Tensor):
@@ -211,17 +410,32 @@ def _validate_adjoint_options(adjoint_options: dict | None, problem: Problem) ->
         raise ValueError(f"unknown adjoint option(s) {unknown}; "
                          f"valid: {', '.join(ADJOINT_OPTIONS)}")
     norm = adjoint_options.get("norm", "default")
-    if norm not in NORMS:
-        raise ValueError(f"adjoint_options['norm'] must be one of {', '.join(NORMS)}, got {norm!r}")
-    method = adjoint_options.get("method", problem.tableau.name)
-    if not isinstance(method, str) or method not in TABLEAUS:
-        raise ValueError(f"unknown adjoint method {method!r}; valid methods: {', '.join(METHODS)}")
-    same = method == problem.tableau.name
-    options = adjoint_options.get("options", problem.options if same else None)
+    if not callable(norm) and norm not in NORMS:
+        raise ValueError(f"adjoint_options['norm'] must be one of {', '.join(NORMS)} or a "
+                         f"callable, got {norm!r}")
+    name = adjoint_options.get("method", problem.method.name)
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(f"unknown adjoint method {name!r}; valid methods: {', '.join(METHODS)}")
+    same = name == problem.method.name
+    if "options" in adjoint_options:
+        options = adjoint_options["options"]
+        if isinstance(options, dict) and "norm" in options:
+            raise ValueError("the backward solve's norm is adjoint_options['norm'], "
+                             "not adjoint_options['options']['norm']")
+    else:  # the forward's, less its norm (a norm of y, not of the adjoint state)
+        options = {k: v for k, v in problem.options.items() if k != "norm"} if same else None
+
+    def tolerance(key):  # the forward's is already prepared
+        if key not in adjoint_options:
+            return getattr(problem, key)
+        return _tolerance(f"adjoint_options['{key}']", adjoint_options[key], problem.shapes,
+                          problem.is_tuple, problem.y0)
+
     return {
         "norm": norm,
-        "tableau": TABLEAUS[method],
-        "rtol": _positive("adjoint_options['rtol']", adjoint_options.get("rtol", problem.rtol)),
-        "atol": _positive("adjoint_options['atol']", adjoint_options.get("atol", problem.atol)),
-        "options": _validate_options(method, options),
+        "method": REGISTRY[name],
+        "rtol": tolerance("rtol"),
+        "atol": tolerance("atol"),
+        "options": _validate_options(REGISTRY[name], options),
     }
+

@@ -14,15 +14,32 @@ The only device-to-host sync per step is the accept/reject decision (adaptive me
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from .controllers import make_controller
 from .stats import SolverError
 from .tableaus import Tableau
 
 FlatFunc = Callable[[float, torch.Tensor], torch.Tensor]
+
+# Hairer & Wanner's automatic first step (Solving ODEs I, II.4): a trial step of
+# FIRST_STEP_FRACTION of |y0| / |f0| (or FIRST_STEP_FALLBACK when either is below
+# FIRST_STEP_SMALL), probed once; the result is at most FIRST_STEP_GROWTH times the trial.
+FIRST_STEP_FRACTION = 0.01
+FIRST_STEP_FALLBACK = 1e-6
+FIRST_STEP_SMALL = 1e-5
+FIRST_STEP_FLAT = 1e-15  # derivatives below this: no curvature information
+FIRST_STEP_FLAT_SHRINK = 1e-3
+FIRST_STEP_GROWTH = 100
+# the smallest step float arithmetic resolves at time t: FLOOR_ULPS * eps * |t|
+FLOOR_ULPS = 16
+
+
+def float_floor(dtype: torch.dtype, *times: float) -> float:
+    return FLOOR_ULPS * torch.finfo(dtype).eps * max(*(abs(t) for t in times), 1e-300)
 
 
 @dataclass
@@ -35,10 +52,12 @@ class Tally:
 
 
 class _Stepper:
-    def __init__(self, fn: FlatFunc, tab: Tableau, y0: torch.Tensor, tally: Tally,
-                 channels: Sequence[slice]):
+    def __init__(self, fn: FlatFunc, tab: Tableau, y0: torch.Tensor, tally: Tally, norm):
         self.fn, self.tab, self.tally = fn, tab, tally
-        self.channels = channels
+        # norm: slices of the state (max over them of the RMS norm: the fast default) or
+        # a callable on the flat state (options["norm"], wrapped by odeint)
+        self.channels = norm if not callable(norm) else None
+        self.user_norm = norm if callable(norm) else None
         self.inplace = not torch.is_grad_enabled()
         coef = tab.tensors(y0.dtype, y0.device)
         self.a, self.b, self.e = coef["a"], coef["b"], coef["error"]
@@ -105,6 +124,8 @@ class _Stepper:
     # --- error control ----------------------------------------------------------
     def norm(self, x: torch.Tensor) -> torch.Tensor:
         """Max over channels of the RMS norm (one channel for a plain solve)."""
+        if self.user_norm is not None:
+            return self.user_norm(x)
         norms = [torch.linalg.vector_norm(x[sl]) / math.sqrt(max(sl.stop - sl.start, 1))
                  for sl in self.channels]
         return norms[0] if len(norms) == 1 else torch.stack(norms).max()
@@ -120,8 +141,10 @@ class _Stepper:
                 err = torch.mv(torch.stack([k.detach() for k in ks], 1), self.e)
                 scale = torch.maximum(y.detach().abs(), y1.detach().abs())
         with torch.no_grad():
-            scale.mul_(rtol).add_(atol)
+            scale.mul_(rtol).add_(atol)  # rtol, atol: numbers or per-element tensors
             err.div_(scale)
+            if self.user_norm is not None:  # torchdiffeq's convention: norm(h * err / scale)
+                return float(self.user_norm(err.mul_(h)))
             return float(self.norm(err)) * abs(h)  # the one host sync of a step
 
     # --- outputs ----------------------------------------------------------------
@@ -170,16 +193,18 @@ def _combine(y: torch.Tensor, ks, coefs, h: float) -> torch.Tensor:
     return out
 
 
-def solve(fn: FlatFunc, y0: torch.Tensor, times: list[float], tab: Tableau, rtol: float,
-          atol: float, options: dict, tally: Tally,
-          channels: Sequence[slice] | None = None) -> torch.Tensor:
+def solve(fn: FlatFunc, y0: torch.Tensor, times: list[float], method, rtol, atol,
+          options: dict, tally: Tally, norm=None) -> torch.Tensor:
     """Integrate the flat ODE y' = fn(t, y) from times[0]; returns (len(times), N).
 
-    `channels` split the state for the error norm (the adjoint's [z, a, g]); default one.
+    `method`: a registry.Method or a Tableau. `rtol`/`atol`: floats or tensors of N values.
+    `norm`: slices of the state for the error norm (the adjoint's [z, a, g]; default one),
+    or a callable on the flat state.
     """
-    if channels is None:
-        channels = [slice(0, y0.numel())]
-    st = _Stepper(fn, tab, y0, tally, channels)
+    tab = getattr(method, "tableau", None) or method
+    if norm is None:
+        norm = [slice(0, y0.numel())]
+    st = _Stepper(fn, tab, y0, tally, norm)
     if st.inplace:
         ys = y0.new_empty(len(times), y0.numel())
         ys[0].copy_(y0)
@@ -199,21 +224,29 @@ def _where(t: float, h: float, tally: Tally) -> str:
     return f"at t={t:.6g} with step size {h:.3g} after {tally.nfe} function evaluations"
 
 
-def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
-    step_size = options["step_size"]
-    max_steps = options["max_num_steps"]
+def fixed_grid(times: list[float], step_size: float | None, max_steps: int | None) -> list[int]:
+    """Steps per output interval: the grid is t itself without step_size, else steps of
+    step_size whose last one in each interval is cut to land on the output time."""
+    if step_size is None:
+        return [1] * (len(times) - 1)
     counts = [max(1, math.ceil(abs(b - a) / step_size - 1e-9)) for a, b in zip(times, times[1:])]
-    if sum(counts) > max_steps:
+    if max_steps is not None and sum(counts) > max_steps:
         raise SolverError(
             f"step_size={step_size:g} needs {sum(counts)} steps over t in "
             f"[{times[0]:g}, {times[-1]:g}], more than max_num_steps={max_steps}: "
             "raise max_num_steps or use a larger step_size")
+    return counts
+
+
+def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
+    step_size = options["step_size"]
+    counts = fixed_grid(times, step_size, options["max_num_steps"])
     y = y0
     for i, n in enumerate(counts, start=1):
         ta, tb = times[i - 1], times[i]
         direction = 1.0 if tb > ta else -1.0
         for k in range(n):
-            t = ta + direction * k * step_size
+            t = ta + direction * k * step_size if k else ta
             h = (tb - t) if k == n - 1 else direction * step_size  # last step lands on tb
             y, _ = st.step(t, y, h, None)
             st.tally.accepted += 1
@@ -223,7 +256,7 @@ def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
             ys.append(y)
         if not bool(torch.isfinite(y).all()):
             raise SolverError(
-                f"the state became NaN/Inf {_where(tb, step_size, st.tally)}: "
+                f"the state became NaN/Inf {_where(tb, step_size or abs(tb - ta), st.tally)}: "
                 "use a smaller step_size or an adaptive method")
     return ys
 
@@ -234,29 +267,28 @@ def _initial_step(st: _Stepper, t0, y0, f0, rtol, atol, direction) -> float:
         scale = y0.detach().abs() * rtol + atol
         d0 = float(st.norm(y0.detach() / scale))
         d1 = float(st.norm(f0.detach() / scale))
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        h0 = (FIRST_STEP_FALLBACK if (d0 < FIRST_STEP_SMALL or d1 < FIRST_STEP_SMALL)
+              else FIRST_STEP_FRACTION * d0 / d1)
         y_probe = y0.detach() + direction * h0 * f0.detach()
         f_probe = st.eval(t0 + direction * h0, y_probe)
         d2 = float(st.norm((f_probe - f0.detach()) / scale)) / h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
+    if max(d1, d2) <= FIRST_STEP_FLAT:
+        h1 = max(FIRST_STEP_FALLBACK, h0 * FIRST_STEP_FLAT_SHRINK)
     else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / st.tab.order)
-    return min(100 * h0, h1)
+        h1 = (FIRST_STEP_FRACTION / max(d1, d2)) ** (1.0 / st.tab.order)
+    return min(FIRST_STEP_GROWTH * h0, h1)
 
 
 def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
     tab, tally = st.tab, st.tally
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
-    safety, ifactor, dfactor = options["safety"], options["ifactor"], options["dfactor"]
     max_steps = options["max_num_steps"]
-    exponent = 1.0 / tab.order
-    pi = options["controller"] == "PI"
+    control = make_controller(options, tab.order)
     clamp = options["last_step"] == "clamp"
     # never step below what float arithmetic can resolve at this t
-    eps = torch.finfo(y0.dtype).eps
-    min_step_floor = max(options["min_step"], 16 * eps * max(abs(t0), abs(t_end), 1e-300))
+    floor = float_floor(y0.dtype, t0, t_end)
+    min_step_floor = max(options["fail_below_step"], floor)
 
     k1 = st.first_stage(t0, y0)
     if not bool(torch.isfinite(k1).all()):
@@ -264,9 +296,11 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
                           "check the initial value and the function")
     h = options["first_step"]
     if h is None:
-        h = _initial_step(st, t0, y0, k1, rtol, atol, direction)
+        # the estimate can fall below what float32 resolves (f0 = 0 gives 1e-6): start at
+        # the floor instead of failing there
+        h = max(_initial_step(st, t0, y0, k1, rtol, atol, direction), floor)
+    h = control.first(h)
     t, y = t0, y0
-    prev_ratio = 1.0
     nonfinite = False
     next_out = 1
     while next_out < len(times):
@@ -278,6 +312,7 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
         remaining = (t_end - t) * direction
         # never leave a sliver too short to step; "overshoot" steps past t_end instead
         last = clamp and h >= remaining - min_step_floor
+        bounded = control.must_accept(h)  # before the cut: it may lengthen h by a hair
         if last:
             h = remaining
         if h < min_step_floor:
@@ -289,7 +324,8 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
         dt = direction * h
         y1, ks = st.step(t, y, dt, k1)
         ratio = st.error_ratio(y, y1, ks, dt, rtol, atol)
-        if ratio <= 1.0:  # NaN compares False: rejected
+        # NaN compares False: rejected
+        if ratio <= 1.0 or (bounded and math.isfinite(ratio)):
             tally.accepted += 1
             t1 = t_end if last else t + dt
             while next_out < len(times) and (t1 - times[next_out]) * direction >= 0:
@@ -308,20 +344,15 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
                 k1 = st.next_first_stage(ks)
             else:
                 k1 = None
-            if ratio == 0.0:
-                factor = ifactor
-            elif pi:
-                factor = safety * ratio ** (-0.7 * exponent) * prev_ratio ** (0.4 * exponent)
-            else:
-                factor = safety * ratio ** -exponent
-            factor = min(ifactor, max(1.0, factor))  # accepted: never shrink (as torchdiffeq)
-            prev_ratio = max(ratio, 1e-4)
+            h = control.accepted(h, ratio)
         else:
             tally.rejected += 1
-            if math.isfinite(ratio):
-                factor = min(1.0, max(dfactor, safety * ratio ** -exponent))
-            else:
+            h_next = control.rejected(h, ratio)
+            if not math.isfinite(ratio):
                 nonfinite = True
-                factor = dfactor
-        h = h * factor
+                if h_next >= h:  # a step bounded below (min_step) cannot shrink past NaN
+                    raise SolverError(
+                        f"the state or func's output became NaN/Inf {_where(t, h, tally)}: "
+                        "check func, or lower options['min_step']")
+            h = h_next
     return ys

@@ -9,7 +9,23 @@ from odenet.solvers import ADAPTIVE_METHODS, FIXED_METHODS, TABLEAUS, SolveStats
 
 from .problems import PROBLEMS
 
-ORDERS = {"euler": 1, "midpoint": 2, "rk4": 4}
+ORDERS = {"euler": 1, "midpoint": 2, "rk4": 4, "heun3": 3, "explicit_adams": 4}
+# explicit_adams with torchdiffeq's default max_order=12 reaches order 11, whose stability
+# region is tiny: its tests cap it at Adams-Bashforth 4
+FIXED_EXTRA = {"explicit_adams": {"max_order": 5}}
+ADAPTIVE_ORDERS = {"adaptive_heun": 2, "fehlberg2": 2, "bosh3": 3, "dopri5": 5, "tsit5": 5,
+                   "dopri8": 8}
+
+
+# fehlberg2's error estimate is that of Fehlberg's 1st-order formula, whose error constant
+# (1/512) is far below the propagated 2nd-order solution's error: its global error runs
+# ~1000x the tolerance, in torchdiffeq too (test_compat: test_new_methods_match_torchdiffeq)
+LOOSE = {"fehlberg2"}
+
+
+def _tight(method):
+    """A tolerance each method reaches in a few hundred steps."""
+    return 1e-8 if ADAPTIVE_ORDERS[method] >= 3 else 1e-5
 
 
 def _error(problem, method, t, dtype=torch.float64, relative=False, **kw):
@@ -25,10 +41,13 @@ def _error(problem, method, t, dtype=torch.float64, relative=False, **kw):
 @pytest.mark.parametrize("direction", [1, -1])
 def test_adaptive_error_within_tolerance(problem, method, direction):
     t = torch.linspace(0.0, 2.0, 7) * direction
-    err = _error(problem, method, t, relative=True, rtol=1e-8, atol=1e-8)
+    if method in LOOSE:
+        pytest.skip("its error estimate does not bound its error (see LOOSE)")
+    tol = _tight(method)
+    err = _error(problem, method, t, relative=True, rtol=tol, atol=tol)
     # global error of a tolerance-controlled solve, relative to the solution's size:
     # a small multiple of the tolerance
-    assert err < 50 * 1e-8, err
+    assert err < 50 * tol, err
 
 
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))
@@ -36,15 +55,31 @@ def test_adaptive_error_within_tolerance(problem, method, direction):
 def test_fixed_error_within_step_bound(problem, method):
     h = 0.01
     t = torch.tensor([0.0, 0.37, 1.0, 2.0])  # outputs off the grid: the last step is shortened
-    err = _error(problem, method, t, options={"step_size": h})
-    assert err < 5 * h ** ORDERS[method], err
+    err = _error(problem, method, t, options={"step_size": h, **FIXED_EXTRA.get(method, {})})
+    constant = 20 if method == "explicit_adams" else 5  # its RK4 (3/8) start is coarser
+    assert err < constant * h ** ORDERS[method], err
+
+
+@pytest.mark.parametrize("method", ADAPTIVE_METHODS)
+def test_adaptive_method_convergence_order(method):
+    """The tableau's order, measured on equal steps (min_step = max_step = h: every step
+    has length h and is accepted)."""
+    t = torch.tensor([0.0, 1.6], dtype=torch.float64)
+    order = ADAPTIVE_ORDERS[method]
+    steps = [0.4, 0.2, 0.1] if order >= 5 else [0.1, 0.05, 0.025]
+    errs = [_error("time_dependent", method, t, rtol=1e-3, atol=1e-3,
+                   options={"min_step": h, "max_step": h}) for h in steps]
+    slope = math.log(errs[-2] / errs[-1]) / math.log(2)
+    # at least the order; tsit5's small error constants look ~1 higher at these steps
+    assert order - 0.3 < slope < order + 1.3, (errs, slope)
 
 
 @pytest.mark.parametrize("method", FIXED_METHODS)
 def test_convergence_order(method):
     t = torch.tensor([0.0, 1.3])
     steps = [0.1, 0.05, 0.025, 0.0125]
-    errs = [_error("time_dependent", method, t, options={"step_size": h}) for h in steps]
+    errs = [_error("time_dependent", method, t,
+                   options={"step_size": h, **FIXED_EXTRA.get(method, {})}) for h in steps]
     slopes = [math.log(e1 / e2) / math.log(2) for e1, e2 in zip(errs, errs[1:])]
     assert abs(slopes[-1] - ORDERS[method]) < 0.3, (errs, slopes)
 
@@ -77,7 +112,8 @@ def test_tableau_order_conditions(name):
                 assert abs(got.item() - want) < 1e-12, (cond_order, got, want)
 
 
-INTERP_ORDERS = {"bosh3": 3, "dopri5": 4, "tsit5": 4}
+INTERP_ORDERS = {"bosh3": 3, "dopri5": 4, "tsit5": 4, "adaptive_heun": 2, "fehlberg2": 2,
+                 "dopri8": 5}  # dopri8's extension measures ~6.7 until round-off: 5 is safe
 
 
 @pytest.mark.parametrize("name", ADAPTIVE_METHODS)
@@ -112,15 +148,17 @@ def test_dense_output_accuracy_without_extra_steps(method):
     ys = odeint(func, y0, t, method=method, rtol=1e-7, atol=1e-7, stats=dense)
     assert dense.nfe_forward == sparse.nfe_forward
     exact = torch.stack([solution(ti) for ti in t])
-    assert (ys - exact).abs().max() < 1e-5
+    # the interpolant's own error: order 2 ones are coarser at these (few, large) steps
+    assert (ys - exact).abs().max() < (1e-5 if ADAPTIVE_ORDERS[method] >= 3 else 1e-3)
 
 
 @pytest.mark.parametrize("method", ADAPTIVE_METHODS)
 def test_error_shrinks_with_tolerance(method):
     t = torch.tensor([0.0, 3.0])
-    errs = [_error("linear", method, t, rtol=tol, atol=tol) for tol in (1e-3, 1e-5, 1e-7, 1e-9)]
+    tols = (1e-3, 1e-5, 1e-7, 1e-9) if ADAPTIVE_ORDERS[method] >= 3 else (1e-2, 1e-3, 1e-4, 1e-5)
+    errs = [_error("linear", method, t, rtol=tol, atol=tol) for tol in tols]
     assert all(e2 < e1 for e1, e2 in zip(errs, errs[1:])), errs
-    assert errs[-1] < 1e-7
+    assert method in LOOSE or errs[-1] < 100 * tols[-1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
