@@ -20,7 +20,9 @@ on the test set, batch by batch, and we record:
 
 The reference itself is checked: a second float64 solve at 10 x ``reference_tol`` gives
 ``reference.check_error`` (same definition); it should lie far below every numerical
-error reported. Writes ``evaluation.json`` next to the checkpoint (atomically).
+error reported. Writes ``evaluation.json`` next to the checkpoint (atomically), with
+``checkpoint_file``: the size and SHA-256 of the checkpoint evaluated, so that ``odenet
+figures`` can leave out an evaluation whose checkpoint has changed since (a rerun).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 
 from odenet.files import write_json
 from odenet.record import EVALUATION
+from odenet.report.runs import CHECKPOINT_ID, file_id
 
 CONFIG_FILE = "evaluate.yaml"
 
@@ -178,6 +181,12 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     except ConfigError as e:
         raise EvaluateError(str(e)) from None
     ckpt = Path(cfg.checkpoint)
+    # what identifies the checkpoint, read before loading it: the figures compare it
+    # with the checkpoint.pt they find (odenet/report/runs.py)
+    try:
+        ckpt_id = file_id(ckpt)
+    except OSError:
+        ckpt_id = None  # load_checkpoint_model says why in one line
     model, config, ck = load_checkpoint_model(ckpt, device)
     block = ode_blocks(model)[0]
     trained = dict(block.settings())
@@ -245,6 +254,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
                   default=None)
     record = {
         "checkpoint": str(ckpt.resolve()),
+        CHECKPOINT_ID: ckpt_id,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "model": config.get("model", {}).get("name"),
         "epoch": ck.get("epoch"),

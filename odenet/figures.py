@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odenet.record import CLASSIFY, DENSITY
+from odenet.record import CLASSIFY, DENSITY, EVALUATION
 from odenet.report._args import ArgumentParser
 from odenet.report.figures import NoData, write_csv
 from odenet.report.runs import ReportError, Run, load_runs, print_invalid
@@ -47,6 +47,15 @@ class Figure:
     draw: str | None = None
     write: str | None = None
     csv: bool = True
+    evaluations: bool = False  # drawn from evaluation.json (odenet evaluate)
+
+    def notes(self, runs: Sequence[Run]) -> list[str]:
+        """Why an evaluation.json of the runs it reads is left out (its checkpoint
+        changed since it was evaluated: load_runs), one line each."""
+        if not self.evaluations:
+            return []
+        return [f"{self.name}: left out {r.name or r.dir}/{EVALUATION}: {r.evaluation_skipped}"
+                for r in self.select(runs) if r.evaluation_skipped]
 
     def select(self, runs: Sequence[Run]) -> list[Run]:
         return [r for r in runs if r.metrics.get("task") == self.task]
@@ -71,9 +80,9 @@ _R = "odenet.report.figures"
 FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("fig3a", "Fig. 3a: NFE forward vs numerical error of the trained ODE-Net's block "
            "(re-solved at each tolerance; error against a float64 reference solve).",
-           CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3a"),
+           CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3a", evaluations=True),
     Figure("fig3b", "Fig. 3b: NFE forward vs relative wall time of the forward pass.",
-           CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3b"),
+           CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3b", evaluations=True),
     Figure("fig3c", "Fig. 3c: NFE forward vs NFE backward over training iterations (the "
            "paper reported backward ≈ half of forward with LSODE; contested for dopri5 — "
            "this is what we measured).", CLASSIFY, f"{_R}:fig3c_rows", f"{_R}:draw_fig3c"),
@@ -111,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="odenet figures",
         description="Figure 3 (a)-(d), memory.png (each with its CSV) and the density "
                     "figures from run directories (metrics.json, history.jsonl, "
-                    "evaluation.json, checkpoint.pt below RUN_DIRS).")
+                    "evaluation.json, checkpoint.pt below RUN_DIRS; an evaluation.json "
+                    "whose checkpoint changed since is left out). Run paths in the CSVs "
+                    "are relative to RUN_DIRS.")
     ap.add_argument("run_dirs", nargs="*", default=["outputs"], metavar="RUN_DIRS",
                     help="directories searched recursively for runs (default: outputs)")
     ap.add_argument("--out", default=DEFAULT_OUT,
@@ -125,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"odenet figures: error: {e}", file=sys.stderr)
         return 1
     print_invalid("odenet figures", invalid)
-    written, skipped = write_figures(runs, args.out, args.only or list(FIGURES))
+    which = args.only or list(FIGURES)
+    for name in which:
+        for note in FIGURES[name].notes(runs):
+            print(f"odenet figures: {note}", file=sys.stderr)
+    written, skipped = write_figures(runs, args.out, which)
     for name, why in skipped.items():
         print(f"odenet figures: {name} skipped: {why}", file=sys.stderr)
     if not written:

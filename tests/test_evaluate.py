@@ -50,6 +50,20 @@ def test_writes_json_next_to_checkpoint(evaluated):
     assert all(r["status"] == "ok" for r in ev["results"])
 
 
+def test_records_what_identifies_the_checkpoint(evaluated, tmp_path):
+    """evaluation.json names the checkpoint's size and SHA-256; odenet figures compares
+    them with the run's checkpoint.pt and leaves out the evaluation once it changed."""
+    from odenet.report.runs import file_id, stale_evaluation
+
+    ck, ev = evaluated
+    assert ev["checkpoint_file"] == file_id(ck)
+    assert len(ev["checkpoint_file"]["sha256"]) == 64
+    assert stale_evaluation(ck.parent, ev) is None
+    run = tmp_path / "run"  # the same run, its checkpoint retrained (another seed)
+    write_checkpoint(run / "checkpoint.pt", seed=1)
+    assert "checkpoint.pt changed since it was evaluated" in stale_evaluation(run, ev)
+
+
 def test_tighter_tolerance_more_nfe_less_error(evaluated):
     _, ev = evaluated
     loose, tight = ev["results"]

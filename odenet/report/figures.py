@@ -11,9 +11,14 @@ For each, a ``*_rows(runs)`` function extracts the data (the figure's CSV) and a
 - fig3d: NFE-forward vs training epoch (``history.jsonl`` of ODE-block runs).
 - memory: activation memory of the ODE block / residual blocks vs NFE (or depth) for
   the models with either (``metrics.json``): the O(1) / O(L~) / O(L) claim, measured.
+  The NFE is that of the iteration whose memory was measured (``activation_nfe_forward``;
+  records from before it existed: the last epoch's mean NFE-F); RK-Net's points get the
+  least-squares fit y = a·x, drawn as that curve.
 
-Only finished runs enter fig3c, fig3d and memory; fig3a/b use every evaluation found.
-A figure without data raises ``NoData``, saying what would produce it.
+Only finished runs enter fig3c, fig3d and memory; fig3a/b use every evaluation found
+(load_runs leaves out one whose checkpoint changed since). A figure without data raises
+``NoData``, saying what would produce it. The CSVs' ``run_dir`` is ``Run.name``: the
+run directory relative to the directory searched.
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ def _run_label(run: Run) -> str:
     return f"{solver_label(m)}" + (f" seed {seed}" if seed is not None else "")
 
 
+def _dir(run: Run) -> str:
+    """The run directory as the CSVs write it: relative to the directory searched."""
+    return run.name or str(run.dir)
+
+
 def fig3ab_rows(runs: Sequence[Run]) -> list[dict]:
     """One row per (evaluated checkpoint, tolerance)."""
     rows = []
@@ -77,7 +87,7 @@ def fig3ab_rows(runs: Sequence[Run]) -> list[dict]:
             ft, bt = num(r.get("forward_seconds")), num(r.get("block_seconds"))
             ct = num(r.get("forward_cpu_seconds"))
             rows.append({
-                "run_dir": str(run.dir),
+                "run_dir": _dir(run),
                 "label": _run_label(run),
                 "rtol": r.get("rtol"),
                 "atol": r.get("atol"),
@@ -143,7 +153,7 @@ def fig3d_rows(runs: Sequence[Run]) -> list[dict]:
         first_epoch = min((num(it.get("epoch")) for it in iters
                            if num(it.get("epoch")) is not None), default=None)
         for x, it in zip(_positions(iters), iters):
-            rows.append({"run_dir": str(run.dir), "label": label, "kind": "iter",
+            rows.append({"run_dir": _dir(run), "label": label, "kind": "iter",
                          "epoch": x, "nfe_forward": num(it["nfe_forward"])})
         epochs = [e for e in run.epochs() if num(e.get("nfe_forward_mean")) is not None]
         if first_epoch is None:
@@ -154,7 +164,7 @@ def fig3d_rows(runs: Sequence[Run]) -> list[dict]:
             if ep is None:
                 continue
             # An epoch record summarises the epoch that ends at (e - first + 1).
-            rows.append({"run_dir": str(run.dir), "label": label, "kind": "epoch",
+            rows.append({"run_dir": _dir(run), "label": label, "kind": "epoch",
                          "epoch": ep - first_epoch + 1,
                          "nfe_forward": num(e["nfe_forward_mean"])})
     return rows
@@ -171,20 +181,24 @@ def memory_rows(runs: Sequence[Run]) -> list[dict]:
         if spec is None:
             continue
         if spec.ode_block:
-            x = num(m.get("nfe_forward_mean"))
+            # the NFE of the iteration whose activations were measured; a record from
+            # before that field: the last epoch's mean (the measured one may differ)
+            x_from = "activation_nfe_forward" if num(m.get("activation_nfe_forward")) \
+                is not None else "nfe_forward_mean"
+            x = num(m.get(x_from))
             gradient = ADJOINT if m.get("solver_adjoint") else BACKPROP
             series, x_kind = spec.title + SERIES[gradient], "nfe_forward"
         elif spec.residual_blocks is not None:
-            x = residual_blocks(m)
+            x, x_from = residual_blocks(m), "residual_blocks"
             series, x_kind = spec.title + SERIES["blocks"], "blocks"
         else:
             continue
         if x is None:
             continue
-        rows.append({"run_dir": str(run.dir), "series": series, "model": m.get("model"),
+        rows.append({"run_dir": _dir(run), "series": series, "model": m.get("model"),
                      "solver": solver_label(m) if run.has_ode_block else "",
                      "x": x, "x_kind": x_kind, "activation_block_mib": mib,
-                     "activation_mib": num(m.get("activation_mib"))})
+                     "activation_mib": num(m.get("activation_mib")), "x_from": x_from})
     return rows
 
 
@@ -356,6 +370,11 @@ def draw_fig3d(rows: list[dict], path: Path):
     return fig
 
 
+def fit_curve(x0: float, x1: float, n: int = 64) -> list[float]:
+    """``n`` evenly spaced x from x0 to x1: enough for a smooth a·x on a log y axis."""
+    return [x0 + (x1 - x0) * i / (n - 1) for i in range(n)]
+
+
 def series_kind(series: str) -> str:
     """ADJOINT, BACKPROP or "blocks": what a memory series measures (from its text)."""
     return next((k for k, suffix in SERIES.items() if series.endswith(suffix)), "")
@@ -375,11 +394,17 @@ def draw_memory(rows: list[dict], path: Path):
                 label += f": ≈ {a:.2f} MiB per evaluation"
         pts = ax.scatter(xs, ys, marker=MARKERS.get(kind, "o"), s=36, label=label)
         if a:
-            xmax = max(r["x"] for r in rows) * 1.05
-            ax.plot([min(xs) / 2, xmax], [a * min(xs) / 2, a * xmax], "--", lw=0.8,
-                    color=pts.get_facecolor()[0])
+            # y = a·x through the origin: on the log y axis a curve, so drawn point by
+            # point over the x range (from half the smallest x: log y has no 0)
+            fx = fit_curve(min(xs) / 2, max(r["x"] for r in rows) * 1.05)
+            ax.plot(fx, [a * x for x in fx], "--", lw=0.8, color=pts.get_facecolor()[0],
+                    label=f"fit: y = {a:.2f}·x")
     ax.set_yscale("log")
-    ax.set_xlabel("NFE forward (ODE blocks) or number of residual blocks (ResNet)")
+    # records from before activation_nfe_forward give the last epoch's mean NFE-F
+    older = any(r.get("x_from") == "nfe_forward_mean" for r in rows)
+    ax.set_xlabel("NFE forward of the measured iteration (ODE blocks"
+                  + ("; older runs: last epoch's mean" if older else "")
+                  + ")\nor number of residual blocks (ResNet)", fontsize=9)
     ax.set_ylabel("activations saved for backward (MiB, one iteration)")
     ax.set_xlim(left=0)
     ax.legend(fontsize=7)

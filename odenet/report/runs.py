@@ -4,23 +4,34 @@ A run directory is any directory holding a ``metrics.json``. Next to it may lie
 ``history.jsonl`` and ``evaluation.json`` (written by ``odenet evaluate``, Figure 3 a/b).
 metrics.json and history.jsonl are read through odenet/record.py and validated there; a
 file that fails is not an error of the command: it is returned as an ``Invalid`` (path
-and reason) for the report to list, and the other runs are read on. Imports neither
-torch nor Hydra (the report runs where neither is installed).
+and reason) for the report to list, and the other runs are read on. An evaluation.json
+whose checkpoint has changed since it was evaluated is left out of the run (the reason
+in ``Run.evaluation_skipped``). Every run and file also gets a ``name``: its path
+relative to the directory searched (the one given, or the deepest directory holding all
+those given), the path written into reports, so that they read the same on any machine.
+Imports neither torch nor Hydra (the report runs where neither is installed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from odenet import record
 from odenet.record import EVALUATION, HISTORY, METRICS
 from odenet.registry import ADJOINT, MODELS
+
+# the checkpoint's file name in a run directory (odenet/checkpoint.py's CHECKPOINT, which
+# the report cannot import: it loads torch)
+CHECKPOINT = "checkpoint.pt"
+# evaluation.json's key for what identifies the checkpoint it evaluated (file_id)
+CHECKPOINT_ID = "checkpoint_file"
 
 
 class ReportError(Exception):
@@ -33,6 +44,7 @@ class Invalid:
 
     path: Path
     reason: str
+    name: str = field(default="", compare=False)  # path relative to the directory searched
 
 
 @dataclass
@@ -43,6 +55,9 @@ class Run:
     metrics: dict
     history: list[dict] = field(default_factory=list)
     evaluation: dict | None = None
+    name: str = ""  # dir relative to the directory searched: the path reports write
+    base: str = ""  # that directory, as given
+    evaluation_skipped: str | None = None  # why evaluation.json was left out
 
     @property
     def finished(self) -> bool:
@@ -91,6 +106,54 @@ def read_evaluation(path: Path) -> dict:
     return obj
 
 
+def file_id(path: str | os.PathLike) -> dict:
+    """What identifies a file's content: its size and SHA-256 (a checkpoint is a few MB:
+    hashing costs milliseconds; mtimes change when run directories are copied)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def stale_evaluation(run_dir: Path, evaluation: dict) -> str | None:
+    """Why ``evaluation`` no longer describes the run's checkpoint.pt, or None when it
+    does or cannot be told: an evaluation.json written before odenet evaluate recorded
+    the checkpoint's identity, or a run directory without its checkpoint (copied
+    without it), is used as it is."""
+    want = evaluation.get(CHECKPOINT_ID)
+    ckpt = run_dir / CHECKPOINT
+    if not isinstance(want, dict) or not ckpt.is_file():
+        return None
+    try:
+        size = ckpt.stat().st_size
+        if size == want.get("size") and file_id(ckpt)["sha256"] == want.get("sha256"):
+            return None
+    except OSError as e:
+        return f"cannot read {CHECKPOINT}: {e.strerror or e}"
+    return (f"{CHECKPOINT} changed since it was evaluated (size or SHA-256 differ); "
+            f"rerun `odenet evaluate checkpoint=RUN_DIR/{CHECKPOINT}`")
+
+
+def base_of(dirs: Sequence[str | os.PathLike]) -> tuple[Path, str]:
+    """The directory report paths are relative to: the one given (a metrics.json given:
+    its directory), or the deepest directory holding all those given; resolved, and as
+    the user wrote it (for the report's text)."""
+    paths = [Path(d) if not (Path(d).is_file() and Path(d).name == METRICS) else
+             Path(d).parent for d in dirs] or [Path(".")]
+    resolved = Path(os.path.commonpath([str(p.resolve()) for p in paths]))
+    try:
+        label = os.path.commonpath([os.path.normpath(p) for p in paths])
+    except ValueError:  # absolute and relative ones mixed
+        label = ""
+    return resolved, label or str(resolved)  # '': nothing in common as written
+
+
+def relative(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` ('.' for base itself), with '/' on any system."""
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
 def find_metrics(dirs: Iterable[str | os.PathLike]) -> list[Path]:
     """Every metrics.json below the given directories (each file once, sorted)."""
     dirs = list(dirs)
@@ -113,16 +176,22 @@ def find_metrics(dirs: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
-def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True
+def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
+              evaluation: bool = True, base: str | os.PathLike | None = None
               ) -> tuple[list[Run], list[Invalid]]:
     """Every run below ``dirs`` (metrics.json, history.jsonl, evaluation.json), in the
     order of the sorted run paths, and the files that failed validation. A run with an
-    invalid file is left out whole (its numbers cannot be trusted in part).
+    invalid file is left out whole (its numbers cannot be trusted in part); an
+    evaluation.json of a checkpoint that changed since is left out of its run. ``name``s
+    are relative to ``base`` (default: ``base_of(dirs)``).
 
     Raises ReportError (one line) only for a missing directory or no runs at all.
     """
+    dirs = list(dirs)
+    found = find_metrics(dirs)
+    root, label = base_of([base] if base is not None else dirs)
     runs, invalid = [], []
-    for path in find_metrics(dirs):
+    for path in found:
         d = path.parent
         current = path
         try:
@@ -130,11 +199,14 @@ def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True
             current = d / HISTORY
             hist = record.read_history(current) if history else []
             current = d / EVALUATION
-            ev = read_evaluation(current) if current.exists() else None
+            ev = read_evaluation(current) if evaluation and current.exists() else None
         except record.RecordError as e:
-            invalid.append(Invalid(current, _reason(e, current)))
+            invalid.append(Invalid(current, _reason(e, current), relative(current, root)))
             continue
-        runs.append(Run(dir=d, metrics=metrics, history=hist, evaluation=ev))
+        skipped = stale_evaluation(d, ev) if ev is not None else None
+        runs.append(Run(dir=d, metrics=metrics, history=hist,
+                        evaluation=None if skipped else ev, name=relative(d, root),
+                        base=label, evaluation_skipped=skipped))
     return runs, invalid
 
 

@@ -1,12 +1,16 @@
-"""`odenet table [RUN_DIRS...]`: Table 1 from run directories, ours beside the paper's.
+"""`odenet table [RUN_DIRS...]`: Table 1 from run directories, ours beside the paper's,
+and a table of the density models (CNF, planar flow) when there are density runs.
 
 Finished runs are grouped by model, solver settings and scale (experiment, epochs,
-training-set size, batch size, device) and averaged over seeds (mean, and sample std
-where a group has several runs). Runs that did not finish (running, failed,
+training-set size, batch size, device) and averaged over seeds: the runs of one seed
+(a run repeated) are averaged first, so a row's mean is over distinct seeds and its
+sample std is over distinct seeds only (repeats are not independent seeds); the seeds
+column says "0 (x2)" for two runs of seed 0. Runs that did not finish (running, failed,
 interrupted) are listed in a section of their own and never enter a mean, and so are
-run files that fail validation (odenet/record.py), by path and reason.
+run files that fail validation (odenet/record.py), by path and reason. Every path
+written is relative to the directory given (odenet/report/runs.py, ``Run.name``).
 Paper numbers, titles and Table 1's row order are the model registry's
-(odenet/registry.py).
+(odenet/registry.py); which table a run belongs to is its record's ``task``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ GROUP_KEYS = ("model",) + SOLVER_KEYS + SCALE_KEYS
 AVERAGED = ("test_error", "train_error", "params", "nfe_forward_mean", "nfe_backward_mean",
             "activation_mib", "activation_block_mib", "cuda_peak_mib", "rss_peak_mib",
             "sec_per_iter", "sec_per_test_batch", "epochs", "wall_seconds")
+# The density table's measures, in table_density.csv order
+DENSITY_AVERAGED = ("test_nll", "train_nll", "params", "nfe_forward_mean",
+                    "nfe_backward_mean", "activation_mib", "sec_per_iter", "epochs",
+                    "wall_seconds")
+AVERAGED_OF = {record.CLASSIFY: AVERAGED, record.DENSITY: DENSITY_AVERAGED}
 
 
 def _check_keys() -> None:
@@ -51,7 +60,7 @@ def _check_keys() -> None:
     settings = set(record.names(record.Metrics, record.SETTING))
     measures = set(record.names(record.Metrics, record.MEASURE))
     bad = [k for k in SOLVER_KEYS + SCALE_KEYS if k not in settings]
-    bad += [k for k in AVERAGED if k not in measures]
+    bad += [k for k in AVERAGED + DENSITY_AVERAGED if k not in measures]
     if bad:
         raise ImportError(f"odenet.report.table: not in odenet.record.Metrics: {bad}")
 
@@ -61,7 +70,8 @@ _check_keys()
 
 @dataclass
 class Stat:
-    """Mean and sample std over the runs of a group that report the value."""
+    """Mean and sample std over the distinct seeds of a group that report the value (each
+    seed's value: the mean of its runs)."""
 
     values: list[float] = field(default_factory=list)
 
@@ -102,7 +112,16 @@ class Row:
 
     @property
     def seeds(self) -> list:
+        """The seed of every run, repeats included, sorted."""
         return sorted((r.metrics.get("seed") for r in self.runs), key=lambda s: (s is None, s))
+
+    @property
+    def seeds_text(self) -> str:
+        """'0, 1' or, for a seed run twice, '0 (x2), 1'."""
+        counts: dict = {}
+        for s in self.seeds:
+            counts[s] = counts.get(s, 0) + 1
+        return ", ".join(f"{s} (x{n})" if n > 1 else str(s) for s, n in counts.items())
 
 
 def group_key(m: dict) -> dict:
@@ -134,14 +153,26 @@ def is_table1_run(run: Run) -> bool:
     return run.metrics["task"] == record.CLASSIFY
 
 
-def build_rows(runs: Sequence[Run]) -> tuple[list[Row], list[Run]]:
-    """Group finished classification runs into rows; return (rows, runs not finished).
-    Runs of other tasks are left out of both."""
+def seed_stat(members: Sequence[Run], name: str) -> Stat:
+    """``name`` over distinct seeds: the runs of one seed averaged first (a repeated run
+    is not another seed), then one value per seed."""
+    by_seed: dict = {}
+    for r in members:
+        v = num(r.metrics.get(name))
+        if v is not None:
+            by_seed.setdefault(repr(r.metrics.get("seed")), []).append(v)
+    return Stat([statistics.fmean(vs) for vs in by_seed.values()])
+
+
+def build_rows(runs: Sequence[Run], task: str = record.CLASSIFY
+               ) -> tuple[list[Row], list[Run]]:
+    """Group the finished runs of ``task`` into rows; return (rows, its runs not
+    finished). Runs of other tasks are left out of both."""
     groups: dict[tuple, list[Run]] = {}
     keys: dict[tuple, dict] = {}
     excluded = []
     for r in runs:
-        if not is_table1_run(r):
+        if r.metrics["task"] != task:
             continue
         if not r.finished:
             excluded.append(r)
@@ -152,10 +183,7 @@ def build_rows(runs: Sequence[Run]) -> tuple[list[Row], list[Run]]:
         keys[t] = k
     rows = []
     for t, members in groups.items():
-        stats = {}
-        for name in AVERAGED:
-            vals = [num(r.metrics.get(name)) for r in members]
-            stats[name] = Stat([v for v in vals if v is not None])
+        stats = {name: seed_stat(members, name) for name in AVERAGED_OF[task]}
         rows.append(Row(key=keys[t], runs=members, stats=stats))
     rows.sort(key=lambda row: _sort_key(row.key))
     return rows, excluded
@@ -211,30 +239,40 @@ def _scale(key: dict) -> str:
 MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "Test error (%)", "Paper (%)", "Params",
              "Paper params", "Activations (MiB): model / block", "Paper memory",
              "s / iter", "s / test batch", "Paper time", "NFE-F", "NFE-B", "Device")
+DENSITY_MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "Test NLL (nats)",
+                     "Train NLL (nats)", "NFE-F", "NFE-B", "s / iter", "Params", "Device")
+DENSITY_TITLE = "Density models on 2-D data"
 
 
-def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Sequence[str],
-                    invalid: Sequence[Invalid] = ()) -> str:
-    out = io.StringIO()
-    w = out.write
-    w("# Table 1: MNIST, ours beside the paper's\n\n")
+def _md_rows(w, header: Sequence[str], lines: Sequence[list[str]]) -> None:
+    w("| " + " | ".join(header) + " |\n")
+    w("|" + "|".join("---" if i < 4 else "---:" for i in range(len(header))) + "|\n")
+    for cells in lines:
+        w("| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n")
+
+
+def _devices(row: Row) -> str:
+    return ", ".join(sorted({str(r.metrics.get("device")) for r in row.runs}))
+
+
+def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
     w(f"From {sum(len(r.runs) for r in rows)} finished run(s) below: "
-      f"{', '.join(sources)}. Mean ± sample std over seeds where a row has several runs.\n"
+      f"{', '.join(sources)}. Mean ± sample std over distinct seeds where a row has several "
+      "(the runs of one seed are averaged first; \"0 (x2)\": seed 0 run twice).\n"
       "Test error over the full test set. Activations: bytes autograd saves for backward "
       f"in one training iteration, whole model / the ODE block or {_blocks_text(rows)} "
       "alone (device-independent; the paper gives memory only as O(·)). s / iter: median "
       "seconds per training iteration. NFE-F/B: function evaluations per forward / "
       "backward pass, mean over the last epoch. Paper: L = ResNet layers, L~ = NFE.\n\n")
-    w("| " + " | ".join(MD_HEADER) + " |\n")
-    w("|" + "|".join("---" if i < 4 else "---:" for i in range(len(MD_HEADER))) + "|\n")
+    lines = []
     for row in rows:
         st, p = row.stats, row.paper
         nfe = has_ode_block(row.model)
-        cells = [
+        lines.append([
             model_name(row.key),
             solver_label(row.key) if nfe else "-",
             _scale(row.key),
-            ", ".join(str(s) for s in row.seeds),
+            row.seeds_text,
             _pm(st["test_error"], 100.0, 2),
             f"{p.test_error * 100:.2f}" if p else "-",
             _params(st["params"]),
@@ -246,12 +284,59 @@ def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Seque
             p.time if p else "-",
             _pm(st["nfe_forward_mean"], digits=1) if nfe else "-",
             _pm(st["nfe_backward_mean"], digits=1) if nfe else "-",
-            ", ".join(sorted({str(r.metrics.get("device")) for r in row.runs})),
-        ]
-        w("| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n")
+            _devices(row),
+        ])
+    _md_rows(w, MD_HEADER, lines)
     if not rows:
         w("\n(no finished runs)\n")
+
+
+def _density_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
+    w(f"From {sum(len(r.runs) for r in rows)} finished density run(s) below: "
+      f"{', '.join(sources)}. Mean ± sample std over distinct seeds, as in Table 1. NLL: "
+      "negative log-likelihood of the test / training points, nats per point (the last "
+      "epoch's). NFE-F/B: function evaluations per forward / backward solve, mean over "
+      "the last epoch. s / iter: median seconds per training iteration.\n\n")
+    lines = []
+    for row in rows:
+        st = row.stats
+        nfe = has_ode_block(row.model)
+        lines.append([
+            model_name(row.key),
+            solver_label(row.key) if nfe else "-",
+            _scale(row.key),
+            row.seeds_text,
+            _pm(st["test_nll"], digits=4),
+            _pm(st["train_nll"], digits=4),
+            _pm(st["nfe_forward_mean"], digits=1) if nfe else "-",
+            _pm(st["nfe_backward_mean"], digits=1) if nfe else "-",
+            _pm(st["sec_per_iter"], digits=3),
+            _params(st["params"]),
+            _devices(row),
+        ])
+    _md_rows(w, DENSITY_MD_HEADER, lines)
+    if not rows:
+        w("\n(no finished runs)\n")
+
+
+def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Sequence[str],
+                    invalid: Sequence[Invalid] = (), density: Sequence[Row] | None = None,
+                    mnist: bool = True) -> str:
+    """table.md: Table 1 (unless ``mnist`` is false: no classification run was found),
+    the density table (when ``density`` is given), then the runs and files left out."""
+    out = io.StringIO()
+    w = out.write
+    if mnist:
+        w("# Table 1: MNIST, ours beside the paper's\n\n")
+        _mnist_md(w, rows, sources)
+    if density is not None:
+        w(f"\n## {DENSITY_TITLE}\n\n" if mnist else f"# {DENSITY_TITLE}\n\n")
+        _density_md(w, density, sources)
     w("\n## Runs not in the table (not finished)\n\n")
+    if excluded or invalid:
+        bases = sorted({r.base for r in excluded if r.base})
+        if bases:
+            w(f"Paths relative to {', '.join(bases)}.\n\n")
     if not excluded:
         w("None: every run found had finished.\n")
     else:
@@ -260,40 +345,52 @@ def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Seque
         for r in excluded:
             m = r.metrics
             reason = str(m.get("reason") or "-").replace("|", "/").replace("\n", " ")
-            w(f"| {r.dir} | {m.get('model')} | {solver_label(m) if r.has_ode_block else '-'} "
+            w(f"| {_name(r)} | {m.get('model')} | "
+              f"{solver_label(m) if r.has_ode_block else '-'} "
               f"| {m.get('seed', '-')} | {m.get('status')} | "
               f"{m.get('epochs', '-')}/{m.get('epochs_planned', '-')} | {reason} |\n")
     if invalid:
         w("\nFiles that failed validation (odenet/record.py); their runs are left out:\n\n")
         w("| File | Reason |\n|---|---|\n")
         for bad in invalid:
-            w(f"| {bad.path} | {bad.reason.replace('|', '/')} |\n")
+            w(f"| {_name(bad)} | {bad.reason.replace('|', '/')} |\n")
     return out.getvalue()
 
 
-def csv_header() -> list[str]:
-    cols = ["model", "paper_model"] + list(SOLVER_KEYS) + list(SCALE_KEYS) + ["n_runs", "seeds"]
-    for name in AVERAGED:
+def _name(item: Run | Invalid) -> str:
+    """The path a report writes: relative to the directory searched (load_runs)."""
+    return item.name or str(item.dir if isinstance(item, Run) else item.path)
+
+
+def csv_header(task: str = record.CLASSIFY) -> list[str]:
+    cols = ["model"] + (["paper_model"] if task == record.CLASSIFY else [])
+    cols += list(SOLVER_KEYS) + list(SCALE_KEYS) + ["n_runs", "n_seeds", "seeds"]
+    for name in AVERAGED_OF[task]:
         cols += [f"{name}_mean", f"{name}_std"]
-    cols += ["paper_test_error", "paper_params", "paper_memory", "paper_time", "run_dirs"]
-    return cols
+    if task == record.CLASSIFY:
+        cols += ["paper_test_error", "paper_params", "paper_memory", "paper_time"]
+    return cols + ["run_dirs"]
 
 
-def render_csv(rows: Sequence[Row]) -> str:
+def render_csv(rows: Sequence[Row], task: str = record.CLASSIFY) -> str:
+    """table.csv (task classify) or table_density.csv: one line per row; ``seeds``
+    lists every run's seed (repeats included), ``n_seeds`` the distinct ones."""
     out = io.StringIO()
     wr = csv.writer(out, lineterminator="\n")
-    wr.writerow(csv_header())
+    wr.writerow(csv_header(task))
     for row in rows:
         p = row.paper
-        line = [row.model, row.model if p else ""]
+        line = [row.model] + ([row.model if p else ""] if task == record.CLASSIFY else [])
         line += ["" if row.key[k] is None else row.key[k] for k in SOLVER_KEYS + SCALE_KEYS]
-        line += [len(row.runs), ";".join(str(s) for s in row.seeds)]
-        for name in AVERAGED:
+        line += [len(row.runs), len({repr(s) for s in row.seeds}),
+                 ";".join(str(s) for s in row.seeds)]
+        for name in AVERAGED_OF[task]:
             st = row.stats[name]
             line += ["" if st.mean is None else repr(st.mean),
                      "" if st.std is None else repr(st.std)]
-        line += [p.test_error, p.params, p.memory, p.time] if p else ["", "", "", ""]
-        line += [";".join(str(r.dir) for r in row.runs)]
+        if task == record.CLASSIFY:
+            line += [p.test_error, p.params, p.memory, p.time] if p else ["", "", "", ""]
+        line += [";".join(_name(r) for r in row.runs)]
         wr.writerow(line)
     return out.getvalue()
 
@@ -304,25 +401,38 @@ def render_excluded_csv(excluded: Sequence[Run], invalid: Sequence[Invalid] = ()
     wr.writerow(["run_dir", "model", "seed", "status", "epochs", "epochs_planned", "reason"])
     for r in excluded:
         m = r.metrics
-        wr.writerow([r.dir, m.get("model"), m.get("seed"), m.get("status"), m.get("epochs"),
+        wr.writerow([_name(r), m.get("model"), m.get("seed"), m.get("status"), m.get("epochs"),
                      m.get("epochs_planned"), m.get("reason") or ""])
     for bad in invalid:  # status "invalid": the file named in run_dir failed validation
-        wr.writerow([bad.path, "", "", "invalid", "", "", bad.reason])
+        wr.writerow([_name(bad), "", "", "invalid", "", "", bad.reason])
     return out.getvalue()
 
 
 def write_table(runs: Sequence[Run], out_dir: str | Path, sources: Sequence[str] = (),
                 invalid: Sequence[Invalid] = ()) -> dict:
-    """Write table.md, table.csv and excluded_runs.csv to out_dir; return their paths."""
+    """Write table.md, excluded_runs.csv, table.csv (unless every run found is a density
+    run: no empty Table 1) and table_density.csv (when there are density runs) to
+    out_dir; return their paths (None: not written)."""
     out = Path(out_dir)
     rows, excluded = build_rows(runs)
-    paths = {"md": out / "table.md", "csv": out / "table.csv",
+    has_density = any(r.metrics["task"] == record.DENSITY for r in runs)
+    # no empty Table 1 for a directory of density runs; with no runs at all, it says so
+    mnist = any(is_table1_run(r) for r in runs) or not has_density
+    density, d_excluded = build_rows(runs, record.DENSITY) if has_density else ([], [])
+    excluded = sorted(excluded + d_excluded, key=lambda r: str(r.dir))
+    paths = {"md": out / "table.md", "csv": out / "table.csv" if mnist else None,
+             "density_csv": out / "table_density.csv" if has_density else None,
              "excluded_csv": out / "excluded_runs.csv"}
     write_atomic(paths["md"], render_markdown(rows, excluded, [str(s) for s in sources],
-                                              invalid))
-    write_atomic(paths["csv"], render_csv(rows))
+                                              invalid, density if has_density else None,
+                                              mnist))
+    if mnist:
+        write_atomic(paths["csv"], render_csv(rows))
+    if has_density:
+        write_atomic(paths["density_csv"], render_csv(density, record.DENSITY))
     write_atomic(paths["excluded_csv"], render_excluded_csv(excluded, invalid))
-    return {"rows": rows, "excluded": excluded, "invalid": list(invalid), **paths}
+    return {"rows": rows, "density_rows": density, "excluded": excluded,
+            "invalid": list(invalid), **paths}
 
 
 DEFAULT_OUT = "outputs/report/latest"
@@ -331,8 +441,11 @@ DEFAULT_OUT = "outputs/report/latest"
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(
         prog="odenet table",
-        description="Table 1 (test error, params, memory, time, NFE) from run directories: "
-                    "reads every metrics.json below RUN_DIRS, writes table.md and table.csv.")
+        description="Table 1 (test error, params, memory, time, NFE) and the density "
+                    "models' table (NLL, NFE, time) from run directories: reads every "
+                    "metrics.json below RUN_DIRS, writes table.md, table.csv (MNIST runs), "
+                    "table_density.csv (density runs) and excluded_runs.csv; paths in "
+                    "them are relative to RUN_DIRS.")
     ap.add_argument("run_dirs", nargs="*", default=["outputs"], metavar="RUN_DIRS",
                     help="directories searched (recursively) for metrics.json "
                          "(default: outputs)")
@@ -340,19 +453,23 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"where table.md / table.csv go (default: {DEFAULT_OUT})")
     args = ap.parse_args(argv)
     try:
-        runs, invalid = load_runs(args.run_dirs, history=False)
+        # the table reads neither histories nor evaluations: a bad one leaves its run in
+        runs, invalid = load_runs(args.run_dirs, history=False, evaluation=False)
     except ReportError as e:
         print(f"odenet table: error: {e}", file=sys.stderr)
         return 1
     print_invalid("odenet table", invalid)
     res = write_table(runs, args.out, args.run_dirs, invalid)
-    n_fin = sum(len(r.runs) for r in res["rows"])
-    other = sum(not is_table1_run(r) for r in runs)
-    print(f"odenet table: {len(res['rows'])} row(s) from {n_fin} finished run(s), "
-          f"{len(res['excluded'])} not finished"
+    rows = res["rows"] + res["density_rows"]
+    n_fin = sum(len(r.runs) for r in rows)
+    files = [res[k] for k in ("md", "csv", "density_csv") if res[k] is not None]
+    other = sum(r.metrics["task"] not in AVERAGED_OF for r in runs)
+    print(f"odenet table: {len(rows)} row(s) from {n_fin} finished run(s)"
+          + (f" ({len(res['density_rows'])} of density models)" if res["density_rows"] else "")
+          + f", {len(res['excluded'])} not finished"
           + (f", {other} run(s) of other tasks left out" if other else "")
           + (f", {len(invalid)} invalid file(s) listed" if invalid else "")
-          + f" -> {res['md']}, {res['csv']}")
+          + f" -> {', '.join(str(p) for p in files)}")
     return 0
 
 

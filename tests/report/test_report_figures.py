@@ -81,7 +81,7 @@ def test_fig3d_rows_positions(runs):
 
 def test_memory_rows_and_slope(runs):
     rows = F.memory_rows(runs)
-    by = {r["run_dir"].rsplit("/", 1)[1]: r for r in rows}
+    by = {r["run_dir"]: r for r in rows}  # relative to the directory searched
     assert set(by) == {"ode_adj", "ode_semi", "rk_20", "rk_40", "res"}  # no MLP, no failed
     assert by["res"]["x"] == 6 and by["res"]["x_kind"] == "blocks"
     assert by["rk_40"]["series"] == "RK-Net (backprop through solver)"
