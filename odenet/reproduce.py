@@ -233,13 +233,14 @@ def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
     table_dirs = [j.dir for j in jobs if j.group == "table" and (j.dir / METRICS).exists()]
     if not table_dirs:
         raise ReportError("no Table 1 run wrote metrics.json; nothing to report")
-    table_runs, invalid = load_runs(table_dirs)
-    res = write_table(table_runs, report_dir, [str(Path(cfg.root or ".") / "table")], invalid)
+    root = Path(cfg.root or ".")  # the report's paths are relative to it
+    table_runs, invalid = load_runs(table_dirs, base=root)
+    res = write_table(table_runs, report_dir, [str(root / "table")], invalid)
     sweep_runs: dict[str, list] = {}
     plan = cfg.plans[cfg.experiment]
     for sw in plan.sweeps if cfg.sweeps else []:
         dirs = [j.dir for j in jobs if j.group == sw.name and (j.dir / METRICS).exists()]
-        runs, bad = load_runs(dirs) if dirs else ([], [])
+        runs, bad = load_runs(dirs, base=root) if dirs else ([], [])
         sweep_runs.setdefault(sw.figure, []).extend(runs)
         invalid += bad
     # Each figure reads the Table 1 runs and the sweeps made for it; memory reads every
@@ -261,14 +262,16 @@ def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
              f"configs/experiment/{cfg.experiment}.yaml)"),
           f"- Machine: {machine_line()}",
           f"- Written: {_dt.datetime.now().isoformat(timespec='seconds')}; runs under "
-          f"`{cfg.root}`",
+          f"`{cfg.root}` (the paths below are relative to it)",
           "- Wall time of this invocation: " + ", ".join(
               f"{k} {v / 60:.1f} min" for k, v in timings.items()),
           ""]
     if failures:
         md += ["**Incomplete:** " + "; ".join(failures), ""]
     for bad in invalid[len(res["invalid"]):]:  # the table lists its own
-        md += [f"- Not read: `{bad.path}`: {bad.reason}"]
+        md += [f"- Not read: `{bad.name}`: {bad.reason}"]
+    for f in of_task(record.CLASSIFY):  # evaluations of a checkpoint changed since
+        md += [f"- {note}" for note in f.notes(fig_runs[f.name])]
     # drop its own title; its sections become subsections of "Table 1"
     table_md = res["md"].read_text().split("\n", 1)[1].replace("\n## ", "\n### ")
     md += ["## Table 1", table_md]

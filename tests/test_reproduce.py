@@ -235,7 +235,7 @@ def test_invalid_run_is_listed_and_the_report_still_written(fake):
     jobs = R.plan_jobs(cfg, tmp / "runs")
     R.write_report(cfg, jobs, tmp / "report2", "test", {}, [])
     md = (tmp / "report2" / "report.md").read_text()
-    assert f"| {bad} | invalid metrics.json: test_error = '0.01' is not float or null |" in md
+    assert f"| {bad.relative_to(tmp / 'runs')} | invalid metrics.json: test_error = '0.01' is not float or null |" in md
     assert "| 1-layer MLP |" not in md and "| ODE-Net |" in md
 
 
