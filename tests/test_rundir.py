@@ -197,3 +197,18 @@ def test_heartbeat_logs_progress_without_a_terminal(caplog):
     n = len(caplog.records)
     quiet.tick(0, 1, 1, 10, 0.1, (None, None), 0.1)
     assert len(caplog.records) == n
+
+
+def test_reports_show_a_run_nobody_owns_any_more_as_killed(compose_cfg, tmp_path):
+    from odenet.report.runs import load_runs
+
+    run(compose_cfg(*TINY, "model=mlp"), tmp_path / "a")
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps({**m, "status": "running"}))
+    (r,), _ = load_runs([tmp_path])
+    assert r.status == "killed"  # says running, but no process holds its lock
+    rundir.claim(tmp_path / "a")
+    try:
+        assert r.status == "running"
+    finally:
+        rundir.release(tmp_path / "a")

@@ -250,5 +250,5 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # e.g. --root on a read-only file system: one line, not a traceback
         print(f"odenet data: error: cannot write {e.filename or args.root}: "
               f"{e.strerror or e}", file=sys.stderr)
-        return 1
+        return 2
     return 0

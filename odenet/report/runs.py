@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from odenet import record
+from odenet import record, rundir
 from odenet.record import EVALUATION, HISTORY, METRICS
 from odenet.registry import ADJOINT, MODELS
 
@@ -62,6 +62,13 @@ class Run:
     @property
     def finished(self) -> bool:
         return self.metrics.get("status") == "finished"
+
+    @property
+    def status(self) -> str:
+        """metrics.json's status, except that a run which says "running" but that no
+        process owns (odenet/rundir.py) was killed."""
+        s = str(self.metrics.get("status"))
+        return "killed" if s == "running" and not rundir.is_claimed(self.dir) else s
 
     @property
     def model(self) -> str:

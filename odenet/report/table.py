@@ -347,7 +347,7 @@ def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Seque
             reason = str(m.get("reason") or "-").replace("|", "/").replace("\n", " ")
             w(f"| {_name(r)} | {m.get('model')} | "
               f"{solver_label(m) if r.has_ode_block else '-'} "
-              f"| {m.get('seed', '-')} | {m.get('status')} | "
+              f"| {m.get('seed', '-')} | {r.status} | "
               f"{m.get('epochs', '-')}/{m.get('epochs_planned', '-')} | {reason} |\n")
     if invalid:
         w("\nFiles that failed validation (odenet/record.py); their runs are left out:\n\n")
@@ -401,7 +401,7 @@ def render_excluded_csv(excluded: Sequence[Run], invalid: Sequence[Invalid] = ()
     wr.writerow(["run_dir", "model", "seed", "status", "epochs", "epochs_planned", "reason"])
     for r in excluded:
         m = r.metrics
-        wr.writerow([_name(r), m.get("model"), m.get("seed"), m.get("status"), m.get("epochs"),
+        wr.writerow([_name(r), m.get("model"), m.get("seed"), r.status, m.get("epochs"),
                      m.get("epochs_planned"), m.get("reason") or ""])
     for bad in invalid:  # status "invalid": the file named in run_dir failed validation
         wr.writerow([_name(bad), "", "", "invalid", "", "", bad.reason])
