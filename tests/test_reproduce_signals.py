@@ -122,12 +122,10 @@ def test_signal_reaches_the_child_once(tmp_path, signum, to_group):
 
 
 @pytest.mark.slow
-def test_sigterm_real_training_resumes(tmp_path):
+def test_sigterm_real_training_resumes(tmp_path, mnist_root):
     """Real `odenet train` children: SIGTERM mid-training checkpoints the run, reproduce
     exits 143 with no child left; the same command again resumes it to finished."""
-    data = REPO / "data"
-    if not (data / "MNIST" / "raw").is_dir():
-        pytest.skip("MNIST not prepared (make data)")
+    data = mnist_root
     run = tmp_path / "runs" / "table" / "resnet_seed0"
     # one ResNet run of 40 iterations (a few seconds), no evaluation (no ODE-Net), no sweeps
     cmd = [sys.executable, "-m", "odenet.cli", "reproduce", "experiment=quick",
