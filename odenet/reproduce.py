@@ -221,7 +221,10 @@ class Children:
 
     def __enter__(self) -> Children:
         for s in FORWARD:
-            self._old[s] = signal.signal(s, self._handler)
+            try:
+                self._old[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread: signals are not ours to pass on
+                break
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -246,8 +249,9 @@ class Children:
         """The child's exit code; Interrupted once it has exited if a signal came meanwhile."""
         self._busy = True
         try:
-            # start_new_session: its own process group (see the class), portable to 3.10
-            self.proc = subprocess.Popen(cmd, start_new_session=True)
+            # start_new_session: its own process group (see the class), portable to 3.10;
+            # only when reproduce passes signals on (else the terminal's must reach it)
+            self.proc = subprocess.Popen(cmd, start_new_session=bool(self._old))
             if self.signum is not None:  # came while it was starting
                 self._forward(FORWARD[self.signum])
             rc = self.proc.wait()
