@@ -12,6 +12,9 @@ Steps, each skipped when already done, so an interrupted reproduction continues:
 3. Short tolerance sweeps (Figure 3 c: NFE-F vs NFE-B; memory vs NFE), as more runs.
 4. ``table`` and ``figures`` into ``outputs/report/<stamp>/`` and a ``report.md`` that
    embeds them.
+
+Ctrl-C or SIGTERM: the running child gets the signal (once) and checkpoints, reproduce
+waits for it, says how to continue and exits 130 / 143; no child outlives it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -185,12 +189,98 @@ def train_command(job: Job) -> list[str]:
     return cmd
 
 
-def _run(cmd: list[str], log) -> int:
+class Interrupted(Exception):
+    """A signal stopped the reproduction (after its running child, if any, stopped)."""
+
+    def __init__(self, signum: int, where: str | None = None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.where = signum, where
+
+
+# Signals that stop a reproduction, and what the running child is sent for each:
+# `odenet train` checkpoints and exits on SIGINT/SIGTERM; a terminal hang-up becomes SIGTERM.
+FORWARD = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM}
+if hasattr(signal, "SIGHUP"):
+    FORWARD[signal.SIGHUP] = signal.SIGTERM
+
+
+class Children:
+    """Runs the reproduction's children one at a time and owns them: a signal that stops
+    reproduce is passed on to the running child, reproduce waits for it to checkpoint and
+    exit, then raises Interrupted; no child outlives reproduce (short of SIGKILL).
+
+    Each child runs in a process group of its own, so a terminal's Ctrl-C reaches only
+    reproduce, which passes it on once: `odenet train` takes a second SIGINT as "stop at
+    once, without a checkpoint", which a shared group would deliver twice."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.signum: int | None = None
+        self._busy = False  # starting or waiting for a child: signals are forwarded, not raised
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Children:
+        for s in FORWARD:
+            try:
+                self._old[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread: signals are not ours to pass on
+                break
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
+        if not self._busy:  # between children (e.g. writing the report): stop now
+            raise Interrupted(self.signum)
+        self._forward(FORWARD[signum])
+
+    def _forward(self, signum: int) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            try:
+                os.killpg(proc.pid, signum)
+            except ProcessLookupError:  # it has just exited
+                pass
+
+    def run(self, cmd: list[str]) -> int:
+        """The child's exit code; Interrupted once it has exited if a signal came meanwhile."""
+        self._busy = True
+        try:
+            # start_new_session: its own process group (see the class), portable to 3.10;
+            # only when reproduce passes signals on (else the terminal's must reach it)
+            self.proc = subprocess.Popen(cmd, start_new_session=bool(self._old))
+            if self.signum is not None:  # came while it was starting
+                self._forward(FORWARD[self.signum])
+            rc = self.proc.wait()
+        finally:
+            self._reap()
+            self._busy = False
+            if self.signum is not None:  # also over a failed start: the signal wins
+                raise Interrupted(self.signum)
+        return rc
+
+    def _reap(self) -> None:
+        """A child still running here means reproduce itself failed: stop it, never orphan it."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        self.proc = proc
+        self._forward(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)  # time to checkpoint
+        except subprocess.TimeoutExpired:
+            self._forward(signal.SIGKILL)
+            proc.wait()
+        self.proc = None
+
+
+def _run(cmd: list[str], log, children: Children) -> int:
     log(f"$ {shlex.join(cmd)}")
     try:
-        return subprocess.run(cmd, check=False).returncode
-    except KeyboardInterrupt:
-        raise
+        return children.run(cmd)
     except OSError as e:
         log(f"  cannot start: {e}")
         return 127
@@ -377,6 +467,13 @@ def measured_claims(table_runs, fig_runs) -> list[str]:
 
 # ---------------------------------------------------------------- main
 def reproduce(cfg: ReproduceConfig, command: str, log=print) -> int:
+    """Run the plan; 0 when every step completed, 1 otherwise. A signal (SIGINT, SIGTERM,
+    SIGHUP) stops the running child first, then raises Interrupted."""
+    with Children() as children:
+        return _reproduce(cfg, command, log, children)
+
+
+def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> int:
     plan = cfg.plans[cfg.experiment]
     root = Path(cfg.root or f"outputs/reproduce/{cfg.experiment}")
     cfg.root = str(root)
@@ -401,7 +498,11 @@ def reproduce(cfg: ReproduceConfig, command: str, log=print) -> int:
             continue
         log(f"[{k}/{len(jobs)}] {job.group}/{job.name}"
             + (" (resuming)" if "resume=true" in cmd else ""))
-        rc = _run(cmd, log)
+        try:
+            rc = _run(cmd, log, children)
+        except Interrupted as e:
+            e.where = f"{job.group}/{job.name} (run directory {job.dir})"
+            raise
         if rc != 0 or not job.finished:
             why = f"exit {rc}" if rc else f"status {job.status() or 'unknown'}"
             failures.append(f"{job.group}/{job.name} did not finish ({why}, see {job.dir})")
@@ -424,7 +525,7 @@ def reproduce(cfg: ReproduceConfig, command: str, log=print) -> int:
             failures.append(f"evaluation skipped: {job.name} did not finish")
         elif evaluation_done(job.dir / EVALUATION, ckpt, ev.tolerances):
             log(f"evaluation of {job.name}: done, skipped")
-        elif _run(cmd, log) != 0:
+        elif _run(cmd, log, children) != 0:
             failures.append(f"odenet evaluate failed on {ckpt}")
     timings["evaluation"] = time.perf_counter() - t0
     if cfg.dry_run:
@@ -458,9 +559,15 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["odenet", "reproduce", *argv])
     try:
         return reproduce(cfg, command)
-    except KeyboardInterrupt:
-        print("odenet reproduce: interrupted; run the same command again to continue "
-              "(finished runs are skipped, interrupted ones resume)", file=sys.stderr)
+    except Interrupted as e:
+        during = f" during {e.where}" if e.where else ""
+        print(f"odenet reproduce: stopped by {e}{during}; to continue, run the same command "
+              f"again (finished runs are skipped, interrupted ones resume): {command}",
+              file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # before the signal handlers were set
+        print(f"odenet reproduce: interrupted; to continue, run the same command again: "
+              f"{command}", file=sys.stderr)
         return 130
 
 

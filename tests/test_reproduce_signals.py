@@ -1,0 +1,177 @@
+"""odenet reproduce owns its children: a signal reaches the running child once, reproduce
+waits for it and exits 128 + signal, and no child outlives it.
+
+The fast tests run reproduce as a real process with a fake child (a script that records
+the signals it gets); test_sigterm_real_training_resumes runs real `odenet train`
+children (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The fake `odenet train`: writes its pid, waits for a signal, then waits a little longer
+# so that a second delivery (a process group shared with reproduce) would be recorded too.
+CHILD = textwrap.dedent('''
+    import json, os, signal, sys, time
+    from pathlib import Path
+    kv = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    d = Path(kv["hydra.run.dir"]); d.mkdir(parents=True, exist_ok=True)
+    got = []
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda signum, frame: got.append(signum))
+    (d / "pid").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    (d / "signals.json").write_text(json.dumps(got))
+    sys.exit(128 + got[0] if got else 0)
+''')
+
+# reproduce's own main(), with the fake child and a one-run plan
+DRIVER = textwrap.dedent('''
+    import functools, sys
+    from odenet import reproduce as R
+    child, plan = sys.argv[1], sys.argv[2]
+    R.odenet_command = lambda: [sys.executable, child]
+    R.load_config = functools.partial(R.load_config, plan_file=plan)
+    sys.exit(R.main(sys.argv[3:]))
+''')
+
+PLAN = textwrap.dedent('''
+    experiment: tiny
+    plans:
+      tiny:
+        seeds: [0]
+        models: [mlp, resnet]
+        evaluate: {model: odenet, tolerances: [1e-1]}
+''')
+
+
+def _env() -> dict[str, str]:
+    # children import this checkout's odenet, whatever the installed one is
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def _wait_for(path: Path, timeout: float, proc: subprocess.Popen) -> None:
+    """Until `path` exists and is not empty."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.stat().st_size > 0):
+        assert proc.poll() is None, f"reproduce exited early: {proc.communicate(timeout=10)}"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("signum, to_group", [
+    (signal.SIGTERM, False),  # kill <pid>
+    (signal.SIGINT, True),    # Ctrl-C in a terminal: the whole foreground process group
+])
+def test_signal_reaches_the_child_once(tmp_path, signum, to_group):
+    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    (tmp_path / "plan.yaml").write_text(PLAN)
+    args = [f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}"]
+    # its own process group, as a shell gives a foreground job
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"),
+                             str(tmp_path / "child.py"), str(tmp_path / "plan.yaml"), *args],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        run = tmp_path / "runs" / "table" / "mlp_seed0"
+        _wait_for(run / "pid", 30, proc)
+        child = int((run / "pid").read_text())
+        if to_group:
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signum)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 128 + signum, err
+    assert json.loads((run / "signals.json").read_text()) == [signum]  # once, not twice
+    assert _gone(child)
+    assert not (tmp_path / "runs" / "table" / "resnet_seed0").exists()  # nothing started after
+    assert not (tmp_path / "report").exists()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"odenet reproduce: stopped by {signal.Signals(signum).name} "
+                           "during table/mlp_seed0")
+    assert last.endswith(f"run the same command again (finished runs are skipped, "
+                         f"interrupted ones resume): odenet reproduce {' '.join(args)}")
+
+
+@pytest.mark.slow
+def test_sigterm_real_training_resumes(tmp_path, mnist_root):
+    """Real `odenet train` children: SIGTERM mid-training checkpoints the run, reproduce
+    exits 143 with no child left; the same command again resumes it to finished."""
+    data = mnist_root
+    run = tmp_path / "runs" / "table" / "resnet_seed0"
+    # one ResNet run of 40 iterations (a few seconds), no evaluation (no ODE-Net), no sweeps
+    cmd = [sys.executable, "-m", "odenet.cli", "reproduce", "experiment=quick",
+           "plans.quick.models=[resnet]", "sweeps=false", f"root={tmp_path / 'runs'}",
+           f"report={tmp_path / 'report'}",
+           f"train_args=[data.root={data},data.train_size=5120,data.test_size=256,"
+           "train.train_eval_size=0,train.log_every=1,optim.epochs=1,threads=1]"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(run / "history.jsonl", 120, proc)  # the first iteration is logged:
+        # training, its signal handlers set
+        children = _children(proc.pid)
+        assert len(children) == 1
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 143, err
+    assert _gone(children[0])
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "interrupted" and m["reason"].startswith("SIGTERM"), m
+    assert (run / "checkpoint.pt").is_file()
+    assert "odenet reproduce: stopped by SIGTERM during table/resnet_seed0" in err
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resume=true" in again.stdout
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["epochs"] == 1
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (Linux /proc)."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
