@@ -34,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from odenet import record
+from odenet import record, rundir
 from odenet.errors import ConfigError
 from odenet.files import write_atomic
 from odenet.registry import MODELS, models_of
@@ -186,6 +186,8 @@ def train_command(job: Job) -> list[str]:
     cmd = odenet_command() + ["train", *job.overrides, f"hydra.run.dir={job.dir}"]
     if (job.dir / "checkpoint.pt").exists():
         cmd.append("resume=true")
+    elif rundir.holds_run(job.dir):  # a run that failed before its first checkpoint
+        cmd.append("overwrite=true")
     return cmd
 
 
@@ -251,7 +253,9 @@ class Children:
         try:
             # start_new_session: its own process group (see the class), portable to 3.10;
             # only when reproduce passes signals on (else the terminal's must reach it)
-            self.proc = subprocess.Popen(cmd, start_new_session=bool(self._old))
+            # PARENT_PID: the child stops (and checkpoints) should reproduce die unseen
+            env = {**os.environ, rundir.PARENT_PID: str(os.getpid())}
+            self.proc = subprocess.Popen(cmd, start_new_session=bool(self._old), env=env)
             if self.signum is not None:  # came while it was starting
                 self._forward(FORWARD[self.signum])
             rc = self.proc.wait()

@@ -30,6 +30,10 @@ TENSORBOARD = "tb"
 # what a run writes (Hydra's .hydra/ and train.log are Hydra's own, rewritten per launch)
 RECORDS = (METRICS, HISTORY, CHECKPOINT, EVALUATION, TENSORBOARD)
 
+# environment variable: the pid of a parent that owns the training (odenet reproduce);
+# the training stops at its next iteration, checkpointing, once that parent is gone
+PARENT_PID = "ODENET_PARENT_PID"
+
 _held: dict[Path, int] = {}  # directories this process has claimed -> lock file descriptor
 
 
@@ -84,6 +88,12 @@ def _owner(out: Path) -> str | None:
         return (out / LOCK).read_text().strip() or None
     except OSError:
         return None
+
+
+def parent_gone() -> bool:
+    """Whether the parent named by PARENT_PID has died (the process was re-parented)."""
+    pid = os.environ.get(PARENT_PID)
+    return bool(pid) and os.getppid() != int(pid)
 
 
 def holds_run(out: str | os.PathLike) -> bool:

@@ -508,5 +508,7 @@ class _Signals:
             signal.signal(s, h)
 
     def check(self, where: str) -> None:
+        if self.signum is None and rundir.parent_gone():  # odenet reproduce was killed
+            self.signum = signal.SIGTERM
         if self.signum is not None:
             raise Stop(f"{signal.Signals(self.signum).name} {where}", self.signum)

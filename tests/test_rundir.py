@@ -212,3 +212,31 @@ def test_reports_show_a_run_nobody_owns_any_more_as_killed(compose_cfg, tmp_path
         assert r.status == "running"
     finally:
         rundir.release(tmp_path / "a")
+
+
+def test_a_training_whose_owning_parent_died_stops(monkeypatch):
+    import os
+    import signal
+
+    from odenet.train import Stop, _Signals
+
+    monkeypatch.delenv(rundir.PARENT_PID, raising=False)
+    assert not rundir.parent_gone()
+    monkeypatch.setenv(rundir.PARENT_PID, str(os.getppid()))
+    assert not rundir.parent_gone()
+    _Signals().check("received")  # the parent lives: goes on
+    monkeypatch.setenv(rundir.PARENT_PID, "999999999")  # re-parented: the owner is gone
+    with pytest.raises(Stop) as info:
+        _Signals().check("received")
+    assert info.value.signum == signal.SIGTERM
+
+
+def test_reproduce_reruns_a_run_without_checkpoint_afresh(tmp_path):
+    from odenet import reproduce as R
+
+    job = R.Job("mlp_seed0", "table", ["model=mlp"], tmp_path)
+    assert R.train_command(job)[-1].startswith("hydra.run.dir=")
+    (tmp_path / "metrics.json").write_text("{}")  # failed before its first checkpoint
+    assert R.train_command(job)[-1] == "overwrite=true"
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    assert R.train_command(job)[-1] == "resume=true"
