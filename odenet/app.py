@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -121,7 +122,13 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
     from odenet.registry import CLASSIFY, spec
 
     args = _hydra_flags(argv)
-    if (args.help or args.hydra_help or args.version or args.info or args.shell_completion
+    if args.hydra_help:  # Hydra's own advertises a shell completion odenet cannot offer
+        print(HYDRA_HELP)
+        return "", 0
+    if args.shell_completion:
+        return ("odenet train has no shell completion (Hydra's would call the program "
+                "without its 'train' command); `odenet train --help` lists every setting", 2)
+    if (args.help or args.version or args.info
             or args.config_path or args.config_dir or args.experimental_rerun):
         return None
     try:
@@ -154,6 +161,21 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
         return (f"odenet train: nothing to do: {', '.join(finished)} finished (resume=true "
                 "continues only a run that has epochs left; raise optim.epochs for more)", 0)
     return None
+
+
+HYDRA_HELP = """\
+odenet train is a Hydra app (https://hydra.cc); these of Hydra's flags apply:
+  --help,-h            odenet train's help: configuration groups and every setting
+  --cfg,-c job|hydra|all   print the configuration instead of running
+  --resolve            with --cfg: resolve interpolations before printing
+  --package,-p PKG     with --cfg: print this package only
+  --multirun,-m        one job per combination of the swept values (key=a,b,c)
+  --config-name,-cn    another root config than configs/config.yaml
+  --config-dir,-cd     one more directory of configs
+  --info,-i            information about config sources and plugins
+Hydra's shell completion is not available: its script would call the program without
+its 'train' command. Hydra's config groups: hydra/launcher=joblib|local|slurm (sweeps in
+parallel or on a cluster), hydra/job_logging, hydra/sweeper."""
 
 
 def _job_dir(hydra_node: Any, index: int, multirun: bool, given: set[str]) -> Path | None:
@@ -202,21 +224,49 @@ def _check_run_dir(cfg: Any, out: Path, claim: bool) -> bool:
     return False
 
 
+class _JobLabel(logging.Filter):
+    """Prefixes every log line of a sweep job with ``[job N: its overrides]``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+        self.handlers = list(logging.getLogger().handlers)
+        for h in self.handlers:
+            h.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(f"[{self.text}]"):
+            record.msg = f"[{self.text}] {record.msg}"
+        return True
+
+    def remove(self) -> None:
+        for h in self.handlers:
+            h.removeFilter(self)
+
+
 _STATUSES: list[str] = []  # statuses of the jobs run in this process
 
 
 def _train_job(dcfg: Any) -> float | None:
     """The function Hydra runs per job (also inside joblib/submitit workers)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from odenet import train
     from odenet.data import DataError
 
+    hc = HydraConfig.get()
+    label = None
+    if hc.mode == RunMode.MULTIRUN:  # parallel jobs interleave: say whose line it is
+        label = _JobLabel(f"job {hc.job.num}: {hc.job.override_dirname or 'defaults'}")
     try:
-        metrics = train.run(dcfg, HydraConfig.get().runtime.output_dir)
+        metrics = train.run(dcfg, hc.runtime.output_dir)
     except (ConfigError, DataError) as e:
         print(f"odenet train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        if label is not None:
+            label.remove()
     _STATUSES.append(metrics["status"])
     if train.last_signal is not None:  # Ctrl-C / SIGTERM also ends a sweep
         raise SystemExit(128 + int(train.last_signal))
@@ -236,7 +286,7 @@ def train_main(argv: list[str] | None = None) -> int:
         line, code = stop
         if code:
             print(f"odenet train: error: {line}", file=sys.stderr)
-        else:
+        elif line:
             print(line)
         return code
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from odenet import __version__
 from odenet.openmp import set_wait_policy
 
 # command -> ("module:function", one-line description)
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: odenet <command> [args...]   (odenet <command> --help for its options)",
+             "       odenet --version",
              "", "commands:"]
     lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
     return "\n".join(lines)
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"odenet {__version__}")
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         print(f"odenet: unknown command {cmd!r}; valid commands: {', '.join(COMMANDS)}",

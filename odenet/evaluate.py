@@ -57,7 +57,7 @@ class EvaluateConfig:
     reference_method: str = "dopri5"
     max_num_steps: int = 100000
     repeats: int = 1
-    device: str = "cpu"
+    device: str = "auto"
     threads: int | None = None
     data_root: str | None = None
     out: str | None = None

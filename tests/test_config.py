@@ -210,3 +210,22 @@ def test_yaml_and_schema_defaults_agree():
         pre = ["experiment=cnf_moons"] if spec.task == "density" else []
         assert OmegaConf.to_container(compose([*pre, f"model={name}"]).model) == \
             OmegaConf.to_container(model_config({"name": name})), name
+
+
+def test_version_and_no_shell_completion(cli):
+    import odenet
+
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"odenet {odenet.__version__}"
+    r = cli("train", "-sc", "install=bash")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no shell completion" in r.stderr
+    r = cli("train", "--hydra-help")
+    assert r.returncode == 0 and "--multirun" in r.stdout
+    assert "install=bash" not in r.stdout  # Hydra's own help advertises a broken completion
+
+
+def test_evaluate_chooses_the_device_as_training_does():
+    from odenet.evaluate import EvaluateConfig
+
+    assert EvaluateConfig().device == "auto"
+    assert OmegaConf.load(CONFIGS / "evaluate.yaml").device == "auto"

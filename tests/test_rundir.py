@@ -240,3 +240,13 @@ def test_reproduce_reruns_a_run_without_checkpoint_afresh(tmp_path):
     assert R.train_command(job)[-1] == "overwrite=true"
     (tmp_path / "checkpoint.pt").write_bytes(b"x")
     assert R.train_command(job)[-1] == "resume=true"
+
+
+def test_sweep_jobs_label_their_log_lines(cli, tmp_path, mnist_root):
+    r = cli("train", "-m", *TINY, "model=mlp", "seed=0,1", f"data.root={mnist_root}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert r.returncode == 0, r.stderr
+    log0 = (tmp_path / "sweep" / "0" / "train.log").read_text()
+    lines = [ln for ln in log0.splitlines() if "odenet.train" in ln]
+    assert lines and all("] - [job 0: " in ln and "seed=0]" in ln for ln in lines)
+    assert "[job 1:" not in log0 and "seed=1] epoch 1/1" in (r.stdout + r.stderr)
