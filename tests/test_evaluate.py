@@ -149,6 +149,8 @@ def test_out_setting(tmp_path):
     (["checkpoint=CK", "batch_size=abc"], "batch_size"),
     (["checkpoint=RESNET"], "model 'resnet' has no ODE block(s)"),
     (["checkpoint=GARBAGE"], "not a readable checkpoint"),
+    (["checkpoint=EMPTY"], "not a readable checkpoint"),
+    (["checkpoint=FOREIGN"], "missing 'model'/'config'"),
     (["checkpoint"], "expected key=value"),
     (["checkpoint=CK", "tolerances=[1e-1]", "test_size=4", "max_num_steps=3"],
      "reference solve failed"),
@@ -158,7 +160,10 @@ def test_bad_input_one_line(tmp_path, capsys, argv, needle):
     res = write_checkpoint(tmp_path / "res.pt", model="resnet")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    subst = {"CK": str(ck), "RESNET": str(res), "GARBAGE": str(garbage)}
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")  # torch, not odenet's
+    subst = {"CK": str(ck), "RESNET": str(res), "GARBAGE": str(garbage),
+             "EMPTY": str(tmp_path / "empty.pt"), "FOREIGN": str(tmp_path / "foreign.pt")}
     argv = [a.split("=")[0] + "=" + subst.get(a.split("=", 1)[1], a.split("=", 1)[1])
             if "=" in a else a for a in argv]
     assert E.main(argv) == 2
