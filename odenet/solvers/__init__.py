@@ -1,4 +1,5 @@
-"""odenet.solvers: explicit Runge-Kutta and Adams ODE solvers with the adjoint method,
+"""odenet.solvers: explicit Runge-Kutta, Adams and reversible Heun ODE solvers with four
+gradient methods (backprop, adjoint, checkpoint, reversible; `odeint(gradient=...)`),
 instrumented, and call-compatible with torchdiffeq (see README, "Switching from
 torchdiffeq").
 
@@ -12,11 +13,19 @@ registry.py (where a new family plugs in); step-size controllers in controllers.
 
 from .controllers import BoundedController, IController, PIController
 from .events import odeint_event
-from .odeint import DEFAULT_MAX_NUM_STEPS, odeint, odeint_adjoint
-from .registry import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, REGISTRY
+from .odeint import DEFAULT_MAX_NUM_STEPS, GRADIENTS, odeint, odeint_adjoint
+from .registry import (
+                       ADAPTIVE_METHODS,
+                       FIXED_METHODS,
+                       METHODS,
+                       REGISTRY,
+                       REVERSIBLE_METHODS,
+                       RK_METHODS,
+)
 from .stats import SolverError, SolveStats
 from .tableaus import TABLEAUS
 
 __all__ = ["odeint", "odeint_adjoint", "odeint_event", "SolveStats", "SolverError", "METHODS",
            "FIXED_METHODS", "ADAPTIVE_METHODS", "TABLEAUS", "REGISTRY", "DEFAULT_MAX_NUM_STEPS",
-           "IController", "PIController", "BoundedController"]
+           "IController", "PIController", "BoundedController", "GRADIENTS", "RK_METHODS",
+           "REVERSIBLE_METHODS"]

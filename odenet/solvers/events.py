@@ -40,8 +40,9 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time: bool = False,
     probe_t = torch.stack([t0.detach(), t0.detach() + direction])
     problem = validate(func, y0, probe_t, kwargs.get("method"), kwargs.get("rtol", 1e-7),
                        kwargs.get("atol", 1e-9), kwargs.get("options"))
-    if not problem.method.adaptive:
-        raise ValueError(f"odeint_event needs an adaptive method, got {problem.method.name!r}")
+    if not problem.method.adaptive or problem.method.family != "rk":  # bisects RK dense output
+        raise ValueError(f"odeint_event needs an adaptive method of the Runge-Kutta family, "
+                         f"got {problem.method.name!r}")
     stats = kwargs.get("stats") or SolveStats()
     with torch.no_grad():
         sign0 = torch.sign(event_fn(problem.time(problem.times[0]), problem.split(problem.y0)))

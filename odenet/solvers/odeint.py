@@ -13,12 +13,14 @@ from typing import Any
 import torch
 
 from .controllers import CONTROLLERS, DFACTOR, IFACTOR, SAFETY
-from .registry import METHODS, REGISTRY, Method, family_solve
+from .registry import METHODS, REGISTRY, REVERSIBLE_METHODS, RK_METHODS, Method, family_solve
 from .rk import Tally
 from .stats import SolveStats
 
 DEFAULT_MAX_NUM_STEPS = 10_000  # adaptive solves: accepted + rejected steps
 DEFAULT_METHOD = "dopri5"
+# how odeint computes gradients (its `gradient` keyword; see odeint's docstring)
+GRADIENTS = ("backprop", "adjoint", "checkpoint", "reversible")
 
 # option -> default, one table per kind of method, so unknown keys can be named precisely
 FIXED_OPTIONS: dict[str, Any] = {
@@ -45,6 +47,8 @@ ADAPTIVE_OPTIONS: dict[str, Any] = {
     "last_step": "clamp",
     "norm": None,  # None: RMS (max over a tuple's tensors); a callable: as torchdiffeq
 }
+# the reversible family has no dense output: every output time is a step's end
+REVERSIBLE_ADAPTIVE_OPTIONS = {k: v for k, v in ADAPTIVE_OPTIONS.items() if k != "last_step"}
 LAST_STEPS = ("clamp", "overshoot")
 ADJOINT_OPTIONS = ("norm", "rtol", "atol", "method", "options")
 NORMS = ("default", "seminorm")
@@ -54,32 +58,56 @@ Func = Callable[[torch.Tensor, Any], Any]
 
 def option_table(method: Method) -> dict[str, Any]:
     if method.adaptive:
-        return ADAPTIVE_OPTIONS
+        return REVERSIBLE_ADAPTIVE_OPTIONS if method.family == "reversible" else ADAPTIVE_OPTIONS
     return ADAMS_OPTIONS if method.family == "adams" else FIXED_OPTIONS
 
 
 def odeint(func: Func, y0, t, method: str | None = DEFAULT_METHOD, rtol=1e-7, atol=1e-9,
-           options: dict | None = None, adjoint: bool = False,
+           options: dict | None = None, adjoint: bool | None = None,
            adjoint_params: Iterable[torch.Tensor] | None = None,
-           adjoint_options: dict | None = None, stats: SolveStats | None = None):
+           adjoint_options: dict | None = None, stats: SolveStats | None = None,
+           gradient: str | None = None):
     """Solve dy/dt = func(t, y), y(t[0]) = y0; returns y at every time in t.
 
     Call-compatible with torchdiffeq's odeint (and, with adjoint=True, odeint_adjoint;
     `odeint_adjoint` below takes torchdiffeq's keywords). y0 is a tensor (output shape
     (len(t), *y0.shape)) or a tuple of tensors (output: a tuple of such). `stats`, if
     given, accumulates the evaluations and steps of this solve, forward and backward.
+
+    `gradient` (one of GRADIENTS) is how gradients are computed; the outputs are the same:
+    - "backprop" (default): autograd through the solver's arithmetic, O(NFE) memory;
+    - "adjoint": the paper's backward solve, O(1) memory, not the discrete gradient;
+    - "checkpoint": the exact discrete gradient by replaying each accepted step in
+      reverse (Zhuang et al. 2020), O(steps x state) memory; Runge-Kutta methods;
+    - "reversible": the exact discrete gradient of a reversible method (REVERSIBLE_METHODS,
+      e.g. reversible_heun), its trajectory reconstructed backwards, O(1) memory.
+    `adjoint=True` is `gradient="adjoint"` and `adjoint=False` is "backprop"; given both,
+    they must agree. `adjoint_params` (default: func's parameters, func then a Module) are
+    the parameters differentiated by adjoint, checkpoint and reversible; `adjoint_options`
+    is used by the adjoint only.
     """
+    gradient = _gradient(gradient, adjoint)
     problem = validate(func, y0, t, method, rtol, atol, options)
-    if adjoint:
-        back = _validate_adjoint_options(adjoint_options, problem)
-        params = _adjoint_params(func, adjoint_params)
+    if gradient != "backprop":
+        if gradient == "adjoint":
+            back = _validate_adjoint_options(adjoint_options, problem)
+        _check_gradient_method(gradient, problem.method)
+        params = _adjoint_params(func, adjoint_params, gradient)
     stats = stats if stats is not None else SolveStats()
     if len(problem.times) == 1:
         return problem.unflatten(problem.y0[None].clone())
-    if adjoint and torch.is_grad_enabled():
-        from .adjoint import adjoint_solve
+    if gradient != "backprop" and torch.is_grad_enabled():
+        if gradient == "adjoint":
+            from .adjoint import adjoint_solve
 
-        return problem.unflatten(adjoint_solve(problem, params, back, stats))
+            return problem.unflatten(adjoint_solve(problem, params, back, stats))
+        if gradient == "checkpoint":
+            from .checkpoint import checkpoint_solve
+
+            return problem.unflatten(checkpoint_solve(problem, params, stats))
+        from .reversible import reversible_solve
+
+        return problem.unflatten(reversible_solve(problem, params, stats))
     if torch.is_grad_enabled() and problem.t.requires_grad:
         return problem.unflatten(_solve_with_time_gradient(problem, stats))
     return problem.unflatten(forward_solve(problem, stats))
@@ -374,7 +402,7 @@ def _validate_options(method: Method, options: dict | None) -> dict:
         if opts["controller"] not in CONTROLLERS:
             raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}, "
                              f"got {opts['controller']!r}")
-        if opts["last_step"] not in LAST_STEPS:
+        if "last_step" in opts and opts["last_step"] not in LAST_STEPS:
             raise ValueError(f"options['last_step'] must be one of {', '.join(LAST_STEPS)}, "
                              f"got {opts['last_step']!r}")
         if opts["norm"] is not None and not callable(opts["norm"]):
@@ -386,10 +414,33 @@ def _validate_options(method: Method, options: dict | None) -> dict:
     return opts
 
 
-def _adjoint_params(func, adjoint_params) -> tuple[torch.Tensor, ...]:
+def _gradient(gradient, adjoint) -> str:
+    """The gradient method from `gradient` and the older `adjoint` flag."""
+    if gradient is None:
+        return "adjoint" if adjoint else "backprop"
+    if not isinstance(gradient, str) or gradient not in GRADIENTS:
+        raise ValueError(f"unknown gradient {gradient!r}; valid: {', '.join(GRADIENTS)}")
+    if adjoint is not None and bool(adjoint) != (gradient == "adjoint"):
+        raise ValueError(f"adjoint={adjoint!r} contradicts gradient={gradient!r}: pass only "
+                         "gradient (adjoint=True is gradient='adjoint', False 'backprop')")
+    return gradient
+
+
+def _check_gradient_method(gradient: str, method: Method) -> None:
+    """checkpoint replays Runge-Kutta steps; reversible needs a reversible method."""
+    if gradient == "checkpoint" and method.family != "rk":
+        raise ValueError(f"gradient='checkpoint' replays Runge-Kutta steps; method "
+                         f"{method.name!r} is not one: use one of {', '.join(RK_METHODS)}")
+    if gradient == "reversible" and method.family != "reversible":
+        raise ValueError(f"gradient='reversible' needs a reversible method, got "
+                         f"{method.name!r}: use one of {', '.join(REVERSIBLE_METHODS)}")
+
+
+def _adjoint_params(func, adjoint_params, gradient: str = "adjoint") -> tuple[torch.Tensor, ...]:
     if adjoint_params is None:
         if not isinstance(func, torch.nn.Module):
-            raise ValueError("adjoint=True needs func to be a torch.nn.Module (its parameters get "
+            needs = "adjoint=True" if gradient == "adjoint" else f"gradient={gradient!r}"
+            raise ValueError(f"{needs} needs func to be a torch.nn.Module (its parameters get "
                              "gradients) or adjoint_params=(...); pass adjoint_params=() if "
                              f"func has none, got func of type {type(func).__name__}")
         return tuple(p for p in func.parameters() if p.requires_grad)

@@ -194,12 +194,14 @@ def _combine(y: torch.Tensor, ks, coefs, h: float) -> torch.Tensor:
 
 
 def solve(fn: FlatFunc, y0: torch.Tensor, times: list[float], method, rtol, atol,
-          options: dict, tally: Tally, norm=None) -> torch.Tensor:
+          options: dict, tally: Tally, norm=None, trace: list | None = None) -> torch.Tensor:
     """Integrate the flat ODE y' = fn(t, y) from times[0]; returns (len(times), N).
 
     `method`: a registry.Method or a Tableau. `rtol`/`atol`: floats or tensors of N values.
     `norm`: slices of the state for the error norm (the adjoint's [z, a, g]; default one),
-    or a callable on the flat state.
+    or a callable on the flat state. `trace`, if a list, gets (t, dt, t1, y) for every
+    accepted step, y a copy of the step's start state (the checkpointed gradient replays
+    them; see `replay_step`).
     """
     tab = getattr(method, "tableau", None) or method
     if norm is None:
@@ -214,7 +216,7 @@ def solve(fn: FlatFunc, y0: torch.Tensor, times: list[float], method, rtol, atol
         emit = None
     run = _adaptive if tab.adaptive else _fixed
     try:
-        result = run(st, y0, times, rtol, atol, options, ys, emit)
+        result = run(st, y0, times, rtol, atol, options, ys, emit, trace)
     finally:
         st.release()
     return result if st.inplace else torch.stack(result)
@@ -238,7 +240,7 @@ def fixed_grid(times: list[float], step_size: float | None, max_steps: int | Non
     return counts
 
 
-def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
+def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None):
     step_size = options["step_size"]
     counts = fixed_grid(times, step_size, options["max_num_steps"])
     y = y0
@@ -248,6 +250,8 @@ def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
         for k in range(n):
             t = ta + direction * k * step_size if k else ta
             h = (tb - t) if k == n - 1 else direction * step_size  # last step lands on tb
+            if trace is not None:  # copied: y may be a pooled buffer the next step reuses
+                trace.append((t, h, tb if k == n - 1 else t + h, y.clone()))
             y, _ = st.step(t, y, h, None)
             st.tally.accepted += 1
         if emit is not None:
@@ -279,7 +283,7 @@ def _initial_step(st: _Stepper, t0, y0, f0, rtol, atol, direction) -> float:
     return min(FIRST_STEP_GROWTH * h0, h1)
 
 
-def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
+def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None):
     tab, tally = st.tab, st.tally
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
@@ -328,6 +332,8 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
         if ratio <= 1.0 or (bounded and math.isfinite(ratio)):
             tally.accepted += 1
             t1 = t_end if last else t + dt
+            if trace is not None:  # copied: y is a pooled buffer the next step reuses
+                trace.append((t, dt, t1, y.clone()))
             while next_out < len(times) and (t1 - times[next_out]) * direction >= 0:
                 if times[next_out] == t1:
                     value = y1
@@ -356,3 +362,14 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit):
                         "check func, or lower options['min_step']")
             h = h_next
     return ys
+
+
+def replay_step(fn: FlatFunc, tab: Tableau, t: float, y: torch.Tensor, dt: float,
+                thetas: list[float], tally: Tally):
+    """One accepted step again, recorded by autograd (call under grad mode): its end state
+    and the dense output at each theta. The same arithmetic as the step under grad, so
+    its vector-Jacobian product is backprop's for that step; k1 is evaluated afresh (a
+    forward FSAL stage was the same f at the same point)."""
+    st = _Stepper(fn, tab, y, tally, None)
+    y1, ks = st.step(t, y, dt, None)
+    return y1, [st.dense(y, ks, dt, theta, None) for theta in thetas]
