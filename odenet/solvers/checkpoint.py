@@ -55,16 +55,18 @@ class _CheckpointSolve(torch.autograd.Function):
             stats.nfe_forward += tally.nfe
             stats.steps_accepted += tally.accepted
             stats.steps_rejected += tally.rejected
-        ctx.context, ctx.trace = context, trace
-        ctx.save_for_backward(ys)
+        # the states through save_for_backward, so saved-tensor hooks (ActivationMeter)
+        # see them; the floats stay on ctx
+        ctx.context, ctx.steps = context, [(t, dt, t1) for t, dt, t1, _ in trace]
+        ctx.save_for_backward(ys, *(y for *_, y in trace))
         return ys
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ys):
-        (ys,) = ctx.saved_tensors
+        ys, *starts = ctx.saved_tensors
         problem, params, stats = ctx.context
-        trace, times = ctx.trace, problem.times
+        trace, times = [(*step, y) for step, y in zip(ctx.steps, starts)], problem.times
         fn, tab = problem.flat_func(), problem.tableau
         outputs = assign_outputs(trace, times)
         a = torch.zeros_like(ys[0])  # dL/d(the state after the step being replayed)

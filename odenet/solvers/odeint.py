@@ -47,8 +47,6 @@ ADAPTIVE_OPTIONS: dict[str, Any] = {
     "last_step": "clamp",
     "norm": None,  # None: RMS (max over a tuple's tensors); a callable: as torchdiffeq
 }
-# the reversible family has no dense output: every output time is a step's end
-REVERSIBLE_ADAPTIVE_OPTIONS = {k: v for k, v in ADAPTIVE_OPTIONS.items() if k != "last_step"}
 LAST_STEPS = ("clamp", "overshoot")
 ADJOINT_OPTIONS = ("norm", "rtol", "atol", "method", "options")
 NORMS = ("default", "seminorm")
@@ -58,7 +56,7 @@ Func = Callable[[torch.Tensor, Any], Any]
 
 def option_table(method: Method) -> dict[str, Any]:
     if method.adaptive:
-        return REVERSIBLE_ADAPTIVE_OPTIONS if method.family == "reversible" else ADAPTIVE_OPTIONS
+        return ADAPTIVE_OPTIONS
     return ADAMS_OPTIONS if method.family == "adams" else FIXED_OPTIONS
 
 
@@ -402,9 +400,13 @@ def _validate_options(method: Method, options: dict | None) -> dict:
         if opts["controller"] not in CONTROLLERS:
             raise ValueError(f"options['controller'] must be one of {', '.join(CONTROLLERS)}, "
                              f"got {opts['controller']!r}")
-        if "last_step" in opts and opts["last_step"] not in LAST_STEPS:
+        if opts["last_step"] not in LAST_STEPS:
             raise ValueError(f"options['last_step'] must be one of {', '.join(LAST_STEPS)}, "
                              f"got {opts['last_step']!r}")
+        if method.family == "reversible" and opts["last_step"] != "clamp":
+            # no dense output to read t[-1] from: every output time is a step's end
+            raise ValueError(f"options['last_step'] must be 'clamp' for {method.name!r} (it "
+                             f"has no dense output), got {opts['last_step']!r}")
         if opts["norm"] is not None and not callable(opts["norm"]):
             raise ValueError(f"options['norm'] must be a callable (the error norm), "
                              f"got {opts['norm']!r}")
