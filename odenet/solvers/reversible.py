@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
@@ -67,7 +68,7 @@ class _Probe:
 
     def __init__(self, fn, tally, norm, order):
         self.fn, self.tally, self.norm = fn, tally, norm
-        self.tab = type("Order", (), {"order": order})
+        self.tab = SimpleNamespace(order=order)
 
     def eval(self, t, y):
         self.tally.nfe += 1
@@ -114,8 +115,8 @@ def integrate(fn, y0, times, method, rtol, atol, options, tally, norm=None, path
                                   "use smaller steps (see the reversible Heun stability caveat)")
 
     if method.adaptive:
-        y, yh = _adaptive(fn, y0, f, times, rtol, atol, options, tally, _rms(norm, y0.numel()),
-                          method.order, accept)
+        y, yh = _adaptive(fn, y0, f, times, rtol, atol, options, tally, norm, method.order,
+                          accept)
     else:
         for i, n in enumerate(fixed_grid(times, options["step_size"], options["max_num_steps"]),
                               start=1):
@@ -139,10 +140,12 @@ def _adaptive(fn, y0, f, times, rtol, atol, options, tally, norm, order, accept)
     control = make_controller(options, order)
     floor = max(options["fail_below_step"], float_floor(y0.dtype, t0, t_end))
     max_steps = options["max_num_steps"]
-    user_norm = callable(options.get("norm"))
+    # a callable norm gets h * err / scale (torchdiffeq's convention, as rk.py)
+    user_norm = callable(norm)
+    norm = _rms(norm, y0.numel())
     h = options["first_step"]
     if h is None:
-        probe = _Probe(fn, tally, lambda x: torch.tensor(norm(x)), order)
+        probe = _Probe(fn, tally, norm, order)
         h = max(_initial_step(probe, t0, y0, f, rtol, atol, direction), floor)
     h = control.first(h)
     t, y, yh = t0, y0, y0
