@@ -10,8 +10,11 @@ class SolveStats:
     """Counters that accumulate over every solve they are passed to; `reset()` zeroes them.
 
     `nfe_forward` counts calls of `func` made by forward solves; `nfe_backward` those made
-    by the adjoint's backward solves (direct backprop replays autograd's graph instead and
-    calls `func` no more, so it stays 0 there).
+    in backward: the adjoint's backward solves, checkpoint's replayed steps, reversible's
+    rebuilt steps, and the len(t) calls of t gradients (direct backprop replays autograd's
+    graph instead and calls `func` no more, so it stays 0 there).
+    `steps_accepted_backward` counts the adjoint's accepted backward steps, or the steps
+    checkpoint and reversible go back through.
     """
 
     nfe_forward: int = 0
