@@ -125,6 +125,11 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
     if args.hydra_help:  # Hydra's own advertises a shell completion odenet cannot offer
         print(HYDRA_HELP)
         return "", 0
+    modes = [f for f, on in (("--run", args.run), ("--multirun", args.multirun),
+                             ("--cfg", args.cfg), ("--info", args.info)) if on]
+    if len(modes) > 1:  # Hydra would raise a traceback
+        return (f"{' and '.join(modes)} exclude each other: --cfg and --info print the "
+                "configuration of one job (drop -m and give one value per key)", 2)
     if args.shell_completion:
         return ("odenet train has no shell completion (Hydra's would call the program "
                 "without its 'train' command); `odenet train --help` lists every setting", 2)

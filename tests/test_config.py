@@ -219,6 +219,8 @@ def test_version_and_no_shell_completion(cli):
     assert r.returncode == 0 and r.stdout.strip() == f"odenet {odenet.__version__}"
     r = cli("train", "-sc", "install=bash")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no shell completion" in r.stderr
+    r = cli("train", "-m", "seed=0,1", "--cfg", "job")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exclude each other" in r.stderr
     r = cli("train", "--hydra-help")
     assert r.returncode == 0 and "--multirun" in r.stdout
     assert "install=bash" not in r.stdout  # Hydra's own help advertises a broken completion
