@@ -24,7 +24,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from odenet.errors import ConfigError, need, one_of
-from odenet.registry import ADJOINT, DENSITY, MODELS, ODENetConfig, spec
+from odenet.registry import (
+    ADJOINT,
+    BACKPROP,
+    CHECKPOINT,
+    DENSITY,
+    MODELS,
+    REVERSIBLE,
+    ODENetConfig,
+    spec,
+)
+
+GRADIENTS = (ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE)  # as odenet.solvers.GRADIENTS
 
 __all__ = ["Config", "ConfigError", "SolverConfig", "DataConfig", "OptimConfig",
            "TrainConfig", "to_config", "model_config", "solver_config", "resolve_solver",
@@ -40,7 +51,9 @@ class SolverConfig:
     method: str = "dopri5"
     rtol: float = 1e-3
     atol: float | None = None  # None: equal to rtol
-    adjoint: bool | None = None  # None: the model's default gradient (registry traits)
+    gradient: str | None = None  # adjoint | backprop | checkpoint | reversible; None: the
+    # model's default (registry traits)
+    adjoint: bool | None = None  # older spelling: true = gradient adjoint, false = backprop
     adjoint_norm: str = "default"  # default | seminorm (Kidger et al. 2021)
     step_size: float | None = None  # fixed-grid methods only
     max_num_steps: int = 1000  # a training solve needing more fails the run (fail fast)
@@ -148,12 +161,14 @@ def solver_config(cfg: Any, model: str) -> DictConfig:
 
 def resolve_solver(s: DictConfig, model: str) -> None:
     """Check ``s`` for ``model`` and fill in what follows from other settings: atol follows
-    rtol unless set, and ``adjoint`` follows the model unless set."""
-    _validate_solver(s, model)
+    rtol unless set, and the gradient method follows the model unless set (``adjoint``
+    then says whether it is the adjoint, for records and checkpoints written before
+    ``gradient`` existed)."""
+    gradient = _validate_solver(s, model)
     with _writable(s):
         if s.atol is None:
             s.atol = s.rtol
-        s.adjoint = spec(model).gradient(s.adjoint) == ADJOINT
+        s.gradient, s.adjoint = gradient, gradient == ADJOINT
 
 
 def as_dict(cfg: Any) -> dict:
@@ -241,15 +256,39 @@ def _validate_solver(s: Any, model: str) -> None:
         need(s.step_size > 0, f"solver.step_size must be > 0 (got {s.step_size})")
     need(s.max_num_steps >= 1, f"solver.max_num_steps must be >= 1 (got {s.max_num_steps})")
     one_of("solver.last_step", s.last_step, ("clamp", "overshoot"))
-    gradient = spec(model).gradient(s.adjoint)
+    gradient = _gradient(s, model)
     if s.adjoint_norm == "seminorm" and gradient != ADJOINT:
         raise ConfigError(f"solver.adjoint_norm=seminorm needs the adjoint; model={model} "
                           f"computes its gradients by {gradient}")
-    from odenet.solvers import FIXED_METHODS, METHODS  # torch: only once the rest is valid
+    # torch: only once the rest is valid
+    from odenet.solvers import FIXED_METHODS, METHODS, REVERSIBLE_METHODS, RK_METHODS
 
     one_of("solver.method", s.method, list(METHODS))
     need(s.method not in FIXED_METHODS or s.step_size is not None,
          f"solver.method={s.method} is a fixed-grid method: set solver.step_size (e.g. 0.25)")
+    if gradient == REVERSIBLE:
+        need(s.method in REVERSIBLE_METHODS, f"solver.gradient=reversible reconstructs the "
+             f"steps of a reversible method: solver.method={s.method} is not one of: "
+             f"{', '.join(REVERSIBLE_METHODS)}")
+    if gradient == CHECKPOINT:
+        need(s.method in RK_METHODS, f"solver.gradient=checkpoint replays Runge-Kutta steps: "
+             f"solver.method={s.method} is not one of: {', '.join(RK_METHODS)}")
+    return gradient
+
+
+def _gradient(s: Any, model: str) -> str:
+    """The gradient method ``s`` asks of ``model``: solver.gradient, or the older
+    solver.adjoint (true: adjoint, false: backprop); they must agree when both are set."""
+    from_adjoint = None if s.adjoint is None else (ADJOINT if s.adjoint else BACKPROP)
+    if s.gradient is not None:
+        one_of("solver.gradient", s.gradient, GRADIENTS)
+        # adjoint is derived from gradient once resolved: false goes with any other method
+        need(s.adjoint is None or bool(s.adjoint) == (s.gradient == ADJOINT),
+             f"solver.gradient={s.gradient} and solver.adjoint={str(s.adjoint).lower()} "
+             "disagree (solver.adjoint is the older spelling: set one of them)")
+        return spec(model).gradient(s.gradient, f"solver.gradient={s.gradient}")
+    asked = None if s.adjoint is None else f"solver.adjoint={str(s.adjoint).lower()}"
+    return spec(model).gradient(from_adjoint, asked or "")
 
 
 def _finite(node: Any, prefix: str = "") -> None:

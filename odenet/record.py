@@ -51,7 +51,9 @@ class Metrics:
     solver_method: str | None = _f(SETTING, "ODE solver method; null without an ODE block")
     solver_rtol: float | None = _f(SETTING, "relative tolerance")
     solver_atol: float | None = _f(SETTING, "absolute tolerance")
-    solver_adjoint: bool | None = _f(SETTING, "gradients by the adjoint (else backprop)")
+    solver_gradient: str | None = _f(SETTING, "adjoint | backprop | checkpoint | reversible")
+    solver_adjoint: bool | None = _f(SETTING, "gradients by the adjoint (solver_gradient "
+                                     "is adjoint; records before solver_gradient have this)")
     solver_adjoint_norm: str | None = _f(SETTING, "default | seminorm")
     solver_step_size: float | None = _f(SETTING, "fixed-grid step; null when adaptive")
     solver_last_step: str | None = _f(SETTING, "clamp | overshoot; null for fixed grids")

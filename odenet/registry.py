@@ -21,7 +21,10 @@ from dataclasses import dataclass, fields
 from odenet.errors import ConfigError, need, one_of
 from odenet.record import CLASSIFY, DENSITY
 
-ADJOINT, BACKPROP = "adjoint", "backprop"  # how an ODE block's gradient is computed
+# how an ODE block's gradient is computed (odenet.solvers.GRADIENTS): the adjoint's backward
+# solve, backprop through the solver's steps, a replay of checkpointed steps, or a
+# reversible method reconstructing its steps backwards
+ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE = "adjoint", "backprop", "checkpoint", "reversible"
 
 
 # ------------------------------------------------------------------------- schemas
@@ -166,19 +169,18 @@ class ModelSpec:
     def settings(self) -> list[str]:
         return [f.name for f in fields(self.schema)]
 
-    def gradient(self, adjoint: bool | None) -> str:
-        """How its ODE block's gradient is computed for ``solver.adjoint`` (None: the model's
-        default); ConfigError where the model does not allow it."""
-        if adjoint is None:
+    def gradient(self, wanted: str | None, asked: str = "solver.gradient") -> str:
+        """How its ODE block's gradient is computed when ``wanted`` (None: the model's
+        default); ConfigError, naming the setting ``asked``, where the model does not allow
+        it."""
+        if wanted is None:
             return self.gradients[0]
-        wanted = ADJOINT if adjoint else BACKPROP
         if wanted not in self.gradients:
             others = [s.name for s in MODELS.values()
                       if s.builder == self.builder and wanted in s.gradients]
             use = f"; for {wanted} use model={others[0]}" if others else ""
             raise ConfigError(f"model={self.name} computes its gradients by "
-                              f"{self.gradients[0]}, not solver.adjoint={str(adjoint).lower()}"
-                              f"{use}")
+                              f"{', '.join(self.gradients)}, not {asked}{use}")
         return wanted
 
 
@@ -190,9 +192,10 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (  # Table 1's order
     ModelSpec("rknet", "RK-Net", ODENetConfig, "odenet.models:build_odenet", CLASSIFY,
               gradients=(BACKPROP,), paper=PaperRow(0.0047, 220_000, "O(L~)", "O(L~)")),
     ModelSpec("odenet", "ODE-Net", ODENetConfig, "odenet.models:build_odenet", CLASSIFY,
-              gradients=(ADJOINT,), paper=PaperRow(0.0042, 220_000, "O(1)", "O(L~)")),
+              gradients=(ADJOINT, CHECKPOINT, REVERSIBLE),
+              paper=PaperRow(0.0042, 220_000, "O(1)", "O(L~)")),
     ModelSpec("cnf", "CNF", CNFConfig, "odenet.cnf.build:build_cnf", DENSITY,
-              gradients=(ADJOINT, BACKPROP)),
+              gradients=(ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE)),
     ModelSpec("planar", "planar flow", PlanarConfig, "odenet.cnf.build:build_planar", DENSITY),
 )}
 

@@ -310,3 +310,43 @@ def test_a_validation_split_is_scored_and_chooses_nothing_else(compose_cfg, tmp_
     assert plain["val_size"] is None and plain["val_error"] is None
     # the held-out images are the last ones: the training run itself is the same
     assert (plain["test_error"], plain["train_error"]) == (m["test_error"], m["train_error"])
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["model=rknet", "solver.gradient=checkpoint"], "model=rknet computes its gradients by "
+     "backprop, not solver.gradient=checkpoint"),
+    (["solver.gradient=backprop"], "for backprop use model=rknet"),
+    (["solver.gradient=reversible"], "solver.method=dopri5 is not one of"),
+    (["solver=explicit_adams", "solver.gradient=checkpoint"], "replays Runge-Kutta steps"),
+    (["solver.gradient=adjoint", "solver.adjoint=false"], "disagree"),
+    (["solver.gradient=nope"], "solver.gradient='nope' is not one of"),
+])
+def test_bad_gradient_settings_are_one_line(overrides, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")) as info:
+        compose(overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_checkpointed_gradients_train_like_backprop_with_less_memory(compose_cfg, tmp_path):
+    """solver.gradient=checkpoint is the exact gradient of the discrete solve, like RK-Net's
+    backprop through it: the same training, with the block's activations per step only."""
+    ck = run(compose_cfg(*TINY, "model=odenet", "solver.gradient=checkpoint"), tmp_path / "c")
+    rk = run(compose_cfg(*TINY, "model=rknet"), tmp_path / "r")
+    assert ck["status"] == rk["status"] == "finished"
+    assert (ck["solver_gradient"], ck["solver_adjoint"], rk["solver_gradient"]) == (
+        "checkpoint", False, "backprop")
+    losses = [[h["loss"] for h in history(d) if h["kind"] == "iter"] for d in
+              (tmp_path / "c", tmp_path / "r")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert ck["nfe_backward_mean"] > 0 and rk["nfe_backward_mean"] == 0
+    assert ck["activation_block_mib"] < rk["activation_block_mib"] / 5
+
+
+def test_the_reversible_solver_trains_with_flat_memory(compose_cfg, tmp_path):
+    m = run(compose_cfg(*TINY, "model=odenet", "solver=adaptive_reversible_heun",
+                        "solver.gradient=reversible"), tmp_path)
+    assert m["status"] == "finished" and m["solver_gradient"] == "reversible"
+    assert m["solver_method"] == "adaptive_reversible_heun" and m["nfe_backward_mean"] > 0
+    back = run(compose_cfg(*TINY, "model=rknet", "solver=adaptive_reversible_heun"),
+               tmp_path / "b")
+    assert m["activation_block_mib"] < back["activation_block_mib"] / 5

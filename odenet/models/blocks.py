@@ -76,32 +76,40 @@ class ODEBlock(nn.Module):
     settings at any time, e.g. to evaluate a trained model at other tolerances.
     """
 
-    SETTINGS = ("method", "rtol", "atol", "adjoint", "adjoint_norm", "step_size",
+    SETTINGS = ("method", "rtol", "atol", "gradient", "adjoint_norm", "step_size",
                 "max_num_steps", "last_step")
 
     def __init__(self, func: nn.Module, t1: float = 1.0, **solver: Any):
-        """``solver``: any of SETTINGS; the rest are SolverConfig's defaults, with the
-        adjoint on (``from_config`` builds a block from a validated SolverConfig)."""
+        """``solver``: any of SETTINGS (or ``adjoint``: true = gradient adjoint, false =
+        backprop); the rest are SolverConfig's defaults, with the adjoint as gradient
+        (``from_config`` builds a block from a validated SolverConfig)."""
         super().__init__()
         self.func = func
         self.register_buffer("times", torch.tensor([0.0, float(t1)]), persistent=False)
         self.stats = SolveStats()
         for k in self.SETTINGS:
             setattr(self, k, getattr(SolverConfig, k))
-        self.atol, self.adjoint = self.rtol, True
+        self.atol, self.gradient = self.rtol, "adjoint"
         self.configure(**solver)
 
     @classmethod
     def from_config(cls, func: nn.Module, t1: float, solver: Any) -> ODEBlock:
         """A block with the settings of ``solver`` (a validated SolverConfig: atol and
-        adjoint resolved)."""
+        gradient resolved)."""
         return cls(func, t1, **{k: solver[k] for k in cls.SETTINGS})
+
+    @property
+    def adjoint(self) -> bool:
+        return self.gradient == "adjoint"
 
     def configure(self, **settings: Any) -> ODEBlock:
         """Set solver settings (None leaves one unchanged; atol=None with rtol follows it)."""
-        unknown = set(settings) - set(self.SETTINGS)
+        unknown = set(settings) - {*self.SETTINGS, "adjoint"}
         if unknown:
             raise ValueError(f"unknown solver setting(s) {sorted(unknown)}; valid: {self.SETTINGS}")
+        adjoint = settings.pop("adjoint", None)
+        if adjoint is not None:  # the older spelling of gradient
+            settings.setdefault("gradient", "adjoint" if adjoint else "backprop")
         if settings.get("rtol") is not None and settings.get("atol") is None:
             settings["atol"] = settings["rtol"]  # as in SolverConfig: atol follows rtol
         for k, v in settings.items():
@@ -119,16 +127,18 @@ class ODEBlock(nn.Module):
         return {"max_num_steps": int(self.max_num_steps), "last_step": self.last_step}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gradient
         ys = odeint(self.func, x, self.times.to(x.dtype), method=self.method,
                     rtol=self.rtol, atol=self.atol, options=self.solver_options(),
-                    adjoint=self.adjoint,
-                    adjoint_params=tuple(self.func.parameters()) if self.adjoint else None,
-                    adjoint_options={"norm": self.adjoint_norm} if self.adjoint else None,
+                    gradient=g,
+                    adjoint_params=tuple(self.func.parameters()) if g != "backprop" else None,
+                    adjoint_options={"norm": self.adjoint_norm} if g == "adjoint" else None,
                     stats=self.stats)
         return ys[-1]
 
     def extra_repr(self) -> str:
-        s = f"method={self.method}, rtol={self.rtol:g}, atol={self.atol:g}, adjoint={self.adjoint}"
+        s = (f"method={self.method}, rtol={self.rtol:g}, atol={self.atol:g}, "
+             f"gradient={self.gradient}")
         return s + (f", step_size={self.step_size:g}" if self.method in FIXED_METHODS else "")
 
 

@@ -31,11 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from odenet.files import write_atomic
-from odenet.registry import ADJOINT, BACKPROP, MODELS
+from odenet.registry import ADJOINT, BACKPROP, CHECKPOINT, MODELS, REVERSIBLE
 from odenet.report.runs import (
     Run,
     adjoint_model,
     fmt_tol,
+    gradient_of,
     num,
     residual_blocks,
     solver_label,
@@ -44,8 +45,9 @@ from odenet.report.runs import (
 # The memory figure's series: a model's title and how its x is counted. The texts are
 # memory.csv's "series" column.
 SERIES = {ADJOINT: " (adjoint)", BACKPROP: " (backprop through solver)",
+          CHECKPOINT: " (checkpointed steps)", REVERSIBLE: " (reversible solver)",
           "blocks": " (x = residual blocks)"}
-MARKERS = {ADJOINT: "o", BACKPROP: "^", "blocks": "s"}
+MARKERS = {ADJOINT: "o", BACKPROP: "^", CHECKPOINT: "D", REVERSIBLE: "v", "blocks": "s"}
 
 
 class NoData(Exception):
@@ -117,7 +119,7 @@ def fig3c_rows(runs: Sequence[Run]) -> list[dict]:
     counts: Counter = Counter()
     for run in runs:
         m = run.metrics
-        if not (run.finished and run.has_ode_block and m.get("solver_adjoint")):
+        if not (run.finished and run.has_ode_block and gradient_of(m) == ADJOINT):
             continue
         for it in run.iters():
             f, b = num(it.get("nfe_forward")), num(it.get("nfe_backward"))
@@ -186,8 +188,7 @@ def memory_rows(runs: Sequence[Run]) -> list[dict]:
             x_from = "activation_nfe_forward" if num(m.get("activation_nfe_forward")) \
                 is not None else "nfe_forward_mean"
             x = num(m.get(x_from))
-            gradient = ADJOINT if m.get("solver_adjoint") else BACKPROP
-            series, x_kind = spec.title + SERIES[gradient], "nfe_forward"
+            series, x_kind = spec.title + SERIES[gradient_of(m)], "nfe_forward"
         elif spec.residual_blocks is not None:
             x, x_from = residual_blocks(m), "residual_blocks"
             series, x_kind = spec.title + SERIES["blocks"], "blocks"

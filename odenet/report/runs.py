@@ -25,7 +25,7 @@ from pathlib import Path
 
 from odenet import record, rundir
 from odenet.record import EVALUATION, HISTORY, METRICS
-from odenet.registry import ADJOINT, MODELS
+from odenet.registry import ADJOINT, BACKPROP, MODELS
 
 # the checkpoint's file name in a run directory (odenet/checkpoint.py's CHECKPOINT, which
 # the report cannot import: it loads torch)
@@ -264,12 +264,19 @@ def solver_label(m: dict) -> str:
             parts.append(f"rtol={fmt_tol(rtol)} atol={fmt_tol(atol)}")
     if m.get("solver_last_step") == "overshoot":
         parts.append("overshoot")
-    if m.get("solver_adjoint"):
+    gradient = gradient_of(m)
+    if gradient == ADJOINT:
         norm = m.get("solver_adjoint_norm") or "default"
         parts.append("adjoint" if norm == "default" else f"adjoint ({norm})")
     else:
-        parts.append("backprop")
+        parts.append(gradient)
     return " ".join(parts)
+
+
+def gradient_of(m: dict) -> str:
+    """How the run's ODE block got its gradients: solver_gradient, or (a record from before
+    that field) solver_adjoint's adjoint or backprop."""
+    return m.get("solver_gradient") or (ADJOINT if m.get("solver_adjoint") else BACKPROP)
 
 
 def residual_blocks(m: dict) -> int | None:

@@ -39,8 +39,8 @@ from odenet.report.runs import (
     solver_label,
 )
 
-SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_adjoint",
-               "solver_adjoint_norm", "solver_step_size", "solver_last_step")
+SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_gradient",
+               "solver_adjoint", "solver_adjoint_norm", "solver_step_size", "solver_last_step")
 SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_size", "device")
 GROUP_KEYS = ("model",) + SOLVER_KEYS + SCALE_KEYS
 # Measures averaged over seeds, in table.csv order (an explicit order: table.csv's columns
@@ -130,6 +130,9 @@ def group_key(m: dict) -> dict:
         # adaptive steps always clamp or overshoot; null: a record from before the
         # setting existed, when they clamped
         key["solver_last_step"] = "clamp"
+    if key["solver_gradient"] is None and key["solver_adjoint"] is not None:
+        # a record from before solver_gradient: adjoint or backprop
+        key["solver_gradient"] = "adjoint" if key["solver_adjoint"] else "backprop"
     if not has_ode_block(m.get("model")):
         # Solver settings of a model without an ODE block do not change it.
         for k in SOLVER_KEYS:
