@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("odenet.app:train_main",
               "train one model (a Hydra app: odenet train model=odenet ...)"),
     "evaluate": ("odenet.evaluate:main", "re-solve a trained checkpoint at many tolerances"),
+    "gradients": ("odenet.gradients:main",
+                  "gradient error, NFE, time and memory of each gradient method"),
     "table": ("odenet.report.table:main", "Table 1 from run directories"),
     "figures": ("odenet.figures:main", "Figure 3 from run directories"),
     "reproduce": ("odenet.reproduce:main", "train, evaluate and report: Table 1 and Figure 3"),

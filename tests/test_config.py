@@ -156,19 +156,20 @@ def test_bad_command_lines_exit_nonzero_with_one_line(cli_popen, tmp_path):
 def test_cli_dispatcher(cli):
     r = cli("--help")
     assert r.returncode == 0
-    for cmd in ("train", "evaluate", "table", "figures", "reproduce", "data"):
+    for cmd in ("train", "evaluate", "gradients", "table", "figures", "reproduce", "data"):
         assert f"\n  {cmd} " in r.stdout
     r = cli("nope")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [
-        "odenet: unknown command 'nope'; valid commands: train, evaluate, table, figures, "
-        "reproduce, data"]
+        "odenet: unknown command 'nope'; valid commands: train, evaluate, gradients, table, "
+        "figures, reproduce, data"]
 
 
 def test_dispatch_table_is_lazy_and_complete():
     from odenet import cli
 
     assert cli.COMMANDS["evaluate"][0] == "odenet.evaluate:main"
+    assert cli.COMMANDS["gradients"][0] == "odenet.gradients:main"
     assert cli.COMMANDS["table"][0] == "odenet.report.table:main"
     assert cli.COMMANDS["figures"][0] == "odenet.figures:main"
     assert cli.COMMANDS["reproduce"][0] == "odenet.reproduce:main"

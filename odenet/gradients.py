@@ -1,0 +1,509 @@
+"""`odenet gradients checkpoint=...`: how accurate is each gradient method, at what cost.
+
+For a few MNIST training batches, the gradient of the whole network's cross-entropy loss
+(downsampling -> ODE block -> head) with respect to every parameter is computed by each
+gradient method at each tolerance τ (rtol = atol = τ); only the ODE block's solve differs
+between methods:
+
+- ``backprop``, ``adjoint``, ``adjoint_seminorm`` (the adjoint with the seminorm of
+  Kidger et al. 2021 in its backward solve), ``checkpoint``: the model's method (or
+  ``method=``);
+- ``reversible``: ``reversible_method`` (default adaptive_reversible_heun), since the
+  reversible gradient needs a reversible scheme.
+
+Each gradient g is compared, as relative L2 errors ||g - g*||_2 / ||g*||_2 over all
+parameters together (``error``) and per parameter tensor (``per_parameter``), with
+
+(a) ``reference``: the continuous gradient, a float64 copy of the network solved with
+    ``reference_method`` at rtol = atol = ``reference_tol`` with ``reference_gradient``
+    (the adjoint by default: O(1) memory at a tight tolerance). It is checked as
+    `odenet evaluate` checks its reference: a second solve at 10 x ``reference_tol``
+    gives ``reference.check_error``, which should lie far below every error reported
+    (``reference.ok``; a warning otherwise);
+(b) ``discrete``: the exact gradient of the discrete solve the method performs, i.e.
+    backprop through the same method at the same tolerance in the same dtype
+    (``error_vs_discrete``) and in float64 (``error_vs_discrete_float64``; a float64
+    solve may take other steps than a float32 one, so this is the same discrete scheme,
+    not always the same step sequence: compare ``nfe_forward`` of both in
+    ``discrete_float64``).
+
+Also per method and tolerance: ``seconds`` (forward + backward, the fastest of
+``repeats``), ``nfe_forward`` / ``nfe_backward`` and ``block_activation_mib`` (what
+autograd saves for backward during the ODE block's solve, odenet.measure.ActivationMeter).
+With several batches every number is the mean over batches (errors: also ``error_max``).
+
+``checkpoint=init`` measures an untrained network instead: ``model`` (a registry name
+with one ODE block) built with the default solver settings from ``seed``.
+
+Writes ``gradients.json`` next to the checkpoint (atomically; ``out=`` elsewhere) and
+``gradients.png`` beside it: error against (a) vs NFE (forward + backward) and vs block
+activation memory, one series per method.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from odenet.files import write_json
+from odenet.report.runs import CHECKPOINT_ID, file_id
+
+CONFIG_FILE = "gradients.yaml"
+OUT_FILE = "gradients.json"
+FIGURE_FILE = "gradients.png"
+INIT = "init"  # checkpoint=init: a freshly initialised network
+# the gradient methods measured: name -> odeint's `gradient`
+METHODS = {"backprop": "backprop", "adjoint": "adjoint", "adjoint_seminorm": "adjoint",
+           "checkpoint": "checkpoint", "reversible": "reversible"}
+
+
+@dataclass
+class GradientsConfig:
+    checkpoint: str = "???"
+    model: str = "odenet"
+    seed: int = 0
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    tolerances: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    method: str | None = None
+    reversible_method: str = "adaptive_reversible_heun"
+    dtype: str = "float32"
+    batches: int = 1
+    batch_size: int = 128
+    reference_tol: float = 1e-9
+    reference_method: str = "dopri5"
+    reference_gradient: str = "adjoint"
+    discrete_float64: bool = True
+    max_num_steps: int = 100000
+    repeats: int = 1
+    device: str = "auto"
+    threads: int | None = None
+    data_root: str | None = None
+    out: str | None = None
+
+
+class GradientsError(Exception):
+    """Bad input: one line, printed as is."""
+
+
+# load_settings and load_checkpoint_model follow odenet/evaluate.py's; copied, not
+# imported: the import-linter layers keep the commands independent of one another.
+def load_settings(argv: list[str]) -> GradientsConfig:
+    """configs/gradients.yaml merged with key=value overrides into GradientsConfig."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    for a in argv:
+        if "=" not in a or a.startswith("-"):
+            raise GradientsError(f"bad argument {a!r}: expected key=value overrides "
+                                 f"(see configs/{CONFIG_FILE})")
+    text = (resources.files("odenet.configs") / CONFIG_FILE).read_text(encoding="utf-8")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(GradientsConfig), OmegaConf.create(text),
+                              OmegaConf.from_dotlist(argv))
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise GradientsError(f"{e.full_key} is required, e.g. {e.full_key}=...") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = str(e).splitlines()[0]
+        raise GradientsError(f"bad gradients setting{f' {key}' if key else ''}: {msg}") from None
+
+
+def load_checkpoint_model(path: Path, device):
+    """(model in eval mode, its config as a plain dict, the checkpoint dict) of a run
+    whose model holds one ODE block."""
+    from odenet.checkpoint import CheckpointError, load_model
+    from odenet.models import ode_blocks
+    from odenet.registry import CLASSIFY, MODELS
+
+    try:
+        model, config, ck = load_model(path, device)
+    except CheckpointError as e:
+        raise GradientsError(f"checkpoint={e}") from None
+    if len(ode_blocks(model)) != 1:
+        having = [s.name for s in MODELS.values() if s.ode_block and s.task == CLASSIFY]
+        raise GradientsError(f"checkpoint={path}: model {config.get('model', {}).get('name')!r} "
+                             f"has no single ODE block; accepted: a checkpoint of "
+                             f"{', '.join(having)}, or checkpoint=init")
+    return model, config, ck
+
+
+def validate(cfg: GradientsConfig) -> GradientsConfig:
+    from odenet.solvers import METHODS as SOLVERS
+    from odenet.solvers import REVERSIBLE_METHODS
+
+    if not cfg.methods:
+        raise GradientsError(f"methods=[] measures nothing; accepted: {', '.join(METHODS)}")
+    for m in cfg.methods:
+        if m not in METHODS:
+            raise GradientsError(f"methods: {m!r} is not a gradient method; accepted: "
+                                 f"{', '.join(METHODS)}")
+    if not cfg.tolerances:
+        raise GradientsError("tolerances=[] measures nothing; give e.g. tolerances=[1e-3]")
+    for t in cfg.tolerances:
+        if not (t > 0 and math.isfinite(t)):
+            raise GradientsError(f"tolerances: {t!r} is not a positive number")
+    if not (cfg.reference_tol > 0) or cfg.reference_tol * 10 >= min(cfg.tolerances):
+        raise GradientsError(f"reference_tol={cfg.reference_tol!r} must be positive and at "
+                             f"least 100x below the smallest tolerance ({min(cfg.tolerances):g})")
+    if cfg.dtype not in ("float32", "float64"):
+        raise GradientsError(f"dtype={cfg.dtype!r}; accepted: float32, float64")
+    for name in ("method", "reference_method"):
+        m = getattr(cfg, name)
+        if m is not None and m not in SOLVERS:
+            raise GradientsError(f"{name}={m!r}; accepted: {', '.join(SOLVERS)}")
+    if cfg.reversible_method not in REVERSIBLE_METHODS:
+        raise GradientsError(f"reversible_method={cfg.reversible_method!r}; accepted: "
+                             f"{', '.join(REVERSIBLE_METHODS)}")
+    if cfg.reference_gradient not in ("adjoint", "backprop"):
+        raise GradientsError(f"reference_gradient={cfg.reference_gradient!r}; accepted: "
+                             "adjoint, backprop")
+    for name in ("batches", "batch_size", "max_num_steps", "repeats"):
+        if getattr(cfg, name) < 1:
+            raise GradientsError(f"{name}={getattr(cfg, name)!r} must be a positive integer")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise GradientsError(f"threads={cfg.threads!r} must be a positive integer or null")
+    return cfg
+
+
+# ---------------------------------------------------------------- the network
+def init_model(name: str, seed: int, device):
+    """(untrained model, its config as a plain dict) for checkpoint=init."""
+    import torch
+
+    from odenet.models import build_model, ode_blocks
+    from odenet.registry import CLASSIFY, MODELS
+
+    having = [s.name for s in MODELS.values() if s.ode_block and s.task == CLASSIFY]
+    if name not in having:
+        raise GradientsError(f"model={name!r}: checkpoint=init needs a classifier with one ODE "
+                             f"block; accepted: {', '.join(having)}")
+    config = {"model": {"name": name}, "solver": {}}
+    torch.manual_seed(seed)
+    model = build_model(config["model"], config["solver"])
+    assert len(ode_blocks(model)) == 1
+    return model.to(device).eval(), config
+
+
+def loss_gradient(model, x, y, *, method: str, tol: float, gradient: str, seminorm: bool,
+                  max_steps: int) -> dict:
+    """The gradient of cross_entropy(model(x), y) with the ODE block solved by odeint with
+    ``gradient``; returns {"grads": [tensor per parameter], stats, seconds, block MiB}.
+
+    The block is solved here rather than by ODEBlock.forward, which knows only the
+    adjoint and backprop; everything else (features, head, t0/t1) is the model's."""
+    import torch
+
+    from odenet.measure import ActivationMeter, synchronize
+    from odenet.models import ode_blocks
+    from odenet.solvers import FIXED_METHODS, SolveStats, odeint
+
+    block = ode_blocks(model)[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    options = {"max_num_steps": max_steps}
+    if method in FIXED_METHODS:
+        options["step_size"] = block.step_size
+    else:
+        options["last_step"] = block.last_step
+    adj = {"adjoint_params": tuple(block.func.parameters())} if gradient != "backprop" else {}
+    if gradient == "adjoint":
+        adj["adjoint_options"] = {"norm": "seminorm" if seminorm else "default"}
+    stats = SolveStats()
+    synchronize(x.device)
+    t0 = time.perf_counter()
+    h0 = model.features(x)
+    with ActivationMeter(model) as m:  # around the ODE block's solve only
+        h1 = odeint(block.func, h0, block.times.to(x.dtype), method=method, rtol=tol,
+                    atol=tol, options=options, gradient=gradient, stats=stats, **adj)[-1]
+    loss = torch.nn.functional.cross_entropy(model.head(h1), y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    synchronize(x.device)
+    seconds = time.perf_counter() - t0
+    grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    return {"grads": grads, "seconds": seconds, "nfe_forward": stats.nfe_forward,
+            "nfe_backward": stats.nfe_backward, "block_activation_mib": m.total_mib,
+            "loss": float(loss.detach())}
+
+
+def rel_error(g, ref) -> float:
+    """||g - ref||_2 / ||ref||_2 over a list of tensors, in float64."""
+    import torch
+
+    num = math.sqrt(sum(float(torch.sum((a.double() - b.double()) ** 2))
+                        for a, b in zip(g, ref)))
+    den = math.sqrt(sum(float(torch.sum(b.double() ** 2)) for b in ref))
+    return num / den if den > 0 else (0.0 if num == 0 else math.inf)
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+# ---------------------------------------------------------------- the measurement
+def measure(cfg: GradientsConfig, log=print) -> dict:
+    import torch
+
+    from odenet.data import DataError, MnistBatches, load_mnist
+    from odenet.errors import ConfigError
+    from odenet.models import ode_blocks
+    from odenet.runtime import resolve_device
+    from odenet.solvers import SolverError
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        device = resolve_device(cfg.device)
+    except ConfigError as e:
+        raise GradientsError(str(e)) from None
+    if cfg.checkpoint == INIT:
+        model, config = init_model(cfg.model, cfg.seed, device)
+        ck, ckpt_id = {}, None
+    else:
+        ckpt = Path(cfg.checkpoint)
+        try:
+            ckpt_id = file_id(ckpt)
+        except OSError:
+            ckpt_id = None  # load_checkpoint_model says why in one line
+        model, config, ck = load_checkpoint_model(ckpt, device)
+    block = ode_blocks(model)[0]
+    trained = dict(block.settings())
+    base_method = cfg.method or trained["method"]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    data = config.get("data", {}) or {}
+    root = cfg.data_root or data.get("root", "data")
+    try:
+        xtr, ytr = load_mnist(root, train=True)
+    except DataError as e:
+        raise GradientsError(str(e)) from None
+    n = cfg.batches * cfg.batch_size
+    # the first training images, without augmentation: the same batches for every method
+    loader = MnistBatches(xtr[:n], ytr[:n], cfg.batch_size,
+                          normalize=bool(data.get("normalize", False)), device=device)
+    batches = list(loader)[: cfg.batches]
+
+    def copy_as(dtype):
+        return copy.deepcopy(model).to(dtype)
+
+    dtype = getattr(torch, cfg.dtype)
+    net = copy_as(dtype)
+    net64 = net if dtype == torch.float64 else copy_as(torch.float64)
+
+    def solve_method(name: str) -> str:
+        return cfg.reversible_method if name == "reversible" else base_method
+
+    # (a) the float64 continuous reference per batch, and its check at 10x the tolerance
+    t0 = time.perf_counter()
+    try:
+        refs, checks, ref_nfe, check_nfe = [], [], [], []
+        for x, y in batches:
+            for tol, out, nfe in ((cfg.reference_tol, refs, ref_nfe),
+                                  (cfg.reference_tol * 10, checks, check_nfe)):
+                r = loss_gradient(net64, x.double(), y, method=cfg.reference_method, tol=tol,
+                                  gradient=cfg.reference_gradient, seminorm=False,
+                                  max_steps=cfg.max_num_steps)
+                out.append(r["grads"])
+                nfe.append(r["nfe_forward"] + r["nfe_backward"])
+    except SolverError as e:
+        raise GradientsError(f"the float64 reference solve failed ({str(e).splitlines()[0]}); "
+                             "raise max_num_steps or reference_tol") from None
+    ref_seconds = time.perf_counter() - t0
+    check_error = _mean([rel_error(c, r) for c, r in zip(checks, refs)])
+    log(f"reference: {cfg.reference_method} float64 {cfg.reference_gradient} tol "
+        f"{cfg.reference_tol:g}, NFE-F+B {_mean(ref_nfe):.0f}; check at "
+        f"{cfg.reference_tol * 10:g}: error {check_error:.2e}")
+
+    # (b) backprop through each (solver, tolerance) a measured method uses, per batch:
+    # computed once and shared (backprop, the adjoints and checkpoint share the solve)
+    discrete: dict[tuple, Any] = {}
+
+    def exact(method: str, tol: float, net_, dt: str):
+        key = (method, tol, dt)
+        if key not in discrete:
+            try:
+                runs = [loss_gradient(net_, x.to(net_dtype(net_)), y, method=method, tol=tol,
+                                      gradient="backprop", seminorm=False,
+                                      max_steps=cfg.max_num_steps) for x, y in batches]
+                discrete[key] = ([r["grads"] for r in runs],
+                                 _mean([r["nfe_forward"] for r in runs]))
+            except SolverError as e:
+                discrete[key] = str(e).splitlines()[0]
+        return discrete[key]
+
+    results = []
+    for tol in cfg.tolerances:
+        for name in cfg.methods:
+            method = solve_method(name)
+            row: dict[str, Any] = {"gradient_method": name, "method": method, "rtol": tol,
+                                   "atol": tol, "dtype": cfg.dtype}
+            try:
+                row.update(status="ok", reason=None,
+                           **_measure_one(cfg, net, net64, batches, refs, names, name, method,
+                                          tol, exact))
+                log(f"tol {tol:g} {name}: error {row['error']:.2e} vs reference, "
+                    f"{row['error_vs_discrete']:.2e} vs its discrete solve; NFE-F/B "
+                    f"{row['nfe_forward']:.0f}/{row['nfe_backward']:.0f}, "
+                    f"{row['block_activation_mib']:.2f} MiB, {row['seconds']:.2f} s")
+            except (SolverError, ValueError) as e:
+                row.update(status="failed", reason=str(e).splitlines()[0])
+                log(f"tol {tol:g} {name}: failed: {row['reason']}")
+            results.append(row)
+
+    errors = [r["error"] for r in results if r.get("status") == "ok"]
+    min_err = min(errors, default=None)
+    ok = bool(min_err is None or check_error < 0.1 * min_err)
+    record = {
+        "checkpoint": INIT if cfg.checkpoint == INIT else str(Path(cfg.checkpoint).resolve()),
+        CHECKPOINT_ID: ckpt_id,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "model": config.get("model", {}).get("name"),
+        "epoch": ck.get("epoch"),
+        "trained_with": {k: trained[k] for k in ("method", "rtol", "atol", "adjoint",
+                                                  "adjoint_norm", "step_size")},
+        "settings": asdict(cfg),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "images": sum(len(y) for _, y in batches),
+        "parameters": names,
+        "error_definition": (
+            "||g - g*||_2 / ||g*||_2 over all parameter gradients of the batch's mean "
+            "cross-entropy (per_parameter: per tensor), mean over batches; g* = reference "
+            "(error) or backprop through the same solver at the same tolerance "
+            "(error_vs_discrete: same dtype; error_vs_discrete_float64: float64)"),
+        "reference": {"method": cfg.reference_method, "gradient": cfg.reference_gradient,
+                      "rtol": cfg.reference_tol, "atol": cfg.reference_tol,
+                      "dtype": "float64", "nfe_mean": _mean(ref_nfe), "seconds": ref_seconds,
+                      "check_rtol": cfg.reference_tol * 10, "check_nfe_mean": _mean(check_nfe),
+                      "check_error": check_error, "ok": ok},
+        "results": results,
+    }
+    if not ok:
+        log(f"warning: the reference is not much tighter than the smallest error reported "
+            f"({check_error:.1e} vs {min_err:.1e}); lower reference_tol")
+    return record
+
+
+def net_dtype(net):
+    return next(net.parameters()).dtype
+
+
+def _measure_one(cfg, net, net64, batches, refs, names, name, method, tol, exact) -> dict:
+    """One gradient method at one tolerance, over the batches (means)."""
+    dtype = net_dtype(net)
+    runs = []
+    for x, y in batches:
+        best = None
+        for _ in range(cfg.repeats):
+            r = loss_gradient(net, x.to(dtype), y, method=method, tol=tol,
+                              gradient=METHODS[name], seminorm=name == "adjoint_seminorm",
+                              max_steps=cfg.max_num_steps)
+            if best is None or r["seconds"] < best["seconds"]:
+                best = r
+        runs.append(best)
+    grads = [r["grads"] for r in runs]
+    err = [rel_error(g, ref) for g, ref in zip(grads, refs)]
+    row: dict[str, Any] = {
+        "error": _mean(err), "error_max": max(err),
+        "per_parameter": {n: _mean([rel_error([g[i]], [ref[i]]) for g, ref in zip(grads, refs)])
+                          for i, n in enumerate(names)},
+    }
+    same = exact(method, tol, net, cfg.dtype)
+    if isinstance(same, str):
+        raise ValueError(f"backprop through {method} at {tol:g} failed: {same}")
+    row["error_vs_discrete"] = _mean([rel_error(g, d) for g, d in zip(grads, same[0])])
+    row["discrete"] = {"gradient": "backprop", "dtype": cfg.dtype, "nfe_forward": same[1]}
+    row["error_vs_discrete_float64"] = None
+    row["discrete_float64"] = None
+    if cfg.discrete_float64:
+        d64 = same if net64 is net else exact(method, tol, net64, "float64")
+        if isinstance(d64, str):
+            row["discrete_float64"] = {"status": "failed", "reason": d64}
+        else:
+            row["error_vs_discrete_float64"] = _mean([rel_error(g, d)
+                                                      for g, d in zip(grads, d64[0])])
+            row["discrete_float64"] = {"gradient": "backprop", "dtype": "float64",
+                                       "nfe_forward": d64[1]}
+    row.update(
+        seconds=_mean([r["seconds"] for r in runs]),
+        nfe_forward=_mean([r["nfe_forward"] for r in runs]),
+        nfe_backward=_mean([r["nfe_backward"] for r in runs]),
+        block_activation_mib=_mean([r["block_activation_mib"] for r in runs]),
+        loss=_mean([r["loss"] for r in runs]))
+    return row
+
+
+# ---------------------------------------------------------------- the figure
+def write_figure(record: dict, path: Path) -> None:
+    """Error against the reference vs NFE-F+B and vs block activation memory, per method.
+    Written here, not by `odenet figures`: that registry draws from run directories, this
+    from one gradients.json."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    ax_nfe, ax_mem = fig.subplots(1, 2)
+    # distinct markers and dashes: methods that coincide (the adjoint with and without
+    # the seminorm often do) stay visible on top of one another
+    styles = dict(zip(METHODS, ("o-", "s--", "x:", "^-", "v-.")))
+    for name in record["settings"]["methods"]:
+        rows = [r for r in record["results"]
+                if r["gradient_method"] == name and r["status"] == "ok"]
+        if not rows:
+            continue
+        err = [max(r["error"], 1e-16) for r in rows]  # a log axis cannot show 0
+        ax_nfe.plot([r["nfe_forward"] + r["nfe_backward"] for r in rows], err, styles[name],
+                    label=name, mfc="none")
+        ax_mem.plot([max(r["block_activation_mib"], 1e-6) for r in rows], err, styles[name],
+                    label=name, mfc="none")
+    for ax, xlabel in ((ax_nfe, "NFE forward + backward"),
+                       (ax_mem, "ODE block activation memory (MiB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("relative gradient error vs float64 reference")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_nfe.legend(fontsize=8)
+    fig.suptitle(f"{record['model']}: parameter-gradient error per method "
+                 f"(tolerances {', '.join(f'{t:g}' for t in record['settings']['tolerances'])})",
+                 fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)  # atomically, as the JSON
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip() + f"\n\nSettings: configs/{CONFIG_FILE} (key=value overrides).")
+        return 0
+    try:
+        cfg = validate(load_settings(argv))
+        if cfg.checkpoint == INIT and not cfg.out:
+            raise GradientsError("checkpoint=init has no run directory: give out=PATH.json")
+        record = measure(cfg)
+    except GradientsError as e:
+        print(f"odenet gradients: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(OUT_FILE)
+    write_json(out, record)
+    figure = out.with_name(FIGURE_FILE if out.name == OUT_FILE else out.stem + ".png")
+    write_figure(record, figure)
+    failed = [r for r in record["results"] if r["status"] != "ok"]
+    print(f"odenet gradients: {len(record['results']) - len(failed)}/{len(record['results'])} "
+          f"measurements -> {out}, {figure}")
+    return 1 if failed and len(failed) == len(record["results"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
