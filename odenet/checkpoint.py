@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from odenet.files import write_atomic
-from odenet.models import build_model
+from odenet.models import build_model, ode_blocks
+from odenet.record import CHECKPOINT
+from odenet.registry import CLASSIFY, MODELS
 
-CHECKPOINT = "checkpoint.pt"
 REQUIRED = ("model", "config")
 
 
@@ -64,3 +65,17 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu"
         raise CheckpointError(f"{path}: cannot rebuild the model "
                               f"({str(e).splitlines()[0][:200]})") from None
     return model.to(map_location).eval(), config, ck
+
+
+def load_ode_model(path: str | os.PathLike, map_location: Any = "cpu"
+                   ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """``load_model`` for a classifier with exactly one ODE block (what evaluate and
+    gradients re-solve); CheckpointError naming the models that have one otherwise."""
+    model, config, ck = load_model(path, map_location)
+    if len(ode_blocks(model)) != 1:
+        having = [s.name for s in MODELS.values() if s.ode_block and s.task == CLASSIFY]
+        count = len(ode_blocks(model)) or "no"
+        raise CheckpointError(f"{path}: model {config.get('model', {}).get('name')!r} has "
+                              f"{count} ODE block(s); a classifier with one is needed "
+                              f"({', '.join(having)})")
+    return model, config, ck

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from odenet.errors import ConfigError, need, one_of
 from odenet.registry import (
@@ -372,3 +372,27 @@ class _writable:
 
     def __exit__(self, *exc: Any) -> None:
         OmegaConf.set_readonly(self.node, self.flag)
+
+
+# --------------------------------------------------------------------------- other commands
+def load_settings(schema: type, yaml_name: str, argv: list[str], what: str) -> Any:
+    """The settings of a command that is not a Hydra app (evaluate, gradients): the shipped
+    configs/<yaml_name> merged with ``key=value`` overrides into the dataclass ``schema``.
+    ConfigError (one line) for a bad argument, a missing required key or a bad value."""
+    from importlib import resources
+
+    for a in argv:
+        if "=" not in a or a.startswith("-"):
+            raise ConfigError(f"bad argument {a!r}: expected key=value overrides "
+                              f"(see configs/{yaml_name})")
+    text = (resources.files("odenet.configs") / yaml_name).read_text(encoding="utf-8")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(text),
+                              OmegaConf.from_dotlist(argv))
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} is required, e.g. {e.full_key}=...") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"bad {what} setting{f' {key}' if key else ''}: {msg}") from None

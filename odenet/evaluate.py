@@ -33,13 +33,14 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from odenet.files import write_json
-from odenet.record import EVALUATION
-from odenet.report.runs import CHECKPOINT_ID, file_id
+from odenet.checkpoint import CheckpointError, load_ode_model
+from odenet.config import load_settings
+from odenet.errors import ConfigError
+from odenet.files import file_id, write_json
+from odenet.record import CHECKPOINT_ID, EVALUATION
 
 CONFIG_FILE = "evaluate.yaml"
 
@@ -67,30 +68,6 @@ class EvaluateError(Exception):
     """Bad input or a checkpoint that cannot be evaluated: one line, printed as is."""
 
 
-def load_settings(schema: type, yaml_name: str, argv: list[str], what: str,
-                  yaml_text: str | None = None):
-    """The shipped configs/<yaml_name> merged with key=value overrides into ``schema``."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-
-    for a in argv:
-        if "=" not in a or a.startswith("-"):
-            raise EvaluateError(f"bad argument {a!r}: expected key=value overrides "
-                                f"(see configs/{yaml_name})")
-    text = yaml_text if yaml_text is not None else \
-        (resources.files("odenet.configs") / yaml_name).read_text(encoding="utf-8")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(text),
-                              OmegaConf.from_dotlist(argv))
-        return OmegaConf.to_object(cfg)
-    except MissingMandatoryValue as e:
-        raise EvaluateError(f"{e.full_key} is required, e.g. {e.full_key}=...") from None
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        msg = str(e).splitlines()[0]
-        raise EvaluateError(f"bad {what} setting{f' {key}' if key else ''}: {msg}") from None
-
-
 def validate(cfg: EvaluateConfig) -> EvaluateConfig:
     from odenet.solvers import METHODS
 
@@ -116,27 +93,6 @@ def validate(cfg: EvaluateConfig) -> EvaluateConfig:
     if cfg.threads is not None and cfg.threads < 1:
         raise EvaluateError(f"threads={cfg.threads!r} must be a positive integer or null")
     return cfg
-
-
-# ---------------------------------------------------------------- loading the model
-def load_checkpoint_model(path: Path, device) -> tuple[Any, dict, dict]:
-    """(model in eval mode, its config as a plain dict, the checkpoint dict) of a run
-    whose model holds one ODE block."""
-    from odenet.checkpoint import CheckpointError, load_model
-    from odenet.models import ode_blocks
-    from odenet.registry import CLASSIFY, MODELS
-
-    try:
-        model, config, ck = load_model(path, device)
-    except CheckpointError as e:
-        raise EvaluateError(f"checkpoint={e}") from None
-    name = config.get("model", {}).get("name")
-    if len(ode_blocks(model)) != 1:
-        having = [s.name for s in MODELS.values() if s.ode_block and s.task == CLASSIFY]
-        count = len(ode_blocks(model)) or "no"
-        raise EvaluateError(f"checkpoint={path}: model {name!r} has {count} ODE block(s); "
-                            f"evaluate re-solves a classifier with one ({', '.join(having)})")
-    return model, config, ck
 
 
 def _rel_errors(h, ref):
@@ -186,8 +142,11 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     try:
         ckpt_id = file_id(ckpt)
     except OSError:
-        ckpt_id = None  # load_checkpoint_model says why in one line
-    model, config, ck = load_checkpoint_model(ckpt, device)
+        ckpt_id = None  # load_ode_model says why in one line
+    try:
+        model, config, ck = load_ode_model(ckpt, device)
+    except CheckpointError as e:
+        raise EvaluateError(f"checkpoint={e}") from None
     block = ode_blocks(model)[0]
     trained = dict(block.settings())
     dtype = getattr(torch, cfg.dtype)
@@ -343,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = validate(load_settings(EvaluateConfig, CONFIG_FILE, argv, "evaluate"))
         record = evaluate(cfg)
-    except EvaluateError as e:
+    except (EvaluateError, ConfigError) as e:
         print(f"odenet evaluate: error: {e}", file=sys.stderr)
         return 2
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(EVALUATION)

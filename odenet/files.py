@@ -8,6 +8,7 @@ removed on any error. Standard library only (reports use it too).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -59,3 +60,13 @@ def _fsync_dir(d: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def file_id(path: str | os.PathLike) -> dict:
+    """What identifies a file's content: its size and SHA-256 (a checkpoint is a few MB:
+    hashing costs milliseconds; mtimes change when run directories are copied)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": os.path.getsize(path), "sha256": h.hexdigest()}

@@ -48,12 +48,14 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from odenet.files import write_json
-from odenet.report.runs import CHECKPOINT_ID, file_id
+from odenet.checkpoint import CheckpointError, load_ode_model
+from odenet.config import load_settings
+from odenet.errors import ConfigError
+from odenet.files import file_id, write_json
+from odenet.record import CHECKPOINT_ID
 
 CONFIG_FILE = "gradients.yaml"
 OUT_FILE = "gradients.json"
@@ -90,49 +92,6 @@ class GradientsConfig:
 
 class GradientsError(Exception):
     """Bad input: one line, printed as is."""
-
-
-# load_settings and load_checkpoint_model follow odenet/evaluate.py's; copied, not
-# imported: the import-linter layers keep the commands independent of one another.
-def load_settings(argv: list[str]) -> GradientsConfig:
-    """configs/gradients.yaml merged with key=value overrides into GradientsConfig."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-
-    for a in argv:
-        if "=" not in a or a.startswith("-"):
-            raise GradientsError(f"bad argument {a!r}: expected key=value overrides "
-                                 f"(see configs/{CONFIG_FILE})")
-    text = (resources.files("odenet.configs") / CONFIG_FILE).read_text(encoding="utf-8")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(GradientsConfig), OmegaConf.create(text),
-                              OmegaConf.from_dotlist(argv))
-        return OmegaConf.to_object(cfg)
-    except MissingMandatoryValue as e:
-        raise GradientsError(f"{e.full_key} is required, e.g. {e.full_key}=...") from None
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        msg = str(e).splitlines()[0]
-        raise GradientsError(f"bad gradients setting{f' {key}' if key else ''}: {msg}") from None
-
-
-def load_checkpoint_model(path: Path, device):
-    """(model in eval mode, its config as a plain dict, the checkpoint dict) of a run
-    whose model holds one ODE block."""
-    from odenet.checkpoint import CheckpointError, load_model
-    from odenet.models import ode_blocks
-    from odenet.registry import CLASSIFY, MODELS
-
-    try:
-        model, config, ck = load_model(path, device)
-    except CheckpointError as e:
-        raise GradientsError(f"checkpoint={e}") from None
-    if len(ode_blocks(model)) != 1:
-        having = [s.name for s in MODELS.values() if s.ode_block and s.task == CLASSIFY]
-        raise GradientsError(f"checkpoint={path}: model {config.get('model', {}).get('name')!r} "
-                             f"has no single ODE block; accepted: a checkpoint of "
-                             f"{', '.join(having)}, or checkpoint=init")
-    return model, config, ck
 
 
 def validate(cfg: GradientsConfig) -> GradientsConfig:
@@ -270,8 +229,11 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
         try:
             ckpt_id = file_id(ckpt)
         except OSError:
-            ckpt_id = None  # load_checkpoint_model says why in one line
-        model, config, ck = load_checkpoint_model(ckpt, device)
+            ckpt_id = None  # load_ode_model says why in one line
+        try:
+            model, config, ck = load_ode_model(ckpt, device)
+        except CheckpointError as e:
+            raise GradientsError(f"checkpoint={e}; or checkpoint=init") from None
     block = ode_blocks(model)[0]
     trained = dict(block.settings())
     base_method = cfg.method or trained["method"]
@@ -365,7 +327,7 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "model": config.get("model", {}).get("name"),
         "epoch": ck.get("epoch"),
-        "trained_with": {k: trained[k] for k in ("method", "rtol", "atol", "adjoint",
+        "trained_with": {k: trained[k] for k in ("method", "rtol", "atol", "gradient",
                                                   "adjoint_norm", "step_size")},
         "settings": asdict(cfg),
         "device": str(device),
@@ -488,11 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip() + f"\n\nSettings: configs/{CONFIG_FILE} (key=value overrides).")
         return 0
     try:
-        cfg = validate(load_settings(argv))
+        cfg = validate(load_settings(GradientsConfig, CONFIG_FILE, argv, "gradients"))
         if cfg.checkpoint == INIT and not cfg.out:
             raise GradientsError("checkpoint=init has no run directory: give out=PATH.json")
         record = measure(cfg)
-    except GradientsError as e:
+    except (GradientsError, ConfigError) as e:
         print(f"odenet gradients: error: {e}", file=sys.stderr)
         return 2
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(OUT_FILE)

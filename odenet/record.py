@@ -25,8 +25,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# the files of a run directory that hold records (checkpoint.pt: odenet/checkpoint.py)
+# the files of a run directory (checkpoint.pt is written by odenet/checkpoint.py)
 METRICS, HISTORY, EVALUATION = "metrics.json", "history.jsonl", "evaluation.json"
+CHECKPOINT = "checkpoint.pt"
+# evaluation.json / gradients.json: the key of the checkpoint's odenet.files.file_id
+CHECKPOINT_ID = "checkpoint_file"
 SETTING, MEASURE, INFO = "setting", "measure", "info"
 STATUSES = ("running", "finished", "failed", "interrupted")
 CLASSIFY, DENSITY = "classify", "density"  # the tasks (a model's trait, odenet/registry.py)
@@ -301,7 +304,7 @@ def doc_table(record_type: type) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["METRICS", "HISTORY", "EVALUATION", "Metrics", "IterRecord", "EpochRecord",
-           "RecordError", "STATUSES", "SETTING", "MEASURE", "INFO", "to_json", "for_task",
-           "names", "copy_epoch", "check", "check_file", "read_metrics", "read_history",
-           "fake", "doc_table"]
+__all__ = ["METRICS", "HISTORY", "EVALUATION", "CHECKPOINT", "CHECKPOINT_ID", "Metrics",
+           "IterRecord", "EpochRecord", "RecordError", "STATUSES", "SETTING", "MEASURE",
+           "INFO", "to_json", "for_task", "names", "copy_epoch", "check", "check_file",
+           "read_metrics", "read_history", "fake", "doc_table"]

@@ -184,7 +184,7 @@ def odenet_command() -> list[str]:
 
 def train_command(job: Job) -> list[str]:
     cmd = odenet_command() + ["train", *job.overrides, f"hydra.run.dir={job.dir}"]
-    if (job.dir / "checkpoint.pt").exists():
+    if (job.dir / record.CHECKPOINT).exists():
         cmd.append("resume=true")
     elif rundir.holds_run(job.dir):  # a run that failed before its first checkpoint
         cmd.append("overwrite=true")
@@ -519,7 +519,7 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
     ev_jobs = [j for j in jobs if j.group == "table" and f"model={ev.model}" in j.overrides]
     if ev_jobs:
         job = ev_jobs[0]
-        ckpt = job.dir / "checkpoint.pt"
+        ckpt = job.dir / record.CHECKPOINT
         tols = "[" + ",".join(f"{t:g}" for t in ev.tolerances) + "]"
         cmd = odenet_command() + ["evaluate", f"checkpoint={ckpt}", f"tolerances={tols}",
                                  *ev.overrides]

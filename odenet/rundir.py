@@ -22,10 +22,9 @@ import shutil
 from pathlib import Path
 
 from odenet.errors import ConfigError
-from odenet.record import EVALUATION, HISTORY, METRICS
+from odenet.record import CHECKPOINT, EVALUATION, HISTORY, METRICS
 
 LOCK = ".lock"
-CHECKPOINT = "checkpoint.pt"  # as odenet.checkpoint.CHECKPOINT (which imports torch)
 TENSORBOARD = "tb"
 # what a run writes (Hydra's .hydra/ and train.log are Hydra's own, rewritten per launch)
 RECORDS = (METRICS, HISTORY, CHECKPOINT, EVALUATION, TENSORBOARD)

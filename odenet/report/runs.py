@@ -14,7 +14,6 @@ Imports neither torch nor Hydra (the report runs where neither is installed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,14 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from odenet import record, rundir
-from odenet.record import EVALUATION, HISTORY, METRICS
+from odenet.files import file_id
+from odenet.record import CHECKPOINT, CHECKPOINT_ID, EVALUATION, HISTORY, METRICS
 from odenet.registry import ADJOINT, BACKPROP, MODELS
-
-# the checkpoint's file name in a run directory (odenet/checkpoint.py's CHECKPOINT, which
-# the report cannot import: it loads torch)
-CHECKPOINT = "checkpoint.pt"
-# evaluation.json's key for what identifies the checkpoint it evaluated (file_id)
-CHECKPOINT_ID = "checkpoint_file"
 
 
 class ReportError(Exception):
@@ -111,16 +105,6 @@ def read_evaluation(path: Path) -> dict:
     if not isinstance(obj, dict) or not isinstance(obj.get("results", []), list):
         raise record.RecordError(f"{path}: expected a JSON object with a 'results' list")
     return obj
-
-
-def file_id(path: str | os.PathLike) -> dict:
-    """What identifies a file's content: its size and SHA-256 (a checkpoint is a few MB:
-    hashing costs milliseconds; mtimes change when run directories are copied)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
 
 
 def stale_evaluation(run_dir: Path, evaluation: dict) -> str | None:
