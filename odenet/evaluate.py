@@ -36,62 +36,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odenet.checkpoint import CheckpointError, load_ode_model
 from odenet.config import load_settings
-from odenet.errors import ConfigError
-from odenet.files import file_id, write_json
+from odenet.errors import ConfigError, need
+from odenet.files import write_json
+from odenet.probe import ProbeSettings, check, open_checkpoint
 from odenet.record import CHECKPOINT_ID, EVALUATION
 
 CONFIG_FILE = "evaluate.yaml"
 
 
 @dataclass
-class EvaluateConfig:
-    checkpoint: str = "???"
+class EvaluateConfig(ProbeSettings):
     tolerances: list[float] = field(default_factory=lambda: [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
-    method: str | None = None
-    dtype: str = "float32"
     test_size: int | None = None
     batch_size: int = 1000
     error_images: int = 1000
-    reference_tol: float = 1e-10
-    reference_method: str = "dopri5"
-    max_num_steps: int = 100000
-    repeats: int = 1
-    device: str = "auto"
-    threads: int | None = None
-    data_root: str | None = None
-    out: str | None = None
 
 
 class EvaluateError(Exception):
-    """Bad input or a checkpoint that cannot be evaluated: one line, printed as is."""
+    """A solve that cannot be evaluated: one line, printed as is."""
 
 
 def validate(cfg: EvaluateConfig) -> EvaluateConfig:
-    from odenet.solvers import METHODS
-
-    if not cfg.tolerances:
-        raise EvaluateError("tolerances=[] evaluates nothing; give e.g. tolerances=[1e-1,1e-3]")
-    for t in cfg.tolerances:
-        if not (t > 0 and math.isfinite(t)):
-            raise EvaluateError(f"tolerances: {t!r} is not a positive number")
-    if not (cfg.reference_tol > 0) or cfg.reference_tol * 10 >= min(cfg.tolerances):
-        raise EvaluateError(f"reference_tol={cfg.reference_tol!r} must be positive and at least "
-                            f"100x below the smallest tolerance ({min(cfg.tolerances):g})")
-    if cfg.dtype not in ("float32", "float64"):
-        raise EvaluateError(f"dtype={cfg.dtype!r}; accepted: float32, float64")
-    for name in ("method", "reference_method"):
-        m = getattr(cfg, name)
-        if m is not None and m not in METHODS:
-            raise EvaluateError(f"{name}={m!r}; accepted: {', '.join(METHODS)}")
-    for name in ("batch_size", "error_images", "max_num_steps", "repeats"):
-        if getattr(cfg, name) < 1:
-            raise EvaluateError(f"{name}={getattr(cfg, name)!r} must be a positive integer")
-    if cfg.test_size is not None and cfg.test_size < 1:
-        raise EvaluateError(f"test_size={cfg.test_size!r} must be a positive integer or null")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise EvaluateError(f"threads={cfg.threads!r} must be a positive integer or null")
+    check(cfg, positive=("batch_size", "error_images"))
+    need(cfg.test_size is None or cfg.test_size >= 1,
+         f"test_size={cfg.test_size!r} must be a positive integer or null")
     return cfg
 
 
@@ -125,28 +94,11 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     import torch
 
     from odenet.data import DataError, load_mnist
-    from odenet.errors import ConfigError
     from odenet.models import ode_blocks
-    from odenet.runtime import resolve_device
     from odenet.solvers import SolverError
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        device = resolve_device(cfg.device)
-    except ConfigError as e:
-        raise EvaluateError(str(e)) from None
+    device, model, config, ck, ckpt_id = open_checkpoint(cfg)
     ckpt = Path(cfg.checkpoint)
-    # what identifies the checkpoint, read before loading it: the figures compare it
-    # with the checkpoint.pt they find (odenet/report/runs.py)
-    try:
-        ckpt_id = file_id(ckpt)
-    except OSError:
-        ckpt_id = None  # load_ode_model says why in one line
-    try:
-        model, config, ck = load_ode_model(ckpt, device)
-    except CheckpointError as e:
-        raise EvaluateError(f"checkpoint={e}") from None
     block = ode_blocks(model)[0]
     trained = dict(block.settings())
     dtype = getattr(torch, cfg.dtype)

@@ -51,10 +51,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odenet.checkpoint import CheckpointError, load_ode_model
 from odenet.config import load_settings
-from odenet.errors import ConfigError
-from odenet.files import file_id, write_json
+from odenet.errors import ConfigError, need, one_of
+from odenet.files import write_json
+from odenet.probe import ProbeSettings, check, open_checkpoint
 from odenet.record import CHECKPOINT_ID
 
 CONFIG_FILE = "gradients.yaml"
@@ -67,27 +67,17 @@ METHODS = {"backprop": "backprop", "adjoint": "adjoint", "adjoint_seminorm": "ad
 
 
 @dataclass
-class GradientsConfig:
-    checkpoint: str = "???"
+class GradientsConfig(ProbeSettings):
+    tolerances: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    reference_tol: float = 1e-9
     model: str = "odenet"
     seed: int = 0
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    tolerances: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
-    method: str | None = None
     reversible_method: str = "adaptive_reversible_heun"
-    dtype: str = "float32"
     batches: int = 1
     batch_size: int = 128
-    reference_tol: float = 1e-9
-    reference_method: str = "dopri5"
     reference_gradient: str = "adjoint"
     discrete_float64: bool = True
-    max_num_steps: int = 100000
-    repeats: int = 1
-    device: str = "auto"
-    threads: int | None = None
-    data_root: str | None = None
-    out: str | None = None
 
 
 class GradientsError(Exception):
@@ -95,40 +85,15 @@ class GradientsError(Exception):
 
 
 def validate(cfg: GradientsConfig) -> GradientsConfig:
-    from odenet.solvers import METHODS as SOLVERS
     from odenet.solvers import REVERSIBLE_METHODS
 
-    if not cfg.methods:
-        raise GradientsError(f"methods=[] measures nothing; accepted: {', '.join(METHODS)}")
+    need(bool(cfg.methods), f"methods=[] measures nothing; accepted: {', '.join(METHODS)}")
     for m in cfg.methods:
-        if m not in METHODS:
-            raise GradientsError(f"methods: {m!r} is not a gradient method; accepted: "
-                                 f"{', '.join(METHODS)}")
-    if not cfg.tolerances:
-        raise GradientsError("tolerances=[] measures nothing; give e.g. tolerances=[1e-3]")
-    for t in cfg.tolerances:
-        if not (t > 0 and math.isfinite(t)):
-            raise GradientsError(f"tolerances: {t!r} is not a positive number")
-    if not (cfg.reference_tol > 0) or cfg.reference_tol * 10 >= min(cfg.tolerances):
-        raise GradientsError(f"reference_tol={cfg.reference_tol!r} must be positive and at "
-                             f"least 100x below the smallest tolerance ({min(cfg.tolerances):g})")
-    if cfg.dtype not in ("float32", "float64"):
-        raise GradientsError(f"dtype={cfg.dtype!r}; accepted: float32, float64")
-    for name in ("method", "reference_method"):
-        m = getattr(cfg, name)
-        if m is not None and m not in SOLVERS:
-            raise GradientsError(f"{name}={m!r}; accepted: {', '.join(SOLVERS)}")
-    if cfg.reversible_method not in REVERSIBLE_METHODS:
-        raise GradientsError(f"reversible_method={cfg.reversible_method!r}; accepted: "
-                             f"{', '.join(REVERSIBLE_METHODS)}")
-    if cfg.reference_gradient not in ("adjoint", "backprop"):
-        raise GradientsError(f"reference_gradient={cfg.reference_gradient!r}; accepted: "
-                             "adjoint, backprop")
-    for name in ("batches", "batch_size", "max_num_steps", "repeats"):
-        if getattr(cfg, name) < 1:
-            raise GradientsError(f"{name}={getattr(cfg, name)!r} must be a positive integer")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise GradientsError(f"threads={cfg.threads!r} must be a positive integer or null")
+        need(m in METHODS, f"methods: {m!r} is not a gradient method; accepted: "
+             f"{', '.join(METHODS)}")
+    check(cfg, positive=("batches", "batch_size"))
+    one_of("reversible_method", cfg.reversible_method, REVERSIBLE_METHODS)
+    one_of("reference_gradient", cfg.reference_gradient, ("adjoint", "backprop"))
     return cfg
 
 
@@ -210,30 +175,18 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
     import torch
 
     from odenet.data import DataError, MnistBatches, load_mnist
-    from odenet.errors import ConfigError
     from odenet.models import ode_blocks
     from odenet.runtime import resolve_device
     from odenet.solvers import SolverError
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        device = resolve_device(cfg.device)
-    except ConfigError as e:
-        raise GradientsError(str(e)) from None
     if cfg.checkpoint == INIT:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = resolve_device(cfg.device)
         model, config = init_model(cfg.model, cfg.seed, device)
         ck, ckpt_id = {}, None
     else:
-        ckpt = Path(cfg.checkpoint)
-        try:
-            ckpt_id = file_id(ckpt)
-        except OSError:
-            ckpt_id = None  # load_ode_model says why in one line
-        try:
-            model, config, ck = load_ode_model(ckpt, device)
-        except CheckpointError as e:
-            raise GradientsError(f"checkpoint={e}; or checkpoint=init") from None
+        device, model, config, ck, ckpt_id = open_checkpoint(cfg)
     block = ode_blocks(model)[0]
     trained = dict(block.settings())
     base_method = cfg.method or trained["method"]

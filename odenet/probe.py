@@ -1,0 +1,78 @@
+"""What `odenet evaluate` and `odenet gradients` share: both re-solve the ODE block of a
+trained checkpoint at several tolerances against a float64 reference. Their common
+settings (``ProbeSettings``), the checks of those settings, and opening the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from odenet.errors import ConfigError, need
+
+
+@dataclass
+class ProbeSettings:
+    checkpoint: str = "???"
+    tolerances: list[float] = field(default_factory=lambda: [1e-3])
+    method: str | None = None  # null: the one the model trained with
+    dtype: str = "float32"
+    reference_tol: float = 1e-10
+    reference_method: str = "dopri5"
+    max_num_steps: int = 100000
+    repeats: int = 1
+    device: str = "auto"
+    threads: int | None = None
+    data_root: str | None = None
+    out: str | None = None
+
+
+def check(cfg: ProbeSettings, positive: tuple[str, ...] = ()) -> None:
+    """ConfigError (one line) for a bad common setting; ``positive``: more integer
+    settings that must be >= 1."""
+    from odenet.solvers import METHODS
+
+    need(bool(cfg.tolerances), "tolerances=[] gives nothing to measure; give e.g. "
+         "tolerances=[1e-1,1e-3]")
+    for t in cfg.tolerances:
+        need(t > 0 and math.isfinite(t), f"tolerances: {t!r} is not a positive number")
+    need(cfg.reference_tol > 0 and cfg.reference_tol * 10 < min(cfg.tolerances),
+         f"reference_tol={cfg.reference_tol!r} must be positive and at least 100x below "
+         f"the smallest tolerance ({min(cfg.tolerances):g})")
+    need(cfg.dtype in ("float32", "float64"), f"dtype={cfg.dtype!r}; accepted: float32, "
+         "float64")
+    for name in ("method", "reference_method"):
+        m = getattr(cfg, name)
+        need(m is None or m in METHODS, f"{name}={m!r}; accepted: {', '.join(METHODS)}")
+    for name in ("max_num_steps", "repeats", *positive):
+        need(getattr(cfg, name) >= 1,
+             f"{name}={getattr(cfg, name)!r} must be a positive integer")
+    need(cfg.threads is None or cfg.threads >= 1,
+         f"threads={cfg.threads!r} must be a positive integer or null")
+
+
+def open_checkpoint(cfg: ProbeSettings) -> tuple[Any, Any, dict, dict, dict | None]:
+    """(device, model in eval mode, its config, the checkpoint, what identifies the file)
+    for ``cfg.checkpoint``, after setting the threads; ConfigError in one line."""
+    import torch
+
+    from odenet.checkpoint import CheckpointError, load_ode_model
+    from odenet.files import file_id
+    from odenet.runtime import resolve_device
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    path = Path(cfg.checkpoint)
+    # read before loading it: the figures compare it with the checkpoint.pt they find
+    try:
+        ident = file_id(path)
+    except OSError:
+        ident = None  # load_ode_model says why in one line
+    try:
+        model, config, ck = load_ode_model(path, device)
+    except CheckpointError as e:
+        raise ConfigError(f"checkpoint={e}") from None
+    return device, model, config, ck, ident
