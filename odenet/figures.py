@@ -83,9 +83,10 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
            CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3a", evaluations=True),
     Figure("fig3b", "Fig. 3b: NFE forward vs relative wall time of the forward pass.",
            CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3b", evaluations=True),
-    Figure("fig3c", "Fig. 3c: NFE forward vs NFE backward over training iterations (the "
-           "paper reported backward ≈ half of forward with LSODE; contested for dopri5 — "
-           "this is what we measured).", CLASSIFY, f"{_R}:fig3c_rows", f"{_R}:draw_fig3c"),
+    Figure("fig3c", "Fig. 3c: NFE forward vs NFE backward over training iterations, a "
+           "panel per solver (the paper reported backward ≈ half of forward with its "
+           "LSODE-family solvers; LSODA is that family) — this is what we measured.",
+           CLASSIFY, f"{_R}:fig3c_rows", f"{_R}:draw_fig3c"),
     Figure("fig3d", "Fig. 3d: NFE forward during training.",
            CLASSIFY, f"{_R}:fig3d_rows", f"{_R}:draw_fig3d"),
     Figure("memory", "Measured activation memory (saved for backward) of the ODE block / "

@@ -55,11 +55,9 @@ from odenet.config import load_settings
 from odenet.errors import ConfigError, need, one_of
 from odenet.files import write_json
 from odenet.probe import ProbeSettings, check, open_checkpoint
-from odenet.record import CHECKPOINT_ID
+from odenet.record import CHECKPOINT_ID, GRADIENTS, GRADIENTS_FIGURE
 
 CONFIG_FILE = "gradients.yaml"
-OUT_FILE = "gradients.json"
-FIGURE_FILE = "gradients.png"
 INIT = "init"  # checkpoint=init: a freshly initialised network
 # the gradient methods measured: name -> odeint's `gradient`
 METHODS = {"backprop": "backprop", "adjoint": "adjoint", "adjoint_seminorm": "adjoint",
@@ -410,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     except (GradientsError, ConfigError) as e:
         print(f"odenet gradients: error: {e}", file=sys.stderr)
         return 2
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(OUT_FILE)
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(GRADIENTS)
     write_json(out, record)
-    figure = out.with_name(FIGURE_FILE if out.name == OUT_FILE else out.stem + ".png")
+    figure = out.with_name(GRADIENTS_FIGURE if out.name == GRADIENTS else out.stem + ".png")
     write_figure(record, figure)
     failed = [r for r in record["results"] if r["status"] != "ok"]
     print(f"odenet gradients: {len(record['results']) - len(failed)}/{len(record['results'])} "

@@ -27,6 +27,8 @@ from typing import Any
 
 # the files of a run directory (checkpoint.pt is written by odenet/checkpoint.py)
 METRICS, HISTORY, EVALUATION = "metrics.json", "history.jsonl", "evaluation.json"
+# written by odenet gradients (odenet/gradients.py)
+GRADIENTS, GRADIENTS_FIGURE = "gradients.json", "gradients.png"
 CHECKPOINT = "checkpoint.pt"
 # evaluation.json / gradients.json: the key of the checkpoint's odenet.files.file_id
 CHECKPOINT_ID = "checkpoint_file"

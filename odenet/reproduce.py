@@ -4,12 +4,16 @@ The plan (which models, seeds, tolerances, sweeps) lives in ``configs/reproduce.
 Steps, each skipped when already done, so an interrupted reproduction continues:
 
 1. Table 1 runs: ``odenet train experiment=E model=M seed=S hydra.run.dir=ROOT/table/M_seedS``
-   (a separate process each, the same code path as a user's ``odenet train``). A run whose
-   metrics.json says ``finished`` is skipped; one with a checkpoint is resumed
-   (``resume=true``).
+   (a separate process each, the same code path as a user's ``odenet train``), then the
+   plan's variants (a model trained another way, e.g. ODE-Net with checkpointed
+   gradients: ``ROOT/table/NAME_seedS``). A run whose metrics.json says ``finished`` is
+   skipped; one with a checkpoint is resumed (``resume=true``).
 2. ``odenet evaluate`` on the ODE-Net checkpoint (Figure 3 a, b), unless its
-   evaluation.json already covers the plan's tolerances.
-3. Short tolerance sweeps (Figure 3 c: NFE-F vs NFE-B; memory vs NFE), as more runs.
+   evaluation.json already covers the plan's tolerances; ``odenet gradients`` on every
+   Table 1 run with an ODE block at its own tolerance (Table 1's gradient error), unless
+   its gradients.json already measured it.
+3. Short tolerance sweeps (Figure 3 c per solver: NFE-F vs NFE-B; memory vs NFE), as
+   more runs.
 4. ``table`` and ``figures`` into ``outputs/report/<stamp>/`` and a ``report.md`` that
    embeds them.
 
@@ -67,11 +71,27 @@ class SweepPlan:
 
 
 @dataclass
+class VariantPlan:
+    """A Table 1 row of a model trained another way (e.g. other gradients)."""
+
+    name: str = "variant"  # its run directories: table/<name>_seed<S>
+    model: str = field(default_factory=adjoint_model)
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GradientsPlan:
+    overrides: list[str] = field(default_factory=list)  # of `odenet gradients`
+
+
+@dataclass
 class Plan:
     seeds: list[int] = field(default_factory=lambda: [0])
     models: list[str] = field(default_factory=lambda: models_of(record.CLASSIFY))
     train_overrides: list[str] = field(default_factory=list)
+    variants: list[VariantPlan] = field(default_factory=list)
     evaluate: EvalPlan = field(default_factory=EvalPlan)
+    gradients: GradientsPlan | None = None  # None: no gradient-error column
     sweeps: list[SweepPlan] = field(default_factory=list)
 
 
@@ -115,9 +135,19 @@ def load_config(argv: list[str], plan_file: str | os.PathLike | None = None) -> 
     seeds = out.seeds if out.seeds is not None else out.plans[out.experiment].seeds
     if not seeds:
         raise ConfigError("seeds=[] trains nothing; give at least one seed, e.g. seeds=[0]")
-    for sw in out.plans[out.experiment].sweeps:
+    plan = out.plans[out.experiment]
+    for sw in plan.sweeps:
         if sw.figure not in ("fig3c", "memory"):
             raise ConfigError(f"sweep {sw.name!r}: figure={sw.figure!r}; accepted: fig3c, memory")
+    names = list(plan.models) + [v.name for v in plan.variants]
+    for model in list(plan.models) + [v.model for v in plan.variants]:
+        if model not in MODELS:
+            raise ConfigError(f"plan {out.experiment!r}: model {model!r} is not a model; "
+                              f"accepted: {', '.join(MODELS)}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"plan {out.experiment!r}: Table 1 row names must differ; "
+                          f"repeated: {', '.join(dup)}")
     return out
 
 
@@ -130,6 +160,7 @@ class Job:
     group: str         # table | the sweep's name
     overrides: list[str]
     dir: Path
+    model: str = ""
 
     def status(self) -> str | None:
         """Its metrics.json's status; None where there is none (or none that validates)."""
@@ -154,11 +185,13 @@ def plan_jobs(cfg: ReproduceConfig, root: Path) -> list[Job]:
     seeds = cfg.seeds if cfg.seeds is not None else plan.seeds
     base = [f"experiment={cfg.experiment}"]
     jobs = []
-    for model, seed in itertools.product(plan.models, seeds):
-        name = f"{model}_seed{seed}"
+    rows = [VariantPlan(m, m, []) for m in plan.models] + list(plan.variants)
+    for row, seed in itertools.product(rows, seeds):
+        name = f"{row.name}_seed{seed}"
         jobs.append(Job(name, "table",
-                        base + [f"model={model}", f"seed={seed}"] + list(plan.train_overrides)
-                        + list(cfg.train_args), root / "table" / name))
+                        base + [f"model={row.model}", f"seed={seed}"]
+                        + list(plan.train_overrides) + list(row.overrides)
+                        + list(cfg.train_args), root / "table" / name, row.model))
     if cfg.sweeps:
         for sw in plan.sweeps:
             keys = list(sw.grid)
@@ -169,7 +202,7 @@ def plan_jobs(cfg: ReproduceConfig, root: Path) -> list[Job]:
                 jobs.append(Job(name, sw.name,
                                 base + [f"model={sw.model}", f"seed={seeds[0]}"]
                                 + list(sw.overrides) + sets + list(cfg.train_args),
-                                root / sw.name / name))
+                                root / sw.name / name, sw.model))
     return jobs
 
 
@@ -302,6 +335,29 @@ def evaluation_done(ev_path: Path, checkpoint: Path, tolerances: list[float]) ->
     return all(any(abs(t - d) <= 1e-12 * max(abs(t), 1.0) for d in done) for t in tolerances)
 
 
+def gradients_command(ckpt: Path, metrics: dict | None, plan: GradientsPlan) -> list[str]:
+    """`odenet gradients` at the run's own tolerance (rtol; its atol, as odenet gradients
+    sets atol = rtol) — '<its rtol>' for a run not trained yet (a dry run)."""
+    tol = f"{metrics['solver_rtol']:g}" if metrics else "<its rtol>"
+    return odenet_command() + ["gradients", f"checkpoint={ckpt}", f"tolerances=[{tol}]",
+                               *plan.overrides]
+
+
+def gradients_done(run_dir: Path, metrics: dict) -> bool:
+    """gradients.json exists, is newer than the checkpoint and measured the run's own
+    gradient method at its own solver and tolerance (what Table 1's column reads)."""
+    from odenet.report.runs import Run, own_gradient_result, read_evaluation
+
+    path = run_dir / record.GRADIENTS
+    try:
+        if path.stat().st_mtime < (run_dir / record.CHECKPOINT).stat().st_mtime:
+            return False
+        gradients = read_evaluation(path)
+    except (OSError, record.RecordError):
+        return False
+    return own_gradient_result(Run(run_dir, metrics, gradients=gradients)) is not None
+
+
 # ---------------------------------------------------------------- the report
 def machine_line() -> str:
     try:
@@ -386,8 +442,9 @@ def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
 
 def measured_claims(table_runs, fig_runs) -> list[str]:
     """One line per claim of the paper that the data can speak to, with our numbers."""
-    from odenet.registry import ADJOINT, BACKPROP
+    from odenet.registry import ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE
     from odenet.report import figures as F
+    from odenet.report.runs import solver_label
     from odenet.report.table import build_rows
 
     lines = []
@@ -400,6 +457,13 @@ def measured_claims(table_runs, fig_runs) -> list[str]:
                         f"(paper {p.test_error * 100:.2f} %)")
     if errs:
         lines.append("Test error: " + "; ".join(errs) + ".")
+    grads = [f"{row.spec.title if row.spec else row.model}, {solver_label(row.key)}: "
+             f"{row.stats['gradient_error'].mean:.2g}" for row in rows
+             if row.stats["gradient_error"].mean is not None]
+    if grads:
+        lines.append("Gradient error of the trained nets at their own tolerance (relative L2 "
+                     "against a float64 reference, not measured by the paper): "
+                     + "; ".join(grads) + ".")
     mem = F.memory_rows(fig_runs["memory"])
 
     def series(kind: str) -> list[dict]:
@@ -418,6 +482,13 @@ def measured_claims(table_runs, fig_runs) -> list[str]:
         span = f"{mlo:.2f}" if f"{mlo:.2f}" == f"{mhi:.2f}" else f"{mlo:.2f}-{mhi:.2f}"
         lines.append(f"Memory {claim(ode)}, adjoint): the block saved {span} MiB "
                      f"for backward at NFE {lo:.0f}-{hi:.0f} ({len(ode)} run(s)).")
+    for kind, how in ((CHECKPOINT, "checkpointed steps"), (REVERSIBLE, "reversible solver")):
+        rs = series(kind)
+        if rs:
+            lines.append(f"Memory ({rs[0]['series'].split(' (')[0]}, {how}): the block "
+                         "saved " + ", ".join(
+                             f"{r['activation_block_mib']:.2f} MiB at NFE {r['x']:.0f}"
+                             for r in sorted(rs, key=lambda r: r["x"])) + ".")
     if rk:
         a = F.slope_through_origin([r["x"] for r in rk], [r["activation_block_mib"] for r in rk])
         lo, hi = min(r["x"] for r in rk), max(r["x"] for r in rk)
@@ -449,16 +520,14 @@ def measured_claims(table_runs, fig_runs) -> list[str]:
                          f"{lo['nfe_forward_mean']:.0f} → {e_hi:.1e} at NFE "
                          f"{hi['nfe_forward_mean']:.0f}.")
     c = F.fig3c_rows(fig_runs["fig3c"])
-    by: dict[str, list[float]] = {}
-    for r in c:
-        f, b, n = r["nfe_forward"], r["nfe_backward"], r["iterations"]
-        acc = by.setdefault(r["variant"], [0.0, 0.0])
-        acc[0] += f * n
-        acc[1] += b * n
-    for variant, (f, b) in by.items():
-        if f:
+    ratios = {}
+    for variant, rs in F.group_by(c, "variant").items():
+        ratios[variant] = F.nfe_ratio(rs)
+        if ratios[variant] is not None:
             lines.append(f"NFE-B / NFE-F (Fig. 3c, {variant}, over all logged training "
-                         f"iterations): {b / f:.2f} (the paper: about 0.5).")
+                         f"iterations): {ratios[variant]:.2f} (the paper: about 0.5).")
+    lines += [paper_family_verdict(c)] if any(
+        r["solver"] in F.PAPER_FAMILY for r in c) else []
     d = [r for r in F.fig3d_rows(table_runs) if r["kind"] == "epoch"]
     for run_dir in dict.fromkeys(r["run_dir"] for r in d):
         eps = [r for r in d if r["run_dir"] == run_dir]
@@ -467,6 +536,29 @@ def measured_claims(table_runs, fig_runs) -> list[str]:
                          f"{eps[0]['nfe_forward']:.1f} in the first epoch → "
                          f"{eps[-1]['nfe_forward']:.1f} in the last.")
     return lines
+
+
+def paper_family_verdict(fig3c: list[dict]) -> str:
+    """One sentence: does the paper's NFE-B ≈ ½ NFE-F hold with its own solver family
+    (LSODA), beside the other solvers' ratios, all over every logged training iteration
+    of the default-norm adjoint. "Holds": within ±20 % of ½ (0.4-0.6)."""
+    from odenet.report import figures as F
+
+    default = [r for r in fig3c if "seminorm" not in r["variant"]]
+    ratio = {s: F.nfe_ratio(rs) for s, rs in F.group_by(default, "solver").items()}
+    family = [s for s in ratio if s in F.PAPER_FAMILY and ratio[s] is not None]
+    if not family:
+        return "Fig. 3c with the paper's solver family: no LSODA run with the plain adjoint."
+    s = family[0]
+    r = ratio[s]
+    others = ", ".join(f"{o} {v:.2f}" for o, v in sorted(ratio.items())
+                       if o != s and v is not None)
+    n = sum(x["iterations"] for x in default if x["solver"] == s)
+    verdict = "holds" if 0.4 <= r <= 0.6 else "does not hold"
+    return (f"With {s.upper()}, the paper's solver family, NFE-B / NFE-F = {r:.2f} over "
+            f"{n} training iterations (forward and adjoint solves by {s}), so the paper's "
+            f"NFE-B ≈ ½ NFE-F {verdict} (taken as 0.4-0.6)"
+            + (f"; the Runge-Kutta solvers give {others}." if others else "."))
 
 
 # ---------------------------------------------------------------- main
@@ -532,6 +624,29 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
         elif _run(cmd, log, children) != 0:
             failures.append(f"odenet evaluate failed on {ckpt}")
     timings["evaluation"] = time.perf_counter() - t0
+
+    # 2b: Table 1's gradient error: odenet gradients on each trained ODE-block run
+    t0 = time.perf_counter()
+    if plan.gradients is not None:
+        for job in jobs:
+            if job.group != "table" or not MODELS[job.model].ode_block:
+                continue
+            ckpt = job.dir / record.CHECKPOINT
+            if cfg.dry_run:
+                log(f"would run: {shlex.join(gradients_command(ckpt, None, plan.gradients))}")
+                continue
+            if not job.finished:
+                failures.append(f"gradient error skipped: {job.name} did not finish")
+                continue
+            metrics = record.read_metrics(job.dir / METRICS)
+            if gradients_done(job.dir, metrics):
+                log(f"gradient error of {job.name}: done, skipped")
+                continue
+            cmd = gradients_command(ckpt, metrics, plan.gradients)
+            if _run(cmd, log, children) != 0 or not gradients_done(job.dir, metrics):
+                failures.append(f"odenet gradients did not measure {job.name}'s own gradient "
+                                f"({ckpt})")
+    timings["gradients"] = time.perf_counter() - t0
     if cfg.dry_run:
         log(f"dry run: nothing trained; the report would go to {report_dir}")
         return 0

@@ -22,12 +22,20 @@ import shutil
 from pathlib import Path
 
 from odenet.errors import ConfigError
-from odenet.record import CHECKPOINT, EVALUATION, HISTORY, METRICS
+from odenet.record import (
+    CHECKPOINT,
+    EVALUATION,
+    GRADIENTS,
+    GRADIENTS_FIGURE,
+    HISTORY,
+    METRICS,
+)
 
 LOCK = ".lock"
 TENSORBOARD = "tb"
 # what a run writes (Hydra's .hydra/ and train.log are Hydra's own, rewritten per launch)
-RECORDS = (METRICS, HISTORY, CHECKPOINT, EVALUATION, TENSORBOARD)
+RECORDS = (METRICS, HISTORY, CHECKPOINT, EVALUATION, GRADIENTS, GRADIENTS_FIGURE,
+           TENSORBOARD)
 
 # environment variable: the pid of a parent that owns the training (odenet reproduce);
 # the training stops at its next iteration, checkpointing, once that parent is gone

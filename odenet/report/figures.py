@@ -6,8 +6,9 @@ For each, a ``*_rows(runs)`` function extracts the data (the figure's CSV) and a
 - fig3a: NFE-forward vs numerical error of a trained ODE-Net's block, per tolerance
   (from ``evaluation.json``, written by ``odenet evaluate``).
 - fig3b: NFE-forward vs relative wall time of the forward pass (same source).
-- fig3c: NFE-forward vs NFE-backward over training iterations, per solver/adjoint
-  variant, with the paper's reported y = x/2 (``history.jsonl`` of adjoint runs).
+- fig3c: NFE-forward vs NFE-backward over training iterations, a panel per solver and
+  a series per adjoint variant, with the paper's reported y = x/2 (``history.jsonl`` of
+  adjoint runs).
 - fig3d: NFE-forward vs training epoch (``history.jsonl`` of ODE-block runs).
 - memory: activation memory of the ODE block / residual blocks vs NFE (or depth) for
   the models with either (``metrics.json``): the O(1) / O(L~) / O(L) claim, measured.
@@ -42,6 +43,8 @@ from odenet.report.runs import (
     solver_label,
 )
 
+# The solvers of the paper's own family (ODEPACK's LSODE, here LSODA): Fig. 3c's claim
+PAPER_FAMILY = ("lsoda",)
 # The memory figure's series: a model's title and how its x is counted. The texts are
 # memory.csv's "series" column.
 SERIES = {ADJOINT: " (adjoint)", BACKPROP: " (backprop through solver)",
@@ -115,7 +118,8 @@ def _variant(m: dict) -> str:
 
 
 def fig3c_rows(runs: Sequence[Run]) -> list[dict]:
-    """(variant, rtol, NFE-F, NFE-B, count) over the training iterations of adjoint runs."""
+    """(solver, variant, rtol, NFE-F, NFE-B, count) over the training iterations of
+    adjoint runs."""
     counts: Counter = Counter()
     for run in runs:
         m = run.metrics
@@ -125,9 +129,16 @@ def fig3c_rows(runs: Sequence[Run]) -> list[dict]:
             f, b = num(it.get("nfe_forward")), num(it.get("nfe_backward"))
             if f is None or b is None:
                 continue
-            counts[(_variant(m), fmt_tol(m.get("solver_rtol")), f, b)] += 1
-    return [{"variant": v, "rtol": t, "nfe_forward": f, "nfe_backward": b, "iterations": n}
-            for (v, t, f, b), n in sorted(counts.items())]
+            counts[(str(m.get("solver_method")), _variant(m), fmt_tol(m.get("solver_rtol")),
+                    f, b)] += 1
+    return [{"solver": sv, "variant": v, "rtol": t, "nfe_forward": f, "nfe_backward": b,
+             "iterations": n} for (sv, v, t, f, b), n in sorted(counts.items())]
+
+
+def nfe_ratio(rows: Sequence[dict]) -> float | None:
+    """NFE-B / NFE-F over all the iterations of fig3c rows (sums, each row x its count)."""
+    f = sum(r["nfe_forward"] * r["iterations"] for r in rows)
+    return sum(r["nfe_backward"] * r["iterations"] for r in rows) / f if f else None
 
 
 def _positions(records: list[dict]) -> list[float]:
@@ -247,7 +258,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_atomic(path, out.getvalue())
 
 
-def _by(rows: list[dict], key: str) -> dict[str, list[dict]]:
+def group_by(rows: list[dict], key: str) -> dict[str, list[dict]]:
     d: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         d[r[key]].append(r)
@@ -260,7 +271,7 @@ def draw_fig3a(rows: list[dict], path: Path):
         raise NoData("no evaluation.json with numerical errors: run `odenet evaluate "
                      "checkpoint=RUN_DIR/checkpoint.pt`")
     fig, ax = _new_figure("Fig. 3a: NFE forward vs numerical error (trained ODE-Net)")
-    for _, rs in _by(pts, "run_dir").items():
+    for _, rs in group_by(pts, "run_dir").items():
         rs = sorted(rs, key=lambda r: r["nfe_forward_mean"])
         ax.plot([r["nfe_forward_mean"] for r in rs], [r["numerical_error"] for r in rs],
                 "o-", label=rs[0]["label"])
@@ -281,7 +292,7 @@ def draw_fig3b(rows: list[dict], path: Path):
         raise NoData("no evaluation.json with forward timings: run `odenet evaluate "
                      "checkpoint=RUN_DIR/checkpoint.pt`")
     fig, ax = _new_figure("Fig. 3b: NFE forward vs relative time of the forward pass")
-    for _, rs in _by(pts, "run_dir").items():
+    for _, rs in group_by(pts, "run_dir").items():
         rs = sorted(rs, key=lambda r: r["nfe_forward_mean"])
         xs = [r["nfe_forward_mean"] for r in rs]
         line = ax.plot(xs, [r["relative_time"] for r in rs], "o-",
@@ -310,24 +321,44 @@ def draw_fig3b(rows: list[dict], path: Path):
 
 
 def draw_fig3c(rows: list[dict], path: Path):
+    """One panel per solver (one alone: a single panel), a series per adjoint variant."""
     if not rows:
         raise NoData("no finished adjoint runs with history.jsonl: train with "
                      f"`model={adjoint_model()} solver.adjoint=true` (a tolerance sweep "
                      "spreads the points)")
-    fig, ax = _new_figure("Fig. 3c: NFE forward vs NFE backward (training iterations)")
-    for variant, rs in _by(rows, "variant").items():
-        sizes = [12 + 40 * math.sqrt(r["iterations"] / max(x["iterations"] for x in rs))
-                 for r in rs]
-        ax.scatter([r["nfe_forward"] for r in rs], [r["nfe_backward"] for r in rs],
-                   s=sizes, alpha=0.6, label=f"{variant} (measured)")
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    solvers = group_by(rows, "solver")
+    cols = min(len(solvers), 2)
+    nrows = math.ceil(len(solvers) / cols)
+    fig = Figure(figsize=(6.4 if cols == 1 else 10, 4.6 if nrows == 1 else 3.6 * nrows),
+                 dpi=120, layout="constrained")
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    fig.suptitle("Fig. 3c: NFE forward vs NFE backward (training iterations)", fontsize=11)
     xmax = max(r["nfe_forward"] for r in rows) * 1.05
-    ax.plot([0, xmax], [0, xmax / 2], "--", color="gray", label="paper: NFE-B = NFE-F / 2")
-    ax.plot([0, xmax], [0, xmax], ":", color="black", label="NFE-B = NFE-F")
-    ax.set_xlabel("NFE forward (function evaluations per forward pass)")
-    ax.set_ylabel("NFE backward (evaluations per adjoint solve)")
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7, title="marker area ∝ iterations", title_fontsize=7)
+    ymax = max(max(r["nfe_backward"] for r in rows) * 1.05, xmax / 2)
+    for ax, (solver, srows) in zip(axes, sorted(solvers.items())):
+        ax.grid(True, alpha=0.3, which="both")
+        ratio = nfe_ratio(srows)
+        ax.set_title(f"{solver}: NFE-B / NFE-F = {ratio:.2f}" if ratio else solver,
+                     fontsize=10)
+        for variant, rs in group_by(srows, "variant").items():
+            sizes = [12 + 40 * math.sqrt(r["iterations"] / max(x["iterations"] for x in rs))
+                     for r in rs]
+            ax.scatter([r["nfe_forward"] for r in rs], [r["nfe_backward"] for r in rs],
+                       s=sizes, alpha=0.6, label=f"{variant} (measured)")
+        ax.plot([0, xmax], [0, xmax / 2], "--", color="gray", label="paper: NFE-B = NFE-F / 2")
+        ax.plot([0, xmax], [0, xmax], ":", color="black", label="NFE-B = NFE-F")
+        ax.set_xlabel("NFE forward (evaluations per forward pass)", fontsize=9)
+        ax.set_ylabel("NFE backward (per adjoint solve)", fontsize=9)
+        ax.set_xlim(0, xmax)  # shared scales: the panels compare at a glance
+        ax.set_ylim(0, ymax)
+        ax.legend(fontsize=7, title="marker area ∝ iterations", title_fontsize=7)
+    for ax in axes[len(solvers):]:
+        ax.set_visible(False)
     _save(fig, path)
     return fig
 
@@ -347,7 +378,7 @@ def draw_fig3d(rows: list[dict], path: Path):
     if not rows:
         raise NoData("no finished runs of a model with an ODE block with history.jsonl")
     fig, ax = _new_figure("Fig. 3d: NFE forward during training")
-    for _, rs in _by(rows, "run_dir").items():
+    for _, rs in group_by(rows, "run_dir").items():
         it = [r for r in rs if r["kind"] == "iter"]
         ep = [r for r in rs if r["kind"] == "epoch"]
         color = None
@@ -386,7 +417,7 @@ def draw_memory(rows: list[dict], path: Path):
         raise NoData("no finished runs of a model with an ODE block or residual blocks "
                      "that measured activation_block_mib")
     fig, ax = _new_figure("Activation memory of the ODE block / residual blocks")
-    for series, rs in sorted(_by(rows, "series").items()):
+    for series, rs in sorted(group_by(rows, "series").items()):
         xs, ys = [r["x"] for r in rs], [r["activation_block_mib"] for r in rs]
         label, a, kind = series, None, series_kind(series)
         if kind == BACKPROP:  # memory grows with NFE: fit its slope

@@ -1,14 +1,16 @@
 """Find and read run directories (DEVELOPERS.md Contract 2): the only input of the report.
 
 A run directory is any directory holding a ``metrics.json``. Next to it may lie
-``history.jsonl`` and ``evaluation.json`` (written by ``odenet evaluate``, Figure 3 a/b).
+``history.jsonl``, ``evaluation.json`` (written by ``odenet evaluate``, Figure 3 a/b) and
+``gradients.json`` (written by ``odenet gradients``, Table 1's gradient error).
 metrics.json and history.jsonl are read through odenet/record.py and validated there; a
 file that fails is not an error of the command: it is returned as an ``Invalid`` (path
 and reason) for the report to list, and the other runs are read on. An evaluation.json
-whose checkpoint has changed since it was evaluated is left out of the run (the reason
-in ``Run.evaluation_skipped``). Every run and file also gets a ``name``: its path
-relative to the directory searched (the one given, or the deepest directory holding all
-those given), the path written into reports, so that they read the same on any machine.
+or gradients.json whose checkpoint has changed since it was written is left out of the
+run (the reason in ``Run.evaluation_skipped`` / ``Run.gradients_skipped``). Every run
+and file also gets a ``name``: its path relative to the directory searched (the one
+given, or the deepest directory holding all those given), the path written into
+reports, so that they read the same on any machine.
 Imports neither torch nor Hydra (the report runs where neither is installed).
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from odenet import record, rundir
 from odenet.files import file_id
-from odenet.record import CHECKPOINT, CHECKPOINT_ID, EVALUATION, HISTORY, METRICS
+from odenet.record import CHECKPOINT, CHECKPOINT_ID, EVALUATION, GRADIENTS, HISTORY, METRICS
 from odenet.registry import ADJOINT, BACKPROP, MODELS
 
 
@@ -49,9 +51,11 @@ class Run:
     metrics: dict
     history: list[dict] = field(default_factory=list)
     evaluation: dict | None = None
+    gradients: dict | None = None  # gradients.json
     name: str = ""  # dir relative to the directory searched: the path reports write
     base: str = ""  # that directory, as given
     evaluation_skipped: str | None = None  # why evaluation.json was left out
+    gradients_skipped: str | None = None  # why gradients.json was left out
 
     @property
     def finished(self) -> bool:
@@ -95,7 +99,8 @@ def _reason(e: Exception, path: Path) -> str:
 
 
 def read_evaluation(path: Path) -> dict:
-    """evaluation.json (written by odenet evaluate; no record schema): a JSON object."""
+    """evaluation.json or gradients.json (written by odenet evaluate / gradients; no
+    record schema): a JSON object with a 'results' list."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
@@ -107,11 +112,12 @@ def read_evaluation(path: Path) -> dict:
     return obj
 
 
-def stale_evaluation(run_dir: Path, evaluation: dict) -> str | None:
-    """Why ``evaluation`` no longer describes the run's checkpoint.pt, or None when it
-    does or cannot be told: an evaluation.json written before odenet evaluate recorded
-    the checkpoint's identity, or a run directory without its checkpoint (copied
-    without it), is used as it is."""
+def stale_evaluation(run_dir: Path, evaluation: dict,
+                     command: str = "evaluate") -> str | None:
+    """Why ``evaluation`` (of ``odenet evaluate``, or of ``odenet gradients``) no longer
+    describes the run's checkpoint.pt, or None when it does or cannot be told: a file
+    written before the command recorded the checkpoint's identity, or a run directory
+    without its checkpoint (copied without it), is used as it is."""
     want = evaluation.get(CHECKPOINT_ID)
     ckpt = run_dir / CHECKPOINT
     if not isinstance(want, dict) or not ckpt.is_file():
@@ -123,7 +129,7 @@ def stale_evaluation(run_dir: Path, evaluation: dict) -> str | None:
     except OSError as e:
         return f"cannot read {CHECKPOINT}: {e.strerror or e}"
     return (f"{CHECKPOINT} changed since it was evaluated (size or SHA-256 differ); "
-            f"rerun `odenet evaluate checkpoint=RUN_DIR/{CHECKPOINT}`")
+            f"rerun `odenet {command} checkpoint=RUN_DIR/{CHECKPOINT}`")
 
 
 def base_of(dirs: Sequence[str | os.PathLike]) -> tuple[Path, str]:
@@ -168,12 +174,15 @@ def find_metrics(dirs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
-              evaluation: bool = True, base: str | os.PathLike | None = None
+              evaluation: bool = True, gradients: bool = True,
+              base: str | os.PathLike | None = None
               ) -> tuple[list[Run], list[Invalid]]:
-    """Every run below ``dirs`` (metrics.json, history.jsonl, evaluation.json), in the
-    order of the sorted run paths, and the files that failed validation. A run with an
-    invalid file is left out whole (its numbers cannot be trusted in part); an
-    evaluation.json of a checkpoint that changed since is left out of its run. ``name``s
+    """Every run below ``dirs`` (metrics.json, history.jsonl, evaluation.json,
+    gradients.json), in the order of the sorted run paths, and the files that failed
+    validation. A run with an invalid file is left out whole (its numbers cannot be
+    trusted in part); an evaluation.json or gradients.json of a checkpoint that changed
+    since is left out of its run. ``history``, ``evaluation`` and ``gradients`` false:
+    that file is not read. ``name``s
     are relative to ``base`` (default: ``base_of(dirs)``).
 
     Raises ReportError (one line) only for a missing directory or no runs at all.
@@ -191,13 +200,18 @@ def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
             hist = record.read_history(current) if history else []
             current = d / EVALUATION
             ev = read_evaluation(current) if evaluation and current.exists() else None
+            current = d / GRADIENTS
+            gr = read_evaluation(current) if gradients and current.exists() else None
         except record.RecordError as e:
             invalid.append(Invalid(current, _reason(e, current), relative(current, root)))
             continue
         skipped = stale_evaluation(d, ev) if ev is not None else None
+        gr_skipped = stale_evaluation(d, gr, "gradients") if gr is not None else None
         runs.append(Run(dir=d, metrics=metrics, history=hist,
-                        evaluation=None if skipped else ev, name=relative(d, root),
-                        base=label, evaluation_skipped=skipped))
+                        evaluation=None if skipped else ev,
+                        gradients=None if gr_skipped else gr, name=relative(d, root),
+                        base=label, evaluation_skipped=skipped,
+                        gradients_skipped=gr_skipped))
     return runs, invalid
 
 
@@ -279,3 +293,34 @@ def adjoint_model() -> str:
     model of Figure 3 a/b and of the hints that name one."""
     return next(s.name for s in MODELS.values()
                 if s.task == record.CLASSIFY and s.gradients[:1] == (ADJOINT,))
+
+
+def own_gradient(m: dict) -> str:
+    """The run's gradient method as ``odenet gradients`` names it (the adjoint with the
+    seminorm is its own method there)."""
+    g = gradient_of(m)
+    return "adjoint_seminorm" if g == ADJOINT and m.get("solver_adjoint_norm") == "seminorm" \
+        else g
+
+
+def own_gradient_result(run: Run) -> dict | None:
+    """The result of ``odenet gradients`` (gradients.json) for the gradient the run trained
+    with at its own solver and tolerances, in float32 as trained; None when not measured.
+    Table 1's gradient-error column is its ``error`` (against the float64 reference)."""
+    if not run.gradients or not run.has_ode_block:
+        return None
+    m = run.metrics
+
+    def same(a, b) -> bool:
+        a, b = num(a), num(b)
+        return a is not None and b is not None and abs(a - b) <= 1e-9 * max(abs(b), 1e-30)
+
+    for r in run.gradients.get("results", []):
+        if (isinstance(r, dict) and r.get("status") == "ok" and r.get("dtype") == "float32"
+                and r.get("gradient_method") == own_gradient(m)
+                and r.get("method") == m.get("solver_method")
+                and same(r.get("rtol"), m.get("solver_rtol"))
+                and same(r.get("atol"), m.get("solver_atol"))
+                and num(r.get("error")) is not None):
+            return r
+    return None

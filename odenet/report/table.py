@@ -34,6 +34,7 @@ from odenet.report.runs import (
     has_ode_block,
     load_runs,
     num,
+    own_gradient_result,
     print_invalid,
     residual_blocks,
     solver_label,
@@ -53,6 +54,9 @@ DENSITY_AVERAGED = ("test_nll", "train_nll", "params", "nfe_forward_mean",
                     "nfe_backward_mean", "activation_mib", "sec_per_iter", "epochs",
                     "wall_seconds")
 AVERAGED_OF = {record.CLASSIFY: AVERAGED, record.DENSITY: DENSITY_AVERAGED}
+# Table 1's measures from other files than metrics.json, after AVERAGED in table.csv:
+# the trained net's gradient error at its own settings (gradients.json, odenet gradients)
+DERIVED = {"gradient_error": lambda run: (own_gradient_result(run) or {}).get("error")}
 
 
 def _check_keys() -> None:
@@ -106,9 +110,14 @@ class Row:
 
     @property
     def paper(self) -> PaperRow | None:
-        """The paper's row of this model (odenet trains with the adjoint, rknet by backprop
-        through the solver: config validation holds each to its paper row)."""
-        return self.spec.paper if self.spec else None
+        """The paper's row of this model when trained as the paper did (odenet with the
+        adjoint, rknet by backprop through the solver: each model's default gradient);
+        None for the rows the paper has not (e.g. ODE-Net with checkpointed gradients)."""
+        spec = self.spec
+        if spec is None or (spec.gradients and self.key["solver_gradient"] is not None
+                            and self.key["solver_gradient"] != spec.gradients[0]):
+            return None
+        return spec.paper
 
     @property
     def seeds(self) -> list:
@@ -144,7 +153,11 @@ def _sort_key(key: dict):
     model = key["model"]
     order = list(MODELS).index(model) if model in MODELS else len(MODELS)  # Table 1's
     rtol = num(key["solver_rtol"])
-    return (order, str(model), str(key["experiment"]), str(key["solver_method"]),
+    # a model's rows: its default gradient (the paper's row) first, then the registry's order
+    grads = MODELS[model].gradients if model in MODELS else ()
+    g = key["solver_gradient"]
+    rank = grads.index(g) if g in grads else len(grads)
+    return (order, str(model), str(key["experiment"]), rank, str(key["solver_method"]),
             bool(key["solver_adjoint"]), str(key["solver_adjoint_norm"]),
             -(rtol if rtol is not None else 0.0), str(key["device"]),
             num(key["epochs_planned"]) or 0, num(key["train_size"]) or 0)
@@ -156,12 +169,12 @@ def is_table1_run(run: Run) -> bool:
     return run.metrics["task"] == record.CLASSIFY
 
 
-def seed_stat(members: Sequence[Run], name: str) -> Stat:
-    """``name`` over distinct seeds: the runs of one seed averaged first (a repeated run
-    is not another seed), then one value per seed."""
+def seed_stat(members: Sequence[Run], name: str, value=None) -> Stat:
+    """``name`` (of metrics.json, or ``value(run)``) over distinct seeds: the runs of one
+    seed averaged first (a repeated run is not another seed), then one value per seed."""
     by_seed: dict = {}
     for r in members:
-        v = num(r.metrics.get(name))
+        v = num(value(r) if value else r.metrics.get(name))
         if v is not None:
             by_seed.setdefault(repr(r.metrics.get("seed")), []).append(v)
     return Stat([statistics.fmean(vs) for vs in by_seed.values()])
@@ -187,6 +200,8 @@ def build_rows(runs: Sequence[Run], task: str = record.CLASSIFY
     rows = []
     for t, members in groups.items():
         stats = {name: seed_stat(members, name) for name in AVERAGED_OF[task]}
+        if task == record.CLASSIFY:
+            stats.update({name: seed_stat(members, name, f) for name, f in DERIVED.items()})
         rows.append(Row(key=keys[t], runs=members, stats=stats))
     rows.sort(key=lambda row: _sort_key(row.key))
     return rows, excluded
@@ -207,6 +222,16 @@ def _mib(stat: Stat) -> str:
     m = stat.mean
     return _pm(stat, digits=3 if m is not None and m < 1 else 2 if m is not None and m < 10
                else 1)
+
+
+def _sig(stat: Stat) -> str:
+    """Two significant figures, for errors spanning decades: 0.080, 0.0012, 6.1e-07."""
+    if stat.mean is None:
+        return "-"
+    def f(v: float) -> str:
+        return f"{v:.2g}" if abs(v) >= 1e-3 else f"{v:.1e}"
+
+    return f(stat.mean) + (f" ± {f(stat.std)}" if stat.std is not None else "")
 
 
 def _params(stat: Stat) -> str:
@@ -241,7 +266,8 @@ def _scale(key: dict) -> str:
 
 MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "Test error (%)", "Paper (%)", "Params",
              "Paper params", "Activations (MiB): model / block", "Paper memory",
-             "s / iter", "s / test batch", "Paper time", "NFE-F", "NFE-B", "Device")
+             "s / iter", "s / test batch", "Paper time", "NFE-F", "NFE-B",
+             "Gradient error", "Device")
 DENSITY_MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "Test NLL (nats)",
                      "Train NLL (nats)", "NFE-F", "NFE-B", "s / iter", "Params", "Device")
 DENSITY_TITLE = "Density models on 2-D data"
@@ -266,7 +292,11 @@ def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
       f"in one training iteration, whole model / the ODE block or {_blocks_text(rows)} "
       "alone (device-independent; the paper gives memory only as O(·)). s / iter: median "
       "seconds per training iteration. NFE-F/B: function evaluations per forward / "
-      "backward pass, mean over the last epoch. Paper: L = ResNet layers, L~ = NFE.\n\n")
+      "backward pass, mean over the last epoch. Gradient error: relative L2 error of all "
+      "parameter gradients of the trained net, by its own gradient method, solver and "
+      "tolerance, against a float64 reference solve (`odenet gradients`, gradients.json; "
+      "'-': not measured). Paper: L = ResNet layers, L~ = NFE; no paper value for a row "
+      "the paper has not.\n\n")
     lines = []
     for row in rows:
         st, p = row.stats, row.paper
@@ -287,6 +317,7 @@ def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
             p.time if p else "-",
             _pm(st["nfe_forward_mean"], digits=1) if nfe else "-",
             _pm(st["nfe_backward_mean"], digits=1) if nfe else "-",
+            _sig(st["gradient_error"]) if nfe else "-",
             _devices(row),
         ])
     _md_rows(w, MD_HEADER, lines)
@@ -372,7 +403,12 @@ def csv_header(task: str = record.CLASSIFY) -> list[str]:
         cols += [f"{name}_mean", f"{name}_std"]
     if task == record.CLASSIFY:
         cols += ["paper_test_error", "paper_params", "paper_memory", "paper_time"]
+        cols += [f"{name}_{s}" for name in DERIVED for s in ("mean", "std")]
     return cols + ["run_dirs"]
+
+
+def _mean_std(st: Stat) -> list[str]:
+    return ["" if st.mean is None else repr(st.mean), "" if st.std is None else repr(st.std)]
 
 
 def render_csv(rows: Sequence[Row], task: str = record.CLASSIFY) -> str:
@@ -388,11 +424,11 @@ def render_csv(rows: Sequence[Row], task: str = record.CLASSIFY) -> str:
         line += [len(row.runs), len({repr(s) for s in row.seeds}),
                  ";".join(str(s) for s in row.seeds)]
         for name in AVERAGED_OF[task]:
-            st = row.stats[name]
-            line += ["" if st.mean is None else repr(st.mean),
-                     "" if st.std is None else repr(st.std)]
+            line += _mean_std(row.stats[name])
         if task == record.CLASSIFY:
             line += [p.test_error, p.params, p.memory, p.time] if p else ["", "", "", ""]
+            for name in DERIVED:
+                line += _mean_std(row.stats[name])
         line += [";".join(_name(r) for r in row.runs)]
         wr.writerow(line)
     return out.getvalue()
@@ -456,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"where table.md / table.csv go (default: {DEFAULT_OUT})")
     args = ap.parse_args(argv)
     try:
-        # the table reads neither histories nor evaluations: a bad one leaves its run in
+        # the table reads neither histories nor evaluations (a bad one leaves its run in);
+        # it reads gradients.json (its gradient-error column)
         runs, invalid = load_runs(args.run_dirs, history=False, evaluation=False)
     except ReportError as e:
         print(f"odenet table: error: {e}", file=sys.stderr)

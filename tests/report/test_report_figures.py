@@ -69,6 +69,17 @@ def test_fig3c_rows_count_iterations_of_adjoint_runs_only(runs):
     }  # RK-Net (NFE-B 0) and the failed run (99) are absent
 
 
+def test_fig3c_one_panel_per_solver_with_its_ratio(make_run, tmp_path):
+    make_run("dp", history=history_records(nfe_f=(20,), nfe_b=(18,)))
+    make_run("ls", solver_method="lsoda", history=history_records(nfe_f=(30,), nfe_b=(15,)))
+    rows = F.fig3c_rows(load_runs([tmp_path / "outputs"])[0])
+    assert {r["solver"] for r in rows} == {"dopri5", "lsoda"}
+    assert F.nfe_ratio([r for r in rows if r["solver"] == "lsoda"]) == 0.5
+    fig = F.draw_fig3c(rows, tmp_path / "c.png")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["dopri5: NFE-B / NFE-F = 0.90", "lsoda: NFE-B / NFE-F = 0.50"]
+
+
 def test_fig3d_rows_positions(runs):
     rows = [r for r in F.fig3d_rows(runs) if r["run_dir"].endswith("ode_adj")]
     it = [r for r in rows if r["kind"] == "iter"]

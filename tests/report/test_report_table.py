@@ -204,3 +204,64 @@ def test_runs_of_other_tasks_are_not_table1(make_run, tmp_path, capsys):
     assert main([str(tmp_path / "outputs"), "--out", str(tmp_path / "rep")]) == 0
     # the density runs are in a table of their own (tests/report/test_report_issue11.py)
     assert "3 finished run(s) (1 of density models), 1 not finished" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- gradient error
+def _gradients(method="dopri5", tol=1e-3, **errors) -> dict:
+    """A gradients.json with one float32 result per gradient method given."""
+    return {"results": [{"gradient_method": g, "method": method, "rtol": tol, "atol": tol,
+                         "dtype": "float32", "status": "ok", "error": e}
+                        for g, e in errors.items()]}
+
+
+def test_gradient_error_column_reads_the_runs_own_method_and_tolerance(make_run, tmp_path):
+    from odenet.report.runs import file_id
+
+    ode = make_run("ode0", model="odenet", solver_gradient="adjoint", seed=0)
+    ode1 = make_run("ode1", model="odenet", solver_gradient="adjoint", seed=1)
+    ck = make_run("ck0", model="odenet", solver_gradient="checkpoint", solver_adjoint=False)
+    semi = make_run("semi", model="odenet", solver_gradient="adjoint",
+                    solver_adjoint_norm="seminorm")
+    other = make_run("tol", model="odenet", solver_gradient="adjoint", solver_rtol=1e-2,
+                     solver_atol=1e-2)
+    (ode / "gradients.json").write_text(json.dumps(
+        _gradients(backprop=0.07, adjoint=0.08, adjoint_seminorm=0.09, checkpoint=0.069)))
+    (ode1 / "gradients.json").write_text(json.dumps(_gradients(adjoint=0.10)))
+    (ck / "gradients.json").write_text(json.dumps(_gradients(adjoint=0.5, checkpoint=0.068)))
+    (semi / "gradients.json").write_text(json.dumps(_gradients(adjoint=0.5,
+                                                               adjoint_seminorm=0.2)))
+    # measured at another tolerance than the run's own (1e-2): not its column's value
+    (other / "gradients.json").write_text(json.dumps(_gradients(adjoint=0.3)))
+    # a checkpoint retrained since gradients.json was written: left out
+    stale = make_run("stale", model="rknet", solver_gradient="backprop", solver_adjoint=False)
+    (stale / "checkpoint.pt").write_bytes(b"v1")
+    g = _gradients(backprop=0.07)
+    g["checkpoint_file"] = file_id(stale / "checkpoint.pt")
+    (stale / "gradients.json").write_text(json.dumps(g))
+    (stale / "checkpoint.pt").write_bytes(b"v2")
+
+    runs, invalid = load_runs([tmp_path / "outputs"])
+    assert not invalid
+    assert next(r for r in runs if r.dir == stale).gradients_skipped.startswith(
+        "checkpoint.pt changed")
+    rows, _ = build_rows(runs)
+    err = {(r.key["solver_gradient"], r.key["solver_adjoint_norm"], r.key["solver_rtol"],
+            r.model): r.stats["gradient_error"] for r in rows}
+    adj = err[("adjoint", "default", 1e-3, "odenet")]
+    assert adj.values == [0.08, 0.10] and adj.std == pytest.approx(0.0141421, rel=1e-4)
+    assert err[("checkpoint", "default", 1e-3, "odenet")].values == [0.068]
+    assert err[("adjoint", "seminorm", 1e-3, "odenet")].values == [0.2]
+    assert err[("adjoint", "default", 1e-2, "odenet")].values == []
+    assert err[("backprop", "default", 1e-3, "rknet")].values == []
+    out = tmp_path / "rep"
+    write_table(runs, out)
+    md = (out / "table.md").read_text()
+    line = next(x for x in md.splitlines() if "dopri5 tol=1e-3 checkpoint" in x)
+    cells = [c.strip() for c in line.split("|")]
+    assert cells[-3] == "0.068" and cells[6] == "-"  # no paper row: the paper has none
+    line = next(x for x in md.splitlines() if "dopri5 tol=1e-3 adjoint |" in x)
+    assert [c.strip() for c in line.split("|")][-3] == "0.09 ± 0.014"
+    csv_rows = {(r["solver_gradient"], r["solver_adjoint_norm"], r["solver_rtol"]): r
+                for r in _csv(out / "table.csv") if r["model"] == "odenet"}
+    assert float(csv_rows[("checkpoint", "default", "0.001")]["gradient_error_mean"]) == 0.068
+    assert csv_rows[("adjoint", "default", "0.01")]["gradient_error_mean"] == ""
