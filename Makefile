@@ -8,7 +8,7 @@ ARGS    ?=
 TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-openmp bench-solver clean
+.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-openmp bench-solver bench-gradients clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-openmp: $(VENV) $(DATA)  ## an ODE-Net iteration under each OpenMP wait po
 
 bench-solver: $(VENV)  ## odenet.solvers vs torchdiffeq: bookkeeping and the ODE-Net block
 	$(PY) -m bench.bench_solver $(ARGS)
+
+bench-gradients: $(VENV)  ## each gradient method on the ODE-Net block per tolerance, and issue 13's floors
+	$(PY) -m bench.bench_gradients $(ARGS)
 
 clean:  ## remove caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -3,11 +3,18 @@ step with each gradient method of odenet.solvers: seconds for forward + backward
 activation MiB (what autograd saves in the forward, odenet.measure.ActivationMeter) and,
 on CUDA, the peak memory allocated through forward + backward.
 
-The methods at rtol = atol = 1e-3 (the recipe's), t = [0, 1]: backprop, adjoint and
-checkpoint on dopri5 (the same forward solve), reversible on adaptive_reversible_heun (and
-backprop through it, for its memory's contrast). Gradient error is `odenet gradients`'.
+The methods at rtol = atol = τ for τ in --tolerances (1e-3 is the recipe's), t = [0, 1]:
+backprop, adjoint and checkpoint on dopri5 (the same forward solve), reversible on
+adaptive_reversible_heun (and backprop through it, for its memory's contrast). Then the
+floors of issue 13 that a block measures, each a ratio printed with its limit:
+- checkpoint's saved MiB per function evaluation ≤ 1/10 of backprop's (RK-Net's);
+- reversible's saved MiB flat in NFE: its largest over its smallest across τ ≤ 2 (as the
+  adjoint's), and within 2x of the adjoint's at each τ;
+- seconds: checkpoint ≤ 1.4x backprop's; reversible ≤ 1.5x the adjoint's at the same
+  NFE-F (seconds per forward evaluation compared, as the two solvers take other steps).
+Gradient error is `odenet gradients`'.
 
-    python -m bench.bench_gradients [--repeats 5] [--device cpu|cuda]
+    python -m bench.bench_gradients [--repeats 5] [--tolerances 1e-2 1e-3 1e-4] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ CASES = [("backprop", "dopri5", "backprop"), ("adjoint", "dopri5", "adjoint"),
          ("backprop_reversible_heun", "adaptive_reversible_heun", "backprop")]
 
 
-def run(device: str, repeats: int) -> dict:
+def run(device: str, repeats: int, tol: float = TOL) -> dict:
     torch.manual_seed(0)
     func = ODEFunc(SHAPE[1]).to(device)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)).to(device)
@@ -41,7 +48,7 @@ def run(device: str, repeats: int) -> dict:
 
     def step(method, gradient, stats=None):
         func.zero_grad()
-        y = odeint(func, x.detach().requires_grad_(), t, method=method, rtol=TOL, atol=TOL,
+        y = odeint(func, x.detach().requires_grad_(), t, method=method, rtol=tol, atol=tol,
                    gradient=gradient, stats=stats)
         y[-1].square().mean().backward()
 
@@ -49,8 +56,8 @@ def run(device: str, repeats: int) -> dict:
     for name, method, gradient in CASES:
         stats = SolveStats()
         with ActivationMeter(func) as meter:
-            y = odeint(func, x.detach().requires_grad_(), t, method=method, rtol=TOL,
-                       atol=TOL, gradient=gradient, stats=stats)
+            y = odeint(func, x.detach().requires_grad_(), t, method=method, rtol=tol,
+                       atol=tol, gradient=gradient, stats=stats)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -71,23 +78,61 @@ def run(device: str, repeats: int) -> dict:
     return result
 
 
+def floors(by_tol: dict[float, dict]) -> list[dict]:
+    """Issue 13's block floors from the measurements at each tolerance: name, value, limit."""
+    out = []
+
+    def add(name: str, value: float, limit: float) -> None:
+        out.append({"floor": name, "value": value, "limit": limit, "ok": value <= limit})
+
+    def per_eval(r: dict, key: str) -> float:
+        return r[key] / r["nfe_forward"]
+
+    for tol, rows in by_tol.items():
+        bp, ck, adj, rev = (rows[k] for k in ("backprop", "checkpoint", "adjoint", "reversible"))
+        add(f"tol {tol:g}: checkpoint MiB per evaluation / backprop's",
+            per_eval(ck, "activation_mib") / per_eval(bp, "activation_mib"), 0.1)
+        add(f"tol {tol:g}: reversible MiB / adjoint's",
+            rev["activation_mib"] / adj["activation_mib"], 2.0)
+        add(f"tol {tol:g}: checkpoint seconds / backprop's", ck["seconds"] / bp["seconds"], 1.4)
+        add(f"tol {tol:g}: reversible seconds / adjoint's, per NFE-F",
+            per_eval(rev, "seconds") / per_eval(adj, "seconds"), 1.5)
+    if len(by_tol) > 1:
+        for name in ("reversible", "adjoint"):
+            mib = [rows[name]["activation_mib"] for rows in by_tol.values()]
+            nfe = [rows[name]["nfe_forward"] for rows in by_tol.values()]
+            add(f"{name} MiB largest / smallest over NFE-F {min(nfe)}-{max(nfe)}",
+                max(mib) / min(mib), 2.0)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tolerances", type=float, nargs="+", default=[1e-2, TOL, 1e-4])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
-    rows = run(args.device, args.repeats)
     print(f"machine: {machine()}")
-    print(f"ODE-Net block {SHAPE}, rtol = atol = {TOL:g}, forward + backward:")
-    for name, r in rows.items():
-        extra = (f", backward peak +{r['backward_peak_extra_mib']:.1f} MiB"
-                 if "backward_peak_extra_mib" in r else "")
-        print(f"  {name:26s} {1e3 * r['seconds']:8.1f} ms  NFE-F/B {r['nfe_forward']}/"
-              f"{r['nfe_backward']}  steps {r['steps']}  saved {r['activation_mib']:.1f} MiB"
-              f"{extra}")
-    payload = {"machine": machine(), "device": args.device, "tol": TOL, "shape": SHAPE,
-               "methods": rows}
+    by_tol = {}
+    for tol in args.tolerances:
+        rows = by_tol[tol] = run(args.device, args.repeats, tol)
+        print(f"ODE-Net block {SHAPE}, rtol = atol = {tol:g}, forward + backward:")
+        for name, r in rows.items():
+            extra = (f", backward peak +{r['backward_peak_extra_mib']:.1f} MiB"
+                     if "backward_peak_extra_mib" in r else "")
+            print(f"  {name:26s} {1e3 * r['seconds']:8.1f} ms  NFE-F/B {r['nfe_forward']}/"
+                  f"{r['nfe_backward']}  steps {r['steps']}  saved {r['activation_mib']:.2f} "
+                  f"MiB{extra}")
+    checks = floors(by_tol)
+    print("floors (issue 13):")
+    for c in checks:
+        print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['floor']}: {c['value']:.3f} "
+              f"(limit {c['limit']:g})")
+    payload = {"machine": machine(), "device": args.device, "shape": SHAPE,
+               "tolerances": args.tolerances,
+               "methods": {f"{tol:g}": rows for tol, rows in by_tol.items()},
+               "floors": checks}
     print(f"wrote {write_json('gradients', payload, args.out)}")
     return 0
 
