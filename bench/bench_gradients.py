@@ -12,9 +12,15 @@ floors of issue 13 that a block measures, each a ratio printed with its limit:
   adjoint's), and within 2x of the adjoint's at each τ;
 - seconds: checkpoint ≤ 1.4x backprop's; reversible ≤ 1.5x the adjoint's at the same
   NFE-F (seconds per forward evaluation compared, as the two solvers take other steps).
+The time floors are the issue's per training iteration: with --training (on by default)
+the whole network (downsampling, block, head; SGD step) is trained from the same
+weights on the same MNIST batches by each gradient method at 1e-3, interleaved
+(bench/bench_training.py's Trainer): RK-Net (backprop), ODE-Net (adjoint), checkpoint,
+reversible; those ratios are the floors' verdict, the block's are shown beside.
 Gradient error is `odenet gradients`'.
 
-    python -m bench.bench_gradients [--repeats 5] [--tolerances 1e-2 1e-3 1e-4] [--device cpu|cuda]
+    python -m bench.bench_gradients [--repeats 5] [--tolerances 1e-2 1e-3 1e-4]
+                                    [--iters 10] [--no-training] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -78,7 +84,37 @@ def run(device: str, repeats: int, tol: float = TOL) -> dict:
     return result
 
 
-def floors(by_tol: dict[float, dict]) -> list[dict]:
+# training iteration cases: name -> (model, its solver settings at 1e-3); the same network
+TRAINING = {"backprop": ("rknet", {"gradient": "backprop"}),
+            "adjoint": ("odenet", {"gradient": "adjoint"}),
+            "checkpoint": ("odenet", {"gradient": "checkpoint"}),
+            "reversible": ("odenet", {"method": "adaptive_reversible_heun",
+                                      "gradient": "reversible"})}
+
+
+def training(device: str, iters: int, warmup: int = 2) -> dict:
+    """Median seconds per training iteration and mean NFE-F/B of each gradient method."""
+    from odenet.models import build_model
+
+    from .bench_training import Trainer, _sync, training_batches
+
+    batches = training_batches(device, iters + warmup)
+    trainers = {}
+    for name, (model_name, solver) in TRAINING.items():
+        torch.manual_seed(0)  # the same initial weights for every method
+        model = build_model({"name": model_name}, {"rtol": TOL, "atol": TOL, **solver})
+        trainers[name] = Trainer(model.to(device), batches)
+    times = interleaved({n: t.step for n, t in trainers.items()}, iters, warmup, _sync(device))
+    out = {}
+    for name, t in trainers.items():
+        timed = t.nfe[warmup:]  # (forward, backward) of the timed iterations
+        out[name] = {"seconds": times[name], "model": TRAINING[name][0], **TRAINING[name][1],
+                     "nfe_forward": sum(f for f, _ in timed) / len(timed),
+                     "nfe_backward": sum(b for _, b in timed) / len(timed)}
+    return out
+
+
+def floors(by_tol: dict[float, dict], train: dict | None = None) -> list[dict]:
     """Issue 13's block floors from the measurements at each tolerance: name, value, limit."""
     out = []
 
@@ -94,9 +130,17 @@ def floors(by_tol: dict[float, dict]) -> list[dict]:
             per_eval(ck, "activation_mib") / per_eval(bp, "activation_mib"), 0.1)
         add(f"tol {tol:g}: reversible MiB / adjoint's",
             rev["activation_mib"] / adj["activation_mib"], 2.0)
-        add(f"tol {tol:g}: checkpoint seconds / backprop's", ck["seconds"] / bp["seconds"], 1.4)
-        add(f"tol {tol:g}: reversible seconds / adjoint's, per NFE-F",
-            per_eval(rev, "seconds") / per_eval(adj, "seconds"), 1.5)
+        if not train:  # the block's seconds stand in for the training iteration's
+            add(f"tol {tol:g}: checkpoint seconds / backprop's",
+                ck["seconds"] / bp["seconds"], 1.4)
+            add(f"tol {tol:g}: reversible seconds / adjoint's, per NFE-F",
+                per_eval(rev, "seconds") / per_eval(adj, "seconds"), 1.5)
+    if train:
+        bp, ck, adj, rev = (train[k] for k in ("backprop", "checkpoint", "adjoint", "reversible"))
+        add("training iteration: checkpoint seconds / RK-Net's (backprop)",
+            ck["seconds"] / bp["seconds"], 1.4)
+        add("training iteration: reversible seconds / adjoint's, per NFE-F",
+            (rev["seconds"] / rev["nfe_forward"]) / (adj["seconds"] / adj["nfe_forward"]), 1.5)
     if len(by_tol) > 1:
         for name in ("reversible", "adjoint"):
             mib = [rows[name]["activation_mib"] for rows in by_tol.values()]
@@ -110,10 +154,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tolerances", type=float, nargs="+", default=[1e-2, TOL, 1e-4])
+    parser.add_argument("--iters", type=int, default=10,
+                        help="timed training iterations per method (after 2 of warm-up)")
+    parser.add_argument("--no-training", dest="training", action="store_false",
+                        help="only the bare block (no MNIST needed)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
+    train = None
+    if args.training:
+        train = training(args.device, args.iters)
+        print(f"ODE-Net training iteration (batch 128, MNIST), rtol = atol = {TOL:g}:")
+        for name, r in train.items():
+            print(f"  {name:12s} {1e3 * r['seconds']:8.1f} ms  NFE-F/B "
+                  f"{r['nfe_forward']:.1f}/{r['nfe_backward']:.1f}")
     by_tol = {}
     for tol in args.tolerances:
         rows = by_tol[tol] = run(args.device, args.repeats, tol)
@@ -124,7 +179,7 @@ def main(argv=None) -> int:
             print(f"  {name:26s} {1e3 * r['seconds']:8.1f} ms  NFE-F/B {r['nfe_forward']}/"
                   f"{r['nfe_backward']}  steps {r['steps']}  saved {r['activation_mib']:.2f} "
                   f"MiB{extra}")
-    checks = floors(by_tol)
+    checks = floors(by_tol, train)
     print("floors (issue 13):")
     for c in checks:
         print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['floor']}: {c['value']:.3f} "
@@ -132,6 +187,7 @@ def main(argv=None) -> int:
     payload = {"machine": machine(), "device": args.device, "shape": SHAPE,
                "tolerances": args.tolerances,
                "methods": {f"{tol:g}": rows for tol, rows in by_tol.items()},
+               "training": train,
                "floors": checks}
     print(f"wrote {write_json('gradients', payload, args.out)}")
     return 0

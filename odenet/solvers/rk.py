@@ -84,8 +84,10 @@ class _Stepper:
             return self.K[0]
         return f
 
-    def step(self, t: float, y: torch.Tensor, h: float, k1):
-        """One step from (t, y) with step h; k1 = f(t, y) if already known (FSAL)."""
+    def step(self, t: float, y: torch.Tensor, h: float, k1, end_only: bool = False):
+        """One step from (t, y) with step h; k1 = f(t, y) if already known (FSAL).
+        end_only: only the end state is wanted (no error estimate, no dense output), so an
+        FSAL tableau's last stage, f at the end state, is not evaluated."""
         tab = self.tab
         if k1 is None:
             k1 = self.first_stage(t, y)
@@ -97,6 +99,8 @@ class _Stepper:
             yi = _combine(y, ks, tab.a[i], h)
             if tab.fsal and i == tab.stages - 1:
                 y1 = yi
+                if end_only:
+                    break
             ks.append(self.eval(t + tab.c[i] * h, yi))
         if y1 is None:
             y1 = _combine(y, ks, tab.b, h)
@@ -369,7 +373,8 @@ def replay_step(fn: FlatFunc, tab: Tableau, t: float, y: torch.Tensor, dt: float
     """One accepted step again, recorded by autograd (call under grad mode): its end state
     and the dense output at each theta. The same arithmetic as the step under grad, so
     its vector-Jacobian product is backprop's for that step; k1 is evaluated afresh (a
-    forward FSAL stage was the same f at the same point)."""
+    forward FSAL stage was the same f at the same point). Without dense outputs an FSAL
+    tableau's last stage is skipped: the end state does not depend on it."""
     st = _Stepper(fn, tab, y, tally, None)
-    y1, ks = st.step(t, y, dt, None)
+    y1, ks = st.step(t, y, dt, None, end_only=not thetas)
     return y1, [st.dense(y, ks, dt, theta, None) for theta in thetas]

@@ -229,7 +229,8 @@ def test_gradcheck_adaptive(method, gradient, tol):
     ("adaptive_reversible_heun", None, "reversible")])
 def test_stats_count_every_evaluation(method, options, gradient):
     """The MLP's own call count, forward and backward, equals the stats; the backward
-    replays stages x steps (checkpoint) or steps + 1 (reversible), plus len(t) for t."""
+    replays stages x steps (checkpoint; an FSAL tableau's last stage only in steps with a
+    dense output) or steps + 1 (reversible), plus len(t) for t."""
     func, stats = MLP(), SolveStats()
     y0 = _y0().requires_grad_()
     t = torch.tensor(T, dtype=F64, requires_grad=True)
@@ -241,8 +242,35 @@ def test_stats_count_every_evaluation(method, options, gradient):
     assert func.calls == stats.nfe_backward
     per_step = TABLEAUS[method].stages if gradient == "checkpoint" else 1
     extra = 0 if gradient == "checkpoint" else 1
-    assert stats.nfe_backward == per_step * stats.steps_accepted + extra + len(T)
+    steps = stats.steps_accepted
+    if gradient == "checkpoint" and TABLEAUS[method].fsal:
+        # a step whose outputs are all its end state skips the FSAL stage; at most
+        # len(T) - 1 steps hold a dense output
+        assert (per_step - 1) * steps + len(T) <= stats.nfe_backward \
+            <= (per_step - 1) * steps + len(T) - 1 + len(T)
+    else:
+        assert stats.nfe_backward == per_step * steps + extra + len(T)
     assert stats.steps_accepted_backward == stats.steps_accepted
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "tsit5"])
+def test_checkpoint_replay_skips_the_fsal_stage_of_a_step_without_dense_output(method):
+    """t = [0, 1]: every replayed step ends at a step end, so an FSAL pair's last stage
+    (f at the end state, for the error estimate only) is not evaluated again; the
+    gradient is still backprop's."""
+    func, stats = MLP(), SolveStats()
+    y0 = _y0().requires_grad_()
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ys = odeint(func, y0, t, method=method, rtol=1e-6, atol=1e-6, gradient="checkpoint",
+                stats=stats)
+    func.calls = 0
+    g = torch.autograd.grad(ys[-1].square().sum(), [y0, *func.parameters()])
+    assert func.calls == stats.nfe_backward == (TABLEAUS[method].stages - 1) * \
+        stats.steps_accepted
+    ys = odeint(func, y0, t, method=method, rtol=1e-6, atol=1e-6, gradient="backprop")
+    ref = torch.autograd.grad(ys[-1].square().sum(), [y0, *func.parameters()])
+    for a, b in zip(g, ref):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 class SavedBytes:
