@@ -98,7 +98,7 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
     (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
     (["rtol=1e-3"], "did you mean 'solver.rtol'?"),
-    (["solver.method=lsoda"], "solver.method='lsoda' is not one of"),
+    (["solver.method=vode"], "solver.method='vode' is not one of"),
     (["solver.last_step=cut"], "solver.last_step='cut' is not one of"),
     (["model=mlp", "model.compile=true"],
      "'model.compile' is not in the chosen model's config; models that have it: rknet, odenet"),
