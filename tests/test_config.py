@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,14 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
     (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
     (["rtol=1e-3"], "did you mean 'solver.rtol'?"),
-    (["solver.method=lsoda"], "solver.method='lsoda' is not one of"),
+    (["solver.method=vode"], "solver.method='vode' is not one of"),
+    # lsoda solves in scipy, outside autograd: the adjoint only
+    (["model=rknet", "solver=lsoda"], "solver.method=lsoda solves outside autograd (in scipy): "
+     "its gradient must be adjoint, model=rknet computes its gradients by backprop"),
+    (["solver=lsoda", "solver.gradient=checkpoint"],
+     "solver.method=lsoda solves outside autograd (in scipy): its gradient must be adjoint, not "
+     "checkpoint"),
+    (["solver=lsoda", "solver.gradient=reversible"], "its gradient must be adjoint, not reversible"),
     (["solver.last_step=cut"], "solver.last_step='cut' is not one of"),
     (["model=mlp", "model.compile=true"],
      "'model.compile' is not in the chosen model's config; models that have it: rknet, odenet"),
@@ -119,6 +127,16 @@ def test_bad_configs_give_one_line(overrides, expected):
     line = error_line(info.value)
     assert expected in line
     assert "\n" not in line
+
+
+def test_lsoda_trains_an_odenet_by_the_adjoint_and_needs_scipy(monkeypatch):
+    cfg = compose(["solver=lsoda", "solver.adjoint_norm=seminorm"])
+    assert (cfg.solver.method, cfg.solver.gradient, cfg.solver.atol) == ("lsoda", "adjoint", 1e-3)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # as if the lsoda extra were missing
+    with pytest.raises(ConfigError) as info:
+        compose(["solver=lsoda"])
+    assert str(info.value) == ("solver.method=lsoda: method 'lsoda' needs scipy, which is not "
+                               "installed: pip install 'odenet[lsoda]'")
 
 
 def test_schema_rejects_unknown_keys_and_wrong_types_from_any_source():

@@ -1,14 +1,15 @@
-"""odenet.solvers: explicit Runge-Kutta, Adams and reversible Heun ODE solvers with four
-gradient methods (backprop, adjoint, checkpoint, reversible; `odeint(gradient=...)`),
-instrumented, and call-compatible with torchdiffeq (see README, "Switching from
-torchdiffeq").
+"""odenet.solvers: explicit Runge-Kutta, Adams and reversible Heun ODE solvers, and LSODA
+(ODEPACK through scipy, the `lsoda` extra), with four gradient methods (backprop, adjoint,
+checkpoint, reversible; `odeint(gradient=...)`), instrumented, and call-compatible with
+torchdiffeq (see README, "Switching from torchdiffeq").
 
     from odenet.solvers import odeint, SolveStats
     stats = SolveStats()
     ys = odeint(func, y0, t, method="dopri5", rtol=1e-3, atol=1e-3, adjoint=True, stats=stats)
 
-torch only: no Hydra, no files, no datasets. Methods and the family solving each are in
-registry.py (where a new family plugs in); step-size controllers in controllers.py.
+torch only (numpy and scipy in odepack.py alone, imported when lsoda solves): no Hydra, no
+files, no datasets. Methods and the family solving each are in registry.py (where a new
+family plugs in); step-size controllers in controllers.py.
 """
 
 from .controllers import BoundedController, IController, PIController
@@ -16,11 +17,13 @@ from .events import odeint_event
 from .odeint import DEFAULT_MAX_NUM_STEPS, GRADIENTS, odeint, odeint_adjoint
 from .registry import (
                        ADAPTIVE_METHODS,
+                       ADJOINT_ONLY_METHODS,
                        FIXED_METHODS,
                        METHODS,
                        REGISTRY,
                        REVERSIBLE_METHODS,
                        RK_METHODS,
+                       method_unavailable,
 )
 from .stats import SolverError, SolveStats
 from .tableaus import TABLEAUS
@@ -28,4 +31,4 @@ from .tableaus import TABLEAUS
 __all__ = ["odeint", "odeint_adjoint", "odeint_event", "SolveStats", "SolverError", "METHODS",
            "FIXED_METHODS", "ADAPTIVE_METHODS", "TABLEAUS", "REGISTRY", "DEFAULT_MAX_NUM_STEPS",
            "IController", "PIController", "BoundedController", "GRADIENTS", "RK_METHODS",
-           "REVERSIBLE_METHODS"]
+           "REVERSIBLE_METHODS", "ADJOINT_ONLY_METHODS", "method_unavailable"]

@@ -48,6 +48,15 @@ ADAPTIVE_OPTIONS: dict[str, Any] = {
     "norm": None,  # None: RMS (max over a tuple's tensors); a callable: as torchdiffeq
 }
 LAST_STEPS = ("clamp", "overshoot")
+# the "odepack" family (LSODA in scipy, odepack.py): ODEPACK's own step control, error
+# norm (a weighted max norm) and first step, so only the options that map onto its inputs
+ODEPACK_OPTIONS: dict[str, Any] = {
+    "first_step": None,  # None: LSODA's own estimate (ODEPACK's h0 = 0)
+    "max_num_steps": DEFAULT_MAX_NUM_STEPS,  # accepted steps (LSODA reports no rejected ones)
+    "max_step": math.inf,  # ODEPACK's hmax
+    # no min_step: ODEPACK's hmin has no effect through scipy's LSODA (scipy 1.17, measured)
+    "last_step": "clamp",  # steps never pass t[-1] (ODEPACK's tcrit); "overshoot" is refused
+}
 ADJOINT_OPTIONS = ("norm", "rtol", "atol", "method", "options")
 NORMS = ("default", "seminorm")
 
@@ -55,6 +64,8 @@ Func = Callable[[torch.Tensor, Any], Any]
 
 
 def option_table(method: Method) -> dict[str, Any]:
+    if method.family == "odepack":
+        return ODEPACK_OPTIONS
     if method.adaptive:
         return ADAPTIVE_OPTIONS
     return ADAMS_OPTIONS if method.family == "adams" else FIXED_OPTIONS
@@ -86,6 +97,8 @@ def odeint(func: Func, y0, t, method: str | None = DEFAULT_METHOD, rtol=1e-7, at
     """
     gradient = _gradient(gradient, adjoint)
     problem = validate(func, y0, t, method, rtol, atol, options)
+    if gradient == "backprop" and "backprop" not in problem.method.gradients:
+        _check_nothing_to_backprop(func, problem)
     if gradient != "backprop":
         if gradient == "adjoint":
             back = _validate_adjoint_options(adjoint_options, problem)
@@ -381,6 +394,13 @@ def _validate_options(method: Method, options: dict | None) -> dict:
             if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 12:
                 raise ValueError(f"options['max_order'] must be an integer in 1..12, "
                                  f"got {order!r}")
+    elif method.family == "odepack":
+        if opts["first_step"] is not None:
+            opts["first_step"] = _positive("options['first_step']", opts["first_step"])
+        opts["max_step"] = _positive("options['max_step']", opts["max_step"], allow_inf=True)
+        if opts["last_step"] != "clamp":  # LSODA stops at tcrit = t[-1]: no overshoot
+            raise ValueError(f"options['last_step'] must be 'clamp' for {method.name!r} (its "
+                             f"steps stop at t[-1]), got {opts['last_step']!r}")
     else:
         if opts["first_step"] is not None:
             opts["first_step"] = _positive("options['first_step']", opts["first_step"])
@@ -429,13 +449,36 @@ def _gradient(gradient, adjoint) -> str:
 
 
 def _check_gradient_method(gradient: str, method: Method) -> None:
-    """checkpoint replays Runge-Kutta steps; reversible needs a reversible method."""
+    """checkpoint replays Runge-Kutta steps; reversible needs a reversible method; a method
+    solved outside autograd (lsoda) takes only the gradients of its `gradients`."""
+    if gradient not in method.gradients and "backprop" not in method.gradients:
+        raise ValueError(_outside_autograd(method, gradient))
     if gradient == "checkpoint" and method.family != "rk":
         raise ValueError(f"gradient='checkpoint' replays Runge-Kutta steps; method "
                          f"{method.name!r} is not one: use one of {', '.join(RK_METHODS)}")
     if gradient == "reversible" and method.family != "reversible":
         raise ValueError(f"gradient='reversible' needs a reversible method, got "
                          f"{method.name!r}: use one of {', '.join(REVERSIBLE_METHODS)}")
+
+
+def _outside_autograd(method: Method, gradient: str) -> str:
+    return (f"method {method.name!r} solves outside autograd (in scipy), so gradient="
+            f"{gradient!r} cannot go through its steps: use gradient="
+            f"{' or '.join(repr(g) for g in method.gradients)}")
+
+
+def _check_nothing_to_backprop(func, problem: Problem) -> None:
+    """gradient='backprop' with a method outside autograd: fine while nothing is
+    differentiated (no grad mode, or no input requires grad), else a ValueError rather than
+    outputs without gradients. A func closing over tensors that require grad is caught by
+    the family on its first evaluation (odepack.py)."""
+    if not torch.is_grad_enabled():
+        return
+    params = func.parameters() if isinstance(func, torch.nn.Module) else ()
+    if (problem.y0.requires_grad or problem.t.requires_grad
+            or any(p.requires_grad for p in params)):
+        raise ValueError(_outside_autograd(problem.method, "backprop")
+                         + " (or solve under torch.no_grad())")
 
 
 def _adjoint_params(func, adjoint_params, gradient: str = "adjoint") -> tuple[torch.Tensor, ...]:
@@ -470,6 +513,10 @@ def _validate_adjoint_options(adjoint_options: dict | None, problem: Problem) ->
     if not isinstance(name, str) or name not in REGISTRY:
         raise ValueError(f"unknown adjoint method {name!r}; valid methods: {', '.join(METHODS)}")
     same = name == problem.method.name
+    if not REGISTRY[name].callable_norm and (callable(norm) or callable(problem.norm)):
+        raise ValueError(f"adjoint method {name!r} uses its own error norm (ODEPACK's weighted "
+                         "max norm): a callable norm is not supported; use adjoint_options"
+                         "['norm'] = 'default' or 'seminorm'")
     if "options" in adjoint_options:
         options = adjoint_options["options"]
         if isinstance(options, dict) and "norm" in options:

@@ -104,8 +104,11 @@ def test_adjoint_func_ignoring_part_of_the_state():
 
 
 # --- 3. func's output dtype is checked, in every mode --------------------------------------
-@pytest.mark.parametrize("mode", ["no_grad", "grad", "adjoint"])
-@pytest.mark.parametrize("method, options", [("dopri5", None), ("rk4", {"step_size": 0.1})])
+@pytest.mark.parametrize("mode, method, options", [
+    *[(mode, method, options) for mode in ("no_grad", "grad", "adjoint")
+      for method, options in (("dopri5", None), ("rk4", {"step_size": 0.1}))],
+    # lsoda: no backprop through scipy (grad mode refuses y0 requiring grad first)
+    ("no_grad", "lsoda", None), ("adjoint", "lsoda", None)])
 @pytest.mark.parametrize("bad, got", [(torch.float64, "float64"), (torch.complex64, "complex64")])
 def test_func_output_dtype_is_checked(mode, method, options, bad, got):
     y0 = torch.ones(2, requires_grad=mode != "no_grad")

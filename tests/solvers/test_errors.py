@@ -37,7 +37,7 @@ def decay(t, y):
         ({"y0": (Y0, Y0.double())}, "the tensors of y0 must share one dtype and device"),
         ({"method": "rk45"}, "unknown method 'rk45'; valid methods: euler, midpoint, rk4, heun3, "
                              "explicit_adams, reversible_heun, bosh3, dopri5, tsit5, "
-                             "adaptive_heun, fehlberg2, dopri8, adaptive_reversible_heun"),
+                             "adaptive_heun, fehlberg2, dopri8, adaptive_reversible_heun, lsoda"),
         ({"method": "rk4", "options": {"step_size": -0.1}}, "options['step_size'] must be a positive"),
         ({"options": {"stepsize": 0.1}}, "unknown option(s) ['stepsize'] for method 'dopri5'"),
         ({"method": "euler", "options": {"step_size": 0.1, "first_step": 1}}, "unknown option(s) ['first_step']"),
