@@ -520,14 +520,13 @@ def measured_claims(table_runs, fig_runs) -> list[str]:
                          f"{lo['nfe_forward_mean']:.0f} → {e_hi:.1e} at NFE "
                          f"{hi['nfe_forward_mean']:.0f}.")
     c = F.fig3c_rows(fig_runs["fig3c"])
-    ratios = {}
     for variant, rs in F.group_by(c, "variant").items():
-        ratios[variant] = F.nfe_ratio(rs)
-        if ratios[variant] is not None:
+        ratio = F.nfe_ratio(rs)
+        if ratio is not None:
             lines.append(f"NFE-B / NFE-F (Fig. 3c, {variant}, over all logged training "
-                         f"iterations): {ratios[variant]:.2f} (the paper: about 0.5).")
-    lines += [paper_family_verdict(c)] if any(
-        r["solver"] in F.PAPER_FAMILY for r in c) else []
+                         f"iterations): {ratio:.2f} (the paper: about 0.5).")
+    if any(r["solver"] in F.PAPER_FAMILY for r in c):
+        lines.append(paper_family_verdict(c))
     d = [r for r in F.fig3d_rows(table_runs) if r["kind"] == "epoch"]
     for run_dir in dict.fromkeys(r["run_dir"] for r in d):
         eps = [r for r in d if r["run_dir"] == run_dir]
