@@ -54,7 +54,7 @@ DENSITY_AVERAGED = ("test_nll", "train_nll", "params", "nfe_forward_mean",
                     "nfe_backward_mean", "activation_mib", "sec_per_iter", "epochs",
                     "wall_seconds")
 AVERAGED_OF = {record.CLASSIFY: AVERAGED, record.DENSITY: DENSITY_AVERAGED}
-# Table 1's measures from other files than metrics.json, after AVERAGED in table.csv:
+# Table 1's measures from other files than metrics.json, the last columns of table.csv:
 # the trained net's gradient error at its own settings (gradients.json, odenet gradients)
 DERIVED = {"gradient_error": lambda run: (own_gradient_result(run) or {}).get("error")}
 
