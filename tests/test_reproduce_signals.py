@@ -127,9 +127,11 @@ def test_sigterm_real_training_resumes(tmp_path, mnist_root):
     exits 143 with no child left; the same command again resumes it to finished."""
     data = mnist_root
     run = tmp_path / "runs" / "table" / "resnet_seed0"
-    # one ResNet run of 40 iterations (a few seconds), no evaluation (no ODE-Net), no sweeps
+    # one ResNet run of 40 iterations (a few seconds), no evaluation (no ODE-Net), no
+    # variant rows, no gradient errors, no sweeps
     cmd = [sys.executable, "-m", "odenet.cli", "reproduce", "experiment=quick",
-           "plans.quick.models=[resnet]", "sweeps=false", f"root={tmp_path / 'runs'}",
+           "plans.quick.models=[resnet]", "plans.quick.variants=[]",
+           "plans.quick.gradients=null", "sweeps=false", f"root={tmp_path / 'runs'}",
            f"report={tmp_path / 'report'}",
            f"train_args=[data.root={data},data.train_size=5120,data.test_size=256,"
            "train.train_eval_size=0,train.log_every=1,optim.epochs=1,threads=1]"]
@@ -159,6 +161,7 @@ def test_sigterm_real_training_resumes(tmp_path, mnist_root):
     assert "resume=true" in again.stdout
     m = json.loads((run / "metrics.json").read_text())
     assert m["status"] == "finished" and m["epochs"] == 1
+    assert sorted(p.name for p in (tmp_path / "runs" / "table").iterdir()) == ["resnet_seed0"]
     assert (tmp_path / "report" / "report.md").is_file()
 
 
