@@ -261,33 +261,16 @@ def _validate_solver(s: Any, model: str) -> None:
         raise ConfigError(f"solver.adjoint_norm=seminorm needs the adjoint; model={model} "
                           f"computes its gradients by {gradient}")
     # torch: only once the rest is valid
-    from odenet.solvers import (
-        FIXED_METHODS,
-        METHODS,
-        REGISTRY,
-        REVERSIBLE_METHODS,
-        RK_METHODS,
-        method_unavailable,
-    )
+    from odenet.solvers import FIXED_METHODS, METHODS, gradient_refusal, method_unavailable
 
     one_of("solver.method", s.method, list(METHODS))
     need(s.method not in FIXED_METHODS or s.step_size is not None,
          f"solver.method={s.method} is a fixed-grid method: set solver.step_size (e.g. 0.25)")
-    allowed = REGISTRY[s.method].gradients  # how odeint may differentiate the method's solves
-    if gradient not in allowed and BACKPROP not in allowed:  # solved outside autograd (lsoda)
-        asked = (f"model={model} computes its gradients by {gradient}"
-                 if s.gradient is None and s.adjoint is None else f"not {gradient}")
-        raise ConfigError(f"solver.method={s.method} solves outside autograd (in scipy): its "
-                          f"gradient must be {' or '.join(allowed)}, {asked}")
-    if gradient == REVERSIBLE:
-        need(s.method in REVERSIBLE_METHODS, f"solver.gradient=reversible reconstructs the "
-             f"steps of a reversible method: solver.method={s.method} is not one of: "
-             f"{', '.join(REVERSIBLE_METHODS)}")
-    if gradient == CHECKPOINT:
-        need(s.method in RK_METHODS, f"solver.gradient=checkpoint replays Runge-Kutta steps: "
-             f"solver.method={s.method} is not one of: {', '.join(RK_METHODS)}")
-    need(gradient in allowed, f"solver.method={s.method} takes solver.gradient "
-         f"{' | '.join(allowed)}, not {gradient}")
+    refusal = gradient_refusal(s.method, gradient)  # the solver library's own rule
+    if refusal is not None:
+        why = (f" (model={model} computes its gradients by {gradient})"
+               if s.gradient is None and s.adjoint is None else "")
+        raise ConfigError(f"solver.method={s.method}: {refusal}{why}")
     unavailable = method_unavailable(s.method)  # a method whose extra is not installed
     need(unavailable is None, f"solver.method={s.method}: {unavailable}")
     return gradient

@@ -485,7 +485,7 @@ def measured_claims(table_runs, fig_runs) -> list[str]:
     for kind, how in ((CHECKPOINT, "checkpointed steps"), (REVERSIBLE, "reversible solver")):
         rs = series(kind)
         if rs:
-            lines.append(f"Memory ({rs[0]['series'].split(' (')[0]}, {how}): the block "
+            lines.append(f"Memory ({MODELS[rs[0]['model']].title}, {how}): the block "
                          "saved " + ", ".join(
                              f"{r['activation_block_mib']:.2f} MiB at NFE {r['x']:.0f}"
                              for r in sorted(rs, key=lambda r: r["x"])) + ".")

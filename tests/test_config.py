@@ -101,12 +101,14 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["rtol=1e-3"], "did you mean 'solver.rtol'?"),
     (["solver.method=vode"], "solver.method='vode' is not one of"),
     # lsoda solves in scipy, outside autograd: the adjoint only
-    (["model=rknet", "solver=lsoda"], "solver.method=lsoda solves outside autograd (in scipy): "
-     "its gradient must be adjoint, model=rknet computes its gradients by backprop"),
+    (["model=rknet", "solver=lsoda"], "solver.method=lsoda: method 'lsoda' solves outside "
+     "autograd (in scipy), so gradient='backprop' cannot go through its steps: use "
+     "gradient='adjoint' (model=rknet computes its gradients by backprop)"),
     (["solver=lsoda", "solver.gradient=checkpoint"],
-     "solver.method=lsoda solves outside autograd (in scipy): its gradient must be adjoint, not "
-     "checkpoint"),
-    (["solver=lsoda", "solver.gradient=reversible"], "its gradient must be adjoint, not reversible"),
+     "solver.method=lsoda: method 'lsoda' solves outside autograd (in scipy), so "
+     "gradient='checkpoint' cannot go through its steps: use gradient='adjoint'"),
+    (["solver=lsoda", "solver.gradient=reversible"],
+     "gradient='reversible' cannot go through its steps: use gradient='adjoint'"),
     (["solver.last_step=cut"], "solver.last_step='cut' is not one of"),
     (["model=mlp", "model.compile=true"],
      "'model.compile' is not in the chosen model's config; models that have it: rknet, odenet"),

@@ -316,7 +316,8 @@ def test_a_validation_split_is_scored_and_chooses_nothing_else(compose_cfg, tmp_
     (["model=rknet", "solver.gradient=checkpoint"], "model=rknet computes its gradients by "
      "backprop, not solver.gradient=checkpoint"),
     (["solver.gradient=backprop"], "for backprop use model=rknet"),
-    (["solver.gradient=reversible"], "solver.method=dopri5 is not one of"),
+    (["solver.gradient=reversible"], "solver.method=dopri5: gradient='reversible' needs a "
+     "reversible method, got 'dopri5'"),
     (["solver=explicit_adams", "solver.gradient=checkpoint"], "replays Runge-Kutta steps"),
     (["solver.gradient=adjoint", "solver.adjoint=false"], "disagree"),
     (["solver.gradient=nope"], "solver.gradient='nope' is not one of"),

@@ -23,6 +23,7 @@ from .registry import (
                        REGISTRY,
                        REVERSIBLE_METHODS,
                        RK_METHODS,
+                       gradient_refusal,
                        method_unavailable,
 )
 from .stats import SolverError, SolveStats
@@ -31,4 +32,5 @@ from .tableaus import TABLEAUS
 __all__ = ["odeint", "odeint_adjoint", "odeint_event", "SolveStats", "SolverError", "METHODS",
            "FIXED_METHODS", "ADAPTIVE_METHODS", "TABLEAUS", "REGISTRY", "DEFAULT_MAX_NUM_STEPS",
            "IController", "PIController", "BoundedController", "GRADIENTS", "RK_METHODS",
-           "REVERSIBLE_METHODS", "ADJOINT_ONLY_METHODS", "method_unavailable"]
+           "REVERSIBLE_METHODS", "ADJOINT_ONLY_METHODS", "gradient_refusal",
+           "method_unavailable"]

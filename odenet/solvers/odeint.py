@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .controllers import CONTROLLERS, DFACTOR, IFACTOR, SAFETY
-from .registry import METHODS, REGISTRY, REVERSIBLE_METHODS, RK_METHODS, Method, family_solve
+from .registry import METHODS, REGISTRY, Method, family_solve, gradient_refusal
 from .rk import Tally
 from .stats import SolveStats
 
@@ -449,22 +449,9 @@ def _gradient(gradient, adjoint) -> str:
 
 
 def _check_gradient_method(gradient: str, method: Method) -> None:
-    """checkpoint replays Runge-Kutta steps; reversible needs a reversible method; a method
-    solved outside autograd (lsoda) takes only the gradients of its `gradients`."""
-    if gradient not in method.gradients and "backprop" not in method.gradients:
-        raise ValueError(_outside_autograd(method, gradient))
-    if gradient == "checkpoint" and method.family != "rk":
-        raise ValueError(f"gradient='checkpoint' replays Runge-Kutta steps; method "
-                         f"{method.name!r} is not one: use one of {', '.join(RK_METHODS)}")
-    if gradient == "reversible" and method.family != "reversible":
-        raise ValueError(f"gradient='reversible' needs a reversible method, got "
-                         f"{method.name!r}: use one of {', '.join(REVERSIBLE_METHODS)}")
-
-
-def _outside_autograd(method: Method, gradient: str) -> str:
-    return (f"method {method.name!r} solves outside autograd (in scipy), so gradient="
-            f"{gradient!r} cannot go through its steps: use gradient="
-            f"{' or '.join(repr(g) for g in method.gradients)}")
+    reason = gradient_refusal(method.name, gradient)
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def _check_nothing_to_backprop(func, problem: Problem) -> None:
@@ -477,7 +464,7 @@ def _check_nothing_to_backprop(func, problem: Problem) -> None:
     params = func.parameters() if isinstance(func, torch.nn.Module) else ()
     if (problem.y0.requires_grad or problem.t.requires_grad
             or any(p.requires_grad for p in params)):
-        raise ValueError(_outside_autograd(problem.method, "backprop")
+        raise ValueError(gradient_refusal(problem.method.name, "backprop")
                          + " (or solve under torch.no_grad())")
 
 

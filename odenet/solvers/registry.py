@@ -89,3 +89,22 @@ REVERSIBLE_METHODS = tuple(name for name, m in REGISTRY.items() if m.family == "
 # methods solved outside autograd (scipy): their only gradient is the adjoint
 ADJOINT_ONLY_METHODS = tuple(name for name, m in REGISTRY.items()
                              if "backprop" not in m.gradients)
+
+
+def gradient_refusal(name: str, gradient: str) -> str | None:
+    """Why method `name` cannot compute `gradient` (its `Method.gradients`), in one line
+    saying what would; None when it can. The one rule odeint and config validation apply."""
+    method = REGISTRY[name]
+    if gradient in method.gradients:
+        return None
+    if "backprop" not in method.gradients:  # solved outside autograd (lsoda)
+        return (f"method {name!r} solves outside autograd (in scipy), so gradient="
+                f"{gradient!r} cannot go through its steps: use gradient="
+                + " or ".join(repr(g) for g in method.gradients))
+    if gradient == "checkpoint":
+        return (f"gradient='checkpoint' replays Runge-Kutta steps; method {name!r} is not "
+                f"one: use one of {', '.join(RK_METHODS)}")
+    if gradient == "reversible":
+        return (f"gradient='reversible' needs a reversible method, got {name!r}: use one of "
+                f"{', '.join(REVERSIBLE_METHODS)}")
+    return f"method {name!r} takes gradient {' | '.join(method.gradients)}, not {gradient!r}"
