@@ -103,6 +103,8 @@ class Metrics:
     lr: float | None = _f(SETTING, "peak learning rate")
     schedule: str | None = _f(SETTING, "optim.schedule")
     device: str | None = _f(SETTING, "torch device")
+    precision: str = _f(SETTING, "fp32 | bf16: the network layers' compute dtype",
+                        default="fp32")
     threads: int | None = _f(INFO, "torch threads")
     torch_version: str | None = _f(INFO, "torch.__version__")
     git_commit: str | None = _f(INFO, "odenet's commit, when run from a git checkout")

@@ -376,3 +376,18 @@ def test_the_reversible_solver_trains_with_flat_memory(compose_cfg, tmp_path):
     back = run(compose_cfg(*TINY, "model=rknet", "solver=adaptive_reversible_heun"),
                tmp_path / "b")
     assert m["activation_block_mib"] < back["activation_block_mib"] / 5
+
+
+@pytest.mark.parametrize("name", ["resnet", "odenet"])
+def test_bf16_precision_trains_and_is_part_of_the_run(name, compose_cfg, tmp_path):
+    """precision=bf16 trains (the ODE block in fp32 around a bf16 f), is recorded in
+    metrics.json, and a resumed run may not switch it (it changes the trajectory)."""
+    m = run(compose_cfg(*TINY, f"model={name}", "precision=bf16"), tmp_path)
+    assert m["status"] == "finished" and m["precision"] == "bf16"
+    assert 0 <= m["test_error"] <= 1 and all(math.isfinite(h["loss"]) for h in history(tmp_path)
+                                            if h["kind"] == "iter")
+    with pytest.raises(ConfigError, match="precision"):
+        run(compose_cfg(*TINY, f"model={name}", "precision=fp32", "resume=true",
+                        "optim.epochs=2"), tmp_path)
+    with pytest.raises(ConfigError, match="precision='fp16' is not one of: fp32, bf16"):
+        compose_cfg("precision=fp16")
