@@ -33,7 +33,14 @@ from odenet.config import ConfigError, as_dict, to_config
 from odenet.models import build_model, measured_blocks, reset_solver_stats, solver_stats
 from odenet.registry import spec
 from odenet.runlog import Bars, Heartbeat, RunLog, last_epoch, log_epoch
-from odenet.runtime import autocast, git_commit, resolve_device, rng_state, seed_everything, set_rng_state
+from odenet.runtime import (
+    autocast,
+    git_commit,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from odenet.solvers import FIXED_METHODS, SolverError
 from odenet.tasks import TASKS, Task
 
