@@ -237,3 +237,43 @@ def test_bf16_autocasts_f_and_keeps_the_ode_state_in_fp32(gradient, float64_grad
     assert nfe_fwd >= 14 and (solver_stats(fast)["nfe_backward"] > 0) is (gradient != "backprop")
     error = (grad - truth).norm() / truth.norm()
     assert error < (grad_ref - truth).norm() / truth.norm() + 0.03
+
+
+def test_compile_without_a_cxx_compiler_runs_eager_with_one_line(monkeypatch, caplog):
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def missing():
+        raise RuntimeError("no working C++ compiler found in ('g++',)\nmore detail")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    with caplog.at_level("WARNING", logger="odenet.models"):
+        m = model("odenet", "model.compile=true")
+    assert m.body.func._compiled_call_impl is None  # eager
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["model.compile=true needs a C++ compiler for torch.compile (no working "
+                     "C++ compiler found in ('g++',)): running eager"]
+    monkeypatch.undo()  # with the compiler found, the function is compiled (lazily)
+    assert model("odenet", "model.compile=true").body.func._compiled_call_impl is not None
+
+
+@pytest.mark.slow  # compiles 4 graphs (~30 s each on this CPU)
+def test_the_compiled_ode_function_compiles_once_per_shape_kind_not_per_batch():
+    """model.compile=true: the training batch compiles a static graph, the next size one
+    dynamic in the batch, and no later size (test batch, last partial batch) compiles
+    again; in bf16 as in fp32, with the fp32 outputs unchanged."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    m = model("odenet", "model.compile=true").eval()
+    eager = model("odenet").eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for bf16 in (False, True):
+            for n in (4, 6, 3, 5, 6, 2):
+                x = torch.rand(n, 1, 28, 28, generator=g)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = m(x)
+                if not bf16:
+                    assert torch.allclose(out, eager(x), rtol=1e-4, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 4

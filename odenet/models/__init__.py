@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from torch import nn
@@ -17,6 +18,8 @@ from odenet.config import model_config, solver_config
 from odenet.registry import spec
 
 from .blocks import ConcatConv2d, ODEBlock, ODEFunc, ResBlock, downsampling, head, norm
+
+log = logging.getLogger("odenet.models")
 
 __all__ = ["build_model", "build_mlp", "build_resnet", "build_odenet", "Classifier",
            "ODEBlock", "ODEFunc", "ResBlock", "ConcatConv2d", "ode_blocks", "measured_blocks",
@@ -53,10 +56,29 @@ def build_resnet(m, s=None) -> nn.Module:
 def build_odenet(m, s) -> nn.Module:
     """ODE-Net and RK-Net: the same network; ``s.adjoint`` says how gradients are computed."""
     func = ODEFunc(m.width)
-    if m.compile:  # in place: parameter names and checkpoints stay those of the eager model
-        func.compile()
+    if m.compile:
+        compile_in_place(func)
     return Classifier(m.name, downsampling(m.downsampling, m.in_channels, m.width),
                       ODEBlock.from_config(func, m.t1, s), head(m.width, m.num_classes))
+
+
+def compile_in_place(module: nn.Module) -> bool:
+    """torch.compile ``module`` in place (parameter names and checkpoints stay the eager
+    model's). Shapes: the first batch size compiles a static graph, a second one (the test
+    batch, the last partial batch) one dynamic in the batch, reused by every later size;
+    inductor's on-disk cache serves later processes. Without a C++ compiler (inductor's
+    CPU code needs one): one line and eager execution. Returns whether it compiled."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # torch's InvalidCxxCompiler, or anything the search raised
+        log.warning("model.compile=true needs a C++ compiler for torch.compile (%s): "
+                    "running eager", str(e).strip().splitlines()[0] if str(e).strip()
+                    else type(e).__name__)
+        return False
+    module.compile()
+    return True
 
 
 def build_model(model_cfg: Any, solver_cfg: Any = None, *, strict: bool = True) -> nn.Module:
