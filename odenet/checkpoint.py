@@ -19,7 +19,7 @@ from torch import nn
 
 from odenet.files import write_atomic
 from odenet.models import build_model, ode_blocks
-from odenet.record import CHECKPOINT
+from odenet.record import CHECKPOINT_FILE
 from odenet.registry import CLASSIFY, MODELS
 
 REQUIRED = ("model", "config")
@@ -39,7 +39,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The checkpoint at ``path`` as plain data."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (give a run's {CHECKPOINT})")
+        raise CheckpointError(f"{path}: no such file (give a run's {CHECKPOINT_FILE})")
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, foreign or unsafe: not a checkpoint

@@ -55,13 +55,14 @@ from odenet.config import load_settings
 from odenet.errors import ConfigError, need, one_of
 from odenet.files import write_json
 from odenet.probe import ProbeSettings, check, open_checkpoint
-from odenet.record import CHECKPOINT_ID, GRADIENTS, GRADIENTS_FIGURE
+from odenet.record import CHECKPOINT_ID, GRADIENTS_FIGURE, GRADIENTS_FILE
 
 CONFIG_FILE = "gradients.yaml"
 INIT = "init"  # checkpoint=init: a freshly initialised network
 # the gradient methods measured: name -> odeint's `gradient`
-METHODS = {"backprop": "backprop", "adjoint": "adjoint", "adjoint_seminorm": "adjoint",
-           "checkpoint": "checkpoint", "reversible": "reversible"}
+GRADIENT_METHODS = {"backprop": "backprop", "adjoint": "adjoint",
+                    "adjoint_seminorm": "adjoint", "checkpoint": "checkpoint",
+                    "reversible": "reversible"}
 
 
 @dataclass
@@ -70,7 +71,7 @@ class GradientsConfig(ProbeSettings):
     reference_tol: float = 1e-9
     model: str = "odenet"
     seed: int = 0
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(GRADIENT_METHODS))
     reversible_method: str = "adaptive_reversible_heun"
     batches: int = 1
     batch_size: int = 128
@@ -85,10 +86,11 @@ class GradientsError(Exception):
 def validate(cfg: GradientsConfig) -> GradientsConfig:
     from odenet.solvers import REVERSIBLE_METHODS
 
-    need(bool(cfg.methods), f"methods=[] measures nothing; accepted: {', '.join(METHODS)}")
+    need(bool(cfg.methods),
+         f"methods=[] measures nothing; accepted: {', '.join(GRADIENT_METHODS)}")
     for m in cfg.methods:
-        need(m in METHODS, f"methods: {m!r} is not a gradient method; accepted: "
-             f"{', '.join(METHODS)}")
+        need(m in GRADIENT_METHODS, f"methods: {m!r} is not a gradient method; accepted: "
+             f"{', '.join(GRADIENT_METHODS)}")
     check(cfg, positive=("batches", "batch_size"))
     one_of("reversible_method", cfg.reversible_method, REVERSIBLE_METHODS)
     one_of("reference_gradient", cfg.reference_gradient, ("adjoint", "backprop"))
@@ -316,7 +318,8 @@ def _measure_one(cfg, net, net64, batches, refs, names, name, method, tol, exact
         best = None
         for _ in range(cfg.repeats):
             r = loss_gradient(net, x.to(dtype), y, method=method, tol=tol,
-                              gradient=METHODS[name], seminorm=name == "adjoint_seminorm",
+                              gradient=GRADIENT_METHODS[name],
+                              seminorm=name == "adjoint_seminorm",
                               max_steps=cfg.max_num_steps)
             if best is None or r["seconds"] < best["seconds"]:
                 best = r
@@ -367,7 +370,7 @@ def write_figure(record: dict, path: Path) -> None:
     ax_nfe, ax_mem = fig.subplots(1, 2)
     # distinct markers and dashes: methods that coincide (the adjoint with and without
     # the seminorm often do) stay visible on top of one another
-    styles = dict(zip(METHODS, ("o-", "s--", "x:", "^-", "v-.")))
+    styles = dict(zip(GRADIENT_METHODS, ("o-", "s--", "x:", "^-", "v-.")))
     for name in record["settings"]["methods"]:
         rows = [r for r in record["results"]
                 if r["gradient_method"] == name and r["status"] == "ok"]
@@ -408,9 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     except (GradientsError, ConfigError) as e:
         print(f"odenet gradients: error: {e}", file=sys.stderr)
         return 2
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(GRADIENTS)
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(GRADIENTS_FILE)
     write_json(out, record)
-    figure = out.with_name(GRADIENTS_FIGURE if out.name == GRADIENTS else out.stem + ".png")
+    figure = out.with_name(GRADIENTS_FIGURE if out.name == GRADIENTS_FILE
+                           else out.stem + ".png")
     write_figure(record, figure)
     failed = [r for r in record["results"] if r["status"] != "ok"]
     print(f"odenet gradients: {len(record['results']) - len(failed)}/{len(record['results'])} "

@@ -28,8 +28,8 @@ from typing import Any
 # the files of a run directory (checkpoint.pt is written by odenet/checkpoint.py)
 METRICS, HISTORY, EVALUATION = "metrics.json", "history.jsonl", "evaluation.json"
 # written by odenet gradients (odenet/gradients.py)
-GRADIENTS, GRADIENTS_FIGURE = "gradients.json", "gradients.png"
-CHECKPOINT = "checkpoint.pt"
+GRADIENTS_FILE, GRADIENTS_FIGURE = "gradients.json", "gradients.png"
+CHECKPOINT_FILE = "checkpoint.pt"
 # evaluation.json / gradients.json: the key of the checkpoint's odenet.files.file_id
 CHECKPOINT_ID = "checkpoint_file"
 SETTING, MEASURE, INFO = "setting", "measure", "info"
@@ -306,7 +306,8 @@ def doc_table(record_type: type) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["METRICS", "HISTORY", "EVALUATION", "CHECKPOINT", "CHECKPOINT_ID", "Metrics",
-           "IterRecord", "EpochRecord", "RecordError", "STATUSES", "SETTING", "MEASURE",
-           "INFO", "to_json", "for_task", "names", "copy_epoch", "check", "check_file",
-           "read_metrics", "read_history", "fake", "doc_table"]
+__all__ = ["METRICS", "HISTORY", "EVALUATION", "CHECKPOINT_FILE", "GRADIENTS_FILE",
+           "GRADIENTS_FIGURE", "CHECKPOINT_ID", "Metrics", "IterRecord", "EpochRecord",
+           "RecordError", "STATUSES", "SETTING", "MEASURE", "INFO", "to_json", "for_task",
+           "names", "copy_epoch", "check", "check_file", "read_metrics", "read_history",
+           "fake", "doc_table"]

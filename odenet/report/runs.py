@@ -26,7 +26,14 @@ from pathlib import Path
 
 from odenet import record, rundir
 from odenet.files import file_id
-from odenet.record import CHECKPOINT, CHECKPOINT_ID, EVALUATION, GRADIENTS, HISTORY, METRICS
+from odenet.record import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_ID,
+    EVALUATION,
+    GRADIENTS_FILE,
+    HISTORY,
+    METRICS,
+)
 from odenet.registry import ADJOINT, BACKPROP, MODELS
 
 
@@ -119,7 +126,7 @@ def stale_evaluation(run_dir: Path, evaluation: dict,
     written before the command recorded the checkpoint's identity, or a run directory
     without its checkpoint (copied without it), is used as it is."""
     want = evaluation.get(CHECKPOINT_ID)
-    ckpt = run_dir / CHECKPOINT
+    ckpt = run_dir / CHECKPOINT_FILE
     if not isinstance(want, dict) or not ckpt.is_file():
         return None
     try:
@@ -127,9 +134,9 @@ def stale_evaluation(run_dir: Path, evaluation: dict,
         if size == want.get("size") and file_id(ckpt)["sha256"] == want.get("sha256"):
             return None
     except OSError as e:
-        return f"cannot read {CHECKPOINT}: {e.strerror or e}"
-    return (f"{CHECKPOINT} changed since it was evaluated (size or SHA-256 differ); "
-            f"rerun `odenet {command} checkpoint=RUN_DIR/{CHECKPOINT}`")
+        return f"cannot read {CHECKPOINT_FILE}: {e.strerror or e}"
+    return (f"{CHECKPOINT_FILE} changed since it was evaluated (size or SHA-256 differ); "
+            f"rerun `odenet {command} checkpoint=RUN_DIR/{CHECKPOINT_FILE}`")
 
 
 def base_of(dirs: Sequence[str | os.PathLike]) -> tuple[Path, str]:
@@ -200,7 +207,7 @@ def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
             hist = record.read_history(current) if history else []
             current = d / EVALUATION
             ev = read_evaluation(current) if evaluation and current.exists() else None
-            current = d / GRADIENTS
+            current = d / GRADIENTS_FILE
             gr = read_evaluation(current) if gradients and current.exists() else None
         except record.RecordError as e:
             invalid.append(Invalid(current, _reason(e, current), relative(current, root)))
