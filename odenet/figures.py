@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from odenet.files import check_writable, os_reason
 from odenet.record import CLASSIFY, DENSITY, EVALUATION
 from odenet.report._args import ArgumentParser
 from odenet.report.figures import NoData, write_csv
@@ -132,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"draw only this figure (repeatable): {', '.join(FIGURES)}")
     args = ap.parse_args(argv)
     try:
+        check_writable(args.out)
+    except OSError as e:
+        print(f"odenet figures: error: --out {args.out}: cannot write there "
+              f"({os_reason(e)}); give --out a writable directory", file=sys.stderr)
+        return 2
+    try:
         runs, invalid = load_runs(args.run_dirs)
     except ReportError as e:
         print(f"odenet figures: error: {e}", file=sys.stderr)
@@ -141,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in which:
         for note in FIGURES[name].notes(runs):
             print(f"odenet figures: {note}", file=sys.stderr)
-    written, skipped = write_figures(runs, args.out, which)
+    try:
+        written, skipped = write_figures(runs, args.out, which)
+    except OSError as e:  # e.g. the disk filled up since the check
+        print(f"odenet figures: error: writing to {args.out}: {os_reason(e)}",
+              file=sys.stderr)
+        return 2
     for name, why in skipped.items():
         print(f"odenet figures: {name} skipped: {why}", file=sys.stderr)
     if not written:
