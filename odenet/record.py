@@ -259,9 +259,10 @@ def check_file(path: str | Path, record_type: type = Metrics) -> dict:
         raise RecordError(f"{path}: invalid {path.name}: {e}") from None
 
 
-def read_history(path: str | Path) -> list[dict]:
+def read_history(path: str | Path, notes: list[str] | None = None) -> list[dict]:
     """history.jsonl, each line checked. A truncated *last* line (a run killed while
-    appending) is dropped; a bad line anywhere else is a RecordError. No file: []."""
+    appending) is dropped, and said in ``notes`` (when given: a list a line is appended
+    to); a bad line anywhere else is a RecordError. No file: []."""
     path = Path(path)
     if not path.exists():
         return []
@@ -277,6 +278,8 @@ def read_history(path: str | Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines):
+                if notes is not None:
+                    notes.append(f"line {i} is cut short (an interrupted write): left out")
                 break
             raise RecordError(f"{path}:{i}: invalid {path.name}: line is not JSON") from None
         kind = rec.get("kind") if isinstance(rec, dict) else None

@@ -62,6 +62,7 @@ class Run:
     name: str = ""  # dir relative to the directory searched: the path reports write
     base: str = ""  # that directory, as given
     evaluation_skipped: str | None = None  # why evaluation.json was left out
+    history_note: str | None = None  # what of history.jsonl was left out (a cut last line)
     gradients_skipped: str | None = None  # why gradients.json was left out
 
     @property
@@ -158,26 +159,41 @@ def relative(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path, base)).as_posix()
 
 
-def find_metrics(dirs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every metrics.json below the given directories (each file once, sorted)."""
+def find_metrics(dirs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Invalid]]:
+    """Every metrics.json below the given directories (each run once, sorted), following
+    symbolic links (each directory once: a link back up is no loop), and the
+    directories found but not listed (Invalid: path and reason; ``name`` left empty)."""
     dirs = list(dirs)
-    found: dict[Path, None] = {}
+    found: dict[Path, Path] = {}  # resolved -> as found
+    unreadable: list[Invalid] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of every directory walked
+
+    def refused(e: OSError) -> None:
+        unreadable.append(Invalid(Path(e.filename), f"cannot list the directory: "
+                                                    f"{e.strerror or e}"))
+
     for d in dirs:
         p = Path(d)
         if p.is_file() and p.name == METRICS:
-            found[p.resolve()] = None
+            found.setdefault(p.resolve(), p.resolve())
             continue
         if not p.is_dir():
             raise ReportError(f"no such run directory: {d} (give directories that contain "
                               f"{METRICS} files, at any depth)")
-        for root, subdirs, files in os.walk(p):
+        for root, subdirs, files in os.walk(p.resolve(), onerror=refused, followlinks=True):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in seen:
+                subdirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
             subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))  # skip .hydra
             if METRICS in files:
-                found[(Path(root) / METRICS).resolve()] = None
-    if not found:
+                path = Path(root) / METRICS
+                found.setdefault(path.resolve(), path)
+    if not found and not unreadable:
         where = ", ".join(str(d) for d in dirs) or "(none given)"
         raise ReportError(f"no runs found: no {METRICS} below {where}")
-    return sorted(found)
+    return sorted(found.values()), unreadable
 
 
 def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
@@ -195,16 +211,18 @@ def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
     Raises ReportError (one line) only for a missing directory or no runs at all.
     """
     dirs = list(dirs)
-    found = find_metrics(dirs)
+    found, unreadable = find_metrics(dirs)
     root, label = base_of([base] if base is not None else dirs)
-    runs, invalid = [], []
+    runs = []
+    invalid = [Invalid(u.path, u.reason, relative(u.path, root)) for u in unreadable]
     for path in found:
         d = path.parent
         current = path
         try:
             metrics = record.read_metrics(path)
             current = d / HISTORY
-            hist = record.read_history(current) if history else []
+            notes: list[str] = []
+            hist = record.read_history(current, notes) if history else []
             current = d / EVALUATION
             ev = read_evaluation(current) if evaluation and current.exists() else None
             current = d / GRADIENTS_FILE
@@ -218,7 +236,7 @@ def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
                         evaluation=None if skipped else ev,
                         gradients=None if gr_skipped else gr, name=relative(d, root),
                         base=label, evaluation_skipped=skipped,
-                        gradients_skipped=gr_skipped))
+                        gradients_skipped=gr_skipped, history_note=notes[0] if notes else None))
     return runs, invalid
 
 
