@@ -59,6 +59,7 @@ from odenet.record import CHECKPOINT_ID, GRADIENTS_FIGURE, GRADIENTS_FILE
 
 CONFIG_FILE = "gradients.yaml"
 INIT = "init"  # checkpoint=init: a freshly initialised network
+HEARTBEAT_SECONDS = 30.0  # progress lines of the reference solve, off a terminal
 # the gradient methods measured: name -> odeint's `gradient`
 GRADIENT_METHODS = {"backprop": "backprop", "adjoint": "adjoint",
                     "adjoint_seminorm": "adjoint", "checkpoint": "checkpoint",
@@ -168,6 +169,37 @@ def rel_error(g, ref) -> float:
     return num / den if den > 0 else (0.0 if num == 0 else math.inf)
 
 
+class _SolveProgress:
+    """Progress of a long solve, counted in evaluations of ``func``: a bar on a terminal,
+    else a line every HEARTBEAT_SECONDS (runlog's bars and heartbeat, as the trainer's)."""
+
+    def __init__(self, func, desc: str, log):
+        self.func, self.desc, self.log = func, desc, log
+
+    def __enter__(self):
+        from odenet.runlog import Bars, Heartbeat
+
+        self.bars = Bars("auto").__enter__()
+        self.bar = self.bars.count(self.desc, "NFE")
+        self.beat = Heartbeat(enabled=not self.bars.shown, every=HEARTBEAT_SECONDS)
+        self.n, self.t0 = 0, time.monotonic()
+        self.hook = self.func.register_forward_hook(self._evaluated)
+        if self.beat.enabled:
+            self.log(f"{self.desc}: started")
+        return self
+
+    def _evaluated(self, *_):
+        self.n += 1
+        self.bar.update()
+        if self.beat.due():
+            self.log(f"{self.desc}: {self.n} evaluations, {time.monotonic() - self.t0:.0f} s")
+
+    def __exit__(self, *exc):
+        self.hook.remove()
+        self.bar.close()
+        self.bars.__exit__(*exc)
+
+
 def _mean(xs):
     return sum(xs) / len(xs)
 
@@ -216,19 +248,22 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
     def solve_method(name: str) -> str:
         return cfg.reversible_method if name == "reversible" else base_method
 
-    # (a) the float64 continuous reference per batch, and its check at 10x the tolerance
+    # (a) the float64 continuous reference per batch, and its check at 10x the tolerance:
+    # the slow part (minutes for a trained ODE-Net), so with progress
     t0 = time.perf_counter()
+    desc = f"reference solve (float64, tol {cfg.reference_tol:g} and {cfg.reference_tol * 10:g})"
     try:
         refs, checks, ref_nfe, check_nfe = [], [], [], []
-        for batch in batches:
-            for tol, out, nfe in ((cfg.reference_tol, refs, ref_nfe),
-                                  (cfg.reference_tol * 10, checks, check_nfe)):
-                r = loss_gradient(net64, task, _as(batch, torch.float64),
-                                  method=cfg.reference_method, tol=tol,
-                                  gradient=cfg.reference_gradient, seminorm=False,
-                                  max_steps=cfg.max_num_steps)
-                out.append(r["grads"])
-                nfe.append(r["nfe_forward"] + r["nfe_backward"])
+        with _SolveProgress(net64.ode_block.func, desc, log):
+            for batch in batches:
+                for tol, out, nfe in ((cfg.reference_tol, refs, ref_nfe),
+                                      (cfg.reference_tol * 10, checks, check_nfe)):
+                    r = loss_gradient(net64, task, _as(batch, torch.float64),
+                                      method=cfg.reference_method, tol=tol,
+                                      gradient=cfg.reference_gradient, seminorm=False,
+                                      max_steps=cfg.max_num_steps)
+                    out.append(r["grads"])
+                    nfe.append(r["nfe_forward"] + r["nfe_backward"])
     except SolverError as e:
         raise GradientsError(f"the float64 reference solve failed ({str(e).splitlines()[0]}); "
                              "raise max_num_steps or reference_tol") from None

@@ -140,3 +140,19 @@ def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot write {ck.parent / 'gradients.json'}" in err
     assert "give out=PATH.json in a writable directory" in err
+
+
+def test_the_reference_solve_shows_progress(tmp_path, capsys, monkeypatch):
+    """Off a terminal, heartbeat lines count the reference solve's evaluations (it printed
+    nothing for minutes: issue 19 item 11)."""
+    monkeypatch.setattr(G, "HEARTBEAT_SECONDS", 0.0)
+    assert G.main(["checkpoint=init", f"out={tmp_path / 'g.json'}", "methods=[backprop]",
+                   *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    beats = [i for i, line in enumerate(lines) if line.startswith("reference solve (")]
+    done = next(i for i, line in enumerate(lines) if line.startswith("reference: "))
+    assert lines[beats[0]].endswith(": started") and len(beats) > 10
+    assert max(beats) < done
+    evaluations = int(lines[max(beats)].split(": ")[1].split()[0])
+    nfe = json.loads((tmp_path / "g.json").read_text())["reference"]["nfe_mean"]
+    assert evaluations > nfe  # the reference's and its check's, forward and backward
