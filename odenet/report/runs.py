@@ -1,6 +1,8 @@
 """Find and read run directories (DEVELOPERS.md Contract 2): the only input of the report.
 
-A run directory is any directory holding a ``metrics.json``. Next to it may lie
+A run directory is any directory holding a ``metrics.json``, found by a walk that follows
+symbolic links (each directory once) and lists every directory it cannot enter as an
+``Invalid`` (not silently left out). Next to it may lie
 ``history.jsonl``, ``evaluation.json`` (written by ``odenet evaluate``, Figure 3 a/b) and
 ``gradients.json`` (written by ``odenet gradients``, Table 1's gradient error).
 metrics.json and history.jsonl are read through odenet/record.py and validated there; a
