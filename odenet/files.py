@@ -45,7 +45,10 @@ def check_writable(directory: str | os.PathLike) -> None:
     d = Path(directory).absolute()
     while not d.exists() and d != d.parent:
         d = d.parent
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".write-test.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".write-test.", suffix=".tmp")
+    except OSError as e:  # about the directory, not the test file's random name
+        raise type(e)(e.errno, e.strerror, str(d)) from None
     os.close(fd)
     os.unlink(tmp)
 

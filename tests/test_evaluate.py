@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -195,7 +196,8 @@ def test_a_cnf_is_measured_nfe_error_and_nll_per_tolerance(tmp_path, density_che
     net.eval()
     c = torch.load(ck, weights_only=True)["config"]
     with torch.no_grad():
-        sums = DensityTask().eval_batch(net, (split_points(c["data"], 0, False),))
+        sums = DensityTask().eval_batch(net, (split_points(SimpleNamespace(**c["data"]), 0,
+                                                           False),))
     assert tight["test_nll"] == pytest.approx(float(sums["nll"]) / 40, rel=1e-5)
 
 

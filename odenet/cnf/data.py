@@ -23,10 +23,10 @@ TEST_SEED = 0  # the seed of the test and validation streams, whatever the run's
 
 def split_points(data_cfg: Any, seed: int, train: bool):
     """The training points of a run of ``seed`` or (``train`` false) its test points, as
-    the trainer sees them; ``data_cfg``: a config or a checkpoint's plain dict."""
+    the trainer sees them (``data_cfg`` as toy_loaders')."""
     if train:
-        return sample(data_cfg["name"], data_cfg["train_size"], [seed, TRAIN_STREAM])
-    return sample(data_cfg["name"], data_cfg["test_size"], [TEST_SEED, TEST_STREAM])
+        return sample(data_cfg.name, data_cfg.train_size, [seed, TRAIN_STREAM])
+    return sample(data_cfg.name, data_cfg.test_size, [TEST_SEED, TEST_STREAM])
 
 
 def toy_loaders(data_cfg: Any, seed: int, device: Any = "cpu",

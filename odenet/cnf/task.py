@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from odenet.cnf.data import split_points, toy_loaders
 from odenet.data import Batches
 
@@ -29,7 +31,8 @@ class DensityTask:
 
     def probe_batches(self, config, *, train, n, batch_size, device, root=None):
         # the run's own points, sampled whole then cut: a shorter draw gives other points
-        pts = split_points(config["data"], config.get("seed", 0), train)[:n]
+        data = SimpleNamespace(**config["data"])  # a checkpoint's config: plain dicts
+        pts = split_points(data, config.get("seed", 0), train)[:n]
         return list(Batches((pts,), batch_size, device=device, on_device=True))
 
     def reduce(self, sums):
