@@ -124,7 +124,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     rundir.remove_orphans(out)
     ck = None  # the checkpoint to continue from
     if cfg.resume:
-        if (out / checkpoint.CHECKPOINT).is_file():
+        if (out / checkpoint.CHECKPOINT_FILE).is_file():
             ck = check_resume(cfg, out)
         done = finished(out, cfg)
         if done is not None:
@@ -158,13 +158,13 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
 
     # ---- a new run, or the one in out_dir continued
     prog = Progress()
-    ckpt_path = out / checkpoint.CHECKPOINT
+    ckpt_path = out / checkpoint.CHECKPOINT_FILE
     resumed = ck is not None
     if resumed:
         prog = _resume(ck, model, optimizer, scheduler)
     elif cfg.resume:
         log.warning("resume=true but there is no %s in %s: starting from scratch",
-                    checkpoint.CHECKPOINT, out)
+                    checkpoint.CHECKPOINT_FILE, out)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     measure.reset_rss_peak()  # this run's peak, not an earlier job's in the same process
@@ -458,7 +458,7 @@ def finished(out: Path, cfg: Any) -> dict | None:
 def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
     """The checkpoint in ``out`` if ``cfg`` may continue it: a training checkpoint, the
     same settings but RESUMABLE_CHANGES, its history intact. ConfigError otherwise."""
-    path = out / checkpoint.CHECKPOINT
+    path = out / checkpoint.CHECKPOINT_FILE
     try:
         ck = checkpoint.load(path)
     except checkpoint.CheckpointError as e:

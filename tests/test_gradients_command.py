@@ -53,7 +53,7 @@ def test_json_next_to_checkpoint_with_every_method_and_the_figure(measured):
     assert set(rec["reference"]) >= {"method", "gradient", "rtol", "dtype", "check_error", "ok"}
     assert math.isfinite(rec["reference"]["check_error"])
     r = rows(rec)
-    assert list(r) == list(G.METHODS)
+    assert list(r) == list(G.GRADIENT_METHODS)
     assert r["reversible"]["method"] == "adaptive_reversible_heun"
     assert {r[m]["method"] for m in r if m != "reversible"} == {"dopri5"}
     for row in r.values():
@@ -112,3 +112,47 @@ def test_bad_input_is_one_line_exit_2(arg, message, capsys, tmp_path):
 def test_init_needs_out(capsys):
     assert G.main(["checkpoint=init", *FAST]) == 2
     assert "checkpoint=init has no run directory: give out=" in capsys.readouterr().err
+
+
+def test_a_cnf_is_measured(tmp_path, density_checkpoint):
+    """A CNF's gradients by every method (issue 19 item 2: was an AttributeError
+    traceback); backprop and checkpoint give their discrete solve's gradient."""
+    ck = density_checkpoint(tmp_path / "checkpoint.pt")
+    assert G.main([f"checkpoint={ck}", "batch_size=16", "tolerances=[1e-3]",
+                   "reference_tol=1e-7", "threads=1"]) == 0
+    rec = json.loads((tmp_path / "gradients.json").read_text())
+    assert rec["model"] == "cnf" and rec["images"] == 16
+    r = rows(rec)
+    assert list(r) == list(G.GRADIENT_METHODS)
+    assert all(row["status"] == "ok" and math.isfinite(row["error"]) for row in r.values())
+    assert r["backprop"]["error_vs_discrete"] == 0
+    assert r["checkpoint"]["error_vs_discrete"] < 1e-5
+    assert r["adjoint"]["error"] < 1e-2
+
+
+def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
+        tmp_path, capsys, monkeypatch, read_only, density_checkpoint):
+    """The results were computed, then lost to an OSError traceback (issue 19 item 6)."""
+    ck = density_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    read_only(ck.parent)
+    monkeypatch.setattr(G, "measure", lambda *a, **k: pytest.fail("computed"))
+    assert G.main([f"checkpoint={ck}", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write {ck.parent / 'gradients.json'}" in err
+    assert "give out=PATH.json in a writable directory" in err
+
+
+def test_the_reference_solve_shows_progress(tmp_path, capsys, monkeypatch):
+    """Off a terminal, heartbeat lines count the reference solve's evaluations (it printed
+    nothing for minutes: issue 19 item 11)."""
+    monkeypatch.setattr(G, "HEARTBEAT_SECONDS", 0.0)
+    assert G.main(["checkpoint=init", f"out={tmp_path / 'g.json'}", "methods=[backprop]",
+                   *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    beats = [i for i, line in enumerate(lines) if line.startswith("reference solve (")]
+    done = next(i for i, line in enumerate(lines) if line.startswith("reference: "))
+    assert lines[beats[0]].endswith(": started") and len(beats) > 10
+    assert max(beats) < done
+    evaluations = int(lines[max(beats)].split(": ")[1].split()[0])
+    nfe = json.loads((tmp_path / "g.json").read_text())["reference"]["nfe_mean"]
+    assert evaluations > nfe  # the reference's and its check's, forward and backward

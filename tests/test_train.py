@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from odenet import record
 from odenet.app import compose
-from odenet.checkpoint import CHECKPOINT
 from odenet.checkpoint import load as load_checkpoint
 from odenet.config import ConfigError
 from odenet.models import build_model
 from odenet.optim import lr_factor
+from odenet.record import CHECKPOINT_FILE
 from odenet.train import run
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
@@ -99,7 +99,7 @@ def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
     assert set(iters[0]) == set(record.for_task(record.IterRecord, "classify"))
     assert set(epochs[0]) == set(record.for_task(record.EpochRecord, "classify"))
 
-    ck = load_checkpoint(tmp_path / CHECKPOINT)  # weights_only=True: plain data only
+    ck = load_checkpoint(tmp_path / CHECKPOINT_FILE)  # weights_only=True: plain data only
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ck)
     assert ck["epoch"] == 1 and ck["config"]["model"]["name"] == name
     net = build_model(ck["config"]["model"], ck["config"]["solver"])
@@ -125,7 +125,7 @@ def test_checkpoint_cannot_run_code(compose_cfg, tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    torch.save({"model": Evil()}, tmp_path / CHECKPOINT)
+    torch.save({"model": Evil()}, tmp_path / CHECKPOINT_FILE)
     with pytest.raises(ConfigError, match="not a readable checkpoint"):
         run(compose_cfg(*TINY, "model=mlp", "resume=true"), tmp_path)
 
@@ -136,7 +136,7 @@ def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
     from odenet.train import evaluate_split as evaluate
 
     m = run(compose_cfg(*TINY, "model=odenet"), tmp_path)
-    ck = load_checkpoint(tmp_path / CHECKPOINT)
+    ck = load_checkpoint(tmp_path / CHECKPOINT_FILE)
     cfg = compose_cfg(*TINY, "model=odenet")
     net = build_model(ck["config"]["model"], ck["config"]["solver"])
     net.load_state_dict(ck["model"])
@@ -148,7 +148,7 @@ def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
 
 def _final(out: Path) -> tuple[dict, dict]:
     m = metrics(out)
-    ck = load_checkpoint(out / CHECKPOINT)
+    ck = load_checkpoint(out / CHECKPOINT_FILE)
     return m, ck["model"]
 
 
@@ -164,7 +164,7 @@ def test_resume_gives_the_same_final_metrics(name, compose_cfg, tmp_path):
     run(compose_cfg(*args), a)
     first = run(compose_cfg(*args, "train.stop_after_iters=2"), b)
     assert first["status"] == "interrupted" and "stop_after_iters" in first["reason"]
-    assert load_checkpoint(b / CHECKPOINT)["batch"] == 2
+    assert load_checkpoint(b / CHECKPOINT_FILE)["batch"] == 2
     second = run(compose_cfg(*args, "resume=true", "train.stop_after_iters=3"), b)
     assert second["status"] == "interrupted" and second["epochs"] == 1
     last = run(compose_cfg(*args, "resume=true"), b)
@@ -238,7 +238,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(cli_popen, tmp_path, mnist
     assert "epochs" in stderr  # the tqdm bar was drawn (progress=always)
     m = metrics(out)
     assert m["status"] == "interrupted" and m["reason"].startswith("SIGTERM")
-    ck = load_checkpoint(out / CHECKPOINT)
+    ck = load_checkpoint(out / CHECKPOINT_FILE)
     assert ck["epoch"] * 4 + ck["batch"] >= 1
     assert (out / "train.log").read_text().count("interrupted (SIGTERM") == 1
     # and it continues where it stopped

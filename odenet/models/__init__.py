@@ -3,6 +3,8 @@
     model = build_model(cfg.model, cfg.solver)   # DictConfig or plain dict (odenet/registry.py)
     ode_blocks(model)          # the ODEBlocks inside (their solver stats and settings)
     measured_blocks(model)     # what activation_block_mib measures (ODE or residual blocks)
+    model.ode_output(model.ode_block(model.ode_input(x)))   # = model(x): the ODE block's
+                               # input, the block, the rest (also a CNF's; None: no block)
     configure_solver(model, rtol=1e-5)   # e.g. at evaluation time
 """
 
@@ -27,7 +29,11 @@ __all__ = ["build_model", "build_mlp", "build_resnet", "build_odenet", "Classifi
 
 
 class Classifier(nn.Module):
-    """features -> body -> head; ``body`` is what activation_block_mib measures."""
+    """features -> body -> head; ``body`` is what activation_block_mib measures.
+
+    ``ode_input``, ``ode_block``, ``ode_output``: the network around its ODE block, the
+    interface by which evaluate and gradients re-solve that block (odenet.cnf.CNF has it
+    too); ``ode_block`` is None for a model without one."""
 
     def __init__(self, name: str, features: nn.Module, body: nn.Module | None, head: nn.Module):
         super().__init__()
@@ -39,6 +45,22 @@ class Classifier(nn.Module):
         if self.body is not None:
             x = self.body(x)
         return self.head(x)
+
+    @property
+    def ode_block(self) -> ODEBlock | None:
+        return self.body if isinstance(self.body, ODEBlock) else None
+
+    def ode_input(self, x):
+        """h(0), the ODE block's input, for a batch of images."""
+        return self.features(x)
+
+    def ode_output(self, h):
+        """The logits from the ODE block's output h(t1)."""
+        return self.head(h)
+
+    def ode_refusal(self) -> str | None:
+        """Why its ODE block cannot be re-solved against a reference (None: it can)."""
+        return None
 
 
 def build_mlp(m, s=None) -> nn.Module:
