@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odenet.config import load_settings
+from odenet.config import PRECISIONS, load_settings
 from odenet.errors import ConfigError, need, one_of
 from odenet.files import os_reason, write_json
 from odenet.probe import ProbeSettings, check, open_checkpoint, output_path
@@ -78,6 +78,7 @@ class GradientsConfig(ProbeSettings):
     batch_size: int = 128
     reference_gradient: str = "adjoint"
     discrete_float64: bool = True
+    precision: str = "fp32"
 
 
 class GradientsError(Exception):
@@ -95,6 +96,10 @@ def validate(cfg: GradientsConfig) -> GradientsConfig:
     check(cfg, positive=("batches", "batch_size"))
     one_of("reversible_method", cfg.reversible_method, REVERSIBLE_METHODS)
     one_of("reference_gradient", cfg.reference_gradient, ("adjoint", "backprop"))
+    one_of("precision", cfg.precision, PRECISIONS)
+    need(cfg.precision == "fp32" or cfg.dtype == "float32",
+         f"precision={cfg.precision} autocasts float32 layers: it needs dtype=float32, "
+         f"got dtype={cfg.dtype}")
     return cfg
 
 
@@ -118,17 +123,20 @@ def init_model(name: str, seed: int, device):
 
 
 def loss_gradient(model, task, batch, *, method: str, tol: float, gradient: str,
-                  seminorm: bool, max_steps: int) -> dict:
+                  seminorm: bool, max_steps: int, precision: str = "fp32") -> dict:
     """The gradient of the task's loss of the model on ``batch`` (cross-entropy, or a
     density model's NLL) with the ODE block solved by odeint with ``gradient``; returns
     {"grads": [tensor per parameter], stats, seconds, block MiB}.
 
     The block is solved here rather than by ODEBlock.forward, which knows only the
     adjoint and backprop; everything else (``ode_input``, ``ode_output``, t0/t1) is the
-    model's."""
+    model's. ``precision`` as train's: bf16 autocasts the layers, f included, while the
+    ODE state and the solver stay in the model's dtype (ODEBlock's fast path)."""
     import torch
 
     from odenet.measure import ActivationMeter, synchronize
+    from odenet.models.blocks import autocast_func
+    from odenet.runtime import autocast
     from odenet.solvers import FIXED_METHODS, SolveStats, odeint
 
     x = batch[0]
@@ -145,11 +153,16 @@ def loss_gradient(model, task, batch, *, method: str, tol: float, gradient: str,
     stats = SolveStats()
     synchronize(x.device)
     t0 = time.perf_counter()
-    h0 = model.ode_input(x)
+    func = block.func
+    with autocast(precision, x.device):
+        h0 = model.ode_input(x).to(x.dtype)
+    if precision != "fp32":
+        func = autocast_func(block.func, x.device.type, torch.bfloat16)
     with ActivationMeter(model) as m:  # around the ODE block's solve only
-        h1 = odeint(block.func, h0, block.times.to(x.dtype), method=method, rtol=tol,
+        h1 = odeint(func, h0, block.times.to(x.dtype), method=method, rtol=tol,
                     atol=tol, options=options, gradient=gradient, stats=stats, **adj)[-1]
-    loss = task.loss(model.ode_output(h1), batch)
+    with autocast(precision, x.device):
+        loss = task.loss(model.ode_output(h1), batch)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     synchronize(x.device)
     seconds = time.perf_counter() - t0
@@ -283,7 +296,9 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
             try:
                 runs = [loss_gradient(net_, task, _as(b, net_dtype(net_)), method=method,
                                       tol=tol, gradient="backprop", seminorm=False,
-                                      max_steps=cfg.max_num_steps) for b in batches]
+                                      max_steps=cfg.max_num_steps,
+                                      precision=cfg.precision if dt == cfg.dtype else "fp32")
+                        for b in batches]
                 discrete[key] = ([r["grads"] for r in runs],
                                  _mean([r["nfe_forward"] for r in runs]))
             except SolverError as e:
@@ -295,7 +310,8 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
         for name in cfg.methods:
             method = solve_method(name)
             row: dict[str, Any] = {"gradient_method": name, "method": method, "rtol": tol,
-                                   "atol": tol, "dtype": cfg.dtype}
+                                   "atol": tol, "dtype": cfg.dtype,
+                                   "precision": cfg.precision}
             try:
                 row.update(status="ok", reason=None,
                            **_measure_one(cfg, task, net, net64, batches, refs, names, name,
@@ -360,7 +376,7 @@ def _measure_one(cfg, task, net, net64, batches, refs, names, name, method, tol,
             r = loss_gradient(net, task, _as(batch, dtype), method=method, tol=tol,
                               gradient=GRADIENT_METHODS[name],
                               seminorm=name == "adjoint_seminorm",
-                              max_steps=cfg.max_num_steps)
+                              max_steps=cfg.max_num_steps, precision=cfg.precision)
             if best is None or r["seconds"] < best["seconds"]:
                 best = r
         runs.append(best)

@@ -93,6 +93,21 @@ def test_float64_discrete_gradients_agree_to_round_off(tmp_path):
         assert row["error_vs_discrete"] <= 1e-10, row["gradient_method"]
 
 
+def test_bf16_gradients_are_measured_against_the_same_reference(tmp_path):
+    """precision=bf16 measures the fast path's gradients: the same float64 reference, the
+    discrete comparison in bf16 too (backprop's error against it is 0: the same solve)."""
+    out = {p: tmp_path / f"{p}.json" for p in ("fp32", "bf16")}
+    for p, path in out.items():
+        assert G.main(["checkpoint=init", f"out={path}", f"precision={p}",
+                       "methods=[backprop,adjoint]", *FAST]) == 0
+    rec = {p: rows(json.loads(path.read_text())) for p, path in out.items()}
+    for name in ("backprop", "adjoint"):
+        fp32, bf16 = rec["fp32"][name], rec["bf16"][name]
+        assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+        assert bf16["error"] != fp32["error"] and bf16["error"] < fp32["error"] + 0.05
+    assert rec["bf16"]["backprop"]["error_vs_discrete"] == 0
+
+
 @pytest.mark.parametrize("arg, message", [
     ("methods=[adjoint,sgd]", "methods: 'sgd' is not a gradient method; accepted: backprop"),
     ("tolerances=[0]", "tolerances: 0.0 is not a positive number"),
@@ -100,10 +115,13 @@ def test_float64_discrete_gradients_agree_to_round_off(tmp_path):
     ("dtype=float16", "dtype='float16'; accepted: float32, float64"),
     ("checkpoint=/nonexistent/checkpoint.pt", "checkpoint=/nonexistent/checkpoint.pt"),
     ("model=resnet", "model='resnet': checkpoint=init needs a classifier with one ODE block"),
+    ("precision=fp16", "precision='fp16' is not one of: fp32, bf16"),
+    ("precision=bf16 dtype=float64", "precision=bf16 autocasts float32 layers: it needs "
+                                     "dtype=float32, got dtype=float64"),
 ])
 def test_bad_input_is_one_line_exit_2(arg, message, capsys, tmp_path):
     base = ["checkpoint=init", f"out={tmp_path / 'g.json'}", *FAST]
-    assert G.main([*base, arg]) == 2
+    assert G.main([*base, *arg.split()]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("odenet gradients: error: ")
     assert message in err

@@ -148,7 +148,7 @@ class ODEBlock(nn.Module):
             return self._solve(self.func, x)
         # mixed precision: the state, the solver's stages, error control, dense output and
         # the adjoint's state stay in the block's dtype; only f runs under autocast
-        func = _autocast_func(self.func, device, torch.get_autocast_dtype(device))
+        func = autocast_func(self.func, device, torch.get_autocast_dtype(device))
         with torch.autocast(device, enabled=False):
             return self._solve(func, x.to(self.times.dtype))
 
@@ -168,7 +168,7 @@ class ODEBlock(nn.Module):
         return s + (f", step_size={self.step_size:g}" if self.method in FIXED_METHODS else "")
 
 
-def _autocast_func(func: nn.Module, device: str, dtype: torch.dtype):
+def autocast_func(func: nn.Module, device: str, dtype: torch.dtype):
     """f under autocast, its output in the state's dtype (the solver checks it). Every
     call enters autocast itself, so the adjoint's and checkpoint's re-evaluations in
     backward, which run outside the caller's autocast region, compute in bf16 too."""
