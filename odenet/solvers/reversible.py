@@ -138,7 +138,7 @@ def _adaptive(fn, y0, f, times, rtol, atol, options, tally, norm, order, accept)
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
     control = make_controller(options, order)
-    floor = max(options["fail_below_step"], float_floor(y0.dtype, t0, t_end))
+    fail_below = options["fail_below_step"]
     max_steps = options["max_num_steps"]
     # a callable norm gets h * err / scale (torchdiffeq's convention, as rk.py)
     user_norm = callable(norm)
@@ -146,7 +146,8 @@ def _adaptive(fn, y0, f, times, rtol, atol, options, tally, norm, order, accept)
     h = options["first_step"]
     if h is None:
         probe = _Probe(fn, tally, norm, order)
-        h = max(_initial_step(probe, t0, y0, f, rtol, atol, direction), floor)
+        h = max(_initial_step(probe, t0, y0, f, rtol, atol, direction),
+                float_floor(y0.dtype, t0))
     h = control.first(h)
     t, y, yh = t0, y0, y0
     next_out, nonfinite = 1, False
@@ -157,11 +158,11 @@ def _adaptive(fn, y0, f, times, rtol, atol, options, tally, norm, order, accept)
                               "loosen rtol/atol")
         remaining = (times[next_out] - t) * direction
         # no dense output: every output time is a step's end (never a sliver before it)
-        last = h >= remaining - floor
+        last = h >= remaining - max(fail_below, float_floor(y0.dtype, t, times[next_out]))
         bounded = control.must_accept(h)
         if last:
             h = remaining
-        if h < floor:
+        if h < max(fail_below, float_floor(y0.dtype, t)):  # the floor follows t, as rk.py
             cause = "the state or func's output became NaN/Inf" if nonfinite else \
                 "step size underflow"
             raise SolverError(f"{cause} {_where(t, h, tally)} (integrating to "

@@ -34,7 +34,8 @@ FIRST_STEP_SMALL = 1e-5
 FIRST_STEP_FLAT = 1e-15  # derivatives below this: no curvature information
 FIRST_STEP_FLAT_SHRINK = 1e-3
 FIRST_STEP_GROWTH = 100
-# the smallest step float arithmetic resolves at time t: FLOOR_ULPS * eps * |t|
+# the smallest step float arithmetic resolves at time t: FLOOR_ULPS * eps * |t| (a
+# margin of ulps, so the step still moves t in the state's dtype, which func sees)
 FLOOR_ULPS = 16
 
 
@@ -294,9 +295,7 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None
     max_steps = options["max_num_steps"]
     control = make_controller(options, tab.order)
     clamp = options["last_step"] == "clamp"
-    # never step below what float arithmetic can resolve at this t
-    floor = float_floor(y0.dtype, t0, t_end)
-    min_step_floor = max(options["fail_below_step"], floor)
+    fail_below = options["fail_below_step"]
 
     k1 = st.first_stage(t0, y0)
     if not bool(torch.isfinite(k1).all()):
@@ -304,9 +303,9 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None
                           "check the initial value and the function")
     h = options["first_step"]
     if h is None:
-        # the estimate can fall below what float32 resolves (f0 = 0 gives 1e-6): start at
-        # the floor instead of failing there
-        h = max(_initial_step(st, t0, y0, k1, rtol, atol, direction), floor)
+        # the estimate can fall below what float32 resolves at t0 (f0 = 0 gives 1e-6):
+        # start at the floor instead of failing there
+        h = max(_initial_step(st, t0, y0, k1, rtol, atol, direction), float_floor(y0.dtype, t0))
     h = control.first(h)
     t, y = t0, y0
     nonfinite = False
@@ -318,12 +317,13 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None
                 f"(integrating to t={t_end:.6g}): the problem may be stiff; raise "
                 "max_num_steps, loosen rtol/atol, or regularize the dynamics")
         remaining = (t_end - t) * direction
-        # never leave a sliver too short to step; "overshoot" steps past t_end instead
-        last = clamp and h >= remaining - min_step_floor
+        # never leave a sliver too short to step at t_end; "overshoot" steps past it instead
+        last = clamp and h >= remaining - max(fail_below, float_floor(y0.dtype, t, t_end))
         bounded = control.must_accept(h)  # before the cut: it may lengthen h by a hair
         if last:
             h = remaining
-        if h < min_step_floor:
+        # the floor follows t: a step is refused only where it no longer moves t in float
+        if h < max(fail_below, float_floor(y0.dtype, t)):
             cause = ("the state or func's output became NaN/Inf" if nonfinite
                      else "step size underflow")
             raise SolverError(
