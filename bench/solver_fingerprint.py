@@ -9,6 +9,7 @@ must not change a single result.
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import torch
 
@@ -49,29 +50,28 @@ def cases():
         func = MLP(3, dtype)
         y0 = torch.tensor([0.5, -1.0, 2.0], dtype=dtype)
         t = torch.tensor([0.0, 0.3, 1.0, 2.5], dtype=dtype)
+        solve = partial(run, func, y0)
         for method in ADAPTIVE:
             rev = "reversible" in method
             grads = ["backprop", "adjoint", "reversible" if rev else "checkpoint"]
             for last in (("clamp",) if rev else ("clamp", "overshoot")):
                 for g in grads:
                     yield (f"{dtype}-{method}-{last}-{g}",
-                           lambda m=method, la=last, g=g: run(
-                               func, y0, t, method=m, rtol=1e-5, atol=1e-7,
-                               options={"last_step": la}, gradient=g))
+                           partial(solve, t, method=method, rtol=1e-5, atol=1e-7,
+                                   options={"last_step": last}, gradient=g))
             yield (f"{dtype}-{method}-reverse-time",
-                   lambda m=method: run(func, y0, t.flip(0), method=m, rtol=1e-4, atol=1e-6))
+                   partial(solve, t.flip(0), method=method, rtol=1e-4, atol=1e-6))
         for method in FIXED:
             yield (f"{dtype}-{method}-fixed",
-                   lambda m=method: run(func, y0, t, method=m, options={"step_size": 0.1}))
-        yield (f"{dtype}-dopri5-PI-bounds-seminorm", lambda: run(
-            func, y0, t, rtol=1e-6, atol=1e-8, adjoint=True,
-            adjoint_options={"norm": "seminorm"},
+                   partial(solve, t, method=method, options={"step_size": 0.1}))
+        yield (f"{dtype}-dopri5-PI-bounds-seminorm", partial(
+            solve, t, rtol=1e-6, atol=1e-8, adjoint=True, adjoint_options={"norm": "seminorm"},
             options={"controller": "PI", "max_step": 0.2, "first_step": 0.05}))
-        yield (f"{dtype}-dopri5-elementwise-tol", lambda: run(
-            func, y0, t, rtol=torch.tensor([1e-4, 1e-6, 1e-5], dtype=dtype), atol=1e-7))
-        yield (f"{dtype}-rk-zero-f", lambda: _zero_f(dtype))
-        yield (f"{dtype}-event", lambda: _event(func, y0))
-    yield ("float32-odenet-block", lambda: _block())
+        yield (f"{dtype}-dopri5-elementwise-tol", partial(
+            solve, t, rtol=torch.tensor([1e-4, 1e-6, 1e-5], dtype=dtype), atol=1e-7))
+        yield (f"{dtype}-rk-zero-f", partial(_zero_f, dtype))
+        yield (f"{dtype}-event", partial(_event, func, y0))
+    yield ("float32-odenet-block", _block)
 
 
 def _zero_f(dtype):

@@ -43,6 +43,9 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time: bool = False,
     if not problem.method.adaptive or problem.method.family != "rk":  # bisects RK dense output
         raise ValueError(f"odeint_event needs an adaptive method of the Runge-Kutta family, "
                          f"got {problem.method.name!r}")
+    if problem.options["jump_t"]:  # the event search steps without them
+        raise ValueError("odeint_event does not take options['jump_t']; solve with odeint "
+                         "up to the jump first")
     stats = kwargs.get("stats") or SolveStats()
     with torch.no_grad():
         sign0 = torch.sign(event_fn(problem.time(problem.times[0]), problem.split(problem.y0)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -41,6 +42,17 @@ FLOOR_ULPS = 16
 
 def float_floor(dtype: torch.dtype, *times: float) -> float:
     return FLOOR_ULPS * torch.finfo(dtype).eps * max(*(abs(t) for t in times), 1e-300)
+
+
+class Step(NamedTuple):
+    """An accepted step, as the checkpointed gradient replays it (`replay_step`)."""
+
+    t: float
+    dt: float
+    t1: float  # where it ended (exactly an output time or jump when it was cut to one)
+    y: torch.Tensor  # a copy of its start state
+    t_first: float | None = None  # its first stage's time, if not t (just past a jump)
+    t_last: float | None = None  # its c = 1 stages' time, if not t + dt (just before one)
 
 
 @dataclass
@@ -85,15 +97,18 @@ class _Stepper:
             return self.K[0]
         return f
 
-    def step(self, t: float, y: torch.Tensor, h: float, k1, end_only: bool = False):
+    def step(self, t: float, y: torch.Tensor, h: float, k1, end_only: bool = False,
+             t_last: float | None = None):
         """One step from (t, y) with step h; k1 = f(t, y) if already known (FSAL).
         end_only: only the end state is wanted (no error estimate, no dense output), so an
-        FSAL tableau's last stage, f at the end state, is not evaluated."""
+        FSAL tableau's last stage, f at the end state, is not evaluated. t_last: the time
+        of the stages at the step's end (c = 1) when it is not t + h: just before a jump,
+        so they see f on the near side, as torchdiffeq."""
         tab = self.tab
         if k1 is None:
             k1 = self.first_stage(t, y)
         if self.inplace:
-            return self._step_inplace(t, y, h)
+            return self._step_inplace(t, y, h, t_last)
         ks = [k1]
         y1 = None
         for i in range(1, tab.stages):
@@ -102,19 +117,19 @@ class _Stepper:
                 y1 = yi
                 if end_only:
                     break
-            ks.append(self.eval(t + tab.c[i] * h, yi))
+            ks.append(self.eval(_stage_time(t, tab.c[i], h, t_last), yi))
         if y1 is None:
             y1 = _combine(y, ks, tab.b, h)
         return y1, ks
 
-    def _step_inplace(self, t, y, h):
+    def _step_inplace(self, t, y, h, t_last):
         tab, K = self.tab, self.K
         y1_buf = self.state_bufs[0] if y is not self.state_bufs[0] else self.state_bufs[1]
         last = tab.stages - 1
         for i in range(1, tab.stages):
             out = y1_buf if (tab.fsal and i == last) else self.stage_buf
             yi = torch.addmv(y, K[:i].T, self.a[i], alpha=h, out=out)
-            K[i].copy_(self.eval(t + tab.c[i] * h, yi))
+            K[i].copy_(self.eval(_stage_time(t, tab.c[i], h, t_last), yi))
         if not tab.fsal:
             torch.addmv(y, K.T, self.b, alpha=h, out=y1_buf)
         return y1_buf, K
@@ -162,6 +177,10 @@ class _Stepper:
         return _combine(y, ks, weights, h)
 
 
+def _stage_time(t: float, c: float, h: float, t_last: float | None) -> float:
+    return t_last if (t_last is not None and c == 1.0) else t + c * h
+
+
 # Buffers of finished in-place solves, reused by the next solve of the same size: fresh
 # multi-MB allocations cost page faults on every solve (measured ~0.5 ms per MiB on CPU).
 # A buffer set is checked out while a solve uses it, so nested solves never share one.
@@ -204,9 +223,8 @@ def solve(fn: FlatFunc, y0: torch.Tensor, times: list[float], method, rtol, atol
 
     `method`: a registry.Method or a Tableau. `rtol`/`atol`: floats or tensors of N values.
     `norm`: slices of the state for the error norm (the adjoint's [z, a, g]; default one),
-    or a callable on the flat state. `trace`, if a list, gets (t, dt, t1, y) for every
-    accepted step, y a copy of the step's start state (the checkpointed gradient replays
-    them; see `replay_step`).
+    or a callable on the flat state. `trace`, if a list, gets a `Step` for every accepted
+    step (the checkpointed gradient replays them; see `replay_step`).
     """
     tab = getattr(method, "tableau", None) or method
     if norm is None:
@@ -256,7 +274,7 @@ def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None):
             t = ta + direction * k * step_size if k else ta
             h = (tb - t) if k == n - 1 else direction * step_size  # last step lands on tb
             if trace is not None:  # copied: y may be a pooled buffer the next step reuses
-                trace.append((t, h, tb if k == n - 1 else t + h, y.clone()))
+                trace.append(Step(t, h, tb if k == n - 1 else t + h, y.clone()))
             y, _ = st.step(t, y, h, None)
             st.tally.accepted += 1
         if emit is not None:
@@ -268,6 +286,13 @@ def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None):
                 f"the state became NaN/Inf {_where(tb, step_size or abs(tb - ta), st.tally)}: "
                 "use a smaller step_size or an adaptive method")
     return ys
+
+
+def just_past(t: float, direction: float, dtype: torch.dtype) -> float:
+    """The first time after t in `direction` that func sees as another time (t in the
+    state's dtype, as odeint passes it): f there is f on that side of a jump at t."""
+    here = torch.tensor(t, dtype=dtype)
+    return float(torch.nextafter(here, torch.tensor(direction * math.inf, dtype=dtype)))
 
 
 def _initial_step(st: _Stepper, t0, y0, f0, rtol, atol, direction) -> float:
@@ -297,6 +322,12 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None
     clamp = options["last_step"] == "clamp"
     fail_below = options["fail_below_step"]
 
+    # times where f jumps (torchdiffeq's jump_t), in the order the solve meets them: a
+    # step that would cross one ends on it, and the next starts with f just past it
+    jumps = sorted((j for j in options["jump_t"] if (j - t0) * direction > 0),
+                   key=lambda j: j * direction)
+    next_jump = 0
+
     k1 = st.first_stage(t0, y0)
     if not bool(torch.isfinite(k1).all()):
         raise SolverError(f"func returned NaN/Inf at the initial state (t={t0:.6g}): "
@@ -307,7 +338,7 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None
         # start at the floor instead of failing there
         h = max(_initial_step(st, t0, y0, k1, rtol, atol, direction), float_floor(y0.dtype, t0))
     h = control.first(h)
-    t, y = t0, y0
+    t, y, t_first = t0, y0, t0  # t_first: where the step's first stage is evaluated
     nonfinite = False
     next_out = 1
     while next_out < len(times):
@@ -316,9 +347,15 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None
                 f"max_num_steps={max_steps} exceeded {_where(t, h, tally)} "
                 f"(integrating to t={t_end:.6g}): the problem may be stiff; raise "
                 "max_num_steps, loosen rtol/atol, or regularize the dynamics")
-        remaining = (t_end - t) * direction
-        # never leave a sliver too short to step at t_end; "overshoot" steps past it instead
-        last = clamp and h >= remaining - max(fail_below, float_floor(y0.dtype, t, t_end))
+        # the next time a step must end on: a jump before t_end, or t_end ("overshoot"
+        # steps past t_end instead)
+        at_jump = next_jump < len(jumps) and (not clamp or (t_end - jumps[next_jump])
+                                              * direction > 0)
+        stop = jumps[next_jump] if at_jump else t_end
+        remaining = (stop - t) * direction
+        # never leave a sliver too short to step before it
+        last = ((clamp or at_jump)
+                and h >= remaining - max(fail_below, float_floor(y0.dtype, t, stop)))
         bounded = control.must_accept(h)  # before the cut: it may lengthen h by a hair
         if last:
             h = remaining
@@ -330,14 +367,16 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None
                 f"{cause} {_where(t, h, tally)} (integrating to t={t_end:.6g}): the "
                 "dynamics may be stiff or unstable; loosen rtol/atol or check func")
         dt = direction * h
-        y1, ks = st.step(t, y, dt, k1)
+        t_last = just_past(stop, -direction, y0.dtype) if last and at_jump else None
+        y1, ks = st.step(t, y, dt, k1, t_last=t_last)
         ratio = st.error_ratio(y, y1, ks, dt, rtol, atol)
         # NaN compares False: rejected
         if ratio <= 1.0 or (bounded and math.isfinite(ratio)):
             tally.accepted += 1
-            t1 = t_end if last else t + dt
+            t1 = stop if last else t + dt
             if trace is not None:  # copied: y is a pooled buffer the next step reuses
-                trace.append((t, dt, t1, y.clone()))
+                trace.append(Step(t, dt, t1, y.clone(), None if t_first == t else t_first,
+                                  t_last))
             while next_out < len(times) and (t1 - times[next_out]) * direction >= 0:
                 if times[next_out] == t1:
                     value = y1
@@ -349,8 +388,12 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None
                 if emit is None:
                     ys.append(value)
                 next_out += 1
-            t, y = t1, y1
-            if tab.fsal:
+            t, y, t_first = t1, y1, t1
+            if last and at_jump:  # FSAL's last stage is f on the jump's near side
+                next_jump += 1
+                t_first = just_past(t1, direction, y0.dtype)
+                k1 = st.first_stage(t_first, y1)
+            elif tab.fsal:
                 k1 = st.next_first_stage(ks)
             else:
                 k1 = None
@@ -368,13 +411,16 @@ def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None
     return ys
 
 
-def replay_step(fn: FlatFunc, tab: Tableau, t: float, y: torch.Tensor, dt: float,
-                thetas: list[float], tally: Tally):
-    """One accepted step again, recorded by autograd (call under grad mode): its end state
-    and the dense output at each theta. The same arithmetic as the step under grad, so
-    its vector-Jacobian product is backprop's for that step; k1 is evaluated afresh (a
-    forward FSAL stage was the same f at the same point). Without dense outputs an FSAL
-    tableau's last stage is skipped: the end state does not depend on it."""
+def replay_step(fn: FlatFunc, tab: Tableau, step: Step, y: torch.Tensor, thetas: list[float],
+                tally: Tally):
+    """One accepted step again from y (its start state), recorded by autograd (call under
+    grad mode): its end state and the dense output at each theta. The same arithmetic as
+    the step under grad, at the same stage times, so its vector-Jacobian product is
+    backprop's for that step; k1 is evaluated afresh (a forward FSAL stage was the same f
+    at the same point). Without dense outputs an FSAL tableau's last stage is skipped:
+    the end state does not depend on it."""
     st = _Stepper(fn, tab, y, tally, None)
-    y1, ks = st.step(t, y, dt, None, end_only=not thetas)
+    t, dt = step.t, step.dt
+    k1 = st.first_stage(t if step.t_first is None else step.t_first, y)
+    y1, ks = st.step(t, y, dt, k1, end_only=not thetas, t_last=step.t_last)
     return y1, [st.dense(y, ks, dt, theta, None) for theta in thetas]
