@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from .controllers import make_controller
+from .adaptive import drive, just_past, where
 from .stats import SolverError
 from .tableaus import Tableau
 
@@ -35,15 +35,6 @@ FIRST_STEP_SMALL = 1e-5
 FIRST_STEP_FLAT = 1e-15  # derivatives below this: no curvature information
 FIRST_STEP_FLAT_SHRINK = 1e-3
 FIRST_STEP_GROWTH = 100
-# the smallest step float arithmetic resolves at time t: FLOOR_ULPS * eps * |t| (a
-# margin of ulps, so the step still moves t in the state's dtype, which func sees)
-FLOOR_ULPS = 16
-
-
-def float_floor(dtype: torch.dtype, *times: float) -> float:
-    return FLOOR_ULPS * torch.finfo(dtype).eps * max(*(abs(t) for t in times), 1e-300)
-
-
 class Step(NamedTuple):
     """An accepted step, as the checkpointed gradient replays it (`replay_step`)."""
 
@@ -246,7 +237,7 @@ def solve(fn: FlatFunc, y0: torch.Tensor, times: list[float], method, rtol, atol
 
 
 def _where(t: float, h: float, tally: Tally) -> str:
-    return f"at t={t:.6g} with step size {h:.3g} after {tally.nfe} function evaluations"
+    return where(t, h, tally.nfe)
 
 
 def fixed_grid(times: list[float], step_size: float | None, max_steps: int | None) -> list[int]:
@@ -288,13 +279,6 @@ def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None):
     return ys
 
 
-def just_past(t: float, direction: float, dtype: torch.dtype) -> float:
-    """The first time after t in `direction` that func sees as another time (t in the
-    state's dtype, as odeint passes it): f there is f on that side of a jump at t."""
-    here = torch.tensor(t, dtype=dtype)
-    return float(torch.nextafter(here, torch.tensor(direction * math.inf, dtype=dtype)))
-
-
 def _initial_step(st: _Stepper, t0, y0, f0, rtol, atol, direction) -> float:
     """Hairer & Wanner (II.4): a first step from the scale of y0, f0 and one probe of f."""
     with torch.no_grad():
@@ -314,101 +298,82 @@ def _initial_step(st: _Stepper, t0, y0, f0, rtol, atol, direction) -> float:
 
 
 def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None):
-    tab, tally = st.tab, st.tally
-    t0, t_end = times[0], times[-1]
-    direction = 1.0 if t_end > t0 else -1.0
-    max_steps = options["max_num_steps"]
-    control = make_controller(options, tab.order)
-    clamp = options["last_step"] == "clamp"
-    fail_below = options["fail_below_step"]
-
-    # times where f jumps (torchdiffeq's jump_t), in the order the solve meets them: a
-    # step that would cross one ends on it, and the next starts with f just past it
-    jumps = sorted((j for j in options["jump_t"] if (j - t0) * direction > 0),
-                   key=lambda j: j * direction)
-    next_jump = 0
-
-    k1 = st.first_stage(t0, y0)
-    if not bool(torch.isfinite(k1).all()):
-        raise SolverError(f"func returned NaN/Inf at the initial state (t={t0:.6g}): "
-                          "check the initial value and the function")
-    h = options["first_step"]
-    if h is None:
-        # the estimate can fall below what float32 resolves at t0 (f0 = 0 gives 1e-6):
-        # start at the floor instead of failing there
-        h = max(_initial_step(st, t0, y0, k1, rtol, atol, direction), float_floor(y0.dtype, t0))
-    h = control.first(h)
-    t, y, t_first = t0, y0, t0  # t_first: where the step's first stage is evaluated
-    nonfinite = False
-    next_out = 1
-    while next_out < len(times):
-        if tally.accepted + tally.rejected >= max_steps:
-            raise SolverError(
-                f"max_num_steps={max_steps} exceeded {_where(t, h, tally)} "
-                f"(integrating to t={t_end:.6g}): the problem may be stiff; raise "
-                "max_num_steps, loosen rtol/atol, or regularize the dynamics")
-        # the next time a step must end on: a jump before t_end, or t_end ("overshoot"
-        # steps past t_end instead)
-        at_jump = next_jump < len(jumps) and (not clamp or (t_end - jumps[next_jump])
-                                              * direction > 0)
-        stop = jumps[next_jump] if at_jump else t_end
-        remaining = (stop - t) * direction
-        # never leave a sliver too short to step before it
-        last = ((clamp or at_jump)
-                and h >= remaining - max(fail_below, float_floor(y0.dtype, t, stop)))
-        bounded = control.must_accept(h)  # before the cut: it may lengthen h by a hair
-        if last:
-            h = remaining
-        # the floor follows t: a step is refused only where it no longer moves t in float
-        if h < max(fail_below, float_floor(y0.dtype, t)):
-            cause = ("the state or func's output became NaN/Inf" if nonfinite
-                     else "step size underflow")
-            raise SolverError(
-                f"{cause} {_where(t, h, tally)} (integrating to t={t_end:.6g}): the "
-                "dynamics may be stiff or unstable; loosen rtol/atol or check func")
-        dt = direction * h
-        t_last = just_past(stop, -direction, y0.dtype) if last and at_jump else None
-        y1, ks = st.step(t, y, dt, k1, t_last=t_last)
-        ratio = st.error_ratio(y, y1, ks, dt, rtol, atol)
-        # NaN compares False: rejected
-        if ratio <= 1.0 or (bounded and math.isfinite(ratio)):
-            tally.accepted += 1
-            t1 = stop if last else t + dt
-            if trace is not None:  # copied: y is a pooled buffer the next step reuses
-                trace.append(Step(t, dt, t1, y.clone(), None if t_first == t else t_first,
-                                  t_last))
-            while next_out < len(times) and (t1 - times[next_out]) * direction >= 0:
-                if times[next_out] == t1:
-                    value = y1
-                    if emit is not None:
-                        emit(next_out).copy_(y1)
-                else:
-                    theta = (times[next_out] - t) / dt
-                    value = st.dense(y, ks, dt, theta, emit(next_out) if emit else None)
-                if emit is None:
-                    ys.append(value)
-                next_out += 1
-            t, y, t_first = t1, y1, t1
-            if last and at_jump:  # FSAL's last stage is f on the jump's near side
-                next_jump += 1
-                t_first = just_past(t1, direction, y0.dtype)
-                k1 = st.first_stage(t_first, y1)
-            elif tab.fsal:
-                k1 = st.next_first_stage(ks)
-            else:
-                k1 = None
-            h = control.accepted(h, ratio)
-        else:
-            tally.rejected += 1
-            h_next = control.rejected(h, ratio)
-            if not math.isfinite(ratio):
-                nonfinite = True
-                if h_next >= h:  # a step bounded below (min_step) cannot shrink past NaN
-                    raise SolverError(
-                        f"the state or func's output became NaN/Inf {_where(t, h, tally)}: "
-                        "check func, or lower options['min_step']")
-            h = h_next
+    stepping = _RKStepping(st, y0, times, rtol, atol, options, ys, emit, trace)
+    drive(stepping, times[0], stepping.direction, y0.dtype, options, st.tally)
     return ys
+
+
+class _RKStepping:
+    """The Runge-Kutta family's side of the adaptive loop (adaptive.py): its steps, error
+    ratio, dense outputs, FSAL and the jumps of options["jump_t"]."""
+
+    def __init__(self, st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace):
+        self.st, self.times, self.rtol, self.atol = st, times, rtol, atol
+        self.ys, self.emit, self.trace = ys, emit, trace
+        t0, t_end = times[0], times[-1]
+        self.direction = direction = 1.0 if t_end > t0 else -1.0
+        self.order, self.goal = st.tab.order, f" (integrating to t={t_end:.6g})"
+        # "clamp": steps end on t_end; "overshoot" steps past it (read from dense output)
+        self.clamp = options["last_step"] == "clamp"
+        # times where f jumps (torchdiffeq's jump_t), in the order the solve meets them: a
+        # step that would cross one ends on it, and the next starts with f just past it
+        self.jumps = sorted((j for j in options["jump_t"] if (j - t0) * direction > 0),
+                            key=lambda j: j * direction)
+        self.next_jump, self.next_out = 0, 1
+        self.y, self.t_first = y0, t0  # t_first: where the step's first stage is evaluated
+        self.k1 = st.first_stage(t0, y0)
+        if not bool(torch.isfinite(self.k1).all()):
+            raise SolverError(f"func returned NaN/Inf at the initial state (t={t0:.6g}): "
+                              "check the initial value and the function")
+
+    def first_step(self) -> float:
+        t0 = self.times[0]
+        return _initial_step(self.st, t0, self.y, self.k1, self.rtol, self.atol, self.direction)
+
+    def next_stop(self):
+        t_end, jumps = self.times[-1], self.jumps
+        if self.next_jump < len(jumps) and (not self.clamp or
+                                            (t_end - jumps[self.next_jump]) * self.direction > 0):
+            return jumps[self.next_jump], True
+        return (t_end, False) if self.clamp else None
+
+    def attempt(self, t, dt, t1, t_last) -> float:
+        self.t_last = t_last
+        self.y1, self.ks = self.st.step(t, self.y, dt, self.k1, t_last=t_last)
+        return self.st.error_ratio(self.y, self.y1, self.ks, dt, self.rtol, self.atol)
+
+    def accept(self, t, dt, t1, jump) -> bool:
+        st, times, y, y1, ks, emit = self.st, self.times, self.y, self.y1, self.ks, self.emit
+        if self.trace is not None:  # copied: y is a pooled buffer the next step reuses
+            self.trace.append(Step(t, dt, t1, y.clone(),
+                                   None if self.t_first == t else self.t_first, self.t_last))
+        while self.next_out < len(times) and (t1 - times[self.next_out]) * self.direction >= 0:
+            i = self.next_out
+            if times[i] == t1:
+                value = y1
+                if emit is not None:
+                    emit(i).copy_(y1)
+            else:
+                value = st.dense(y, ks, dt, (times[i] - t) / dt, emit(i) if emit else None)
+            if emit is None:
+                self.ys.append(value)
+            self.next_out += 1
+        self.y, self.t_first = y1, t1
+        if jump:  # FSAL's last stage is f on the jump's near side
+            self.next_jump += 1
+            self.t_first = just_past(t1, self.direction, y1.dtype)
+            self.k1 = st.first_stage(self.t_first, y1)
+        elif st.tab.fsal:
+            self.k1 = st.next_first_stage(ks)
+        else:
+            self.k1 = None
+        return self.next_out == len(times)
+
+    def exhausted(self, t, h, max_steps) -> SolverError:
+        return SolverError(
+            f"max_num_steps={max_steps} exceeded {_where(t, h, self.st.tally)}{self.goal}: the "
+            "problem may be stiff; raise max_num_steps, loosen rtol/atol, or regularize the "
+            "dynamics")
 
 
 def replay_step(fn: FlatFunc, tab: Tableau, step: Step, y: torch.Tensor, thetas: list[float],
