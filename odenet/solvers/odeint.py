@@ -100,13 +100,21 @@ def odeint(func: Func, y0, t, method: str | None = DEFAULT_METHOD, rtol=1e-7, at
     """
     gradient = _gradient(gradient, adjoint)
     problem = validate(func, y0, t, method, rtol, atol, options)
-    if gradient == "backprop" and "backprop" not in problem.method.gradients:
-        _check_nothing_to_backprop(func, problem)
+    back, params = None, ()
     if gradient != "backprop":
         if gradient == "adjoint":
             back = _validate_adjoint_options(adjoint_options, problem)
         _check_gradient_method(gradient, problem.method)
         params = _adjoint_params(func, adjoint_params, gradient)
+    return run(problem, gradient, params, back, stats)
+
+
+def run(problem: Problem, gradient: str, params: tuple, back: dict | None,
+        stats: SolveStats | None):
+    """The validated solve: `gradient` checked against the method, `params` the tensors
+    differentiated (adjoint, checkpoint, reversible), `back` the adjoint's settings."""
+    if gradient == "backprop" and "backprop" not in problem.method.gradients:
+        _check_nothing_to_backprop(problem.func, problem)
     stats = stats if stats is not None else SolveStats()
     if len(problem.times) == 1:
         return problem.unflatten(problem.y0[None].clone())
