@@ -35,6 +35,8 @@ FIRST_STEP_SMALL = 1e-5
 FIRST_STEP_FLAT = 1e-15  # derivatives below this: no curvature information
 FIRST_STEP_FLAT_SHRINK = 1e-3
 FIRST_STEP_GROWTH = 100
+
+
 class Step(NamedTuple):
     """An accepted step, as the checkpointed gradient replays it (`replay_step`)."""
 
