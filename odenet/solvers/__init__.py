@@ -26,6 +26,7 @@ from .registry import (
                        gradient_refusal,
                        method_unavailable,
 )
+from .spec import PreparedSolve, SolveSpec, prepare
 from .stats import SolverError, SolveStats
 from .tableaus import TABLEAUS
 
@@ -33,4 +34,4 @@ __all__ = ["odeint", "odeint_adjoint", "odeint_event", "SolveStats", "SolverErro
            "FIXED_METHODS", "ADAPTIVE_METHODS", "TABLEAUS", "REGISTRY", "DEFAULT_MAX_NUM_STEPS",
            "IController", "PIController", "BoundedController", "GRADIENTS", "RK_METHODS",
            "REVERSIBLE_METHODS", "ADJOINT_ONLY_METHODS", "gradient_refusal",
-           "method_unavailable"]
+           "method_unavailable", "SolveSpec", "PreparedSolve", "prepare"]

@@ -31,7 +31,7 @@ def assign_outputs(trace: list, times: list[float]) -> list[list[tuple[int, floa
     or None for the step's end state) -- the same comparisons as rk._adaptive's."""
     direction = 1.0 if times[-1] > times[0] else -1.0
     per_step, next_out = [], 1
-    for t, dt, t1, _ in trace:
+    for t, dt, t1, *_ in trace:  # rk.Step
         outs = []
         while next_out < len(times) and (t1 - times[next_out]) * direction >= 0:
             outs.append((next_out, None if times[next_out] == t1
@@ -57,8 +57,8 @@ class _CheckpointSolve(torch.autograd.Function):
             stats.steps_rejected += tally.rejected
         # the states through save_for_backward, so saved-tensor hooks (ActivationMeter)
         # see them; the floats stay on ctx
-        ctx.context, ctx.steps = context, [(t, dt, t1) for t, dt, t1, _ in trace]
-        ctx.save_for_backward(ys, *(y for *_, y in trace))
+        ctx.context, ctx.steps = context, [step._replace(y=None) for step in trace]
+        ctx.save_for_backward(ys, *(step.y for step in trace))
         return ys
 
     @staticmethod
@@ -66,21 +66,21 @@ class _CheckpointSolve(torch.autograd.Function):
     def backward(ctx, grad_ys):
         ys, *starts = ctx.saved_tensors
         problem, params, stats = ctx.context
-        trace, times = [(*step, y) for step, y in zip(ctx.steps, starts)], problem.times
+        trace, times = ctx.steps, problem.times
         fn, tab = problem.flat_func(), problem.tableau
         outputs = assign_outputs(trace, times)
         a = torch.zeros_like(ys[0])  # dL/d(the state after the step being replayed)
         grads = [torch.zeros_like(p) for p in params]
         tally = Tally()
         try:
-            for (t, dt, _, y), outs in zip(reversed(trace), reversed(outputs)):
+            for step, y, outs in zip(reversed(trace), reversed(starts), reversed(outputs)):
                 dense = [(i, theta) for i, theta in outs if theta is not None]
                 for i, theta in outs:
                     if theta is None:
                         a = a + grad_ys[i]
                 with torch.enable_grad():
                     y = y.detach().requires_grad_(True)
-                    y1, values = replay_step(fn, tab, t, y, dt, [th for _, th in dense], tally)
+                    y1, values = replay_step(fn, tab, step, y, [th for _, th in dense], tally)
                     vjps = torch.autograd.grad(
                         [y1, *values], (y, *params), [a, *(grad_ys[i] for i, _ in dense)],
                         allow_unused=True)

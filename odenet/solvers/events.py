@@ -15,12 +15,10 @@ The solve runs twice (find, then differentiate): about twice torchdiffeq's NFE.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import rk
-from .controllers import make_controller
+from .adaptive import drive
 from .odeint import odeint, validate
 from .stats import SolverError, SolveStats
 
@@ -43,6 +41,9 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time: bool = False,
     if not problem.method.adaptive or problem.method.family != "rk":  # bisects RK dense output
         raise ValueError(f"odeint_event needs an adaptive method of the Runge-Kutta family, "
                          f"got {problem.method.name!r}")
+    if problem.options["jump_t"]:  # the event search steps without them
+        raise ValueError("odeint_event does not take options['jump_t']; solve with odeint "
+                         "up to the jump first")
     stats = kwargs.get("stats") or SolveStats()
     with torch.no_grad():
         sign0 = torch.sign(event_fn(problem.time(problem.times[0]), problem.split(problem.y0)))
@@ -68,47 +69,60 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time: bool = False,
 def _find_event(problem, event, direction: float, stats: SolveStats) -> float:
     """Adaptive steps from t0 (the problem's method, tolerances and options) until the
     event crosses zero; the crossing time located by bisection on the dense output."""
-    fn, tab, options = problem.flat_func(), problem.tableau, problem.options
-    rtol, atol = problem.rtol, problem.atol
     tally = rk.Tally()
     with torch.no_grad():
-        st = rk._Stepper(fn, tab, problem.y0, tally, problem.norm or [slice(0, problem.y0.numel())])
+        st = rk._Stepper(problem.flat_func(), problem.tableau, problem.y0, tally,
+                         problem.norm or [slice(0, problem.y0.numel())])
         try:
-            t, y = problem.times[0], problem.y0
-            if float(event(problem.time(t), y)) <= 0:
-                return t
-            control = make_controller(options, tab.order)
-            k1 = st.first_stage(t, y)
-            h = options["first_step"]
-            if h is None:
-                h = max(rk._initial_step(st, t, y, k1, rtol, atol, direction),
-                        rk.float_floor(problem.dtype, t))
-            h = control.first(h)
-            while True:
-                if tally.accepted + tally.rejected >= options["max_num_steps"]:
-                    raise SolverError(f"no event within max_num_steps={options['max_num_steps']} "
-                                      f"steps (reached t={t:.6g})")
-                if h < max(options["fail_below_step"], rk.float_floor(problem.dtype, t)):
-                    raise SolverError(f"step size underflow {rk._where(t, h, tally)} while "
-                                      "looking for the event")
-                dt = direction * h
-                y1, ks = st.step(t, y, dt, k1)
-                ratio = st.error_ratio(y, y1, ks, dt, rtol, atol)
-                if ratio <= 1.0 or (control.must_accept(h) and math.isfinite(ratio)):
-                    tally.accepted += 1
-                    if float(event(problem.time(t + dt), y1)) <= 0:
-                        return _bisect(st, event, problem, t, y, ks, dt)
-                    t, y = t + dt, y1
-                    k1 = st.next_first_stage(ks) if tab.fsal else None
-                    h = control.accepted(h, ratio)
-                else:
-                    tally.rejected += 1
-                    h = control.rejected(h, ratio)
+            t0 = problem.times[0]
+            if float(event(problem.time(t0), problem.y0)) <= 0:
+                return t0
+            stepping = _EventStepping(st, problem, event, direction)
+            drive(stepping, t0, direction, problem.dtype, problem.options, tally)
+            return stepping.t_event
         finally:
             st.release()
             stats.nfe_forward += tally.nfe
             stats.steps_accepted += tally.accepted
             stats.steps_rejected += tally.rejected
+
+
+class _EventStepping:
+    """The event search's side of the adaptive loop (adaptive.py): Runge-Kutta steps with
+    no end time, until the event has crossed zero at a step's end."""
+
+    goal = " while looking for the event"
+
+    def __init__(self, st, problem, event, direction):
+        self.st, self.problem, self.event, self.direction = st, problem, event, direction
+        self.order = st.tab.order
+        self.y = problem.y0
+        self.k1 = st.first_stage(problem.times[0], self.y)
+
+    def first_step(self) -> float:
+        p = self.problem
+        return rk._initial_step(self.st, p.times[0], self.y, self.k1, p.rtol, p.atol,
+                                self.direction)
+
+    def next_stop(self):
+        return None
+
+    def attempt(self, t, dt, t1, t_last) -> float:
+        p = self.problem
+        self.y1, self.ks = self.st.step(t, self.y, dt, self.k1)
+        return self.st.error_ratio(self.y, self.y1, self.ks, dt, p.rtol, p.atol)
+
+    def accept(self, t, dt, t1, jump) -> bool:
+        if float(self.event(self.problem.time(t1), self.y1)) <= 0:
+            self.t_event = _bisect(self.st, self.event, self.problem, t, self.y, self.ks, dt)
+            return True
+        self.y = self.y1
+        self.k1 = self.st.next_first_stage(self.ks) if self.st.tab.fsal else None
+        return False
+
+    def exhausted(self, t, h, max_steps) -> SolverError:
+        return SolverError(f"no event within max_num_steps={max_steps} steps (reached "
+                           f"t={t:.6g})")
 
 
 def _bisect(st, event, problem, t, y, ks, dt) -> float:

@@ -46,6 +46,9 @@ ADAPTIVE_OPTIONS: dict[str, Any] = {
     # t[-1], which is read from the dense output, as torchdiffeq does (NFE step for step)
     "last_step": "clamp",
     "norm": None,  # None: RMS (max over a tuple's tensors); a callable: as torchdiffeq
+    # times where func is discontinuous (torchdiffeq's): steps end on them, and f is
+    # evaluated again just past each (Runge-Kutta family only)
+    "jump_t": None,
 }
 LAST_STEPS = ("clamp", "overshoot")
 # the "odepack" family (LSODA in scipy, odepack.py): ODEPACK's own step control, error
@@ -97,13 +100,21 @@ def odeint(func: Func, y0, t, method: str | None = DEFAULT_METHOD, rtol=1e-7, at
     """
     gradient = _gradient(gradient, adjoint)
     problem = validate(func, y0, t, method, rtol, atol, options)
-    if gradient == "backprop" and "backprop" not in problem.method.gradients:
-        _check_nothing_to_backprop(func, problem)
+    back, params = None, ()
     if gradient != "backprop":
         if gradient == "adjoint":
             back = _validate_adjoint_options(adjoint_options, problem)
         _check_gradient_method(gradient, problem.method)
         params = _adjoint_params(func, adjoint_params, gradient)
+    return run(problem, gradient, params, back, stats)
+
+
+def run(problem: Problem, gradient: str, params: tuple, back: dict | None,
+        stats: SolveStats | None):
+    """The validated solve: `gradient` checked against the method, `params` the tensors
+    differentiated (adjoint, checkpoint, reversible), `back` the adjoint's settings."""
+    if gradient == "backprop" and "backprop" not in problem.method.gradients:
+        _check_nothing_to_backprop(problem.func, problem)
     stats = stats if stats is not None else SolveStats()
     if len(problem.times) == 1:
         return problem.unflatten(problem.y0[None].clone())
@@ -427,6 +438,10 @@ def _validate_options(method: Method, options: dict | None) -> dict:
             # no dense output to read t[-1] from: every output time is a step's end
             raise ValueError(f"options['last_step'] must be 'clamp' for {method.name!r} (it "
                              f"has no dense output), got {opts['last_step']!r}")
+        opts["jump_t"] = _jump_times(opts["jump_t"])
+        if method.family != "rk" and opts["jump_t"]:
+            raise ValueError(f"options['jump_t'] needs a Runge-Kutta method, got "
+                             f"{method.name!r}: use one of dopri5, bosh3, tsit5, dopri8")
         if opts["norm"] is not None and not callable(opts["norm"]):
             raise ValueError(f"options['norm'] must be a callable (the error norm), "
                              f"got {opts['norm']!r}")
@@ -434,6 +449,26 @@ def _validate_options(method: Method, options: dict | None) -> dict:
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"options['max_num_steps'] must be a positive integer, got {steps!r}")
     return opts
+
+
+def _jump_times(value) -> tuple[float, ...]:
+    """options['jump_t']: None, or a 1-D tensor or sequence of finite times; sorted floats."""
+    if value is None:
+        return ()
+    bad = ValueError("options['jump_t'] must be a 1-D tensor or sequence of finite times, "
+                     f"got {value!r}")
+    if isinstance(value, (str, bytes)) or not isinstance(value, (torch.Tensor, tuple, list)):
+        raise bad
+    try:
+        tensor = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value,
+                                 dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise bad from None
+    if tensor.dim() != 1 or not bool(torch.isfinite(tensor).all()):
+        raise bad
+    if isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool):
+        raise bad
+    return tuple(sorted(set(tensor.tolist())))
 
 
 def _gradient(gradient, adjoint) -> str:

@@ -39,8 +39,8 @@ from types import SimpleNamespace
 
 import torch
 
-from .controllers import make_controller
-from .rk import Tally, _initial_step, _where, fixed_grid, float_floor
+from .adaptive import drive
+from .rk import Tally, _initial_step, _where, fixed_grid
 from .stats import SolverError, SolveStats
 
 
@@ -101,8 +101,7 @@ def integrate(fn, y0, times, method, rtol, atol, options, tally, norm=None, path
         path.nodes.append(t)
         path.out_nodes.append(0)
 
-    def accept(t1, dt, y1, yh1, f1, output: bool):
-        tally.accepted += 1
+    def accept(t1, dt, y1, yh1, f1, output: bool):  # the step is counted by its loop
         if path is not None:
             path.nodes.append(t1)
             path.steps.append(dt)
@@ -128,6 +127,7 @@ def integrate(fn, y0, times, method, rtol, atol, options, tally, norm=None, path
                 dt = (tb - t) if last else direction * options["step_size"]
                 t1 = tb if last else t + dt
                 y, yh, f = _step(fn, t1, y, yh, f, dt, tally)
+                tally.accepted += 1
                 accept(t1, dt, y, yh, f, last)
     if path is not None:
         path.end = (y, yh)
@@ -135,60 +135,54 @@ def integrate(fn, y0, times, method, rtol, atol, options, tally, norm=None, path
 
 
 def _adaptive(fn, y0, f, times, rtol, atol, options, tally, norm, order, accept):
-    t0, t_end = times[0], times[-1]
-    direction = 1.0 if t_end > t0 else -1.0
-    control = make_controller(options, order)
-    floor = max(options["fail_below_step"], float_floor(y0.dtype, t0, t_end))
-    max_steps = options["max_num_steps"]
-    # a callable norm gets h * err / scale (torchdiffeq's convention, as rk.py)
-    user_norm = callable(norm)
-    norm = _rms(norm, y0.numel())
-    h = options["first_step"]
-    if h is None:
-        probe = _Probe(fn, tally, norm, order)
-        h = max(_initial_step(probe, t0, y0, f, rtol, atol, direction), floor)
-    h = control.first(h)
-    t, y, yh = t0, y0, y0
-    next_out, nonfinite = 1, False
-    while next_out < len(times):
-        if tally.accepted + tally.rejected >= max_steps:
-            raise SolverError(f"max_num_steps={max_steps} exceeded {_where(t, h, tally)} "
-                              f"(integrating to t={t_end:.6g}): raise max_num_steps or "
-                              "loosen rtol/atol")
-        remaining = (times[next_out] - t) * direction
-        # no dense output: every output time is a step's end (never a sliver before it)
-        last = h >= remaining - floor
-        bounded = control.must_accept(h)
-        if last:
-            h = remaining
-        if h < floor:
-            cause = "the state or func's output became NaN/Inf" if nonfinite else \
-                "step size underflow"
-            raise SolverError(f"{cause} {_where(t, h, tally)} (integrating to "
-                              f"t={t_end:.6g}): loosen rtol/atol or check func")
-        dt = direction * h
-        t1 = times[next_out] if last else t + dt
-        y1, yh1, f1 = _step(fn, t1, y, yh, f, dt, tally)
+    stepping = _HeunStepping(fn, y0, f, times, rtol, atol, tally, norm, order, accept)
+    drive(stepping, times[0], stepping.direction, y0.dtype, options, tally)
+    return stepping.y, stepping.yh
+
+
+class _HeunStepping:
+    """The reversible family's side of the adaptive loop (adaptive.py). No dense output:
+    every output time is a step's end."""
+
+    def __init__(self, fn, y0, f, times, rtol, atol, tally, norm, order, accept):
+        self.fn, self.f, self.times, self.rtol, self.atol = fn, f, times, rtol, atol
+        self.tally, self.order, self._accept = tally, order, accept
+        self.direction = 1.0 if times[-1] > times[0] else -1.0
+        self.goal = f" (integrating to t={times[-1]:.6g})"
+        # a callable norm gets h * err / scale (torchdiffeq's convention, as rk.py)
+        self.user_norm = callable(norm)
+        self.norm = _rms(norm, y0.numel())
+        self.y, self.yh, self.next_out = y0, y0, 1
+
+    def first_step(self) -> float:
+        probe = _Probe(self.fn, self.tally, self.norm, self.order)
+        return _initial_step(probe, self.times[0], self.y, self.f, self.rtol, self.atol,
+                             self.direction)
+
+    def next_stop(self):
+        return self.times[self.next_out], False
+
+    def attempt(self, t, dt, t1, t_last) -> float:
+        y, f = self.y, self.f
+        self.step = y1, _, f1 = _step(self.fn, t1, y, self.yh, f, dt, self.tally)
         with torch.no_grad():  # Heun minus Euler, over the mixed tolerance
-            scale = torch.maximum(y.detach().abs(), y1.detach().abs()).mul_(rtol).add_(atol)
+            scale = torch.maximum(y.detach().abs(), y1.detach().abs()).mul_(self.rtol)
+            scale.add_(self.atol)
             err = (f1.detach() - f.detach()).mul_(0.5).div_(scale)
-            ratio = float(norm(err.mul_(h))) if user_norm else float(norm(err)) * h
-        if ratio <= 1.0 or (bounded and math.isfinite(ratio)):
-            accept(t1, dt, y1, yh1, f1, last)
-            next_out += last
-            t, y, yh, f = t1, y1, yh1, f1
-            h = control.accepted(h, ratio)
-        else:
-            tally.rejected += 1
-            h_next = control.rejected(h, ratio)
-            if not math.isfinite(ratio):
-                nonfinite = True
-                if h_next >= h:
-                    raise SolverError(f"the state or func's output became NaN/Inf "
-                                      f"{_where(t, h, tally)}: check func, or lower "
-                                      "options['min_step']")
-            h = h_next
-    return y, yh
+            h = abs(dt)
+            return float(self.norm(err.mul_(h))) if self.user_norm else float(self.norm(err)) * h
+
+    def accept(self, t, dt, t1, jump) -> bool:
+        y1, yh1, f1 = self.step
+        output = t1 == self.times[self.next_out]
+        self._accept(t1, dt, y1, yh1, f1, output)
+        self.next_out += output
+        self.y, self.yh, self.f = y1, yh1, f1
+        return self.next_out == len(self.times)
+
+    def exhausted(self, t, h, max_steps) -> SolverError:
+        return SolverError(f"max_num_steps={max_steps} exceeded {_where(t, h, self.tally)}"
+                           f"{self.goal}: raise max_num_steps or loosen rtol/atol")
 
 
 # --- the O(1)-memory gradient -------------------------------------------------------

@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from .controllers import make_controller
+from .adaptive import drive, just_past, where
 from .stats import SolverError
 from .tableaus import Tableau
 
@@ -34,12 +35,17 @@ FIRST_STEP_SMALL = 1e-5
 FIRST_STEP_FLAT = 1e-15  # derivatives below this: no curvature information
 FIRST_STEP_FLAT_SHRINK = 1e-3
 FIRST_STEP_GROWTH = 100
-# the smallest step float arithmetic resolves at time t: FLOOR_ULPS * eps * |t|
-FLOOR_ULPS = 16
 
 
-def float_floor(dtype: torch.dtype, *times: float) -> float:
-    return FLOOR_ULPS * torch.finfo(dtype).eps * max(*(abs(t) for t in times), 1e-300)
+class Step(NamedTuple):
+    """An accepted step, as the checkpointed gradient replays it (`replay_step`)."""
+
+    t: float
+    dt: float
+    t1: float  # where it ended (exactly an output time or jump when it was cut to one)
+    y: torch.Tensor  # a copy of its start state
+    t_first: float | None = None  # its first stage's time, if not t (just past a jump)
+    t_last: float | None = None  # its c = 1 stages' time, if not t + dt (just before one)
 
 
 @dataclass
@@ -84,15 +90,18 @@ class _Stepper:
             return self.K[0]
         return f
 
-    def step(self, t: float, y: torch.Tensor, h: float, k1, end_only: bool = False):
+    def step(self, t: float, y: torch.Tensor, h: float, k1, end_only: bool = False,
+             t_last: float | None = None):
         """One step from (t, y) with step h; k1 = f(t, y) if already known (FSAL).
         end_only: only the end state is wanted (no error estimate, no dense output), so an
-        FSAL tableau's last stage, f at the end state, is not evaluated."""
+        FSAL tableau's last stage, f at the end state, is not evaluated. t_last: the time
+        of the stages at the step's end (c = 1) when it is not t + h: just before a jump,
+        so they see f on the near side, as torchdiffeq."""
         tab = self.tab
         if k1 is None:
             k1 = self.first_stage(t, y)
         if self.inplace:
-            return self._step_inplace(t, y, h)
+            return self._step_inplace(t, y, h, t_last)
         ks = [k1]
         y1 = None
         for i in range(1, tab.stages):
@@ -101,19 +110,19 @@ class _Stepper:
                 y1 = yi
                 if end_only:
                     break
-            ks.append(self.eval(t + tab.c[i] * h, yi))
+            ks.append(self.eval(_stage_time(t, tab.c[i], h, t_last), yi))
         if y1 is None:
             y1 = _combine(y, ks, tab.b, h)
         return y1, ks
 
-    def _step_inplace(self, t, y, h):
+    def _step_inplace(self, t, y, h, t_last):
         tab, K = self.tab, self.K
         y1_buf = self.state_bufs[0] if y is not self.state_bufs[0] else self.state_bufs[1]
         last = tab.stages - 1
         for i in range(1, tab.stages):
             out = y1_buf if (tab.fsal and i == last) else self.stage_buf
             yi = torch.addmv(y, K[:i].T, self.a[i], alpha=h, out=out)
-            K[i].copy_(self.eval(t + tab.c[i] * h, yi))
+            K[i].copy_(self.eval(_stage_time(t, tab.c[i], h, t_last), yi))
         if not tab.fsal:
             torch.addmv(y, K.T, self.b, alpha=h, out=y1_buf)
         return y1_buf, K
@@ -161,6 +170,10 @@ class _Stepper:
         return _combine(y, ks, weights, h)
 
 
+def _stage_time(t: float, c: float, h: float, t_last: float | None) -> float:
+    return t_last if (t_last is not None and c == 1.0) else t + c * h
+
+
 # Buffers of finished in-place solves, reused by the next solve of the same size: fresh
 # multi-MB allocations cost page faults on every solve (measured ~0.5 ms per MiB on CPU).
 # A buffer set is checked out while a solve uses it, so nested solves never share one.
@@ -203,9 +216,8 @@ def solve(fn: FlatFunc, y0: torch.Tensor, times: list[float], method, rtol, atol
 
     `method`: a registry.Method or a Tableau. `rtol`/`atol`: floats or tensors of N values.
     `norm`: slices of the state for the error norm (the adjoint's [z, a, g]; default one),
-    or a callable on the flat state. `trace`, if a list, gets (t, dt, t1, y) for every
-    accepted step, y a copy of the step's start state (the checkpointed gradient replays
-    them; see `replay_step`).
+    or a callable on the flat state. `trace`, if a list, gets a `Step` for every accepted
+    step (the checkpointed gradient replays them; see `replay_step`).
     """
     tab = getattr(method, "tableau", None) or method
     if norm is None:
@@ -227,7 +239,7 @@ def solve(fn: FlatFunc, y0: torch.Tensor, times: list[float], method, rtol, atol
 
 
 def _where(t: float, h: float, tally: Tally) -> str:
-    return f"at t={t:.6g} with step size {h:.3g} after {tally.nfe} function evaluations"
+    return where(t, h, tally.nfe)
 
 
 def fixed_grid(times: list[float], step_size: float | None, max_steps: int | None) -> list[int]:
@@ -255,7 +267,7 @@ def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None):
             t = ta + direction * k * step_size if k else ta
             h = (tb - t) if k == n - 1 else direction * step_size  # last step lands on tb
             if trace is not None:  # copied: y may be a pooled buffer the next step reuses
-                trace.append((t, h, tb if k == n - 1 else t + h, y.clone()))
+                trace.append(Step(t, h, tb if k == n - 1 else t + h, y.clone()))
             y, _ = st.step(t, y, h, None)
             st.tally.accepted += 1
         if emit is not None:
@@ -288,93 +300,94 @@ def _initial_step(st: _Stepper, t0, y0, f0, rtol, atol, direction) -> float:
 
 
 def _adaptive(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None):
-    tab, tally = st.tab, st.tally
-    t0, t_end = times[0], times[-1]
-    direction = 1.0 if t_end > t0 else -1.0
-    max_steps = options["max_num_steps"]
-    control = make_controller(options, tab.order)
-    clamp = options["last_step"] == "clamp"
-    # never step below what float arithmetic can resolve at this t
-    floor = float_floor(y0.dtype, t0, t_end)
-    min_step_floor = max(options["fail_below_step"], floor)
-
-    k1 = st.first_stage(t0, y0)
-    if not bool(torch.isfinite(k1).all()):
-        raise SolverError(f"func returned NaN/Inf at the initial state (t={t0:.6g}): "
-                          "check the initial value and the function")
-    h = options["first_step"]
-    if h is None:
-        # the estimate can fall below what float32 resolves (f0 = 0 gives 1e-6): start at
-        # the floor instead of failing there
-        h = max(_initial_step(st, t0, y0, k1, rtol, atol, direction), floor)
-    h = control.first(h)
-    t, y = t0, y0
-    nonfinite = False
-    next_out = 1
-    while next_out < len(times):
-        if tally.accepted + tally.rejected >= max_steps:
-            raise SolverError(
-                f"max_num_steps={max_steps} exceeded {_where(t, h, tally)} "
-                f"(integrating to t={t_end:.6g}): the problem may be stiff; raise "
-                "max_num_steps, loosen rtol/atol, or regularize the dynamics")
-        remaining = (t_end - t) * direction
-        # never leave a sliver too short to step; "overshoot" steps past t_end instead
-        last = clamp and h >= remaining - min_step_floor
-        bounded = control.must_accept(h)  # before the cut: it may lengthen h by a hair
-        if last:
-            h = remaining
-        if h < min_step_floor:
-            cause = ("the state or func's output became NaN/Inf" if nonfinite
-                     else "step size underflow")
-            raise SolverError(
-                f"{cause} {_where(t, h, tally)} (integrating to t={t_end:.6g}): the "
-                "dynamics may be stiff or unstable; loosen rtol/atol or check func")
-        dt = direction * h
-        y1, ks = st.step(t, y, dt, k1)
-        ratio = st.error_ratio(y, y1, ks, dt, rtol, atol)
-        # NaN compares False: rejected
-        if ratio <= 1.0 or (bounded and math.isfinite(ratio)):
-            tally.accepted += 1
-            t1 = t_end if last else t + dt
-            if trace is not None:  # copied: y is a pooled buffer the next step reuses
-                trace.append((t, dt, t1, y.clone()))
-            while next_out < len(times) and (t1 - times[next_out]) * direction >= 0:
-                if times[next_out] == t1:
-                    value = y1
-                    if emit is not None:
-                        emit(next_out).copy_(y1)
-                else:
-                    theta = (times[next_out] - t) / dt
-                    value = st.dense(y, ks, dt, theta, emit(next_out) if emit else None)
-                if emit is None:
-                    ys.append(value)
-                next_out += 1
-            t, y = t1, y1
-            if tab.fsal:
-                k1 = st.next_first_stage(ks)
-            else:
-                k1 = None
-            h = control.accepted(h, ratio)
-        else:
-            tally.rejected += 1
-            h_next = control.rejected(h, ratio)
-            if not math.isfinite(ratio):
-                nonfinite = True
-                if h_next >= h:  # a step bounded below (min_step) cannot shrink past NaN
-                    raise SolverError(
-                        f"the state or func's output became NaN/Inf {_where(t, h, tally)}: "
-                        "check func, or lower options['min_step']")
-            h = h_next
+    stepping = _RKStepping(st, y0, times, rtol, atol, options, ys, emit, trace)
+    drive(stepping, times[0], stepping.direction, y0.dtype, options, st.tally)
     return ys
 
 
-def replay_step(fn: FlatFunc, tab: Tableau, t: float, y: torch.Tensor, dt: float,
-                thetas: list[float], tally: Tally):
-    """One accepted step again, recorded by autograd (call under grad mode): its end state
-    and the dense output at each theta. The same arithmetic as the step under grad, so
-    its vector-Jacobian product is backprop's for that step; k1 is evaluated afresh (a
-    forward FSAL stage was the same f at the same point). Without dense outputs an FSAL
-    tableau's last stage is skipped: the end state does not depend on it."""
+class _RKStepping:
+    """The Runge-Kutta family's side of the adaptive loop (adaptive.py): its steps, error
+    ratio, dense outputs, FSAL and the jumps of options["jump_t"]."""
+
+    def __init__(self, st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace):
+        self.st, self.times, self.rtol, self.atol = st, times, rtol, atol
+        self.ys, self.emit, self.trace = ys, emit, trace
+        t0, t_end = times[0], times[-1]
+        self.direction = direction = 1.0 if t_end > t0 else -1.0
+        self.order, self.goal = st.tab.order, f" (integrating to t={t_end:.6g})"
+        # "clamp": steps end on t_end; "overshoot" steps past it (read from dense output)
+        self.clamp = options["last_step"] == "clamp"
+        # times where f jumps (torchdiffeq's jump_t), in the order the solve meets them: a
+        # step that would cross one ends on it, and the next starts with f just past it
+        self.jumps = sorted((j for j in options["jump_t"] if (j - t0) * direction > 0),
+                            key=lambda j: j * direction)
+        self.next_jump, self.next_out = 0, 1
+        self.y, self.t_first = y0, t0  # t_first: where the step's first stage is evaluated
+        self.k1 = st.first_stage(t0, y0)
+        if not bool(torch.isfinite(self.k1).all()):
+            raise SolverError(f"func returned NaN/Inf at the initial state (t={t0:.6g}): "
+                              "check the initial value and the function")
+
+    def first_step(self) -> float:
+        t0 = self.times[0]
+        return _initial_step(self.st, t0, self.y, self.k1, self.rtol, self.atol, self.direction)
+
+    def next_stop(self):
+        t_end, jumps = self.times[-1], self.jumps
+        if self.next_jump < len(jumps) and (not self.clamp or
+                                            (t_end - jumps[self.next_jump]) * self.direction > 0):
+            return jumps[self.next_jump], True
+        return (t_end, False) if self.clamp else None
+
+    def attempt(self, t, dt, t1, t_last) -> float:
+        self.t_last = t_last
+        self.y1, self.ks = self.st.step(t, self.y, dt, self.k1, t_last=t_last)
+        return self.st.error_ratio(self.y, self.y1, self.ks, dt, self.rtol, self.atol)
+
+    def accept(self, t, dt, t1, jump) -> bool:
+        st, times, y, y1, ks, emit = self.st, self.times, self.y, self.y1, self.ks, self.emit
+        if self.trace is not None:  # copied: y is a pooled buffer the next step reuses
+            self.trace.append(Step(t, dt, t1, y.clone(),
+                                   None if self.t_first == t else self.t_first, self.t_last))
+        while self.next_out < len(times) and (t1 - times[self.next_out]) * self.direction >= 0:
+            i = self.next_out
+            if times[i] == t1:
+                value = y1
+                if emit is not None:
+                    emit(i).copy_(y1)
+            else:
+                value = st.dense(y, ks, dt, (times[i] - t) / dt, emit(i) if emit else None)
+            if emit is None:
+                self.ys.append(value)
+            self.next_out += 1
+        self.y, self.t_first = y1, t1
+        if jump:  # FSAL's last stage is f on the jump's near side
+            self.next_jump += 1
+            self.t_first = just_past(t1, self.direction, y1.dtype)
+            self.k1 = st.first_stage(self.t_first, y1)
+        elif st.tab.fsal:
+            self.k1 = st.next_first_stage(ks)
+        else:
+            self.k1 = None
+        return self.next_out == len(times)
+
+    def exhausted(self, t, h, max_steps) -> SolverError:
+        return SolverError(
+            f"max_num_steps={max_steps} exceeded {_where(t, h, self.st.tally)}{self.goal}: the "
+            "problem may be stiff; raise max_num_steps, loosen rtol/atol, or regularize the "
+            "dynamics")
+
+
+def replay_step(fn: FlatFunc, tab: Tableau, step: Step, y: torch.Tensor, thetas: list[float],
+                tally: Tally):
+    """One accepted step again from y (its start state), recorded by autograd (call under
+    grad mode): its end state and the dense output at each theta. The same arithmetic as
+    the step under grad, at the same stage times, so its vector-Jacobian product is
+    backprop's for that step; k1 is evaluated afresh (a forward FSAL stage was the same f
+    at the same point). Without dense outputs an FSAL tableau's last stage is skipped:
+    the end state does not depend on it."""
     st = _Stepper(fn, tab, y, tally, None)
-    y1, ks = st.step(t, y, dt, None, end_only=not thetas)
+    t, dt = step.t, step.dt
+    k1 = st.first_stage(t if step.t_first is None else step.t_first, y)
+    y1, ks = st.step(t, y, dt, k1, end_only=not thetas, t_last=step.t_last)
     return y1, [st.dense(y, ks, dt, theta, None) for theta in thetas]
