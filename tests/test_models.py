@@ -277,3 +277,33 @@ def test_the_compiled_ode_function_compiles_once_per_shape_kind_not_per_batch():
                 if not bf16:
                     assert torch.allclose(out, eager(x), rtol=1e-4, atol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 4
+
+
+def test_the_ode_block_prepares_its_solve_once_per_shape(monkeypatch):
+    """ODEBlock validates a solve once per batch shape (odenet.solvers.prepare), gives what
+    odeint gives bit for bit, prepares again after configure, and a deep copy solves with
+    its own function."""
+    import copy
+
+    import odenet.models.blocks as blocks
+    from odenet.solvers import odeint
+
+    calls = []
+    real = blocks.prepare
+    monkeypatch.setattr(blocks, "prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = model("odenet").eval()
+    block = ode_blocks(m)[0]
+    h = torch.rand(3, 64, 6, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first, second = block(h), block(h)
+        block(h[:2])
+        direct = odeint(block.func, h, block.times, method="dopri5", rtol=1e-3, atol=1e-3,
+                        options={"max_num_steps": 1000, "last_step": "clamp"})[-1]
+    assert torch.equal(first, second) and torch.equal(first, direct) and len(calls) == 2
+    block.configure(rtol=1e-5)
+    with torch.no_grad():
+        assert not torch.equal(block(h), first) and len(calls) == 3
+    twin = copy.deepcopy(m)
+    with torch.no_grad():
+        ode_blocks(twin)[0].func.norm3.bias.add_(1.0)
+        assert not torch.equal(ode_blocks(twin)[0](h), block(h))

@@ -6,6 +6,7 @@ ODE function's ConcatConv2d has one (as in the recipe, which fixes the parameter
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from odenet.config import SolverConfig
-from odenet.solvers import FIXED_METHODS, SolveStats, odeint
+from odenet.solvers import FIXED_METHODS, PreparedSolve, SolveSpec, SolveStats, prepare
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -92,8 +93,8 @@ class ODEBlock(nn.Module):
     settings at any time, e.g. to evaluate a trained model at other tolerances.
     """
 
-    SETTINGS = ("method", "rtol", "atol", "gradient", "adjoint_norm", "step_size",
-                "max_num_steps", "last_step")
+    SETTINGS = tuple(f.name for f in dataclasses.fields(SolveSpec) if f.name != "options")
+    PREPARED_KEPT = 8  # prepared solves kept (batch shapes x dtypes x devices x precisions)
 
     def __init__(self, func: nn.Module, t1: float = 1.0, **solver: Any):
         """``solver``: any of SETTINGS (or ``adjoint``: true = gradient adjoint, false =
@@ -103,9 +104,8 @@ class ODEBlock(nn.Module):
         self.func = func
         self.register_buffer("times", torch.tensor([0.0, float(t1)]), persistent=False)
         self.stats = SolveStats()
-        for k in self.SETTINGS:
-            setattr(self, k, getattr(SolverConfig, k))
-        self.atol, self.gradient = self.rtol, "adjoint"
+        self._settings = {k: getattr(SolverConfig, k) for k in self.SETTINGS}
+        self._settings.update(atol=self._settings["rtol"], gradient="adjoint")
         self.configure(**solver)
 
     @classmethod
@@ -114,12 +114,18 @@ class ODEBlock(nn.Module):
         gradient resolved)."""
         return cls(func, t1, **{k: solver[k] for k in cls.SETTINGS})
 
+    def __getattr__(self, name: str) -> Any:
+        if name in ODEBlock.SETTINGS:  # block.rtol etc.: the current settings
+            return self.__dict__["_settings"][name]
+        return super().__getattr__(name)
+
     @property
     def adjoint(self) -> bool:
         return self.gradient == "adjoint"
 
     def configure(self, **settings: Any) -> ODEBlock:
-        """Set solver settings (None leaves one unchanged; atol=None with rtol follows it)."""
+        """Set solver settings (None leaves one unchanged; atol=None with rtol follows it).
+        Bad values raise the solver's one-line ValueError here, not at the next solve."""
         unknown = set(settings) - {*self.SETTINGS, "adjoint"}
         if unknown:
             raise ValueError(f"unknown solver setting(s) {sorted(unknown)}; valid: {self.SETTINGS}")
@@ -128,39 +134,49 @@ class ODEBlock(nn.Module):
             settings.setdefault("gradient", "adjoint" if adjoint else "backprop")
         if settings.get("rtol") is not None and settings.get("atol") is None:
             settings["atol"] = settings["rtol"]  # as in SolverConfig: atol follows rtol
-        for k, v in settings.items():
-            if v is not None:
-                setattr(self, k, v)
+        new = {**self._settings, **{k: v for k, v in settings.items() if v is not None}}
+        fixed = new["method"] in FIXED_METHODS  # a kept step_size applies to fixed grids only
+        self.spec = SolveSpec(**{**new, "step_size": new["step_size"] if fixed else None,
+                                 "max_num_steps": int(new["max_num_steps"])})
+        self._settings, self._prepared = new, {}
         return self
 
     def settings(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.SETTINGS}
+        return dict(self._settings)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles prepare afresh: a prepared solve holds this block's func
+        return {**self.__dict__, "_prepared": {}}
 
     def solver_options(self) -> dict[str, Any]:
         """The `options` of odeint for the current settings."""
-        if self.method in FIXED_METHODS:
-            return {"max_num_steps": int(self.max_num_steps), "step_size": self.step_size}
-        return {"max_num_steps": int(self.max_num_steps), "last_step": self.last_step}
+        return self.spec.odeint_options()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device.type
-        if not torch.is_autocast_enabled(device):
-            return self._solve(self.func, x)
         # mixed precision: the state, the solver's stages, error control, dense output and
         # the adjoint's state stay in the block's dtype; only f runs under autocast
-        func = autocast_func(self.func, device, torch.get_autocast_dtype(device))
+        cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        if cast is None:
+            return self._prepare(x, None)(x, self.stats)[-1]
         with torch.autocast(device, enabled=False):
-            return self._solve(func, x.to(self.times.dtype))
+            x = x.to(self.times.dtype)
+            return self._prepare(x, cast)(x, self.stats)[-1]
 
-    def _solve(self, func: Any, x: torch.Tensor) -> torch.Tensor:
-        g = self.gradient
-        ys = odeint(func, x, self.times.to(x.dtype), method=self.method,
-                    rtol=self.rtol, atol=self.atol, options=self.solver_options(),
-                    gradient=g,
-                    adjoint_params=tuple(self.func.parameters()) if g != "backprop" else None,
-                    adjoint_options={"norm": self.adjoint_norm} if g == "adjoint" else None,
-                    stats=self.stats)
-        return ys[-1]
+    def _prepare(self, x: torch.Tensor, cast: torch.dtype | None) -> PreparedSolve:
+        """The solve validated once per state shape, dtype, device, precision and set of
+        trainable parameters (odenet.solvers.prepare), not on every forward."""
+        params = tuple(self.func.parameters())
+        key = (tuple(x.shape), x.dtype, x.device, cast,
+               tuple((id(p), p.requires_grad) for p in params))
+        solve = self._prepared.get(key)
+        if solve is None:
+            func = self.func if cast is None else autocast_func(self.func, x.device.type, cast)
+            solve = prepare(self.spec, func, like=x, t=self.times.to(x.dtype), params=params)
+            if len(self._prepared) >= self.PREPARED_KEPT:
+                self._prepared.pop(next(iter(self._prepared)))
+            self._prepared[key] = solve
+        return solve
 
     def extra_repr(self) -> str:
         s = (f"method={self.method}, rtol={self.rtol:g}, atol={self.atol:g}, "
