@@ -165,7 +165,8 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
             return str(e), 2
     if finished and len(finished) == len(composed):
         return (f"odenet train: nothing to do: {', '.join(finished)} finished (resume=true "
-                "continues only a run that has epochs left; raise optim.epochs for more)", 0)
+                "continues only a run that has epochs left; raise optim.epochs for more, with a "
+                "multistep or constant schedule)", 0)
     return None
 
 

@@ -7,6 +7,10 @@ from typing import Any
 
 import torch
 
+# schedules whose learning rate at a step depends on optim.epochs (they are fitted to the
+# run's length): a resumed run may not change its epochs (train.check_resume)
+FITTED_TO_LENGTH = ("cosine", "onecycle")
+
 
 def peak_lr(cfg: Any) -> float:
     """optim.lr, or the recipe's rule: base_lr scaled linearly with the batch size."""

@@ -10,13 +10,15 @@
 - ``is_claimed(out)``: whether a live process owns it (a run whose metrics.json says
   ``running`` but that nobody owns was killed).
 
-Standard library only: the reports use ``is_claimed`` too.
+Standard library only (and PyYAML for Hydra's overrides.yaml): the reports use
+``is_claimed`` too.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -135,16 +137,40 @@ def remove_orphans(out: str | os.PathLike) -> list[str]:
 
 def launch_overrides(out: str | os.PathLike) -> list[str]:
     """The command-line overrides the run in ``out`` was launched with (Hydra's record)."""
+    import yaml  # PyYAML, which OmegaConf depends on: Hydra's file may quote its items
+
     try:
-        lines = (Path(out) / ".hydra" / "overrides.yaml").read_text().splitlines()
-    except OSError:
+        items = yaml.safe_load((Path(out) / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
         return []
-    # Hydra writes a YAML list of strings, one "- item" per line
-    return [ln[2:].strip().strip("'\"") for ln in lines if ln.startswith("- ")]
+    return [str(o) for o in items] if isinstance(items, list) else []
 
 
 def resume_command(out: str | os.PathLike, overrides: list[str] | None = None) -> str:
-    """The complete command that continues the run in ``out``."""
+    """The complete command that continues the run in ``out``, as it pastes into a shell."""
     keep = [o for o in (launch_overrides(out) if overrides is None else overrides)
             if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite", "hydra.run.dir")]
-    return shlex.join(["odenet", "train", *keep, f"hydra.run.dir={out}", "resume=true"])
+    return command_line(["odenet", "train", *keep, f"hydra.run.dir={hydra_value(str(out))}",
+                         "resume=true"])
+
+
+# what Hydra's override parser reads back unchanged without quotes (a comma would make a
+# sweep, a space at either end is dropped, parentheses, quotes, #, ! or non-ASCII are errors)
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+:@%-]+")
+
+
+def hydra_value(value: str) -> str:
+    """``value`` written so that Hydra's override parser reads it back as this string."""
+    if _HYDRA_PLAIN.fullmatch(value):
+        return value
+    # in a quoted value, a backslash escapes only the quote or backslashes before it
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body).replace("${", "\\${")
+    return f"'{body}'"
+
+
+def command_line(argv: list[str]) -> str:
+    """``argv`` for a POSIX shell: an argument holding Hydra's single quotes goes in double
+    quotes when it can (``"hydra.run.dir='x y'"``), anything else as shlex.quote has it."""
+    return " ".join(f'"{a}"' if "'" in a and not re.search(r'[$`\\"!]', a)
+                    else shlex.quote(a) for a in argv)

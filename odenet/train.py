@@ -40,8 +40,9 @@ from odenet.tasks import TASKS, Task
 log = logging.getLogger("odenet.train")
 
 # config keys a resumed run may change: what does not change the weights' trajectory
-# (more epochs extend it; threads and device change rounding only). Everything else,
-# train.max_iters_per_epoch included, must match the checkpoint.
+# (more epochs extend it, unless the schedule is fitted to them: optim.FITTED_TO_LENGTH;
+# threads and device change rounding only). Everything else, train.max_iters_per_epoch
+# included, must match the checkpoint.
 RESUMABLE_CHANGES = ("optim.epochs", "train.log_every", "train.train_eval_size",
                      "train.stop_after_iters", "train.measure_memory", "train.tensorboard",
                      "train.progress", "threads", "device", "resume", "overwrite")
@@ -460,6 +461,7 @@ def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
     if diff:
         raise ConfigError(f"resume=true: {path} was written with other settings for "
                           f"{', '.join(diff)} (only {', '.join(RESUMABLE_CHANGES)} may change)")
+    _check_epochs_change(ck["config"]["optim"]["epochs"], cfg.optim)
     hist = out / record.HISTORY
     need = ck["progress"].get("history_bytes", 0)
     have = hist.stat().st_size if hist.exists() else None
@@ -468,6 +470,18 @@ def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
         raise ConfigError(f"resume=true: {hist} {what} when {path} was saved; the run's "
                           "history cannot continue (overwrite=true starts afresh)")
     return ck
+
+
+def _check_epochs_change(was: int, o: Any) -> None:
+    """More (or fewer) epochs extend a run only where the schedule does not depend on them:
+    a cosine or one-cycle schedule is fitted to optim.epochs, so changing them would
+    splice two schedules into one run."""
+    if o.epochs != was and o.schedule in optim.FITTED_TO_LENGTH:
+        raise ConfigError(
+            f"resume=true: optim.epochs={o.epochs} but the run has optim.epochs={was}, and "
+            f"its {o.schedule} schedule is fitted to them (every step's learning rate would "
+            f"change); only multistep and constant runs can be extended: train {o.epochs} "
+            "epochs afresh (overwrite=true, or another hydra.run.dir)")
 
 
 def _resume(ck: dict[str, Any], model, optimizer, scheduler) -> Progress:

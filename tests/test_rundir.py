@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from odenet.app import compose
 from odenet.config import ConfigError
 from odenet.runlog import Heartbeat
 from odenet.train import run
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = ("experiment=smoke", "data.train_size=128", "data.test_size=64",
         "train.train_eval_size=64", "train.tensorboard=false")
@@ -113,6 +118,34 @@ def test_the_interruption_hint_is_a_complete_command(cli, tmp_path, mnist_root):
     r2 = cli(*command[1:], "train.stop_after_iters=null")  # followed as printed
     assert r2.returncode == 0, r2.stderr
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_the_interruption_hint_pastes_into_a_shell(cli, tmp_path, mnist_root):
+    """Issue 19 item 5: a run directory with a space, a comma, parentheses and non-ASCII
+    letters; the printed command is run by a shell, as a user pastes it."""
+    out = tmp_path / "x y (2), é"
+    r = cli("train", *TINY, "model=mlp", "optim.epochs=2", f"data.root={mnist_root}",
+            f"hydra.run.dir='{out}'", "train.stop_after_iters=3")
+    assert r.returncode == 3, r.stderr
+    hint = [ln for ln in (r.stdout + r.stderr).splitlines() if "continue with: " in ln]
+    command = hint[0].split("continue with: ", 1)[1]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    r2 = subprocess.run(["/bin/sh", "-c", command + " train.stop_after_iters=null"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PATH": path})
+    assert r2.returncode == 0, r2.stderr
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("value", ["/a/x y", " lead and trail ", "a,b", "x(1) [2] {3}",
+                                   "it's", "a=b", "é", "#!&~\"'", "back\\", "back\\'q",
+                                   "plain/path-1.0_x"])
+def test_hydra_values_read_back_through_shell_and_parser(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    line = rundir.command_line(["odenet", f"hydra.run.dir={rundir.hydra_value(value)}"])
+    arg = shlex.split(line)[1]
+    assert OverridesParser.create().parse_overrides([arg])[0].value() == value
 
 
 @pytest.mark.parametrize("damage,needle", [
