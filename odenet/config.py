@@ -45,6 +45,10 @@ __all__ = ["Config", "ConfigError", "SolverConfig", "DataConfig", "OptimConfig",
 TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+# seeds below this keep the data's generator seeds (seed * 1,000,003 + epoch,
+# odenet/data/batches.py) within torch's 64 bits, for a million epochs
+SEED_LIMIT = 10**12
+FLOAT32_MAX = 3.4028234663852886e38  # parameters are float32: a larger lr cannot step them
 # --------------------------------------------------------------------------- schemas
 @dataclass
 class SolverConfig:
@@ -169,6 +173,12 @@ def resolve_solver(s: DictConfig, model: str) -> None:
         if s.atol is None:
             s.atol = s.rtol
         s.gradient, s.adjoint = gradient, gradient == ADJOINT
+
+
+def peak_lr(cfg: Any) -> float:
+    """optim.lr, or the recipe's rule: base_lr scaled linearly with the batch size."""
+    o = cfg.optim
+    return o.lr if o.lr is not None else o.base_lr * cfg.data.batch_size / o.base_batch_size
 
 
 def as_dict(cfg: Any) -> dict:
@@ -305,7 +315,7 @@ def _finite(node: Any, prefix: str = "") -> None:
 
 def _validate(c: Any) -> None:
     _finite(c)
-    need(c.seed >= 0, f"seed must be >= 0 (got {c.seed})")
+    need(0 <= c.seed < SEED_LIMIT, f"seed must be in [0, {SEED_LIMIT:.0e}) (got {c.seed})")
     need(not (c.resume and c.overwrite), "resume=true and overwrite=true contradict each "
          "other: continue the run in the directory, or delete it and start afresh")
     dev = c.device
@@ -344,6 +354,11 @@ def _validate(c: Any) -> None:
     need(o.epochs >= 1, f"optim.epochs must be >= 1 (got {o.epochs})")
     need(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum})")
     need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
+    lr = f"optim.lr={o.lr:g}" if o.lr is not None else (
+        f"optim.base_lr={o.base_lr:g} scaled to data.batch_size={d.batch_size} = {peak_lr(c):g}")
+    for what, v in (lr, peak_lr(c)), (f"optim.weight_decay={o.weight_decay:g}", o.weight_decay):
+        need(v <= FLOAT32_MAX, f"{what} is too large: float32 parameters take at most "
+             f"{FLOAT32_MAX:.3g}")
     need(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1] (got {o.gamma})")
     need(list(o.milestones) == sorted(o.milestones), "optim.milestones must be increasing")
     need(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs})")

@@ -122,6 +122,11 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["data.batch_size=0"], "data.batch_size must be >= 1"),
     (["seed=0,1"], "sweeping needs -m"),
     (["device=tpu"], "device='tpu'"),
+    # issue 19 item 6: were ValueError/RuntimeError tracebacks once training began
+    (["seed=99999999999999999999"], "seed must be in [0, 1e+12) (got 99999999999999999999)"),
+    (["optim.lr=1e308"], "optim.lr=1e+308 is too large: float32 parameters take at most"),
+    (["optim.base_lr=1e38", "data.batch_size=1280"], "data.batch_size=1280 = 1e+39 is too"),
+    (["optim.weight_decay=1e300"], "optim.weight_decay=1e+300 is too large"),
 ])
 def test_bad_configs_give_one_line(overrides, expected):
     with pytest.raises(Exception) as info:
@@ -129,6 +134,14 @@ def test_bad_configs_give_one_line(overrides, expected):
     line = error_line(info.value)
     assert expected in line
     assert "\n" not in line
+
+
+def test_every_accepted_seed_seeds_the_data():
+    from odenet.config import SEED_LIMIT
+    from odenet.data.batches import epoch_generator
+
+    assert compose([f"seed={SEED_LIMIT - 1}"]).seed == SEED_LIMIT - 1
+    epoch_generator(SEED_LIMIT - 1, 10**6 - 1)  # torch takes it: within 64 bits
 
 
 def test_lsoda_trains_an_odenet_by_the_adjoint_and_needs_scipy(monkeypatch):
@@ -161,6 +174,8 @@ def test_bad_command_lines_exit_nonzero_with_one_line(cli_popen, tmp_path):
         "model=nope": "Could not find 'model/nope'",
         "solver.rtl=1e-3": "did you mean 'solver.rtol'?",
         f"data.root={tmp_path / 'nowhere'}": "MNIST not found in",
+        "seed=99999999999999999999": "seed must be in [0, 1e+12)",
+        "optim.lr=1e308": "optim.lr=1e+308 is too large",
     }
     procs = {arg: cli_popen("train", arg, f"hydra.run.dir={tmp_path / 'run'}")
              for arg in cases}
