@@ -16,6 +16,7 @@ import argparse
 import itertools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,6 +152,10 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
             require_raw(root)
         except DataError as e:
             return str(e), 2
+    try:
+        _check_devices({cfg.device for cfg, _ in composed})
+    except ConfigError as e:
+        return str(e), 2
     given = {o.split("=", 1)[0].lstrip("+~") for o in args.overrides if "=" in o}
     finished = []
     for i, (cfg, hydra_node) in enumerate(composed):
@@ -183,6 +188,16 @@ odenet train is a Hydra app (https://hydra.cc); these of Hydra's flags apply:
 Hydra's shell completion is not available: its script would call the program without
 its 'train' command. Hydra's config groups: hydra/launcher=joblib|local|slurm (sweeps in
 parallel or on a cluster), hydra/job_logging, hydra/sweeper."""
+
+
+def _check_devices(devices: set[str]) -> None:
+    """ConfigError for a device this machine lacks (device=cuda without CUDA)."""
+    asked = sorted(devices - {"auto", "cpu"})
+    if asked:
+        from odenet.runtime import resolve_device  # loads torch: only when CUDA is asked for
+
+        for name in asked:
+            resolve_device(name)
 
 
 def _job_dir(hydra_node: Any, index: int, multirun: bool, given: set[str]) -> Path | None:
@@ -252,6 +267,7 @@ class _JobLabel(logging.Filter):
 
 
 _STATUSES: list[str] = []  # statuses of the jobs run in this process
+_SWEEP: dict[str, Any] = {}  # "dir": the multirun's directory; "started": jobs trained
 
 
 def _train_job(dcfg: Any) -> float | None:
@@ -259,10 +275,16 @@ def _train_job(dcfg: Any) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from odenet import train
+    from odenet import rundir, train
     from odenet.data import DataError
 
     hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        _SWEEP["dir"] = os.path.abspath(hc.sweep.dir)
+    signum = rundir.pending_signal()
+    if signum is not None:  # a signal between jobs or during Hydra's launch: start no more
+        raise SystemExit(128 + signum)
+    _SWEEP["started"] = _SWEEP.get("started", 0) + 1
     label = None
     if hc.mode == RunMode.MULTIRUN:  # parallel jobs interleave: say whose line it is
         label = _JobLabel(f"job {hc.job.num}: {hc.job.override_dirname or 'defaults'}")
@@ -285,30 +307,58 @@ def _train_job(dcfg: Any) -> float | None:
 
 def train_main(argv: list[str] | None = None) -> int:
     """`odenet train [overrides] [-m]`: the Hydra app (config: configs/config.yaml)."""
-    import hydra
+    from odenet import rundir
 
+    rundir.defer_signals()  # before torch and Hydra load: an early Ctrl-C ends in one line
     argv = list(sys.argv[1:] if argv is None else argv)
-    stop = preflight(argv)
-    if stop:
-        line, code = stop
-        if code:
-            print(f"odenet train: error: {line}", file=sys.stderr)
-        elif line:
-            print(line)
-        return code
+    _STATUSES.clear()
+    _SWEEP.clear()
+    try:
+        stop = preflight(argv) or _launch(argv)
+    except KeyboardInterrupt:  # Ctrl-C twice before a training loop took the signals
+        stop = "interrupted (SIGINT twice): stopped at once", 130
+    line, code = stop
+    if code in (3, 130, 143) and _SWEEP.get("started"):  # go on with the whole sweep
+        line = ("sweep interrupted; continue it (finished jobs are skipped) with: "
+                + rundir.resume_sweep_command(_SWEEP["dir"], argv))
+    elif code in (130, 143) and not _SWEEP.get("started"):
+        line = f"interrupted ({signal.Signals(code - 128).name}) before training began: " \
+               "nothing was trained"
+    if line:
+        print(f"odenet train: {'error: ' if code in (1, 2) else ''}{line}" if code else line,
+              file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def _launch(argv: list[str]) -> tuple[str, int]:
+    """Run the Hydra app on ``argv``: ("", exit status), or a line to print with it."""
+    import hydra
+    from hydra.errors import HydraException
+
+    from odenet import rundir
+
+    if rundir.pending_signal() is not None:
+        return "", 128 + rundir.pending_signal()
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",
                      config_name=CONFIG_NAME)(_train_job)
-    _STATUSES.clear()
-    saved = sys.argv
+    saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [saved[0] if saved else "odenet", *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach us (not a traceback)
     try:
         app()
     except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return "", int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except OSError as e:  # Hydra writing .hydra/ into the run directory, e.g. a full disk
+        where = e.filename or "Hydra's record of the run (.hydra/)"
+        return f"cannot write {where}: {e.strerror or e}", 1
+    except HydraException as e:  # what preflight does not compose (--config-dir ...)
+        return error_line(e), 1
     finally:
         sys.argv = saved
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
     if "failed" in _STATUSES:
-        return 1
-    if "interrupted" in _STATUSES:
-        return 3
-    return 0
+        return "", 1
+    return "", 3 if "interrupted" in _STATUSES else 0

@@ -511,6 +511,7 @@ class _Signals:
                     "(Ctrl-C again to stop at once)", signal.Signals(signum).name)
 
     def __enter__(self) -> _Signals:
+        self.signum = rundir.pending_signal()  # one that came during the setup: stop soon
         for s in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[s] = signal.signal(s, self._handler)

@@ -283,3 +283,79 @@ def test_sweep_jobs_label_their_log_lines(cli, tmp_path, mnist_root):
     lines = [ln for ln in log0.splitlines() if "odenet.train" in ln]
     assert lines and all("] - [job 0: " in ln and ",seed=0," in ln for ln in lines)
     assert "[job 1:" not in log0 and ",seed=1," in (r.stdout + r.stderr)
+
+
+def _shell(command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``command`` run by /bin/sh as a user pastes it (odenet on the PATH)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run(["/bin/sh", "-c", command], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PATH": path})
+
+
+def test_an_interrupted_sweep_prints_one_command_that_resumes_all_of_it(cli, tmp_path,
+                                                                       mnist_root):
+    """Issue 19 item 10: job 0 (one epoch) finishes, job 1 stops after 6 of its 8
+    iterations; the printed command continues the sweep in its own directory."""
+    sweep = tmp_path / "sweep"
+    r = cli("train", "-m", *TINY, "model=mlp", "optim.epochs=1,2", "train.stop_after_iters=6",
+            f"data.root={mnist_root}", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 3, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("odenet train: sweep interrupted; continue it (finished jobs are "
+                           "skipped) with: odenet train -m "), last
+    finished = (sweep / "0" / "metrics.json").read_bytes()
+    r2 = _shell(last.split(" with: ", 1)[1] + " train.stop_after_iters=null")
+    assert r2.returncode == 0, r2.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no new sweep
+    assert (sweep / "0" / "metrics.json").read_bytes() == finished  # skipped
+    m1 = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert (m1["status"], m1["epochs"]) == ("finished", 2)
+
+
+@pytest.mark.parametrize("when", ["at start", "as job 0 starts"])
+def test_ctrl_c_early_in_a_sweep_stops_it_in_one_line(cli_popen, tmp_path, mnist_root, when):
+    """Issue 19 item 6: a SIGINT while torch or Hydra load, or while job 0 sets up, was a
+    KeyboardInterrupt traceback (and once a crash in job 1)."""
+    import signal
+
+    sweep = tmp_path / "sweep"
+    p = cli_popen("train", "-m", *TINY, "model=mlp", "seed=0,1,2", f"data.root={mnist_root}",
+                  f"hydra.sweep.dir={sweep}")
+    deadline = time.time() + 120
+    while when != "at start" and not (sweep / "0" / "train.log").exists():
+        assert p.poll() is None and time.time() < deadline, p.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=120)
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert p.returncode == 130, stderr
+    assert len(lines) == 1 and lines[0].startswith("odenet train: ") and \
+        "interrupted" in lines[0], stderr
+    assert not (sweep / "1").exists()  # no job started after the signal
+
+
+def test_a_full_disk_under_hydras_record_is_one_line(cli, tmp_path, mnist_root):
+    """Issue 19 item 6: Hydra's own write of .hydra/config.yaml failing (here into
+    /dev/full: "No space left on device") was an OSError traceback."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    out = tmp_path / "run"
+    (out / ".hydra").mkdir(parents=True)
+    (out / ".hydra" / "config.yaml").symlink_to("/dev/full")
+    r = cli("train", *TINY, "model=mlp", f"data.root={mnist_root}", f"hydra.run.dir={out}")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "odenet train: error: cannot write Hydra's record of the run (.hydra/): No space "
+        "left on device"], r.stderr
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_missing_cuda_is_refused_before_anything_is_written(cli, tmp_path, mnist_root):
+    """Issue 19 item 9: device=cuda on a machine without CUDA left .hydra/, train.log and
+    .lock behind."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    one_line_error(cli("train", *TINY, "model=mlp", "device=cuda", f"data.root={mnist_root}",
+                       f"hydra.run.dir={out}"), "device=cuda but CUDA is not available")
+    assert not out.exists()
