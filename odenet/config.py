@@ -39,7 +39,7 @@ GRADIENTS = (ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE)  # as odenet.solvers.GRA
 
 __all__ = ["Config", "ConfigError", "SolverConfig", "DataConfig", "OptimConfig",
            "TrainConfig", "to_config", "model_config", "solver_config", "resolve_solver",
-           "as_dict", "unknown_key_line"]
+           "as_dict", "unknown_key_line", "unused_settings"]
 
 # data.name for density models; odenet.cnf.datasets.DATASETS (checked by tests/cnf) must match
 TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals")
@@ -257,7 +257,9 @@ def _all_keys() -> list[str]:
 
 
 # --------------------------------------------------------------------------- validation
-def _validate_solver(s: Any, model: str) -> None:
+def _check_solver_values(s: Any) -> None:
+    """Each solver setting on its own (for every model: a sweep mixing models may give
+    solver settings to one without an ODE block, but never a value that means nothing)."""
     need(s.rtol > 0, f"solver.rtol must be > 0 (got {s.rtol})")
     if s.atol is not None:
         need(s.atol > 0, f"solver.atol must be > 0 (got {s.atol})")
@@ -266,14 +268,32 @@ def _validate_solver(s: Any, model: str) -> None:
         need(s.step_size > 0, f"solver.step_size must be > 0 (got {s.step_size})")
     need(s.max_num_steps >= 1, f"solver.max_num_steps must be >= 1 (got {s.max_num_steps})")
     one_of("solver.last_step", s.last_step, ("clamp", "overshoot"))
+    if s.gradient is not None:
+        one_of("solver.gradient", s.gradient, GRADIENTS)
+    from odenet.solvers import METHODS  # torch: only once the rest is valid
+
+    one_of("solver.method", s.method, list(METHODS))
+
+
+def unused_settings(cfg: Any) -> list[str]:
+    """The solver settings ``cfg`` gives (other than the defaults) that its model does not
+    use, as key=value: a model without an ODE block takes none."""
+    if spec(cfg.model.name).ode_block:
+        return []
+    default = {**OmegaConf.to_container(OmegaConf.structured(SolverConfig)),
+               "atol": cfg.solver.rtol}  # atol follows rtol
+    return [f"solver.{k}={str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in cfg.solver.items() if v != default[k]]
+
+
+def _validate_solver(s: Any, model: str) -> None:
+    _check_solver_values(s)
     gradient = _gradient(s, model)
     if s.adjoint_norm == "seminorm" and gradient != ADJOINT:
         raise ConfigError(f"solver.adjoint_norm=seminorm needs the adjoint; model={model} "
                           f"computes its gradients by {gradient}")
-    # torch: only once the rest is valid
-    from odenet.solvers import FIXED_METHODS, METHODS, gradient_refusal, method_unavailable
+    from odenet.solvers import FIXED_METHODS, gradient_refusal, method_unavailable
 
-    one_of("solver.method", s.method, list(METHODS))
     need(s.method not in FIXED_METHODS or s.step_size is not None,
          f"solver.method={s.method} is a fixed-grid method: set solver.step_size (e.g. 0.25)")
     refusal = gradient_refusal(s.method, gradient)  # the solver library's own rule
@@ -326,6 +346,8 @@ def _validate(c: Any) -> None:
     model = spec(c.model.name)
     if model.ode_block:
         resolve_solver(c.solver, model.name)
+    else:
+        _check_solver_values(c.solver)
     density = model.task == DENSITY
     d = c.data
     if density:

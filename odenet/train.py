@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from odenet import checkpoint, measure, optim, record, rundir
-from odenet.config import ConfigError, as_dict, to_config
+from odenet.config import ConfigError, as_dict, to_config, unused_settings
 from odenet.models import build_model, measured_blocks, reset_solver_stats, solver_stats
 from odenet.registry import spec
 from odenet.runlog import Bars, Heartbeat, RunLog, last_epoch, log_epoch
@@ -175,6 +175,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     log.info("threads %d, OMP_WAIT_POLICY=%s, GOMP_SPINCOUNT=%s (odenet/openmp.py)",
              torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "-"),
              os.environ.get("GOMP_SPINCOUNT", "-"))
+    _note_settings(cfg, loaders)
     runlog.metrics(metrics)
 
     saved = {"epoch": prog.epoch}  # what checkpoint.pt holds: metrics.json never claims more
@@ -419,6 +420,21 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         max_iters_per_epoch=cfg.train.max_iters_per_epoch, lr=optim.peak_lr(cfg),
         schedule=cfg.optim.schedule, device=str(device), threads=torch.get_num_threads(),
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())
+
+
+def _note_settings(cfg: Any, loaders: Any) -> None:
+    """Say which settings the run does not use as given: solver settings of a model without
+    an ODE block (a sweep may mix models; metrics.json records no solver for it), and more
+    training or test images than the data hold."""
+    unused = unused_settings(cfg)
+    if unused:
+        log.warning("model=%s has no ODE block: %s not applied (metrics.json records no "
+                    "solver)", cfg.model.name, ", ".join(unused))
+    for split, loader in ("train", loaders.train), ("test", loaders.test):
+        asked = cfg.data[f"{split}_size"]
+        if asked is not None and asked > loader.n:
+            log.warning("data.%s_size=%d but the %s split holds %d images: using %d", split,
+                        asked, split, loader.n, loader.n)
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -88,7 +88,16 @@ def test_rknet_is_odenet_without_the_adjoint():
 
 
 def test_mlp_and_resnet_ignore_the_solver_settings():
+    from odenet.config import unused_settings
+
     assert compose(["model=resnet", "solver.adjoint=false"]).model.name == "resnet"
+    # valid, but not applying (sweeps mix models): the trainer says so
+    assert unused_settings(compose(["model=mlp", "solver=rk4", "solver.rtol=1e-2"])) == [
+        "solver.method=rk4", "solver.rtol=0.01", "solver.step_size=0.25"]
+    assert unused_settings(compose(["model=resnet", "solver.adjoint=false"])) == [
+        "solver.adjoint=false"]
+    assert unused_settings(compose(["model=mlp"])) == []
+    assert unused_settings(compose(["model=odenet", "solver.rtol=1e-2"])) == []
 
 
 @pytest.mark.parametrize("overrides,expected", [
@@ -127,6 +136,10 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["optim.lr=1e308"], "optim.lr=1e+308 is too large: float32 parameters take at most"),
     (["optim.base_lr=1e38", "data.batch_size=1280"], "data.batch_size=1280 = 1e+39 is too"),
     (["optim.weight_decay=1e300"], "optim.weight_decay=1e+300 is too large"),
+    # issue 19 item 8: a value that means nothing is refused for every model
+    (["model=mlp", "solver.method=nosuch"], "solver.method='nosuch' is not one of"),
+    (["model=mlp", "solver.rtol=-1"], "solver.rtol must be > 0"),
+    (["model=resnet", "solver.gradient=nope"], "solver.gradient='nope' is not one of"),
 ])
 def test_bad_configs_give_one_line(overrides, expected):
     with pytest.raises(Exception) as info:

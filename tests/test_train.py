@@ -228,6 +228,21 @@ def test_the_schedules_fitted_to_the_epochs_are_those_whose_lr_depends_on_them(s
     assert same == (schedule not in FITTED_TO_LENGTH)
 
 
+def test_settings_that_do_not_apply_are_said(compose_cfg, tmp_path, caplog):
+    """Issue 19 item 8: solver settings of a model without an ODE block, and more training
+    images than MNIST has, were dropped without a word."""
+    cfg = compose_cfg(*TINY, "model=mlp", "solver=bosh3", "data.train_size=100000000",
+                      "train.max_iters_per_epoch=2")
+    with caplog.at_level("WARNING", logger="odenet.train"):
+        m = run(cfg, tmp_path)
+    said = [r.getMessage() for r in caplog.records]
+    assert "model=mlp has no ODE block: solver.method=bosh3 not applied (metrics.json " \
+           "records no solver)" in said
+    assert "data.train_size=100000000 but the train split holds 60000 images: using " \
+           "60000" in said
+    assert (m["train_size"], m["solver_method"]) == (60000, None)
+
+
 def test_nan_loss_fails_the_run_with_a_reason(compose_cfg, tmp_path):
     m = run(compose_cfg(*TINY, "model=mlp", "optim.lr=1e30"), tmp_path)
     assert m["status"] == "failed" and "non-finite loss" in m["reason"]
