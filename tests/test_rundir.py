@@ -232,6 +232,39 @@ def test_heartbeat_logs_progress_without_a_terminal(caplog):
     assert len(caplog.records) == n
 
 
+def test_a_terminal_without_a_width_gets_the_heartbeat(monkeypatch):
+    """Issue 19 item 11: under `script -qc` the terminal reports 0 columns; tqdm drew
+    nothing and the heartbeat was off, as the bars counted as shown."""
+    import io
+
+    from odenet.runlog import Bars
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 2
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+    assert not Bars("auto").shown  # the trainer's Heartbeat(enabled=not bars.shown) logs
+    assert Bars("always").shown and Bars("always").size == (80, 20)  # drawn at a fixed size
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((100, 30)))
+    assert Bars("auto").shown and Bars("always").size is None
+
+
+def test_bars_under_script_fall_back_to_the_heartbeat():
+    import shutil
+
+    if shutil.which("script") is None:
+        pytest.skip("no script(1)")
+    code = "from odenet.runlog import Bars; print('shown', Bars('auto').shown)"
+    r = subprocess.run(["script", "-qc", shlex.join([sys.executable, "-c", code]), "/dev/null"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "shown False" in r.stdout, (r.stdout, r.stderr)
+
+
 def test_reports_show_a_run_nobody_owns_any_more_as_killed(compose_cfg, tmp_path):
     from odenet.report.runs import load_runs
 
