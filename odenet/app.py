@@ -16,6 +16,7 @@ import argparse
 import itertools
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -37,18 +38,24 @@ def compose(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> An
 def _compose(overrides: Sequence[str], config_name: str = CONFIG_NAME,
              with_hydra: bool = False) -> tuple[Any, Any]:
     """(validated config, Hydra's own node or None)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        raw = hydra_compose(config_name=config_name, overrides=list(overrides),
-                            return_hydra_config=with_hydra)
+    raw = _compose_raw(overrides, config_name, with_hydra)
     if not with_hydra:
         return to_config(raw), None
     return to_config(OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"])), raw.hydra
+
+
+def _compose_raw(overrides: Sequence[str], config_name: str, with_hydra: bool) -> Any:
+    """What Hydra composes, before validation (interpolations unresolved)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides),
+                             return_hydra_config=with_hydra)
 
 
 def error_line(exc: BaseException) -> str:
@@ -135,6 +142,13 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
     if args.shell_completion:
         return ("odenet train has no shell completion (Hydra's would call the program "
                 "without its 'train' command); `odenet train --help` lists every setting", 2)
+    if args.help and not (args.config_path or args.config_dir):
+        try:
+            jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
+            print(train_help(jobs[0], args.config_name or CONFIG_NAME))
+        except Exception as e:  # noqa: BLE001 - every composition error becomes one line
+            return error_line(e), 2
+        return "", 0
     if (args.help or args.version or args.info
             or args.config_path or args.config_dir or args.experimental_rerun):
         return None
@@ -173,6 +187,106 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
                 "continues only a run that has epochs left; raise optim.epochs for more, with a "
                 "multistep or constant schedule)", 0)
     return None
+
+
+HELP_GROUPS = ("model", "solver", "data", "optim", "experiment")
+
+
+def train_help(overrides: list[str], config_name: str = CONFIG_NAME) -> str:
+    """`odenet train [overrides] --help`: the config groups, then every setting of the
+    configuration those overrides compose, with its value and what configs/ says of it."""
+    import textwrap
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    cfg = _compose(overrides, config_name)[0]  # a bad setting: its one-line error
+    raw = _compose_raw(overrides, config_name, with_hydra=True)
+    choices = raw.hydra.runtime.choices
+    files = resources.files(CONFIG_MODULE)
+    lines = ["usage: odenet train [key=value ...] [-m]   (Hydra's flags: odenet train "
+             "--hydra-help)", "", "Configuration groups (group=option; * marks this "
+             "configuration's choice):"]
+    for group in HELP_GROUPS:
+        options = sorted(p.name[:-5] for p in (files / group).iterdir()
+                         if p.name.endswith(".yaml"))
+        lines.append(f"  {group}: " + ", ".join(o + "*" * (o == choices.get(group))
+                                                for o in options))
+    lines += ["", "Settings (key=value: the value here, then its meaning; "
+              "`odenet train model=resnet --help` shows the ResNet's):"]
+    comments = _setting_comments(files, config_name, choices)
+    values = dict(_flatten(OmegaConf.to_container(
+        OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]))))
+    schema_only = {f"+{k}": v for k, v in _flatten(OmegaConf.to_container(cfg))
+                   if k not in values}  # a schema's default no YAML file writes
+    for key, value in {**values, **schema_only}.items():
+        setting = f"  {key}={_yaml_text(value)}"
+        meaning = comments.get(key, "not in configs/: the schema's default (odenet/config.py, "
+                               "odenet/registry.py); set it with " + key + "=..."
+                               if key.startswith("+") else "")
+        if len(setting) > 30 and meaning:
+            lines.append(setting)
+            setting = ""
+        lines += textwrap.wrap(meaning, 100, initial_indent=f"{setting:<31}",
+                               subsequent_indent=" " * 31) or [setting]
+    return "\n".join(lines)
+
+
+def _setting_comments(files: Any, config_name: str, choices: Any) -> dict[str, str]:
+    """What configs/ says of each setting: the root config's comments and those of each
+    group's chosen file (whose header, for its name or method, says what it is)."""
+    comments = yaml_comments((files / f"{config_name}.yaml").read_text(encoding="utf-8"))
+    for group in HELP_GROUPS[:-1]:
+        text = (files / group / f"{choices[group]}.yaml").read_text(encoding="utf-8")
+        comments.update({f"{group}.{k}": c for k, c in yaml_comments(text).items()})
+        header, selector = comments.pop(f"{group}."), "method" if group == "solver" else "name"
+        comments[f"{group}.{selector}"] = comments[f"{group}.{selector}"] or header
+    return comments
+
+
+def yaml_comments(text: str) -> dict[str, str]:
+    """The comment on each key's line of a configs/ YAML file, continued by the comment
+    lines indented below it, by dotted key (``train.log_every``); under "" the file's
+    header (the comment lines before its first key)."""
+    comments: dict[str, str] = {"": ""}
+    parents: list[tuple[int, str]] = []
+    last, last_indent = "", -1
+    for line in text.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip(" "))
+        if stripped.startswith("# @package"):  # Hydra's directive, not a comment
+            continue
+        if stripped.startswith("#"):
+            if last is not None and indent > last_indent:
+                comments[last] = f"{comments[last]} {stripped[1:].strip()}".strip()
+            else:
+                last = None
+            continue
+        m = re.match(r"(?P<key>[A-Za-z_]\w*):(?P<value>[^#]*)(#\s?(?P<comment>.*))?$", stripped)
+        if m is None:  # a blank line, a list item
+            last = None
+            continue
+        parents = [(i, k) for i, k in parents if i < indent]
+        last, last_indent = ".".join([k for _, k in parents] + [m["key"]]), indent
+        comments[last] = (m["comment"] or "").strip()
+        if not m["value"].strip():  # a section: its keys follow, indented
+            parents.append((indent, m["key"]))
+    return comments
+
+
+def _flatten(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in values.items():
+        out += _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return out
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as one writes it on the command line (null, true, [60, 100, 140])."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_yaml_text, value)) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) \
+        else str(value)
 
 
 HYDRA_HELP = """\

@@ -232,6 +232,31 @@ def test_train_help_lists_config_groups(cli):
     assert r.returncode == 0
     for group in ("model:", "solver:", "experiment:"):
         assert group in r.stdout
+    assert "  model: cnf, mlp, odenet*, planar, resnet, rknet" in r.stdout
+
+
+def test_train_help_gives_every_setting_its_value_and_meaning():
+    """Issue 19 item 12: --help named the settings; their meaning is in configs/."""
+    from odenet.app import train_help
+
+    text = train_help([])
+    assert "  solver.rtol=0.001            relative tolerance of the adaptive step control" in text
+    assert "  seed=0                       seeds torch, numpy and random" in text
+    assert "  train.max_iters_per_epoch=null\n" + " " * 31 + "cut each epoch" in text
+    lines = text.split("\nSettings")[1].splitlines()[1:]
+    settings = [i for i, ln in enumerate(lines) if not ln.startswith("   ")]
+    keys = {lines[i].split("=", 1)[0].strip().lstrip("+") for i in settings}
+
+    def leaves(node, prefix=""):
+        return {k for key, v in node.items()
+                for k in (leaves(v, f"{prefix}{key}.") if isinstance(v, dict) else [prefix + key])}
+
+    assert keys == leaves(OmegaConf.to_container(compose([])))
+    for i in settings:  # a meaning on the line or on the next, indented
+        assert len(lines[i]) > 31 or lines[i + 1].startswith(" " * 31), lines[i]
+    resnet = train_help(["model=resnet", "optim=adam"])
+    assert "  model.width=" in resnet and "  optim.lr=0.001               peak learning rate" \
+        in resnet
 
 
 @pytest.mark.parametrize("option", options("experiment_model"))
