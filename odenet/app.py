@@ -432,7 +432,7 @@ def train_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C twice before a training loop took the signals
         stop = "interrupted (SIGINT twice): stopped at once", 130
     line, code = stop
-    if code in (3, 130, 143) and _SWEEP.get("started"):  # go on with the whole sweep
+    if code in (3, 130, 143) and "dir" in _SWEEP and _SWEEP.get("started"):  # all of it
         line = ("sweep interrupted; continue it (finished jobs are skipped) with: "
                 + rundir.resume_sweep_command(_SWEEP["dir"], argv))
     elif code in (130, 143) and not _SWEEP.get("started"):
@@ -451,8 +451,9 @@ def _launch(argv: list[str]) -> tuple[str, int]:
 
     from odenet import rundir
 
-    if rundir.pending_signal() is not None:
-        return "", 128 + rundir.pending_signal()
+    signum = rundir.pending_signal()
+    if signum is not None:  # came during preflight
+        return "", 128 + signum
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",
                      config_name=CONFIG_NAME)(_train_job)
     saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
