@@ -8,7 +8,7 @@ ARGS    ?=
 TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-openmp bench-solver bench-gradients clean
+.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-torchdiffeq bench-threads bench-openmp bench-solver bench-gradients clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -50,8 +50,14 @@ sweep: $(VENV) $(DATA)  ## tolerance sweep (Hydra multirun), see scripts/sweep_t
 reproduce: $(VENV) $(DATA)  ## Table 1 + Figure 3 at quick scale (about two hours on 2 cores)
 	.venv/bin/odenet reproduce experiment=quick $(ARGS)
 
-bench: $(VENV) $(DATA)  ## odenet vs torchdiffeq side by side: training iteration, test forward, solver
+bench: $(VENV) $(DATA)  ## the fast path vs today's fp32 vs the torchdiffeq reference, with issue 17's floors
+	$(PY) -m bench.bench_fast $(ARGS)
+
+bench-torchdiffeq: $(VENV) $(DATA)  ## odenet vs torchdiffeq on the same fp32 network: iteration, test forward, solver
 	$(PY) -m bench.bench_training $(ARGS)
+
+bench-threads: $(VENV) $(DATA)  ## one training at 2 threads vs two at 1 thread, idle and loaded (images/s)
+	$(PY) -m bench.bench_threads $(ARGS)
 
 bench-openmp: $(VENV) $(DATA)  ## an ODE-Net iteration under each OpenMP wait policy, alone and two at once
 	$(PY) -m bench.bench_openmp $(ARGS)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from odenet.data import load_mnist
 from odenet.models import build_model, reset_solver_stats, solver_stats
+from odenet.runtime import autocast
 
 from . import bench_solver
 from .common import Counted, interleaved, machine, require_torchdiffeq, write_json
@@ -87,6 +88,8 @@ def _pair(adjoint: bool, norm: str, tdq, device, last_step: str = "overshoot",
 
 def read_nfe(model) -> int:
     """The ODE block's evaluations since the last read (either side); resets the count."""
+    if getattr(model, "body", None) is None or isinstance(model.body, torch.nn.Sequential):
+        return 0  # no ODE block (MLP, ResNet)
     if isinstance(model.body, TorchdiffeqBlock):
         n, model.body.func.calls = model.body.func.calls, 0
         return n
@@ -96,10 +99,11 @@ def read_nfe(model) -> int:
 
 
 class Trainer:
-    """One model, its optimizer and its own pass over the shared batches."""
+    """One model, its optimizer and its own pass over the shared batches; ``precision``
+    as the trainer's (odenet.runtime.autocast around the forward and the loss)."""
 
-    def __init__(self, model, batches):
-        self.model, self.batches = model, batches
+    def __init__(self, model, batches, precision: str = "fp32"):
+        self.model, self.batches, self.precision = model, batches, precision
         self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         self.i = 0
         self.nfe: list[tuple[int, int]] = []
@@ -109,7 +113,8 @@ class Trainer:
         self.i += 1
         self.opt.zero_grad(set_to_none=True)
         read_nfe(self.model)
-        loss = F.cross_entropy(self.model(x), y)
+        with autocast(self.precision, x.device):
+            loss = F.cross_entropy(self.model(x), y)
         forward = read_nfe(self.model)
         loss.backward()
         backward = read_nfe(self.model)
@@ -134,10 +139,12 @@ def training_case(case, tdq, batches, device, iters, warmup, true_grad):
     }
 
 
-def _grads(model, batch) -> torch.Tensor:
+def _grads(model, batch, precision: str = "fp32") -> torch.Tensor:
     x, y = batch
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    with autocast(precision, x.device):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
     grad = torch.cat([p.grad.flatten() for p in model.parameters()])
     model.zero_grad(set_to_none=True)
     return grad
@@ -152,9 +159,9 @@ def true_gradient(batch, device) -> torch.Tensor:
     return _grads(model, (x.double(), y)).float()
 
 
-def _grad_error(model, batch, true_grad) -> float:
+def _grad_error(model, batch, true_grad, precision: str = "fp32") -> float:
     """Relative L2 error of all parameter gradients on `batch` (NFE counters are reset)."""
-    grad = _grads(model, batch)
+    grad = _grads(model, batch, precision)
     read_nfe(model)
     return float((grad - true_grad).norm() / true_grad.norm())
 

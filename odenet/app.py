@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from odenet.config import ConfigError, to_config, unknown_key_line
-from odenet.record import CHECKPOINT
+from odenet.record import CHECKPOINT_FILE
 
 CONFIG_MODULE = "odenet.configs"
 CONFIG_NAME = "config"
@@ -348,7 +348,7 @@ def _check_run_dir(cfg: Any, out: Path, claim: bool) -> bool:
     if rundir.is_claimed(out):
         rundir.claim(out)  # raises the one line that names the owner
     if cfg.resume:
-        if (out / CHECKPOINT).is_file():
+        if (out / CHECKPOINT_FILE).is_file():
             train.check_resume(cfg, out)
         if train.finished(out, cfg) is not None:
             return True

@@ -19,8 +19,8 @@ from torch import nn
 
 from odenet.files import write_atomic
 from odenet.models import build_model, ode_blocks
-from odenet.record import CHECKPOINT
-from odenet.registry import CLASSIFY, MODELS
+from odenet.record import CHECKPOINT_FILE
+from odenet.registry import MODELS
 
 REQUIRED = ("model", "config")
 
@@ -39,7 +39,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The checkpoint at ``path`` as plain data."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (give a run's {CHECKPOINT})")
+        raise CheckpointError(f"{path}: no such file (give a run's {CHECKPOINT_FILE})")
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, foreign or unsafe: not a checkpoint
@@ -69,13 +69,17 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu"
 
 def load_ode_model(path: str | os.PathLike, map_location: Any = "cpu"
                    ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """``load_model`` for a classifier with exactly one ODE block (what evaluate and
-    gradients re-solve); CheckpointError naming the models that have one otherwise."""
+    """``load_model`` for a model with exactly one ODE block that can be re-solved (what
+    evaluate and gradients do, through ``model.ode_input``, ``ode_block``, ``ode_output``);
+    CheckpointError naming the models that have one otherwise."""
     model, config, ck = load_model(path, map_location)
-    if len(ode_blocks(model)) != 1:
-        having = [s.name for s in MODELS.values() if s.ode_block and s.task == CLASSIFY]
+    if getattr(model, "ode_block", None) is None or len(ode_blocks(model)) != 1:
+        having = [s.name for s in MODELS.values() if s.ode_block]
         count = len(ode_blocks(model)) or "no"
         raise CheckpointError(f"{path}: model {config.get('model', {}).get('name')!r} has "
-                              f"{count} ODE block(s); a classifier with one is needed "
+                              f"{count} ODE block(s); a model with one is needed "
                               f"({', '.join(having)})")
+    why = model.ode_refusal()
+    if why:
+        raise CheckpointError(f"{path}: {why}")
     return model, config, ck

@@ -1,22 +1,25 @@
-"""`odenet evaluate checkpoint=... tolerances=[...]`: a trained ODE-Net at many tolerances.
+"""`odenet evaluate checkpoint=... tolerances=[...]`: a trained ODE block at many tolerances.
 
-For each tolerance τ (rtol = atol = τ) the ODE block of a trained checkpoint is re-solved
-on the test set, batch by batch, and we record:
+For each tolerance τ (rtol = atol = τ) the ODE block of a trained checkpoint (ODE-Net,
+RK-Net, or a CNF: any model with one, through ``model.ode_input`` / ``ode_block`` /
+``ode_output``) is re-solved on the test set, batch by batch, and we record:
 
 - ``nfe_forward_mean``: function evaluations per forward solve (mean over test batches);
 - ``numerical_error``: how far the block's output is from a reference solution, defined
   per image i over the first ``error_images`` test images as
       e_i = ||h_τ(x_i) - h_ref(x_i)||_2 / ||h_ref(x_i)||_2
-  where h(x) is the ODE block's output h(t1) (64 x 6 x 6 values), h_τ the solve at τ
-  (in ``dtype``, float32 as trained, in the same batches as the timing) and h_ref a
-  float64 solve of the same block from the same h(0) (the float32 downsampling output,
-  cast) with ``reference_method`` at rtol = atol = ``reference_tol`` (default dopri5,
-  1e-10). ``numerical_error`` is the mean of e_i, ``numerical_error_max`` the largest;
+  where h(x) is the ODE block's output (an ODE-Net's h(t1), 64 x 6 x 6 values; a CNF's
+  [z(t0), ℓ(t0)], "images" being its test points), h_τ the solve at τ (in ``dtype``,
+  float32 as trained, in the same batches as the timing) and h_ref a float64 solve of
+  the same block from the same h(0) (the float32 ``ode_input``, e.g. downsampling, cast)
+  with ``reference_method`` at rtol = atol = ``reference_tol`` (default dopri5, 1e-10).
+  ``numerical_error`` is the mean of e_i, ``numerical_error_max`` the largest;
 - ``forward_seconds`` / ``block_seconds``: wall time of the whole forward pass over the
   test images / of the ODE block alone (per batch the fastest of ``repeats`` passes);
   ``forward_cpu_seconds``: the process's CPU time for the forward pass (all its threads),
   less sensitive than wall time to other work on a shared machine;
-- ``test_error``: the fraction of test images misclassified.
+- ``test_error``: the fraction of test images misclassified; for a density model
+  ``test_nll`` instead, the mean negative log-likelihood (nats) of the test points.
 
 The reference itself is checked: a second float64 solve at 10 x ``reference_tol`` gives
 ``reference.check_error`` (same definition); it should lie far below every numerical
@@ -38,8 +41,8 @@ from typing import Any
 
 from odenet.config import load_settings
 from odenet.errors import ConfigError, need
-from odenet.files import write_json
-from odenet.probe import ProbeSettings, check, open_checkpoint
+from odenet.files import os_reason, write_json
+from odenet.probe import ProbeSettings, check, open_checkpoint, output_path
 from odenet.record import CHECKPOINT_ID, EVALUATION
 
 CONFIG_FILE = "evaluate.yaml"
@@ -93,36 +96,29 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     """Run the evaluation; returns the record written to evaluation.json."""
     import torch
 
-    from odenet.data import DataError, load_mnist
-    from odenet.models import ode_blocks
+    from odenet.data import DataError
     from odenet.solvers import SolverError
+    from odenet.tasks import task_of
 
     device, model, config, ck, ckpt_id = open_checkpoint(cfg)
     ckpt = Path(cfg.checkpoint)
-    block = ode_blocks(model)[0]
+    block = model.ode_block
     trained = dict(block.settings())
     dtype = getattr(torch, cfg.dtype)
-
-    data = config.get("data", {}) or {}
-    root = cfg.data_root or data.get("root", "data")
+    task = task_of(config)
     try:
-        from odenet.data import MnistBatches
-
-        xte, yte = load_mnist(root, train=False)
+        batches = task.probe_batches(config, train=False, n=cfg.test_size,
+                                     batch_size=cfg.batch_size, device=device,
+                                     root=cfg.data_root)
     except DataError as e:
         raise EvaluateError(str(e)) from None
-    if cfg.test_size is not None:
-        xte, yte = xte[: cfg.test_size], yte[: cfg.test_size]
-    n_test = len(xte)
+    n_test = sum(len(b[0]) for b in batches)
     n_err = min(cfg.error_images, n_test)
-    loader = MnistBatches(xte, yte, cfg.batch_size, normalize=bool(data.get("normalize", False)),
-                         device=device)
 
-    # h(0) of every test image, once (float32, as trained): every solve starts there, so
+    # h(0) of every test sample, once (float32, as trained): every solve starts there, so
     # the tolerance solves and the reference differ only in the ODE block's solve.
     with torch.no_grad():
-        batches = list(loader)
-        h0s = [model.features(x) for x, _ in batches]
+        h0s = [model.ode_input(b[0]) for b in batches]
     err_h0 = torch.cat(h0s)[:n_err]
 
     # The float64 reference, and a check of it at 10x looser tolerance.
@@ -152,9 +148,11 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
         try:
             with torch.no_grad():
                 row.update(status="ok", reason=None, **_measure_tolerance(
-                    model, block, batches, h0s, ref, dtype, cfg.repeats))
+                    model, task, batches, h0s, ref, dtype, cfg.repeats))
+            metric = row[f"test_{task.metric}"]
             log(f"tol {tol:g}: NFE {row['nfe_forward_mean']:.1f}, error "
-                f"{row['numerical_error']:.2e}, test error {row['test_error'] * 100:.2f} %, "
+                f"{row['numerical_error']:.2e}, test {task.metric} "
+                f"{f'{metric * 100:.2f} %' if task.metric == 'error' else f'{metric:.4f}'}, "
                 f"forward {row['forward_seconds']:.2f} s")
         except SolverError as e:
             row.update(status="failed", reason=str(e).splitlines()[0])
@@ -196,32 +194,35 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     return record
 
 
-def _measure_tolerance(model, block, batches, h0s, ref, dtype, repeats: int) -> dict:
-    """NFE, numerical error (first len(ref) images), test error and timings of the model
-    at the block's current settings; each batch's times are the fastest of ``repeats``."""
+def _measure_tolerance(model, task, batches, h0s, ref, dtype, repeats: int) -> dict:
+    """NFE, numerical error (first len(ref) samples), the task's test metric and timings
+    of the model at its block's current settings; each batch's times are the fastest of
+    ``repeats``."""
     import torch
 
     from odenet.measure import synchronize
 
     device = ref.device
+    block = model.ode_block
     block.stats.reset()
     model(batches[0][0].to(dtype))  # warm-up (first-call overheads), not timed
     nfes, steps_acc, steps_rej, outs = [], [], [], []
     fwd = blk = cpu = 0.0
-    wrong = n = 0
-    for (x, y), h0 in zip(batches, h0s):
+    sums: dict[str, float] = {}
+    for batch, h0 in zip(batches, h0s):
+        x = batch[0]
         best_fwd = best_blk = best_cpu = math.inf
         for _ in range(repeats):
             block.stats.reset()
             ca = time.process_time()
             ta = time.perf_counter()
-            model.features(x.to(dtype))  # timed as part of the forward pass;
-            h0 = h0.to(dtype)            # the solve starts from the cached h(0)
+            model.ode_input(x.to(dtype))  # timed as part of the forward pass;
+            h0 = h0.to(dtype)             # the solve starts from the cached h(0)
             tb = time.perf_counter()
             h1 = block(h0)
             synchronize(device)
             tc = time.perf_counter()
-            logits = model.head(h1)
+            out = model.ode_output(h1)
             synchronize(device)
             td = time.perf_counter()
             cd = time.process_time()
@@ -233,8 +234,8 @@ def _measure_tolerance(model, block, batches, h0s, ref, dtype, repeats: int) -> 
         nfes.append(block.stats.nfe_forward)
         steps_acc.append(block.stats.steps_accepted)
         steps_rej.append(block.stats.steps_rejected)
-        wrong += int((logits.argmax(1) != y).sum())
-        n += len(y)
+        for k, v in task.sums(out, batch).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
         if sum(len(o) for o in outs) < len(ref):
             outs.append(h1)
     err = _rel_errors(torch.cat(outs)[: len(ref)], ref)
@@ -242,8 +243,8 @@ def _measure_tolerance(model, block, batches, h0s, ref, dtype, repeats: int) -> 
                 steps_accepted_mean=sum(steps_acc) / len(steps_acc),
                 steps_rejected_mean=sum(steps_rej) / len(steps_rej),
                 numerical_error=float(err.mean()), numerical_error_max=float(err.max()),
-                test_error=wrong / n, forward_seconds=fwd, block_seconds=blk,
-                forward_cpu_seconds=cpu)
+                **{f"test_{task.metric}": task.reduce(sums)}, forward_seconds=fwd,
+                block_seconds=blk, forward_cpu_seconds=cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,12 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = validate(load_settings(EvaluateConfig, CONFIG_FILE, argv, "evaluate"))
+        out = output_path(cfg, EVALUATION)
         record = evaluate(cfg)
+        write_json(out, record)
     except (EvaluateError, ConfigError) as e:
         print(f"odenet evaluate: error: {e}", file=sys.stderr)
         return 2
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(EVALUATION)
-    write_json(out, record)
+    except OSError as e:  # written after the check: e.g. the disk filled up since
+        print(f"odenet evaluate: error: writing {out}: {os_reason(e)}", file=sys.stderr)
+        return 2
     failed = [r for r in record["results"] if r["status"] != "ok"]
     print(f"odenet evaluate: {len(record['results']) - len(failed)}/{len(record['results'])} "
           f"tolerances evaluated -> {out}")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odenet.record import CLASSIFY, DENSITY, EVALUATION
+from odenet.files import check_writable, os_reason
+from odenet.record import CLASSIFY, DENSITY, EVALUATION, HISTORY
 from odenet.report._args import ArgumentParser
 from odenet.report.figures import NoData, write_csv
 from odenet.report.runs import ReportError, Run, load_runs, print_invalid
@@ -48,14 +49,23 @@ class Figure:
     write: str | None = None
     csv: bool = True
     evaluations: bool = False  # drawn from evaluation.json (odenet evaluate)
+    history: bool = False  # drawn from the history.jsonl of finished ODE-block runs
 
     def notes(self, runs: Sequence[Run]) -> list[str]:
-        """Why an evaluation.json of the runs it reads is left out (its checkpoint
-        changed since it was evaluated: load_runs), one line each."""
-        if not self.evaluations:
-            return []
-        return [f"{self.name}: left out {r.name or r.dir}/{EVALUATION}: {r.evaluation_skipped}"
-                for r in self.select(runs) if r.evaluation_skipped]
+        """What of the runs it reads is left out, one line each: an evaluation.json whose
+        checkpoint changed since it was evaluated, the cut last line of a finished run's
+        history.jsonl (load_runs)."""
+        out = []
+        for r in self.select(runs):
+            if self.evaluations and r.evaluation_skipped:
+                out.append(f"{self.name}: left out {r.name or r.dir}/{EVALUATION}: "
+                           f"{r.evaluation_skipped}")
+            if self.history and r.history_note and r.finished and r.has_ode_block:
+                have, want = len(r.epochs()), r.metrics.get("epochs")
+                lost = f" ({have} of {want} epoch records)" if have != want else ""
+                out.append(f"{self.name}: {r.name or r.dir}/{HISTORY}: {r.history_note}"
+                           f"{lost}")
+        return out
 
     def select(self, runs: Sequence[Run]) -> list[Run]:
         return [r for r in runs if r.metrics.get("task") == self.task]
@@ -86,9 +96,9 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("fig3c", "Fig. 3c: NFE forward vs NFE backward over training iterations, a "
            "panel per solver (the paper reported backward ≈ half of forward with its "
            "LSODE-family solvers; LSODA is that family) — this is what we measured.",
-           CLASSIFY, f"{_R}:fig3c_rows", f"{_R}:draw_fig3c"),
+           CLASSIFY, f"{_R}:fig3c_rows", f"{_R}:draw_fig3c", history=True),
     Figure("fig3d", "Fig. 3d: NFE forward during training.",
-           CLASSIFY, f"{_R}:fig3d_rows", f"{_R}:draw_fig3d"),
+           CLASSIFY, f"{_R}:fig3d_rows", f"{_R}:draw_fig3d", history=True),
     Figure("memory", "Measured activation memory (saved for backward) of the ODE block / "
            "residual blocks vs NFE or depth: the O(1) / O(L~) / O(L) of Table 1.",
            CLASSIFY, f"{_R}:memory_rows", f"{_R}:draw_memory"),
@@ -132,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"draw only this figure (repeatable): {', '.join(FIGURES)}")
     args = ap.parse_args(argv)
     try:
+        check_writable(args.out)
+    except OSError as e:
+        print(f"odenet figures: error: --out {args.out}: cannot write there "
+              f"({os_reason(e)}); give --out a writable directory", file=sys.stderr)
+        return 2
+    try:
         runs, invalid = load_runs(args.run_dirs)
     except ReportError as e:
         print(f"odenet figures: error: {e}", file=sys.stderr)
@@ -141,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in which:
         for note in FIGURES[name].notes(runs):
             print(f"odenet figures: {note}", file=sys.stderr)
-    written, skipped = write_figures(runs, args.out, which)
+    try:
+        written, skipped = write_figures(runs, args.out, which)
+    except OSError as e:  # e.g. the disk filled up since the check
+        print(f"odenet figures: error: writing to {args.out}: {os_reason(e)}",
+              file=sys.stderr)
+        return 2
     for name, why in skipped.items():
         print(f"odenet figures: {name} skipped: {why}", file=sys.stderr)
     if not written:

@@ -38,6 +38,27 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+def check_writable(directory: str | os.PathLike) -> None:
+    """OSError unless files can be created in ``directory``, or where it does not exist
+    yet, in its nearest existing parent (write_atomic creates the rest): a command
+    checks where it will write before its work, so that no result is lost."""
+    d = Path(directory).absolute()
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".write-test.", suffix=".tmp")
+    except OSError as e:  # about the directory, not the test file's random name
+        raise type(e)(e.errno, e.strerror, str(d)) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def os_reason(e: OSError) -> str:
+    """An OSError in a few words, naming the path it is about, for a one-line error."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """JSON (indent 1, no NaN: the caller turns non-finite numbers into null)."""
     return write_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")

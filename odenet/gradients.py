@@ -1,9 +1,9 @@
 """`odenet gradients checkpoint=...`: how accurate is each gradient method, at what cost.
 
-For a few MNIST training batches, the gradient of the whole network's cross-entropy loss
-(downsampling -> ODE block -> head) with respect to every parameter is computed by each
-gradient method at each tolerance τ (rtol = atol = τ); only the ODE block's solve differs
-between methods:
+For a few training batches, the gradient of the whole network's loss (MNIST models:
+cross-entropy, downsampling -> ODE block -> head; a CNF: the NLL of its training points)
+with respect to every parameter is computed by each gradient method at each tolerance τ
+(rtol = atol = τ); only the ODE block's solve differs between methods:
 
 - ``backprop``, ``adjoint``, ``adjoint_seminorm`` (the adjoint with the seminorm of
   Kidger et al. 2021 in its backward solve), ``checkpoint``: the model's method (or
@@ -51,17 +51,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odenet.config import load_settings
+from odenet.config import PRECISIONS, load_settings
 from odenet.errors import ConfigError, need, one_of
-from odenet.files import write_json
-from odenet.probe import ProbeSettings, check, open_checkpoint
-from odenet.record import CHECKPOINT_ID, GRADIENTS, GRADIENTS_FIGURE
+from odenet.files import os_reason, write_json
+from odenet.probe import ProbeSettings, check, open_checkpoint, output_path
+from odenet.record import CHECKPOINT_ID, GRADIENTS_FIGURE, GRADIENTS_FILE
 
 CONFIG_FILE = "gradients.yaml"
 INIT = "init"  # checkpoint=init: a freshly initialised network
+HEARTBEAT_SECONDS = 30.0  # progress lines of the reference solve, off a terminal
 # the gradient methods measured: name -> odeint's `gradient`
-METHODS = {"backprop": "backprop", "adjoint": "adjoint", "adjoint_seminorm": "adjoint",
-           "checkpoint": "checkpoint", "reversible": "reversible"}
+GRADIENT_METHODS = {"backprop": "backprop", "adjoint": "adjoint",
+                    "adjoint_seminorm": "adjoint", "checkpoint": "checkpoint",
+                    "reversible": "reversible"}
 
 
 @dataclass
@@ -70,12 +72,13 @@ class GradientsConfig(ProbeSettings):
     reference_tol: float = 1e-9
     model: str = "odenet"
     seed: int = 0
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(GRADIENT_METHODS))
     reversible_method: str = "adaptive_reversible_heun"
     batches: int = 1
     batch_size: int = 128
     reference_gradient: str = "adjoint"
     discrete_float64: bool = True
+    precision: str = "fp32"
 
 
 class GradientsError(Exception):
@@ -85,13 +88,18 @@ class GradientsError(Exception):
 def validate(cfg: GradientsConfig) -> GradientsConfig:
     from odenet.solvers import REVERSIBLE_METHODS
 
-    need(bool(cfg.methods), f"methods=[] measures nothing; accepted: {', '.join(METHODS)}")
+    need(bool(cfg.methods),
+         f"methods=[] measures nothing; accepted: {', '.join(GRADIENT_METHODS)}")
     for m in cfg.methods:
-        need(m in METHODS, f"methods: {m!r} is not a gradient method; accepted: "
-             f"{', '.join(METHODS)}")
+        need(m in GRADIENT_METHODS, f"methods: {m!r} is not a gradient method; accepted: "
+             f"{', '.join(GRADIENT_METHODS)}")
     check(cfg, positive=("batches", "batch_size"))
     one_of("reversible_method", cfg.reversible_method, REVERSIBLE_METHODS)
     one_of("reference_gradient", cfg.reference_gradient, ("adjoint", "backprop"))
+    one_of("precision", cfg.precision, PRECISIONS)
+    need(cfg.precision == "fp32" or cfg.dtype == "float32",
+         f"precision={cfg.precision} autocasts float32 layers: it needs dtype=float32, "
+         f"got dtype={cfg.dtype}")
     return cfg
 
 
@@ -100,7 +108,7 @@ def init_model(name: str, seed: int, device):
     """(untrained model, its config as a plain dict) for checkpoint=init."""
     import torch
 
-    from odenet.models import build_model, ode_blocks
+    from odenet.models import build_model
     from odenet.registry import CLASSIFY, MODELS
 
     having = [s.name for s in MODELS.values() if s.ode_block and s.task == CLASSIFY]
@@ -110,24 +118,29 @@ def init_model(name: str, seed: int, device):
     config = {"model": {"name": name}, "solver": {}}
     torch.manual_seed(seed)
     model = build_model(config["model"], config["solver"])
-    assert len(ode_blocks(model)) == 1
+    assert model.ode_block is not None
     return model.to(device).eval(), config
 
 
-def loss_gradient(model, x, y, *, method: str, tol: float, gradient: str, seminorm: bool,
-                  max_steps: int) -> dict:
-    """The gradient of cross_entropy(model(x), y) with the ODE block solved by odeint with
-    ``gradient``; returns {"grads": [tensor per parameter], stats, seconds, block MiB}.
+def loss_gradient(model, task, batch, *, method: str, tol: float, gradient: str,
+                  seminorm: bool, max_steps: int, precision: str = "fp32") -> dict:
+    """The gradient of the task's loss of the model on ``batch`` (cross-entropy, or a
+    density model's NLL) with the ODE block solved by odeint with ``gradient``; returns
+    {"grads": [tensor per parameter], stats, seconds, block MiB}.
 
     The block is solved here rather than by ODEBlock.forward, which knows only the
-    adjoint and backprop; everything else (features, head, t0/t1) is the model's."""
+    adjoint and backprop; everything else (``ode_input``, ``ode_output``, t0/t1) is the
+    model's. ``precision`` as train's: bf16 autocasts the layers, f included, while the
+    ODE state and the solver stay in the model's dtype (ODEBlock's fast path)."""
     import torch
 
     from odenet.measure import ActivationMeter, synchronize
-    from odenet.models import ode_blocks
+    from odenet.models.blocks import autocast_func
+    from odenet.runtime import autocast
     from odenet.solvers import FIXED_METHODS, SolveStats, odeint
 
-    block = ode_blocks(model)[0]
+    x = batch[0]
+    block = model.ode_block
     params = [p for p in model.parameters() if p.requires_grad]
     options = {"max_num_steps": max_steps}
     if method in FIXED_METHODS:
@@ -140,11 +153,16 @@ def loss_gradient(model, x, y, *, method: str, tol: float, gradient: str, semino
     stats = SolveStats()
     synchronize(x.device)
     t0 = time.perf_counter()
-    h0 = model.features(x)
+    func = block.func
+    with autocast(precision, x.device):
+        h0 = model.ode_input(x).to(x.dtype)
+    if precision != "fp32":
+        func = autocast_func(block.func, x.device.type, torch.bfloat16)
     with ActivationMeter(model) as m:  # around the ODE block's solve only
-        h1 = odeint(block.func, h0, block.times.to(x.dtype), method=method, rtol=tol,
+        h1 = odeint(func, h0, block.times.to(x.dtype), method=method, rtol=tol,
                     atol=tol, options=options, gradient=gradient, stats=stats, **adj)[-1]
-    loss = torch.nn.functional.cross_entropy(model.head(h1), y)
+    with autocast(precision, x.device):
+        loss = task.loss(model.ode_output(h1), batch)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     synchronize(x.device)
     seconds = time.perf_counter() - t0
@@ -164,18 +182,54 @@ def rel_error(g, ref) -> float:
     return num / den if den > 0 else (0.0 if num == 0 else math.inf)
 
 
+class _SolveProgress:
+    """Progress of a long solve, counted in evaluations of ``func``: a bar on a terminal,
+    else a line every HEARTBEAT_SECONDS (runlog's bars and heartbeat, as the trainer's)."""
+
+    def __init__(self, func, desc: str, log):
+        self.func, self.desc, self.log = func, desc, log
+
+    def __enter__(self):
+        from odenet.runlog import Bars, Heartbeat
+
+        self.bars = Bars("auto").__enter__()
+        self.bar = self.bars.count(self.desc, "NFE")
+        self.beat = Heartbeat(enabled=not self.bars.shown, every=HEARTBEAT_SECONDS)
+        self.n, self.t0 = 0, time.monotonic()
+        self.hook = self.func.register_forward_hook(self._evaluated)
+        if self.beat.enabled:
+            self.log(f"{self.desc}: started")
+        return self
+
+    def _evaluated(self, *_):
+        self.n += 1
+        self.bar.update()
+        if self.beat.due():
+            self.log(f"{self.desc}: {self.n} evaluations, {time.monotonic() - self.t0:.0f} s")
+
+    def __exit__(self, *exc):
+        self.hook.remove()
+        self.bar.close()
+        self.bars.__exit__(*exc)
+
+
 def _mean(xs):
     return sum(xs) / len(xs)
+
+
+def _as(batch, dtype):
+    """The batch with its input (the first tensor) in ``dtype``; labels stay."""
+    return (batch[0].to(dtype), *batch[1:])
 
 
 # ---------------------------------------------------------------- the measurement
 def measure(cfg: GradientsConfig, log=print) -> dict:
     import torch
 
-    from odenet.data import DataError, MnistBatches, load_mnist
-    from odenet.models import ode_blocks
+    from odenet.data import DataError
     from odenet.runtime import resolve_device
     from odenet.solvers import SolverError
+    from odenet.tasks import task_of
 
     if cfg.checkpoint == INIT:
         if cfg.threads:
@@ -185,22 +239,17 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
         ck, ckpt_id = {}, None
     else:
         device, model, config, ck, ckpt_id = open_checkpoint(cfg)
-    block = ode_blocks(model)[0]
-    trained = dict(block.settings())
+    trained = dict(model.ode_block.settings())
     base_method = cfg.method or trained["method"]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-
-    data = config.get("data", {}) or {}
-    root = cfg.data_root or data.get("root", "data")
+    task = task_of(config)
     try:
-        xtr, ytr = load_mnist(root, train=True)
+        # the first training samples, without augmentation: the same for every method
+        batches = task.probe_batches(config, train=True, n=cfg.batches * cfg.batch_size,
+                                     batch_size=cfg.batch_size, device=device,
+                                     root=cfg.data_root)[: cfg.batches]
     except DataError as e:
         raise GradientsError(str(e)) from None
-    n = cfg.batches * cfg.batch_size
-    # the first training images, without augmentation: the same batches for every method
-    loader = MnistBatches(xtr[:n], ytr[:n], cfg.batch_size,
-                          normalize=bool(data.get("normalize", False)), device=device)
-    batches = list(loader)[: cfg.batches]
 
     def copy_as(dtype):
         return copy.deepcopy(model).to(dtype)
@@ -212,18 +261,22 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
     def solve_method(name: str) -> str:
         return cfg.reversible_method if name == "reversible" else base_method
 
-    # (a) the float64 continuous reference per batch, and its check at 10x the tolerance
+    # (a) the float64 continuous reference per batch, and its check at 10x the tolerance:
+    # the slow part (minutes for a trained ODE-Net), so with progress
     t0 = time.perf_counter()
+    desc = f"reference solve (float64, tol {cfg.reference_tol:g} and {cfg.reference_tol * 10:g})"
     try:
         refs, checks, ref_nfe, check_nfe = [], [], [], []
-        for x, y in batches:
-            for tol, out, nfe in ((cfg.reference_tol, refs, ref_nfe),
-                                  (cfg.reference_tol * 10, checks, check_nfe)):
-                r = loss_gradient(net64, x.double(), y, method=cfg.reference_method, tol=tol,
-                                  gradient=cfg.reference_gradient, seminorm=False,
-                                  max_steps=cfg.max_num_steps)
-                out.append(r["grads"])
-                nfe.append(r["nfe_forward"] + r["nfe_backward"])
+        with _SolveProgress(net64.ode_block.func, desc, log):
+            for batch in batches:
+                for tol, out, nfe in ((cfg.reference_tol, refs, ref_nfe),
+                                      (cfg.reference_tol * 10, checks, check_nfe)):
+                    r = loss_gradient(net64, task, _as(batch, torch.float64),
+                                      method=cfg.reference_method, tol=tol,
+                                      gradient=cfg.reference_gradient, seminorm=False,
+                                      max_steps=cfg.max_num_steps)
+                    out.append(r["grads"])
+                    nfe.append(r["nfe_forward"] + r["nfe_backward"])
     except SolverError as e:
         raise GradientsError(f"the float64 reference solve failed ({str(e).splitlines()[0]}); "
                              "raise max_num_steps or reference_tol") from None
@@ -241,9 +294,11 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
         key = (method, tol, dt)
         if key not in discrete:
             try:
-                runs = [loss_gradient(net_, x.to(net_dtype(net_)), y, method=method, tol=tol,
-                                      gradient="backprop", seminorm=False,
-                                      max_steps=cfg.max_num_steps) for x, y in batches]
+                runs = [loss_gradient(net_, task, _as(b, net_dtype(net_)), method=method,
+                                      tol=tol, gradient="backprop", seminorm=False,
+                                      max_steps=cfg.max_num_steps,
+                                      precision=cfg.precision if dt == cfg.dtype else "fp32")
+                        for b in batches]
                 discrete[key] = ([r["grads"] for r in runs],
                                  _mean([r["nfe_forward"] for r in runs]))
             except SolverError as e:
@@ -255,11 +310,12 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
         for name in cfg.methods:
             method = solve_method(name)
             row: dict[str, Any] = {"gradient_method": name, "method": method, "rtol": tol,
-                                   "atol": tol, "dtype": cfg.dtype}
+                                   "atol": tol, "dtype": cfg.dtype,
+                                   "precision": cfg.precision}
             try:
                 row.update(status="ok", reason=None,
-                           **_measure_one(cfg, net, net64, batches, refs, names, name, method,
-                                          tol, exact))
+                           **_measure_one(cfg, task, net, net64, batches, refs, names, name,
+                                          method, tol, exact))
                 log(f"tol {tol:g} {name}: error {row['error']:.2e} vs reference, "
                     f"{row['error_vs_discrete']:.2e} vs its discrete solve; NFE-F/B "
                     f"{row['nfe_forward']:.0f}/{row['nfe_backward']:.0f}, "
@@ -284,11 +340,12 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "images": sum(len(y) for _, y in batches),
+        "images": sum(len(b[0]) for b in batches),  # a density model's: points
         "parameters": names,
         "error_definition": (
             "||g - g*||_2 / ||g*||_2 over all parameter gradients of the batch's mean "
-            "cross-entropy (per_parameter: per tensor), mean over batches; g* = reference "
+            "loss (cross-entropy; a density model's NLL) (per_parameter: per tensor), "
+            "mean over batches; g* = reference "
             "(error) or backprop through the same solver at the same tolerance "
             "(error_vs_discrete: same dtype; error_vs_discrete_float64: float64)"),
         "reference": {"method": cfg.reference_method, "gradient": cfg.reference_gradient,
@@ -308,16 +365,18 @@ def net_dtype(net):
     return next(net.parameters()).dtype
 
 
-def _measure_one(cfg, net, net64, batches, refs, names, name, method, tol, exact) -> dict:
+def _measure_one(cfg, task, net, net64, batches, refs, names, name, method, tol,
+                 exact) -> dict:
     """One gradient method at one tolerance, over the batches (means)."""
     dtype = net_dtype(net)
     runs = []
-    for x, y in batches:
+    for batch in batches:
         best = None
         for _ in range(cfg.repeats):
-            r = loss_gradient(net, x.to(dtype), y, method=method, tol=tol,
-                              gradient=METHODS[name], seminorm=name == "adjoint_seminorm",
-                              max_steps=cfg.max_num_steps)
+            r = loss_gradient(net, task, _as(batch, dtype), method=method, tol=tol,
+                              gradient=GRADIENT_METHODS[name],
+                              seminorm=name == "adjoint_seminorm",
+                              max_steps=cfg.max_num_steps, precision=cfg.precision)
             if best is None or r["seconds"] < best["seconds"]:
                 best = r
         runs.append(best)
@@ -367,7 +426,7 @@ def write_figure(record: dict, path: Path) -> None:
     ax_nfe, ax_mem = fig.subplots(1, 2)
     # distinct markers and dashes: methods that coincide (the adjoint with and without
     # the seminorm often do) stay visible on top of one another
-    styles = dict(zip(METHODS, ("o-", "s--", "x:", "^-", "v-.")))
+    styles = dict(zip(GRADIENT_METHODS, ("o-", "s--", "x:", "^-", "v-.")))
     for name in record["settings"]["methods"]:
         rows = [r for r in record["results"]
                 if r["gradient_method"] == name and r["status"] == "ok"]
@@ -404,14 +463,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = validate(load_settings(GradientsConfig, CONFIG_FILE, argv, "gradients"))
         if cfg.checkpoint == INIT and not cfg.out:
             raise GradientsError("checkpoint=init has no run directory: give out=PATH.json")
+        out = output_path(cfg, GRADIENTS_FILE)
+        figure = out.with_name(GRADIENTS_FIGURE if out.name == GRADIENTS_FILE
+                               else out.stem + ".png")
         record = measure(cfg)
+        write_json(out, record)
+        write_figure(record, figure)
     except (GradientsError, ConfigError) as e:
         print(f"odenet gradients: error: {e}", file=sys.stderr)
         return 2
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(GRADIENTS)
-    write_json(out, record)
-    figure = out.with_name(GRADIENTS_FIGURE if out.name == GRADIENTS else out.stem + ".png")
-    write_figure(record, figure)
+    except OSError as e:  # written after the check: e.g. the disk filled up since
+        print(f"odenet gradients: error: writing {out}: {os_reason(e)}", file=sys.stderr)
+        return 2
     failed = [r for r in record["results"] if r["status"] != "ok"]
     print(f"odenet gradients: {len(record['results']) - len(failed)}/{len(record['results'])} "
           f"measurements -> {out}, {figure}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from odenet.config import peak_lr  # noqa: F401 - validated there, used here
+from odenet.config import peak_lr  # defined beside its validation; train reads it here
 
 # schedules whose learning rate at a step depends on optim.epochs (they are fitted to the
 # run's length): a resumed run may not change its epochs (train.check_resume)

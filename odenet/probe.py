@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from odenet.errors import ConfigError, need
+from odenet.files import check_writable, os_reason
 
 
 @dataclass
@@ -51,6 +52,19 @@ def check(cfg: ProbeSettings, positive: tuple[str, ...] = ()) -> None:
              f"{name}={getattr(cfg, name)!r} must be a positive integer")
     need(cfg.threads is None or cfg.threads >= 1,
          f"threads={cfg.threads!r} must be a positive integer or null")
+
+
+def output_path(cfg: ProbeSettings, default_name: str) -> Path:
+    """Where the command writes its result: ``out``, else ``default_name`` next to the
+    checkpoint; checked before any work (ConfigError in one line), so that none is lost."""
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(default_name)
+    if cfg.out or Path(cfg.checkpoint).is_file():  # no checkpoint: open_checkpoint says so
+        try:
+            check_writable(out.parent)
+        except OSError as e:
+            raise ConfigError(f"cannot write {out} ({os_reason(e)}); give out=PATH.json "
+                              "in a writable directory") from None
+    return out
 
 
 def open_checkpoint(cfg: ProbeSettings) -> tuple[Any, Any, dict, dict, dict | None]:

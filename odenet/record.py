@@ -28,8 +28,8 @@ from typing import Any
 # the files of a run directory (checkpoint.pt is written by odenet/checkpoint.py)
 METRICS, HISTORY, EVALUATION = "metrics.json", "history.jsonl", "evaluation.json"
 # written by odenet gradients (odenet/gradients.py)
-GRADIENTS, GRADIENTS_FIGURE = "gradients.json", "gradients.png"
-CHECKPOINT = "checkpoint.pt"
+GRADIENTS_FILE, GRADIENTS_FIGURE = "gradients.json", "gradients.png"
+CHECKPOINT_FILE = "checkpoint.pt"
 # evaluation.json / gradients.json: the key of the checkpoint's odenet.files.file_id
 CHECKPOINT_ID = "checkpoint_file"
 SETTING, MEASURE, INFO = "setting", "measure", "info"
@@ -103,6 +103,8 @@ class Metrics:
     lr: float | None = _f(SETTING, "peak learning rate")
     schedule: str | None = _f(SETTING, "optim.schedule")
     device: str | None = _f(SETTING, "torch device")
+    precision: str = _f(SETTING, "fp32 | bf16: the network layers' compute dtype",
+                        default="fp32")
     threads: int | None = _f(INFO, "torch threads")
     torch_version: str | None = _f(INFO, "torch.__version__")
     git_commit: str | None = _f(INFO, "odenet's commit, when run from a git checkout")
@@ -259,9 +261,10 @@ def check_file(path: str | Path, record_type: type = Metrics) -> dict:
         raise RecordError(f"{path}: invalid {path.name}: {e}") from None
 
 
-def read_history(path: str | Path) -> list[dict]:
+def read_history(path: str | Path, notes: list[str] | None = None) -> list[dict]:
     """history.jsonl, each line checked. A truncated *last* line (a run killed while
-    appending) is dropped; a bad line anywhere else is a RecordError. No file: []."""
+    appending) is dropped, and said in ``notes`` (when given: a list a line is appended
+    to); a bad line anywhere else is a RecordError. No file: []."""
     path = Path(path)
     if not path.exists():
         return []
@@ -277,6 +280,8 @@ def read_history(path: str | Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines):
+                if notes is not None:
+                    notes.append(f"line {i} is cut short (an interrupted write): left out")
                 break
             raise RecordError(f"{path}:{i}: invalid {path.name}: line is not JSON") from None
         kind = rec.get("kind") if isinstance(rec, dict) else None
@@ -306,7 +311,8 @@ def doc_table(record_type: type) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["METRICS", "HISTORY", "EVALUATION", "CHECKPOINT", "CHECKPOINT_ID", "Metrics",
-           "IterRecord", "EpochRecord", "RecordError", "STATUSES", "SETTING", "MEASURE",
-           "INFO", "to_json", "for_task", "names", "copy_epoch", "check", "check_file",
-           "read_metrics", "read_history", "fake", "doc_table"]
+__all__ = ["METRICS", "HISTORY", "EVALUATION", "CHECKPOINT_FILE", "GRADIENTS_FILE",
+           "GRADIENTS_FIGURE", "CHECKPOINT_ID", "Metrics", "IterRecord", "EpochRecord",
+           "RecordError", "STATUSES", "SETTING", "MEASURE", "INFO", "to_json", "for_task",
+           "names", "copy_epoch", "check", "check_file", "read_metrics", "read_history",
+           "fake", "doc_table"]

@@ -217,7 +217,7 @@ def odenet_command() -> list[str]:
 
 def train_command(job: Job) -> list[str]:
     cmd = odenet_command() + ["train", *job.overrides, f"hydra.run.dir={job.dir}"]
-    if (job.dir / record.CHECKPOINT).exists():
+    if (job.dir / record.CHECKPOINT_FILE).exists():
         cmd.append("resume=true")
     elif rundir.holds_run(job.dir):  # a run that failed before its first checkpoint
         cmd.append("overwrite=true")
@@ -348,9 +348,9 @@ def gradients_done(run_dir: Path, metrics: dict) -> bool:
     gradient method at its own solver and tolerance (what Table 1's column reads)."""
     from odenet.report.runs import Run, own_gradient_result, read_evaluation
 
-    path = run_dir / record.GRADIENTS
+    path = run_dir / record.GRADIENTS_FILE
     try:
-        if path.stat().st_mtime < (run_dir / record.CHECKPOINT).stat().st_mtime:
+        if path.stat().st_mtime < (run_dir / record.CHECKPOINT_FILE).stat().st_mtime:
             return False
         gradients = read_evaluation(path)
     except (OSError, record.RecordError):
@@ -612,7 +612,7 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
     ev_jobs = [j for j in jobs if j.group == "table" and f"model={ev.model}" in j.overrides]
     if ev_jobs:
         job = ev_jobs[0]
-        ckpt = job.dir / record.CHECKPOINT
+        ckpt = job.dir / record.CHECKPOINT_FILE
         tols = "[" + ",".join(f"{t:g}" for t in ev.tolerances) + "]"
         cmd = odenet_command() + ["evaluate", f"checkpoint={ckpt}", f"tolerances={tols}",
                                  *ev.overrides]
@@ -632,7 +632,7 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
         for job in jobs:
             if job.group != "table" or not MODELS[job.model].ode_block:
                 continue
-            ckpt = job.dir / record.CHECKPOINT
+            ckpt = job.dir / record.CHECKPOINT_FILE
             if cfg.dry_run:
                 log(f"would run: {shlex.join(gradients_command(ckpt, None, plan.gradients))}")
                 continue

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from odenet.errors import ConfigError
 from odenet.record import (
-    CHECKPOINT,
+    CHECKPOINT_FILE,
     EVALUATION,
-    GRADIENTS,
     GRADIENTS_FIGURE,
+    GRADIENTS_FILE,
     HISTORY,
     METRICS,
 )
@@ -37,7 +37,7 @@ from odenet.record import (
 LOCK = ".lock"
 TENSORBOARD = "tb"
 # what a run writes (Hydra's .hydra/ and train.log are Hydra's own, rewritten per launch)
-RECORDS = (METRICS, HISTORY, CHECKPOINT, EVALUATION, GRADIENTS, GRADIENTS_FIGURE,
+RECORDS = (METRICS, HISTORY, CHECKPOINT_FILE, EVALUATION, GRADIENTS_FILE, GRADIENTS_FIGURE,
            TENSORBOARD)
 
 # environment variable: the pid of a parent that owns the training (odenet reproduce);
@@ -136,7 +136,7 @@ def pending_signal() -> int | None:
 
 def holds_run(out: str | os.PathLike) -> bool:
     out = Path(out)
-    return any((out / name).exists() for name in (METRICS, HISTORY, CHECKPOINT))
+    return any((out / name).exists() for name in (METRICS, HISTORY, CHECKPOINT_FILE))
 
 
 def clear(out: str | os.PathLike) -> list[str]:

@@ -176,6 +176,10 @@ class Bars:
     def eval(self, total: int, name: str):
         return self._bar(total=total, desc=f"eval {name}", unit="batch", leave=False)
 
+    def count(self, desc: str, unit: str):
+        """A bar without a total: a count and its rate (e.g. a solve's evaluations)."""
+        return self._bar(desc=desc, unit=unit, leave=False)
+
 
 class Heartbeat:
     """Without a bar on a terminal, a line in the log (train.log) at most every ``every``
@@ -187,14 +191,20 @@ class Heartbeat:
         self.last = time.monotonic()
         self.iters, self.seconds = 0, 0.0
 
+    def due(self) -> bool:
+        """Whether a line is due now (enabled, ``every`` seconds since the last)."""
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+
     def tick(self, epoch: int, epochs: int, batch: int, ipe: int, loss: float,
              nfe: tuple[int | None, int | None], seconds: float) -> None:
         self.iters += 1
         self.seconds += seconds
-        now = time.monotonic()
-        if not self.enabled or now - self.last < self.every:
+        if not self.due():
             return
-        self.last = now
         per_iter = self.seconds / self.iters
         left = ((epochs - epoch - 1) * ipe + ipe - batch) * per_iter
         nfe_text = "" if nfe[0] is None else f", NFE {nfe[0]}/{nfe[1]}"

@@ -3,6 +3,7 @@ a resumed run continues exactly), its device and the code's version."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 from pathlib import Path
@@ -67,3 +68,13 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The compute dtype of the network's layers (config ``precision``): bf16 autocasts
+    convolutions and linear layers on the CPU or CUDA (weights, gradients and the loss stay
+    fp32; an ODE block keeps its state and solver in fp32, models/blocks.py); fp32 changes
+    nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -33,7 +33,14 @@ from odenet.config import ConfigError, as_dict, to_config, unused_settings
 from odenet.models import build_model, measured_blocks, reset_solver_stats, solver_stats
 from odenet.registry import spec
 from odenet.runlog import Bars, Heartbeat, RunLog, last_epoch, log_epoch
-from odenet.runtime import git_commit, resolve_device, rng_state, seed_everything, set_rng_state
+from odenet.runtime import (
+    autocast,
+    git_commit,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from odenet.solvers import FIXED_METHODS, SolverError
 from odenet.tasks import TASKS, Task
 
@@ -118,7 +125,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     rundir.remove_orphans(out)
     ck = None  # the checkpoint to continue from
     if cfg.resume:
-        if (out / checkpoint.CHECKPOINT).is_file():
+        if (out / checkpoint.CHECKPOINT_FILE).is_file():
             ck = check_resume(cfg, out)
         done = finished(out, cfg)
         if done is not None:
@@ -152,13 +159,13 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
 
     # ---- a new run, or the one in out_dir continued
     prog = Progress()
-    ckpt_path = out / checkpoint.CHECKPOINT
+    ckpt_path = out / checkpoint.CHECKPOINT_FILE
     resumed = ck is not None
     if resumed:
         prog = _resume(ck, model, optimizer, scheduler)
     elif cfg.resume:
         log.warning("resume=true but there is no %s in %s: starting from scratch",
-                    checkpoint.CHECKPOINT, out)
+                    checkpoint.CHECKPOINT_FILE, out)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     measure.reset_rss_peak()  # this run's peak, not an earlier job's in the same process
@@ -207,7 +214,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                     i = prog.batch
                     lr = optimizer.param_groups[0]["lr"]
                     step = train_step(task, model, optimizer, train_data.batch(i), device,
-                                      blocks if measure_now else None)
+                                      blocks if measure_now else None, cfg.precision)
                     scheduler.step()
                     prog.batch += 1
                     prog.step += 1
@@ -246,7 +253,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                 for name, loader in evals.items():
                     bar = bars.eval(len(loader), name)
                     ev[name] = evaluate_split(
-                        task, model, loader, device, bar=bar,
+                        task, model, loader, device, bar=bar, precision=cfg.precision,
                         check=lambda n=name: sig.check(f"received during {n} evaluation"))
                     bar.close()
                 test = ev["test"]
@@ -341,16 +348,19 @@ class Step:
 
 
 def train_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any,
-               device: torch.device, measure_blocks: list[nn.Module] | None = None) -> Step:
+               device: torch.device, measure_blocks: list[nn.Module] | None = None,
+               precision: str = "fp32") -> Step:
     """One optimizer step; with ``measure_blocks`` also count the activations saved for
-    backward (whole model and those blocks)."""
+    backward (whole model and those blocks). ``precision``: the forward's compute dtype
+    (the loss, backward and the step stay outside autocast)."""
     model.train()
     reset_solver_stats(model)
     meter = measure.ActivationMeter(model, measure_blocks) if measure_blocks is not None \
         else None
     with measure.Timer(device) as timer:
         with meter if meter is not None else contextlib.nullcontext():
-            loss, sums = task.train_loss(model, batch)
+            with autocast(precision, device):
+                loss, sums = task.train_loss(model, batch)
         fwd = solver_stats(model)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
@@ -371,14 +381,15 @@ def train_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, b
 
 @torch.no_grad()
 def evaluate_split(task: Task, model: nn.Module, loader: Any, device: torch.device,
-                   check: Any = None, bar: Any = None) -> dict[str, Any]:
+                   check: Any = None, bar: Any = None,
+                   precision: str = "fp32") -> dict[str, Any]:
     """The task's metric over every batch of ``loader``; also test-time NFE and timings."""
     model.eval()
     reset_solver_stats(model)
     sums: dict[str, float] = {}
     times: list[float] = []
     for batch in loader:
-        with measure.Timer(device) as t:
+        with measure.Timer(device) as t, autocast(precision, device):
             s = {k: float(v) for k, v in task.eval_batch(model, batch).items()}
         times.append(t.seconds)
         for k, v in s.items():
@@ -418,7 +429,8 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         test_size=None if loaders.test.n == task.full_test_size else loaders.test.n,
         val_size=loaders.val.n if loaders.val is not None else None,
         max_iters_per_epoch=cfg.train.max_iters_per_epoch, lr=optim.peak_lr(cfg),
-        schedule=cfg.optim.schedule, device=str(device), threads=torch.get_num_threads(),
+        schedule=cfg.optim.schedule, device=str(device), precision=cfg.precision,
+        threads=torch.get_num_threads(),
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())
 
 
@@ -463,7 +475,7 @@ def finished(out: Path, cfg: Any) -> dict | None:
 def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
     """The checkpoint in ``out`` if ``cfg`` may continue it: a training checkpoint, the
     same settings but RESUMABLE_CHANGES, its history intact. ConfigError otherwise."""
-    path = out / checkpoint.CHECKPOINT
+    path = out / checkpoint.CHECKPOINT_FILE
     try:
         ck = checkpoint.load(path)
     except checkpoint.CheckpointError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -170,3 +171,56 @@ def test_bad_input_one_line(tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "evaluation.json").exists()
+
+
+# ------------------------------------------------------------------ density models
+def test_a_cnf_is_measured_nfe_error_and_nll_per_tolerance(tmp_path, density_checkpoint):
+    """A CNF's ODE block is re-solved like the ODE-Net's (issue 19 item 2: was an
+    AttributeError traceback): NFE, numerical error and the test NLL at each tolerance."""
+    from odenet.cnf.data import split_points
+    from odenet.tasks import DensityTask
+
+    ck = density_checkpoint(tmp_path / "checkpoint.pt")
+    # float64: an untrained CNF's errors at tight tolerances lie below float32's round-off
+    assert E.main([f"checkpoint={ck}", "tolerances=[1e-1,1e-6]", "batch_size=16",
+                   "dtype=float64", "reference_tol=1e-11", "threads=1"]) == 0
+    ev = json.loads((tmp_path / "evaluation.json").read_text())
+    assert ev["model"] == "cnf" and ev["test_images"] == 40
+    loose, tight = ev["results"]
+    assert all(r["status"] == "ok" and "test_error" not in r for r in ev["results"])
+    assert tight["nfe_forward_mean"] > loose["nfe_forward_mean"]
+    assert tight["numerical_error"] < loose["numerical_error"]
+    # the NLL is the model's own, at that tolerance, on the run's test points
+    net = build_model({"name": "cnf"}, {"method": "dopri5", "rtol": 1e-6, "atol": 1e-6})
+    net.load_state_dict(torch.load(ck, weights_only=True)["model"])
+    net.eval()
+    c = torch.load(ck, weights_only=True)["config"]
+    with torch.no_grad():
+        sums = DensityTask().eval_batch(net, (split_points(SimpleNamespace(**c["data"]), 0,
+                                                           False),))
+    assert tight["test_nll"] == pytest.approx(float(sums["nll"]) / 40, rel=1e-5)
+
+
+@pytest.mark.parametrize("model, cfg, needle", [
+    ("planar", {}, "model 'planar' has no ODE block(s); a model with one is needed"),
+    ("cnf", {"eval_trace": "hutchinson"}, "model.eval_trace=hutchinson"),
+])
+def test_a_density_model_that_cannot_be_measured_is_refused(tmp_path, capsys, model, cfg,
+                                                            needle, density_checkpoint):
+    ck = density_checkpoint(tmp_path / "checkpoint.pt", model, **cfg)
+    assert E.main([f"checkpoint={ck}", "tolerances=[1e-2]", "threads=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
+        tmp_path, capsys, monkeypatch, read_only, density_checkpoint):
+    """The results were computed, then lost to an OSError traceback (issue 19 item 6)."""
+    ck = density_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    read_only(ck.parent)
+    monkeypatch.setattr(E, "evaluate", lambda *a, **k: pytest.fail("computed"))
+    assert E.main([f"checkpoint={ck}", "tolerances=[1e-2]", "threads=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write {ck.parent / 'evaluation.json'}" in err
+    assert "give out=PATH.json in a writable directory" in err

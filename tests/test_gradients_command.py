@@ -53,7 +53,7 @@ def test_json_next_to_checkpoint_with_every_method_and_the_figure(measured):
     assert set(rec["reference"]) >= {"method", "gradient", "rtol", "dtype", "check_error", "ok"}
     assert math.isfinite(rec["reference"]["check_error"])
     r = rows(rec)
-    assert list(r) == list(G.METHODS)
+    assert list(r) == list(G.GRADIENT_METHODS)
     assert r["reversible"]["method"] == "adaptive_reversible_heun"
     assert {r[m]["method"] for m in r if m != "reversible"} == {"dopri5"}
     for row in r.values():
@@ -93,6 +93,21 @@ def test_float64_discrete_gradients_agree_to_round_off(tmp_path):
         assert row["error_vs_discrete"] <= 1e-10, row["gradient_method"]
 
 
+def test_bf16_gradients_are_measured_against_the_same_reference(tmp_path):
+    """precision=bf16 measures the fast path's gradients: the same float64 reference, the
+    discrete comparison in bf16 too (backprop's error against it is 0: the same solve)."""
+    out = {p: tmp_path / f"{p}.json" for p in ("fp32", "bf16")}
+    for p, path in out.items():
+        assert G.main(["checkpoint=init", f"out={path}", f"precision={p}",
+                       "methods=[backprop,adjoint]", *FAST]) == 0
+    rec = {p: rows(json.loads(path.read_text())) for p, path in out.items()}
+    for name in ("backprop", "adjoint"):
+        fp32, bf16 = rec["fp32"][name], rec["bf16"][name]
+        assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+        assert bf16["error"] != fp32["error"] and bf16["error"] < fp32["error"] + 0.05
+    assert rec["bf16"]["backprop"]["error_vs_discrete"] == 0
+
+
 @pytest.mark.parametrize("arg, message", [
     ("methods=[adjoint,sgd]", "methods: 'sgd' is not a gradient method; accepted: backprop"),
     ("tolerances=[0]", "tolerances: 0.0 is not a positive number"),
@@ -100,10 +115,13 @@ def test_float64_discrete_gradients_agree_to_round_off(tmp_path):
     ("dtype=float16", "dtype='float16'; accepted: float32, float64"),
     ("checkpoint=/nonexistent/checkpoint.pt", "checkpoint=/nonexistent/checkpoint.pt"),
     ("model=resnet", "model='resnet': checkpoint=init needs a classifier with one ODE block"),
+    ("precision=fp16", "precision='fp16' is not one of: fp32, bf16"),
+    ("precision=bf16 dtype=float64", "precision=bf16 autocasts float32 layers: it needs "
+                                     "dtype=float32, got dtype=float64"),
 ])
 def test_bad_input_is_one_line_exit_2(arg, message, capsys, tmp_path):
     base = ["checkpoint=init", f"out={tmp_path / 'g.json'}", *FAST]
-    assert G.main([*base, arg]) == 2
+    assert G.main([*base, *arg.split()]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("odenet gradients: error: ")
     assert message in err
@@ -112,3 +130,47 @@ def test_bad_input_is_one_line_exit_2(arg, message, capsys, tmp_path):
 def test_init_needs_out(capsys):
     assert G.main(["checkpoint=init", *FAST]) == 2
     assert "checkpoint=init has no run directory: give out=" in capsys.readouterr().err
+
+
+def test_a_cnf_is_measured(tmp_path, density_checkpoint):
+    """A CNF's gradients by every method (issue 19 item 2: was an AttributeError
+    traceback); backprop and checkpoint give their discrete solve's gradient."""
+    ck = density_checkpoint(tmp_path / "checkpoint.pt")
+    assert G.main([f"checkpoint={ck}", "batch_size=16", "tolerances=[1e-3]",
+                   "reference_tol=1e-7", "threads=1"]) == 0
+    rec = json.loads((tmp_path / "gradients.json").read_text())
+    assert rec["model"] == "cnf" and rec["images"] == 16
+    r = rows(rec)
+    assert list(r) == list(G.GRADIENT_METHODS)
+    assert all(row["status"] == "ok" and math.isfinite(row["error"]) for row in r.values())
+    assert r["backprop"]["error_vs_discrete"] == 0
+    assert r["checkpoint"]["error_vs_discrete"] < 1e-5
+    assert r["adjoint"]["error"] < 1e-2
+
+
+def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
+        tmp_path, capsys, monkeypatch, read_only, density_checkpoint):
+    """The results were computed, then lost to an OSError traceback (issue 19 item 6)."""
+    ck = density_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    read_only(ck.parent)
+    monkeypatch.setattr(G, "measure", lambda *a, **k: pytest.fail("computed"))
+    assert G.main([f"checkpoint={ck}", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write {ck.parent / 'gradients.json'}" in err
+    assert "give out=PATH.json in a writable directory" in err
+
+
+def test_the_reference_solve_shows_progress(tmp_path, capsys, monkeypatch):
+    """Off a terminal, heartbeat lines count the reference solve's evaluations (it printed
+    nothing for minutes: issue 19 item 11)."""
+    monkeypatch.setattr(G, "HEARTBEAT_SECONDS", 0.0)
+    assert G.main(["checkpoint=init", f"out={tmp_path / 'g.json'}", "methods=[backprop]",
+                   *FAST]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    beats = [i for i, line in enumerate(lines) if line.startswith("reference solve (")]
+    done = next(i for i, line in enumerate(lines) if line.startswith("reference: "))
+    assert lines[beats[0]].endswith(": started") and len(beats) > 10
+    assert max(beats) < done
+    evaluations = int(lines[max(beats)].split(": ")[1].split()[0])
+    nfe = json.loads((tmp_path / "g.json").read_text())["reference"]["nfe_mean"]
+    assert evaluations > nfe  # the reference's and its check's, forward and backward

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from odenet import record
 from odenet.app import compose
-from odenet.checkpoint import CHECKPOINT
 from odenet.checkpoint import load as load_checkpoint
 from odenet.config import ConfigError
 from odenet.models import build_model
 from odenet.optim import lr_factor
+from odenet.record import CHECKPOINT_FILE
 from odenet.train import run
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
@@ -99,7 +99,7 @@ def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
     assert set(iters[0]) == set(record.for_task(record.IterRecord, "classify"))
     assert set(epochs[0]) == set(record.for_task(record.EpochRecord, "classify"))
 
-    ck = load_checkpoint(tmp_path / CHECKPOINT)  # weights_only=True: plain data only
+    ck = load_checkpoint(tmp_path / CHECKPOINT_FILE)  # weights_only=True: plain data only
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ck)
     assert ck["epoch"] == 1 and ck["config"]["model"]["name"] == name
     net = build_model(ck["config"]["model"], ck["config"]["solver"])
@@ -125,7 +125,7 @@ def test_checkpoint_cannot_run_code(compose_cfg, tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    torch.save({"model": Evil()}, tmp_path / CHECKPOINT)
+    torch.save({"model": Evil()}, tmp_path / CHECKPOINT_FILE)
     with pytest.raises(ConfigError, match="not a readable checkpoint"):
         run(compose_cfg(*TINY, "model=mlp", "resume=true"), tmp_path)
 
@@ -136,7 +136,7 @@ def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
     from odenet.train import evaluate_split as evaluate
 
     m = run(compose_cfg(*TINY, "model=odenet"), tmp_path)
-    ck = load_checkpoint(tmp_path / CHECKPOINT)
+    ck = load_checkpoint(tmp_path / CHECKPOINT_FILE)
     cfg = compose_cfg(*TINY, "model=odenet")
     net = build_model(ck["config"]["model"], ck["config"]["solver"])
     net.load_state_dict(ck["model"])
@@ -148,7 +148,7 @@ def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
 
 def _final(out: Path) -> tuple[dict, dict]:
     m = metrics(out)
-    ck = load_checkpoint(out / CHECKPOINT)
+    ck = load_checkpoint(out / CHECKPOINT_FILE)
     return m, ck["model"]
 
 
@@ -164,7 +164,7 @@ def test_resume_gives_the_same_final_metrics(name, compose_cfg, tmp_path):
     run(compose_cfg(*args), a)
     first = run(compose_cfg(*args, "train.stop_after_iters=2"), b)
     assert first["status"] == "interrupted" and "stop_after_iters" in first["reason"]
-    assert load_checkpoint(b / CHECKPOINT)["batch"] == 2
+    assert load_checkpoint(b / CHECKPOINT_FILE)["batch"] == 2
     second = run(compose_cfg(*args, "resume=true", "train.stop_after_iters=3"), b)
     assert second["status"] == "interrupted" and second["epochs"] == 1
     last = run(compose_cfg(*args, "resume=true"), b)
@@ -288,7 +288,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(cli_popen, tmp_path, mnist
     assert "epochs" in stderr  # the tqdm bar was drawn (progress=always)
     m = metrics(out)
     assert m["status"] == "interrupted" and m["reason"].startswith("SIGTERM")
-    ck = load_checkpoint(out / CHECKPOINT)
+    ck = load_checkpoint(out / CHECKPOINT_FILE)
     assert ck["epoch"] * 4 + ck["batch"] >= 1
     assert (out / "train.log").read_text().count("interrupted (SIGTERM") == 1
     # and it continues where it stopped
@@ -378,17 +378,42 @@ def test_bad_gradient_settings_are_one_line(overrides, expected):
     assert "\n" not in str(info.value)
 
 
+def _sgd_losses_float64(*overrides: str, steps: int = 4) -> list[float]:
+    """Losses of `steps` SGD iterations (lr 0.1, momentum 0.9, as the recipe) of a float64
+    copy of the model on one fixed batch: float64, so two gradient methods that compute the
+    same gradient give the same losses on any CPU (float32 trainings differ in their last
+    bits between machines and kernels, and training amplifies that)."""
+    torch.manual_seed(0)
+    c = compose(list(overrides))
+    model = build_model(c.model, c.solver).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 28, 28, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (8,), generator=g)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_checkpointed_gradients_train_like_backprop_with_less_memory(compose_cfg, tmp_path):
     """solver.gradient=checkpoint is the exact gradient of the discrete solve, like RK-Net's
-    backprop through it: the same training, with the block's activations per step only."""
+    backprop through it: the same training (float64, to 1e-10), with the block's
+    activations per step only (the trainer's own measurement, float32)."""
+    ck = _sgd_losses_float64("model=odenet", "solver.gradient=checkpoint")
+    rk = _sgd_losses_float64("model=rknet")
+    adj = _sgd_losses_float64("model=odenet")
+    assert ck == pytest.approx(rk, rel=1e-10, abs=0)
+    assert ck[0] == adj[0] and abs(ck[-1] - adj[-1]) > 1e-8  # the adjoint's gradient is not
     ck = run(compose_cfg(*TINY, "model=odenet", "solver.gradient=checkpoint"), tmp_path / "c")
     rk = run(compose_cfg(*TINY, "model=rknet"), tmp_path / "r")
     assert ck["status"] == rk["status"] == "finished"
     assert (ck["solver_gradient"], ck["solver_adjoint"], rk["solver_gradient"]) == (
         "checkpoint", False, "backprop")
-    losses = [[h["loss"] for h in history(d) if h["kind"] == "iter"] for d in
-              (tmp_path / "c", tmp_path / "r")]
-    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert ck["nfe_backward_mean"] > 0 and rk["nfe_backward_mean"] == 0
     assert ck["activation_block_mib"] < rk["activation_block_mib"] / 5
 
@@ -401,3 +426,18 @@ def test_the_reversible_solver_trains_with_flat_memory(compose_cfg, tmp_path):
     back = run(compose_cfg(*TINY, "model=rknet", "solver=adaptive_reversible_heun"),
                tmp_path / "b")
     assert m["activation_block_mib"] < back["activation_block_mib"] / 5
+
+
+@pytest.mark.parametrize("name", ["resnet", "odenet"])
+def test_bf16_precision_trains_and_is_part_of_the_run(name, compose_cfg, tmp_path):
+    """precision=bf16 trains (the ODE block in fp32 around a bf16 f), is recorded in
+    metrics.json, and a resumed run may not switch it (it changes the trajectory)."""
+    m = run(compose_cfg(*TINY, f"model={name}", "precision=bf16"), tmp_path)
+    assert m["status"] == "finished" and m["precision"] == "bf16"
+    assert 0 <= m["test_error"] <= 1 and all(math.isfinite(h["loss"]) for h in history(tmp_path)
+                                            if h["kind"] == "iter")
+    with pytest.raises(ConfigError, match="precision"):
+        run(compose_cfg(*TINY, f"model={name}", "precision=fp32", "resume=true",
+                        "optim.epochs=2"), tmp_path)
+    with pytest.raises(ConfigError, match="precision='fp16' is not one of: fp32, bf16"):
+        compose_cfg("precision=fp16")

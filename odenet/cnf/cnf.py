@@ -134,11 +134,31 @@ class CNF(nn.Module):
         self.dynamics.trace = self.train_trace if self.training else self.eval_trace
         self.dynamics.resample_noise(z)
 
+    # the network around its ODE block, as odenet.models.Classifier's (evaluate, gradients)
+    @property
+    def ode_block(self) -> ODEBlock:
+        return self.block
+
+    def ode_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's initial state [x, 0] for data x (and the trace's noise, if any)."""
+        self._prepare(x)
+        return torch.cat([x, torch.zeros_like(x[:, :1])], 1)
+
+    def ode_output(self, y0: torch.Tensor) -> torch.Tensor:
+        """log p(x) from the block's output [z(t0), ℓ(t0)]."""
+        return normal_log_prob(y0[:, : self.dim], self.base_std) - y0[:, self.dim]
+
+    def ode_refusal(self) -> str | None:
+        """Why its ODE block cannot be re-solved against a reference (None: it can)."""
+        if self.eval_trace == "hutchinson":
+            return ("model.eval_trace=hutchinson draws a new trace estimate for every "
+                    "solve, so no reference solve can judge one; only eval_trace=exact "
+                    "can be re-solved")
+        return None
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats, (B, D) → (B,): solve [x, 0] from t1 back to t0."""
-        self._prepare(x)
-        y0 = self.block(torch.cat([x, torch.zeros_like(x[:, :1])], 1))
-        return normal_log_prob(y0[:, : self.dim], self.base_std) - y0[:, self.dim]
+        return self.ode_output(self.block(self.ode_input(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x)

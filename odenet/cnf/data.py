@@ -21,6 +21,14 @@ TRAIN_STREAM, TEST_STREAM, VAL_STREAM = 1, 2, 3  # numpy SeedSequence entropy: [
 TEST_SEED = 0  # the seed of the test and validation streams, whatever the run's seed
 
 
+def split_points(data_cfg: Any, seed: int, train: bool):
+    """The training points of a run of ``seed`` or (``train`` false) its test points, as
+    the trainer sees them (``data_cfg`` as toy_loaders')."""
+    if train:
+        return sample(data_cfg.name, data_cfg.train_size, [seed, TRAIN_STREAM])
+    return sample(data_cfg.name, data_cfg.test_size, [TEST_SEED, TEST_STREAM])
+
+
 def toy_loaders(data_cfg: Any, seed: int, device: Any = "cpu",
                 train_eval_size: int | None = None) -> Loaders:
     """The run's ``Loaders`` for ``data_cfg`` (name, train_size, test_size, val_size,
@@ -30,8 +38,7 @@ def toy_loaders(data_cfg: Any, seed: int, device: Any = "cpu",
     if data_cfg.train_size is None or data_cfg.test_size is None:
         raise ValueError("toy data need data.train_size and data.test_size (numbers of points)")
     n_val = val_size_of(data_cfg)
-    train_pts = sample(data_cfg.name, data_cfg.train_size, [seed, TRAIN_STREAM])
-    test_pts = sample(data_cfg.name, data_cfg.test_size, [TEST_SEED, TEST_STREAM])
+    train_pts, test_pts = split_points(data_cfg, seed, True), split_points(data_cfg, seed, False)
     common = dict(device=device, on_device=True)
     train = Batches((train_pts,), data_cfg.batch_size, shuffle=True, drop_last=True, seed=seed,
                     **common)

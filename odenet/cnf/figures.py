@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from odenet.checkpoint import CHECKPOINT, load, load_model
+from odenet.checkpoint import load, load_model
 from odenet.cnf import datasets
-from odenet.record import DENSITY
+from odenet.record import CHECKPOINT_FILE, DENSITY
 from odenet.registry import MODELS
 
 EXTENT = {"moons": 3.5}  # half-width of the square drawn; 4.5 for the other datasets
@@ -77,9 +77,10 @@ def density_runs(runs: Sequence[Any]) -> dict[str, dict[str, Any]]:
         m = run.metrics
         if m.get("task") != DENSITY or m.get("status") != "finished":
             continue
-        if not (Path(run.dir) / CHECKPOINT).is_file() or m.get("test_nll") is None:
+        if not (Path(run.dir) / CHECKPOINT_FILE).is_file() or m.get("test_nll") is None:
             continue
-        ds = m.get("dataset") or load(Path(run.dir) / CHECKPOINT)["config"]["data"]["name"]
+        ds = m.get("dataset") or \
+            load(Path(run.dir) / CHECKPOINT_FILE)["config"]["data"]["name"]
         slot = best.setdefault(ds, {})
         old = slot.get(m["model"])
         if old is None or m["test_nll"] < old.metrics["test_nll"]:
@@ -175,7 +176,7 @@ def write_density_figures(runs: Sequence[Any], out_dir: str | Path
         # the paper's Figure 4, left to right: the baseline flows, then the ODE-based ones
         kinds = sorted(models, key=lambda k: (MODELS[k].ode_block, k))
         flows = [k for k in kinds if MODELS[k].ode_block]
-        nets = {k: load_model(Path(models[k].dir) / CHECKPOINT)[0] for k in kinds}
+        nets = {k: load_model(Path(models[k].dir) / CHECKPOINT_FILE)[0] for k in kinds}
         for kind in kinds:
             panels.append((f"{MODELS[kind].title} {nets[kind].size_label()}"
                            f"{_nll(models[kind])}", model_density(nets[kind], lim)))

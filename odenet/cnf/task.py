@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from odenet.cnf.data import toy_loaders
+from types import SimpleNamespace
+
+from odenet.cnf.data import split_points, toy_loaders
+from odenet.data import Batches
 
 
 class DensityTask:
@@ -13,13 +16,24 @@ class DensityTask:
     def loaders(self, cfg, device):
         return toy_loaders(cfg.data, cfg.seed, device, cfg.train.train_eval_size)
 
+    def loss(self, out, batch):
+        return -out.mean()  # out: log p of each point
+
+    def sums(self, out, batch):
+        return {"nll": -out.sum(), "count": len(out)}
+
     def train_loss(self, model, batch):
         log_p = model(batch[0])
-        return -log_p.mean(), {"nll": -log_p.detach().sum(), "count": len(log_p)}
+        return self.loss(log_p, batch), self.sums(log_p.detach(), batch)
 
     def eval_batch(self, model, batch):
-        log_p = model(batch[0])
-        return {"nll": -log_p.sum(), "count": len(log_p)}
+        return self.sums(model(batch[0]), batch)
+
+    def probe_batches(self, config, *, train, n, batch_size, device, root=None):
+        # the run's own points, sampled whole then cut: a shorter draw gives other points
+        data = SimpleNamespace(**config["data"])  # a checkpoint's config: plain dicts
+        pts = split_points(data, config.get("seed", 0), train)[:n]
+        return list(Batches((pts,), batch_size, device=device, on_device=True))
 
     def reduce(self, sums):
         n = sums.get("count", 0)

@@ -3,12 +3,15 @@
     model = build_model(cfg.model, cfg.solver)   # DictConfig or plain dict (odenet/registry.py)
     ode_blocks(model)          # the ODEBlocks inside (their solver stats and settings)
     measured_blocks(model)     # what activation_block_mib measures (ODE or residual blocks)
+    model.ode_output(model.ode_block(model.ode_input(x)))   # = model(x): the ODE block's
+                               # input, the block, the rest (also a CNF's; None: no block)
     configure_solver(model, rtol=1e-5)   # e.g. at evaluation time
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from torch import nn
@@ -18,13 +21,19 @@ from odenet.registry import spec
 
 from .blocks import ConcatConv2d, ODEBlock, ODEFunc, ResBlock, downsampling, head, norm
 
+log = logging.getLogger("odenet.models")
+
 __all__ = ["build_model", "build_mlp", "build_resnet", "build_odenet", "Classifier",
            "ODEBlock", "ODEFunc", "ResBlock", "ConcatConv2d", "ode_blocks", "measured_blocks",
            "configure_solver", "reset_solver_stats", "solver_stats", "norm"]
 
 
 class Classifier(nn.Module):
-    """features -> body -> head; ``body`` is what activation_block_mib measures."""
+    """features -> body -> head; ``body`` is what activation_block_mib measures.
+
+    ``ode_input``, ``ode_block``, ``ode_output``: the network around its ODE block, the
+    interface by which evaluate and gradients re-solve that block (odenet.cnf.CNF has it
+    too); ``ode_block`` is None for a model without one."""
 
     def __init__(self, name: str, features: nn.Module, body: nn.Module | None, head: nn.Module):
         super().__init__()
@@ -36,6 +45,22 @@ class Classifier(nn.Module):
         if self.body is not None:
             x = self.body(x)
         return self.head(x)
+
+    @property
+    def ode_block(self) -> ODEBlock | None:
+        return self.body if isinstance(self.body, ODEBlock) else None
+
+    def ode_input(self, x):
+        """h(0), the ODE block's input, for a batch of images."""
+        return self.features(x)
+
+    def ode_output(self, h):
+        """The logits from the ODE block's output h(t1)."""
+        return self.head(h)
+
+    def ode_refusal(self) -> str | None:
+        """Why its ODE block cannot be re-solved against a reference (None: it can)."""
+        return None
 
 
 def build_mlp(m, s=None) -> nn.Module:
@@ -53,10 +78,29 @@ def build_resnet(m, s=None) -> nn.Module:
 def build_odenet(m, s) -> nn.Module:
     """ODE-Net and RK-Net: the same network; ``s.adjoint`` says how gradients are computed."""
     func = ODEFunc(m.width)
-    if m.compile:  # in place: parameter names and checkpoints stay those of the eager model
-        func.compile()
+    if m.compile:
+        compile_in_place(func)
     return Classifier(m.name, downsampling(m.downsampling, m.in_channels, m.width),
                       ODEBlock.from_config(func, m.t1, s), head(m.width, m.num_classes))
+
+
+def compile_in_place(module: nn.Module) -> bool:
+    """torch.compile ``module`` in place (parameter names and checkpoints stay the eager
+    model's). Shapes: the first batch size compiles a static graph, a second one (the test
+    batch, the last partial batch) one dynamic in the batch, reused by every later size;
+    inductor's on-disk cache serves later processes. Without a C++ compiler (inductor's
+    CPU code needs one): one line and eager execution. Returns whether it compiled."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # torch's InvalidCxxCompiler, or anything the search raised
+        log.warning("model.compile=true needs a C++ compiler for torch.compile (%s): "
+                    "running eager", str(e).strip().splitlines()[0] if str(e).strip()
+                    else type(e).__name__)
+        return False
+    module.compile()
+    return True
 
 
 def build_model(model_cfg: Any, solver_cfg: Any = None, *, strict: bool = True) -> nn.Module:

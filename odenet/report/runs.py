@@ -1,6 +1,8 @@
 """Find and read run directories (DEVELOPERS.md Contract 2): the only input of the report.
 
-A run directory is any directory holding a ``metrics.json``. Next to it may lie
+A run directory is any directory holding a ``metrics.json``, found by a walk that follows
+symbolic links (each directory once) and lists every directory it cannot enter as an
+``Invalid`` (not silently left out). Next to it may lie
 ``history.jsonl``, ``evaluation.json`` (written by ``odenet evaluate``, Figure 3 a/b) and
 ``gradients.json`` (written by ``odenet gradients``, Table 1's gradient error).
 metrics.json and history.jsonl are read through odenet/record.py and validated there; a
@@ -26,7 +28,14 @@ from pathlib import Path
 
 from odenet import record, rundir
 from odenet.files import file_id
-from odenet.record import CHECKPOINT, CHECKPOINT_ID, EVALUATION, GRADIENTS, HISTORY, METRICS
+from odenet.record import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_ID,
+    EVALUATION,
+    GRADIENTS_FILE,
+    HISTORY,
+    METRICS,
+)
 from odenet.registry import ADJOINT, BACKPROP, MODELS
 
 
@@ -55,6 +64,7 @@ class Run:
     name: str = ""  # dir relative to the directory searched: the path reports write
     base: str = ""  # that directory, as given
     evaluation_skipped: str | None = None  # why evaluation.json was left out
+    history_note: str | None = None  # what of history.jsonl was left out (a cut last line)
     gradients_skipped: str | None = None  # why gradients.json was left out
 
     @property
@@ -119,7 +129,7 @@ def stale_evaluation(run_dir: Path, evaluation: dict,
     written before the command recorded the checkpoint's identity, or a run directory
     without its checkpoint (copied without it), is used as it is."""
     want = evaluation.get(CHECKPOINT_ID)
-    ckpt = run_dir / CHECKPOINT
+    ckpt = run_dir / CHECKPOINT_FILE
     if not isinstance(want, dict) or not ckpt.is_file():
         return None
     try:
@@ -127,9 +137,9 @@ def stale_evaluation(run_dir: Path, evaluation: dict,
         if size == want.get("size") and file_id(ckpt)["sha256"] == want.get("sha256"):
             return None
     except OSError as e:
-        return f"cannot read {CHECKPOINT}: {e.strerror or e}"
-    return (f"{CHECKPOINT} changed since it was evaluated (size or SHA-256 differ); "
-            f"rerun `odenet {command} checkpoint=RUN_DIR/{CHECKPOINT}`")
+        return f"cannot read {CHECKPOINT_FILE}: {e.strerror or e}"
+    return (f"{CHECKPOINT_FILE} changed since it was evaluated (size or SHA-256 differ); "
+            f"rerun `odenet {command} checkpoint=RUN_DIR/{CHECKPOINT_FILE}`")
 
 
 def base_of(dirs: Sequence[str | os.PathLike]) -> tuple[Path, str]:
@@ -151,26 +161,41 @@ def relative(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path, base)).as_posix()
 
 
-def find_metrics(dirs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every metrics.json below the given directories (each file once, sorted)."""
+def find_metrics(dirs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Invalid]]:
+    """Every metrics.json below the given directories (each run once, sorted), following
+    symbolic links (each directory once: a link back up is no loop), and the
+    directories found but not listed (Invalid: path and reason; ``name`` left empty)."""
     dirs = list(dirs)
-    found: dict[Path, None] = {}
+    found: dict[Path, Path] = {}  # resolved -> as found
+    unreadable: list[Invalid] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of every directory walked
+
+    def refused(e: OSError) -> None:
+        unreadable.append(Invalid(Path(e.filename), f"cannot list the directory: "
+                                                    f"{e.strerror or e}"))
+
     for d in dirs:
         p = Path(d)
         if p.is_file() and p.name == METRICS:
-            found[p.resolve()] = None
+            found.setdefault(p.resolve(), p.resolve())
             continue
         if not p.is_dir():
             raise ReportError(f"no such run directory: {d} (give directories that contain "
                               f"{METRICS} files, at any depth)")
-        for root, subdirs, files in os.walk(p):
+        for root, subdirs, files in os.walk(p.resolve(), onerror=refused, followlinks=True):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in seen:
+                subdirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
             subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))  # skip .hydra
             if METRICS in files:
-                found[(Path(root) / METRICS).resolve()] = None
-    if not found:
+                path = Path(root) / METRICS
+                found.setdefault(path.resolve(), path)
+    if not found and not unreadable:
         where = ", ".join(str(d) for d in dirs) or "(none given)"
         raise ReportError(f"no runs found: no {METRICS} below {where}")
-    return sorted(found)
+    return sorted(found.values()), unreadable
 
 
 def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
@@ -188,19 +213,21 @@ def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
     Raises ReportError (one line) only for a missing directory or no runs at all.
     """
     dirs = list(dirs)
-    found = find_metrics(dirs)
+    found, unreadable = find_metrics(dirs)
     root, label = base_of([base] if base is not None else dirs)
-    runs, invalid = [], []
+    runs = []
+    invalid = [Invalid(u.path, u.reason, relative(u.path, root)) for u in unreadable]
     for path in found:
         d = path.parent
         current = path
         try:
             metrics = record.read_metrics(path)
             current = d / HISTORY
-            hist = record.read_history(current) if history else []
+            notes: list[str] = []
+            hist = record.read_history(current, notes) if history else []
             current = d / EVALUATION
             ev = read_evaluation(current) if evaluation and current.exists() else None
-            current = d / GRADIENTS
+            current = d / GRADIENTS_FILE
             gr = read_evaluation(current) if gradients and current.exists() else None
         except record.RecordError as e:
             invalid.append(Invalid(current, _reason(e, current), relative(current, root)))
@@ -211,7 +238,7 @@ def load_runs(dirs: Iterable[str | os.PathLike], *, history: bool = True,
                         evaluation=None if skipped else ev,
                         gradients=None if gr_skipped else gr, name=relative(d, root),
                         base=label, evaluation_skipped=skipped,
-                        gradients_skipped=gr_skipped))
+                        gradients_skipped=gr_skipped, history_note=notes[0] if notes else None))
     return runs, invalid
 
 

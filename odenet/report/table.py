@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from odenet import record
-from odenet.files import write_atomic
+from odenet.files import check_writable, os_reason, write_atomic
 from odenet.registry import MODELS, ModelSpec, PaperRow
 from odenet.report._args import ArgumentParser
 from odenet.report.runs import (
@@ -492,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"where table.md / table.csv go (default: {DEFAULT_OUT})")
     args = ap.parse_args(argv)
     try:
+        check_writable(args.out)
+    except OSError as e:
+        print(f"odenet table: error: --out {args.out}: cannot write there ({os_reason(e)}); "
+              "give --out a writable directory", file=sys.stderr)
+        return 2
+    try:
         # the table reads neither histories nor evaluations (a bad one leaves its run in);
         # it reads gradients.json (its gradient-error column)
         runs, invalid = load_runs(args.run_dirs, history=False, evaluation=False)
@@ -499,7 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"odenet table: error: {e}", file=sys.stderr)
         return 1
     print_invalid("odenet table", invalid)
-    res = write_table(runs, args.out, args.run_dirs, invalid)
+    try:
+        res = write_table(runs, args.out, args.run_dirs, invalid)
+    except OSError as e:  # e.g. the disk filled up since the check
+        print(f"odenet table: error: writing to {args.out}: {os_reason(e)}", file=sys.stderr)
+        return 2
     rows = res["rows"] + res["density_rows"]
     n_fin = sum(len(r.runs) for r in rows)
     files = [res[k] for k in ("md", "csv", "density_csv") if res[k] is not None]
