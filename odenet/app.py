@@ -16,6 +16,8 @@ import argparse
 import itertools
 import logging
 import os
+import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,18 +38,24 @@ def compose(overrides: Sequence[str] = (), config_name: str = CONFIG_NAME) -> An
 def _compose(overrides: Sequence[str], config_name: str = CONFIG_NAME,
              with_hydra: bool = False) -> tuple[Any, Any]:
     """(validated config, Hydra's own node or None)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        raw = hydra_compose(config_name=config_name, overrides=list(overrides),
-                            return_hydra_config=with_hydra)
+    raw = _compose_raw(overrides, config_name, with_hydra)
     if not with_hydra:
         return to_config(raw), None
     return to_config(OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"])), raw.hydra
+
+
+def _compose_raw(overrides: Sequence[str], config_name: str, with_hydra: bool) -> Any:
+    """What Hydra composes, before validation (interpolations unresolved)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides),
+                             return_hydra_config=with_hydra)
 
 
 def error_line(exc: BaseException) -> str:
@@ -134,6 +142,13 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
     if args.shell_completion:
         return ("odenet train has no shell completion (Hydra's would call the program "
                 "without its 'train' command); `odenet train --help` lists every setting", 2)
+    if args.help and not (args.config_path or args.config_dir):
+        try:
+            jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
+            print(train_help(jobs[0], args.config_name or CONFIG_NAME))
+        except Exception as e:  # noqa: BLE001 - every composition error becomes one line
+            return error_line(e), 2
+        return "", 0
     if (args.help or args.version or args.info
             or args.config_path or args.config_dir or args.experimental_rerun):
         return None
@@ -151,6 +166,10 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
             require_raw(root)
         except DataError as e:
             return str(e), 2
+    try:
+        _check_devices({cfg.device for cfg, _ in composed})
+    except ConfigError as e:
+        return str(e), 2
     given = {o.split("=", 1)[0].lstrip("+~") for o in args.overrides if "=" in o}
     finished = []
     for i, (cfg, hydra_node) in enumerate(composed):
@@ -165,8 +184,109 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
             return str(e), 2
     if finished and len(finished) == len(composed):
         return (f"odenet train: nothing to do: {', '.join(finished)} finished (resume=true "
-                "continues only a run that has epochs left; raise optim.epochs for more)", 0)
+                "continues only a run that has epochs left; raise optim.epochs for more, with a "
+                "multistep or constant schedule)", 0)
     return None
+
+
+HELP_GROUPS = ("model", "solver", "data", "optim", "experiment")
+
+
+def train_help(overrides: list[str], config_name: str = CONFIG_NAME) -> str:
+    """`odenet train [overrides] --help`: the config groups, then every setting of the
+    configuration those overrides compose, with its value and what configs/ says of it."""
+    import textwrap
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    cfg = _compose(overrides, config_name)[0]  # a bad setting: its one-line error
+    raw = _compose_raw(overrides, config_name, with_hydra=True)
+    choices = raw.hydra.runtime.choices
+    files = resources.files(CONFIG_MODULE)
+    lines = ["usage: odenet train [key=value ...] [-m]   (Hydra's flags: odenet train "
+             "--hydra-help)", "", "Configuration groups (group=option; * marks this "
+             "configuration's choice):"]
+    for group in HELP_GROUPS:
+        options = sorted(p.name[:-5] for p in (files / group).iterdir()
+                         if p.name.endswith(".yaml"))
+        lines.append(f"  {group}: " + ", ".join(o + "*" * (o == choices.get(group))
+                                                for o in options))
+    lines += ["", "Settings (key=value: the value here, then its meaning; "
+              "`odenet train model=resnet --help` shows the ResNet's):"]
+    comments = _setting_comments(files, config_name, choices)
+    values = dict(_flatten(OmegaConf.to_container(
+        OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]))))
+    schema_only = {f"+{k}": v for k, v in _flatten(OmegaConf.to_container(cfg))
+                   if k not in values}  # a schema's default no YAML file writes
+    for key, value in {**values, **schema_only}.items():
+        setting = f"  {key}={_yaml_text(value)}"
+        meaning = comments.get(key, "not in configs/: the schema's default (odenet/config.py, "
+                               "odenet/registry.py); set it with " + key + "=..."
+                               if key.startswith("+") else "")
+        if len(setting) > 30 and meaning:
+            lines.append(setting)
+            setting = ""
+        lines += textwrap.wrap(meaning, 100, initial_indent=f"{setting:<31}",
+                               subsequent_indent=" " * 31) or [setting]
+    return "\n".join(lines)
+
+
+def _setting_comments(files: Any, config_name: str, choices: Any) -> dict[str, str]:
+    """What configs/ says of each setting: the root config's comments and those of each
+    group's chosen file (whose header, for its name or method, says what it is)."""
+    comments = yaml_comments((files / f"{config_name}.yaml").read_text(encoding="utf-8"))
+    for group in HELP_GROUPS[:-1]:
+        text = (files / group / f"{choices[group]}.yaml").read_text(encoding="utf-8")
+        comments.update({f"{group}.{k}": c for k, c in yaml_comments(text).items()})
+        header, selector = comments.pop(f"{group}."), "method" if group == "solver" else "name"
+        comments[f"{group}.{selector}"] = comments[f"{group}.{selector}"] or header
+    return comments
+
+
+def yaml_comments(text: str) -> dict[str, str]:
+    """The comment on each key's line of a configs/ YAML file, continued by the comment
+    lines indented below it, by dotted key (``train.log_every``); under "" the file's
+    header (the comment lines before its first key)."""
+    comments: dict[str, str] = {"": ""}
+    parents: list[tuple[int, str]] = []
+    last, last_indent = "", -1
+    for line in text.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip(" "))
+        if stripped.startswith("# @package"):  # Hydra's directive, not a comment
+            continue
+        if stripped.startswith("#"):
+            if last is not None and indent > last_indent:
+                comments[last] = f"{comments[last]} {stripped[1:].strip()}".strip()
+            else:
+                last = None
+            continue
+        m = re.match(r"(?P<key>[A-Za-z_]\w*):(?P<value>[^#]*)(#\s?(?P<comment>.*))?$", stripped)
+        if m is None:  # a blank line, a list item
+            last = None
+            continue
+        parents = [(i, k) for i, k in parents if i < indent]
+        last, last_indent = ".".join([k for _, k in parents] + [m["key"]]), indent
+        comments[last] = (m["comment"] or "").strip()
+        if not m["value"].strip():  # a section: its keys follow, indented
+            parents.append((indent, m["key"]))
+    return comments
+
+
+def _flatten(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in values.items():
+        out += _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return out
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as one writes it on the command line (null, true, [60, 100, 140])."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_yaml_text, value)) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) \
+        else str(value)
 
 
 HYDRA_HELP = """\
@@ -182,6 +302,16 @@ odenet train is a Hydra app (https://hydra.cc); these of Hydra's flags apply:
 Hydra's shell completion is not available: its script would call the program without
 its 'train' command. Hydra's config groups: hydra/launcher=joblib|local|slurm (sweeps in
 parallel or on a cluster), hydra/job_logging, hydra/sweeper."""
+
+
+def _check_devices(devices: set[str]) -> None:
+    """ConfigError for a device this machine lacks (device=cuda without CUDA)."""
+    asked = sorted(devices - {"auto", "cpu"})
+    if asked:
+        from odenet.runtime import resolve_device  # loads torch: only when CUDA is asked for
+
+        for name in asked:
+            resolve_device(name)
 
 
 def _job_dir(hydra_node: Any, index: int, multirun: bool, given: set[str]) -> Path | None:
@@ -251,6 +381,7 @@ class _JobLabel(logging.Filter):
 
 
 _STATUSES: list[str] = []  # statuses of the jobs run in this process
+_SWEEP: dict[str, Any] = {}  # "dir": the multirun's directory; "started": jobs trained
 
 
 def _train_job(dcfg: Any) -> float | None:
@@ -258,10 +389,16 @@ def _train_job(dcfg: Any) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from odenet import train
+    from odenet import rundir, train
     from odenet.data import DataError
 
     hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        _SWEEP["dir"] = os.path.abspath(hc.sweep.dir)
+    signum = rundir.pending_signal()
+    if signum is not None:  # a signal between jobs or during Hydra's launch: start no more
+        raise SystemExit(128 + signum)
+    _SWEEP["started"] = _SWEEP.get("started", 0) + 1
     label = None
     if hc.mode == RunMode.MULTIRUN:  # parallel jobs interleave: say whose line it is
         label = _JobLabel(f"job {hc.job.num}: {hc.job.override_dirname or 'defaults'}")
@@ -284,30 +421,59 @@ def _train_job(dcfg: Any) -> float | None:
 
 def train_main(argv: list[str] | None = None) -> int:
     """`odenet train [overrides] [-m]`: the Hydra app (config: configs/config.yaml)."""
-    import hydra
+    from odenet import rundir
 
+    rundir.defer_signals()  # before torch and Hydra load: an early Ctrl-C ends in one line
     argv = list(sys.argv[1:] if argv is None else argv)
-    stop = preflight(argv)
-    if stop:
-        line, code = stop
-        if code:
-            print(f"odenet train: error: {line}", file=sys.stderr)
-        elif line:
-            print(line)
-        return code
+    _STATUSES.clear()
+    _SWEEP.clear()
+    try:
+        stop = preflight(argv) or _launch(argv)
+    except KeyboardInterrupt:  # Ctrl-C twice before a training loop took the signals
+        stop = "interrupted (SIGINT twice): stopped at once", 130
+    line, code = stop
+    if code in (3, 130, 143) and "dir" in _SWEEP and _SWEEP.get("started"):  # all of it
+        line = ("sweep interrupted; continue it (finished jobs are skipped) with: "
+                + rundir.resume_sweep_command(_SWEEP["dir"], argv))
+    elif code in (130, 143) and not _SWEEP.get("started"):
+        line = f"interrupted ({signal.Signals(code - 128).name}) before training began: " \
+               "nothing was trained"
+    if line:
+        print(f"odenet train: {'error: ' if code in (1, 2) else ''}{line}" if code else line,
+              file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def _launch(argv: list[str]) -> tuple[str, int]:
+    """Run the Hydra app on ``argv``: ("", exit status), or a line to print with it."""
+    import hydra
+    from hydra.errors import HydraException
+
+    from odenet import rundir
+
+    signum = rundir.pending_signal()
+    if signum is not None:  # came during preflight
+        return "", 128 + signum
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}",
                      config_name=CONFIG_NAME)(_train_job)
-    _STATUSES.clear()
-    saved = sys.argv
+    saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [saved[0] if saved else "odenet", *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach us (not a traceback)
     try:
         app()
     except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return "", int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except OSError as e:  # Hydra writing .hydra/ into the run directory, e.g. a full disk
+        where = e.filename or "Hydra's record of the run (.hydra/)"
+        return f"cannot write {where}: {e.strerror or e}", 1
+    except HydraException as e:  # what preflight does not compose (--config-dir ...)
+        return error_line(e), 1
     finally:
         sys.argv = saved
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
     if "failed" in _STATUSES:
-        return 1
-    if "interrupted" in _STATUSES:
-        return 3
-    return 0
+        return "", 1
+    return "", 3 if "interrupted" in _STATUSES else 0

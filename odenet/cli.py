@@ -50,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # before torch loads OpenMP: spin briefly on an idle machine, sleep on a busy one
     set_wait_policy()
+    try:
+        return _run(cmd, rest)
+    except KeyboardInterrupt:  # e.g. Ctrl-C while the command imports, before its handlers
+        print(f"odenet {cmd}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+
+
+def _run(cmd: str, rest: list[str]) -> int:
     module, func = COMMANDS[cmd][0].split(":")
     try:
         mod = importlib.import_module(module)

@@ -39,13 +39,17 @@ GRADIENTS = (ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE)  # as odenet.solvers.GRA
 
 __all__ = ["Config", "ConfigError", "SolverConfig", "DataConfig", "OptimConfig",
            "TrainConfig", "to_config", "model_config", "solver_config", "resolve_solver",
-           "as_dict", "unknown_key_line"]
+           "as_dict", "unknown_key_line", "unused_settings"]
 
 # data.name for density models; odenet.cnf.datasets.DATASETS (checked by tests/cnf) must match
 TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 PRECISIONS = ("fp32", "bf16")  # the network's compute dtype (runtime.autocast)
+# seeds below this keep the data's generator seeds (seed * 1,000,003 + epoch,
+# odenet/data/batches.py) within torch's 64 bits, for a million epochs
+SEED_LIMIT = 10**12
+FLOAT32_MAX = 3.4028234663852886e38  # parameters are float32: a larger lr cannot step them
 # --------------------------------------------------------------------------- schemas
 @dataclass
 class SolverConfig:
@@ -175,6 +179,12 @@ def resolve_solver(s: DictConfig, model: str) -> None:
         s.gradient, s.adjoint = gradient, gradient == ADJOINT
 
 
+def peak_lr(cfg: Any) -> float:
+    """optim.lr, or the recipe's rule: base_lr scaled linearly with the batch size."""
+    o = cfg.optim
+    return o.lr if o.lr is not None else o.base_lr * cfg.data.batch_size / o.base_batch_size
+
+
 def as_dict(cfg: Any) -> dict:
     """The resolved config as plain Python types (what checkpoints store)."""
     return OmegaConf.to_container(cfg, resolve=True)
@@ -251,7 +261,9 @@ def _all_keys() -> list[str]:
 
 
 # --------------------------------------------------------------------------- validation
-def _validate_solver(s: Any, model: str) -> None:
+def _check_solver_values(s: Any) -> None:
+    """Each solver setting on its own (for every model: a sweep mixing models may give
+    solver settings to one without an ODE block, but never a value that means nothing)."""
     need(s.rtol > 0, f"solver.rtol must be > 0 (got {s.rtol})")
     if s.atol is not None:
         need(s.atol > 0, f"solver.atol must be > 0 (got {s.atol})")
@@ -260,14 +272,32 @@ def _validate_solver(s: Any, model: str) -> None:
         need(s.step_size > 0, f"solver.step_size must be > 0 (got {s.step_size})")
     need(s.max_num_steps >= 1, f"solver.max_num_steps must be >= 1 (got {s.max_num_steps})")
     one_of("solver.last_step", s.last_step, ("clamp", "overshoot"))
+    if s.gradient is not None:
+        one_of("solver.gradient", s.gradient, GRADIENTS)
+    from odenet.solvers import METHODS  # torch: only once the rest is valid
+
+    one_of("solver.method", s.method, list(METHODS))
+
+
+def unused_settings(cfg: Any) -> list[str]:
+    """The solver settings ``cfg`` gives (other than the defaults) that its model does not
+    use, as key=value: a model without an ODE block takes none."""
+    if spec(cfg.model.name).ode_block:
+        return []
+    default = {**OmegaConf.to_container(OmegaConf.structured(SolverConfig)),
+               "atol": cfg.solver.rtol}  # atol follows rtol
+    return [f"solver.{k}={str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in cfg.solver.items() if v != default[k]]
+
+
+def _validate_solver(s: Any, model: str) -> None:
+    _check_solver_values(s)
     gradient = _gradient(s, model)
     if s.adjoint_norm == "seminorm" and gradient != ADJOINT:
         raise ConfigError(f"solver.adjoint_norm=seminorm needs the adjoint; model={model} "
                           f"computes its gradients by {gradient}")
-    # torch: only once the rest is valid
-    from odenet.solvers import FIXED_METHODS, METHODS, gradient_refusal, method_unavailable
+    from odenet.solvers import FIXED_METHODS, gradient_refusal, method_unavailable
 
-    one_of("solver.method", s.method, list(METHODS))
     need(s.method not in FIXED_METHODS or s.step_size is not None,
          f"solver.method={s.method} is a fixed-grid method: set solver.step_size (e.g. 0.25)")
     refusal = gradient_refusal(s.method, gradient)  # the solver library's own rule
@@ -309,7 +339,7 @@ def _finite(node: Any, prefix: str = "") -> None:
 
 def _validate(c: Any) -> None:
     _finite(c)
-    need(c.seed >= 0, f"seed must be >= 0 (got {c.seed})")
+    need(0 <= c.seed < SEED_LIMIT, f"seed must be in [0, {SEED_LIMIT:.0e}) (got {c.seed})")
     need(not (c.resume and c.overwrite), "resume=true and overwrite=true contradict each "
          "other: continue the run in the directory, or delete it and start afresh")
     dev = c.device
@@ -321,6 +351,8 @@ def _validate(c: Any) -> None:
     model = spec(c.model.name)
     if model.ode_block:
         resolve_solver(c.solver, model.name)
+    else:
+        _check_solver_values(c.solver)
     density = model.task == DENSITY
     d = c.data
     if density:
@@ -349,6 +381,11 @@ def _validate(c: Any) -> None:
     need(o.epochs >= 1, f"optim.epochs must be >= 1 (got {o.epochs})")
     need(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum})")
     need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
+    lr = f"optim.lr={o.lr:g}" if o.lr is not None else (
+        f"optim.base_lr={o.base_lr:g} scaled to data.batch_size={d.batch_size} = {peak_lr(c):g}")
+    for what, v in (lr, peak_lr(c)), (f"optim.weight_decay={o.weight_decay:g}", o.weight_decay):
+        need(v <= FLOAT32_MAX, f"{what} is too large: float32 parameters take at most "
+             f"{FLOAT32_MAX:.3g}")
     need(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1] (got {o.gamma})")
     need(list(o.milestones) == sorted(o.milestones), "optim.milestones must be increasing")
     need(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs})")

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
+from odenet.config import peak_lr  # defined beside its validation; train reads it here
 
-def peak_lr(cfg: Any) -> float:
-    """optim.lr, or the recipe's rule: base_lr scaled linearly with the batch size."""
-    o = cfg.optim
-    return o.lr if o.lr is not None else o.base_lr * cfg.data.batch_size / o.base_batch_size
+# schedules whose learning rate at a step depends on optim.epochs (they are fitted to the
+# run's length): a resumed run may not change its epochs (train.check_resume)
+FITTED_TO_LENGTH = ("cosine", "onecycle")
 
 
 def lr_factor(step: int, iters_per_epoch: int, o: Any) -> float:

@@ -10,15 +10,18 @@
 - ``is_claimed(out)``: whether a live process owns it (a run whose metrics.json says
   ``running`` but that nobody owns was killed).
 
-Standard library only: the reports use ``is_claimed`` too.
+Standard library only (and PyYAML for Hydra's overrides.yaml): the reports use
+``is_claimed`` too.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shlex
 import shutil
+import signal
 from pathlib import Path
 
 from odenet.errors import ConfigError
@@ -103,6 +106,34 @@ def parent_gone() -> bool:
     return bool(pid) and os.getppid() != int(pid)
 
 
+_pending: list[int] = []  # signals received while deferred (defer_signals)
+
+
+def defer_signals() -> None:
+    """From now until a training's own handler takes over (train._Signals, which adopts
+    what came meanwhile), SIGINT and SIGTERM are noted rather than raised: a Ctrl-C in
+    the middle of importing torch or of Hydra's launch would leave a traceback, or a
+    half-imported module that the next sweep job crashes on. A second SIGINT is raised
+    (KeyboardInterrupt), so that Ctrl-C twice still stops at once."""
+    _pending.clear()
+
+    def note(signum: int, frame: object) -> None:
+        if _pending and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        _pending.append(signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(s, note)
+        except ValueError:  # not the main thread: the signals are not ours
+            pass
+
+
+def pending_signal() -> int | None:
+    """The first signal defer_signals noted, if any."""
+    return _pending[0] if _pending else None
+
+
 def holds_run(out: str | os.PathLike) -> bool:
     out = Path(out)
     return any((out / name).exists() for name in (METRICS, HISTORY, CHECKPOINT_FILE))
@@ -135,16 +166,52 @@ def remove_orphans(out: str | os.PathLike) -> list[str]:
 
 def launch_overrides(out: str | os.PathLike) -> list[str]:
     """The command-line overrides the run in ``out`` was launched with (Hydra's record)."""
+    import yaml  # PyYAML, which OmegaConf depends on: Hydra's file may quote its items
+
     try:
-        lines = (Path(out) / ".hydra" / "overrides.yaml").read_text().splitlines()
-    except OSError:
+        items = yaml.safe_load((Path(out) / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
         return []
-    # Hydra writes a YAML list of strings, one "- item" per line
-    return [ln[2:].strip().strip("'\"") for ln in lines if ln.startswith("- ")]
+    return [str(o) for o in items] if isinstance(items, list) else []
 
 
 def resume_command(out: str | os.PathLike, overrides: list[str] | None = None) -> str:
-    """The complete command that continues the run in ``out``."""
-    keep = [o for o in (launch_overrides(out) if overrides is None else overrides)
-            if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite", "hydra.run.dir")]
-    return shlex.join(["odenet", "train", *keep, f"hydra.run.dir={out}", "resume=true"])
+    """The complete command that continues the run in ``out``, as it pastes into a shell."""
+    keep = _without(launch_overrides(out) if overrides is None else overrides, "hydra.run.dir")
+    return command_line(["odenet", "train", *keep, f"hydra.run.dir={hydra_value(str(out))}",
+                         "resume=true"])
+
+
+def resume_sweep_command(sweep_dir: str | os.PathLike, argv: list[str]) -> str:
+    """The command that continues every job of the sweep ``argv`` (odenet train's
+    arguments) in its own directory below ``sweep_dir``; resume=true skips the finished."""
+    keep = [a for a in _without(argv, "hydra.sweep.dir") if a not in ("-m", "--multirun")]
+    return command_line(["odenet", "train", "-m", *keep,
+                         f"hydra.sweep.dir={hydra_value(str(sweep_dir))}", "resume=true"])
+
+
+def _without(overrides: list[str], directory_key: str) -> list[str]:
+    return [o for o in overrides
+            if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite", directory_key)]
+
+
+# what Hydra's override parser reads back unchanged without quotes (a comma would make a
+# sweep, a space at either end is dropped, parentheses, quotes, #, ! or non-ASCII are errors)
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.+:@%-]+")
+
+
+def hydra_value(value: str) -> str:
+    """``value`` written so that Hydra's override parser reads it back as this string."""
+    if _HYDRA_PLAIN.fullmatch(value):
+        return value
+    # in a quoted value, a backslash escapes only the quote or backslashes before it
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body).replace("${", "\\${")
+    return f"'{body}'"
+
+
+def command_line(argv: list[str]) -> str:
+    """``argv`` for a POSIX shell: an argument holding Hydra's single quotes goes in double
+    quotes when it can (``"hydra.run.dir='x y'"``), anything else as shlex.quote has it."""
+    return " ".join(f'"{a}"' if "'" in a and not re.search(r'[$`\\"!]', a)
+                    else shlex.quote(a) for a in argv)

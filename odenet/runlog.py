@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,13 +126,28 @@ def log_epoch(e: dict, metric: str, epochs: int) -> None:
     log.info(", ".join(parts))
 
 
+def terminal_columns(stream: Any) -> int | None:
+    """The width of the terminal ``stream`` writes to; None when it is not a terminal. A
+    terminal may report 0 (e.g. under `script -qc`): tqdm's bars then draw nothing."""
+    if not stream.isatty():
+        return None
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        return 0
+
+
 class Bars:
-    """tqdm bars (epoch, batch, evaluation); off unless on a terminal (progress=auto)."""
+    """tqdm bars (epoch, batch, evaluation); progress=auto: only on a terminal that can show
+    them (else the Heartbeat logs progress)."""
 
     def __init__(self, progress: str):
-        # None: tqdm shows a bar only on a terminal
-        self.disable = {"auto": None, "always": False, "never": True}[progress]
-        self.shown = self.disable is False or (self.disable is None and sys.stderr.isatty())
+        columns = terminal_columns(sys.stderr)
+        self.disable = {"auto": not columns, "always": False, "never": True}[progress]
+        self.shown = not self.disable
+        # progress=always on a terminal of unknown size: a fixed one (tqdm hides bars
+        # beyond the terminal's rows, and every row is beyond 0)
+        self.size = (80, 20) if columns == 0 else None
 
     def __enter__(self) -> Bars:
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -146,7 +162,9 @@ class Bars:
     def _bar(self, **kw: Any):
         from tqdm.auto import tqdm
 
-        return tqdm(disable=self.disable, dynamic_ncols=True, **kw)
+        ncols, nrows = self.size or (None, None)
+        return tqdm(disable=self.disable, dynamic_ncols=self.size is None, ncols=ncols,
+                    nrows=nrows, **kw)
 
     def epochs(self, total: int, initial: int):
         return self._bar(total=total, initial=initial, desc="epochs", unit="epoch")

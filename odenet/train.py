@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from odenet import checkpoint, measure, optim, record, rundir
-from odenet.config import ConfigError, as_dict, to_config
+from odenet.config import ConfigError, as_dict, to_config, unused_settings
 from odenet.models import build_model, measured_blocks, reset_solver_stats, solver_stats
 from odenet.registry import spec
 from odenet.runlog import Bars, Heartbeat, RunLog, last_epoch, log_epoch
@@ -47,8 +47,9 @@ from odenet.tasks import TASKS, Task
 log = logging.getLogger("odenet.train")
 
 # config keys a resumed run may change: what does not change the weights' trajectory
-# (more epochs extend it; threads and device change rounding only). Everything else,
-# train.max_iters_per_epoch included, must match the checkpoint.
+# (more epochs extend it, unless the schedule is fitted to them: optim.FITTED_TO_LENGTH;
+# threads and device change rounding only). Everything else, train.max_iters_per_epoch
+# included, must match the checkpoint.
 RESUMABLE_CHANGES = ("optim.epochs", "train.log_every", "train.train_eval_size",
                      "train.stop_after_iters", "train.measure_memory", "train.tensorboard",
                      "train.progress", "threads", "device", "resume", "overwrite")
@@ -181,6 +182,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     log.info("threads %d, OMP_WAIT_POLICY=%s, GOMP_SPINCOUNT=%s (odenet/openmp.py)",
              torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "-"),
              os.environ.get("GOMP_SPINCOUNT", "-"))
+    _note_settings(cfg, loaders)
     runlog.metrics(metrics)
 
     saved = {"epoch": prog.epoch}  # what checkpoint.pt holds: metrics.json never claims more
@@ -432,6 +434,21 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())
 
 
+def _note_settings(cfg: Any, loaders: Any) -> None:
+    """Say which settings the run does not use as given: solver settings of a model without
+    an ODE block (a sweep may mix models; metrics.json records no solver for it), and more
+    training or test images than the data hold."""
+    unused = unused_settings(cfg)
+    if unused:
+        log.warning("model=%s has no ODE block: %s not applied (metrics.json records no "
+                    "solver)", cfg.model.name, ", ".join(unused))
+    for split, loader in ("train", loaders.train), ("test", loaders.test):
+        asked = cfg.data[f"{split}_size"]
+        if asked is not None and asked > loader.n:
+            log.warning("data.%s_size=%d but the %s split holds %d images: using %d", split,
+                        asked, split, loader.n, loader.n)
+
+
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ; keys only one side has (a schema that gained a
     setting since the checkpoint was written) are not differences."""
@@ -472,6 +489,7 @@ def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
     if diff:
         raise ConfigError(f"resume=true: {path} was written with other settings for "
                           f"{', '.join(diff)} (only {', '.join(RESUMABLE_CHANGES)} may change)")
+    _check_epochs_change(ck["config"]["optim"]["epochs"], cfg.optim)
     hist = out / record.HISTORY
     need = ck["progress"].get("history_bytes", 0)
     have = hist.stat().st_size if hist.exists() else None
@@ -480,6 +498,18 @@ def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
         raise ConfigError(f"resume=true: {hist} {what} when {path} was saved; the run's "
                           "history cannot continue (overwrite=true starts afresh)")
     return ck
+
+
+def _check_epochs_change(was: int, o: Any) -> None:
+    """More (or fewer) epochs extend a run only where the schedule does not depend on them:
+    a cosine or one-cycle schedule is fitted to optim.epochs, so changing them would
+    splice two schedules into one run."""
+    if o.epochs != was and o.schedule in optim.FITTED_TO_LENGTH:
+        raise ConfigError(
+            f"resume=true: optim.epochs={o.epochs} but the run has optim.epochs={was}, and "
+            f"its {o.schedule} schedule is fitted to them (every step's learning rate would "
+            f"change); only multistep and constant runs can be extended: train {o.epochs} "
+            "epochs afresh (overwrite=true, or another hydra.run.dir)")
 
 
 def _resume(ck: dict[str, Any], model, optimizer, scheduler) -> Progress:
@@ -509,6 +539,7 @@ class _Signals:
                     "(Ctrl-C again to stop at once)", signal.Signals(signum).name)
 
     def __enter__(self) -> _Signals:
+        self.signum = rundir.pending_signal()  # one that came during the setup: stop soon
         for s in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[s] = signal.signal(s, self._handler)

@@ -88,7 +88,16 @@ def test_rknet_is_odenet_without_the_adjoint():
 
 
 def test_mlp_and_resnet_ignore_the_solver_settings():
+    from odenet.config import unused_settings
+
     assert compose(["model=resnet", "solver.adjoint=false"]).model.name == "resnet"
+    # valid, but not applying (sweeps mix models): the trainer says so
+    assert unused_settings(compose(["model=mlp", "solver=rk4", "solver.rtol=1e-2"])) == [
+        "solver.method=rk4", "solver.rtol=0.01", "solver.step_size=0.25"]
+    assert unused_settings(compose(["model=resnet", "solver.adjoint=false"])) == [
+        "solver.adjoint=false"]
+    assert unused_settings(compose(["model=mlp"])) == []
+    assert unused_settings(compose(["model=odenet", "solver.rtol=1e-2"])) == []
 
 
 @pytest.mark.parametrize("overrides,expected", [
@@ -122,6 +131,15 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["data.batch_size=0"], "data.batch_size must be >= 1"),
     (["seed=0,1"], "sweeping needs -m"),
     (["device=tpu"], "device='tpu'"),
+    # issue 19 item 6: were ValueError/RuntimeError tracebacks once training began
+    (["seed=99999999999999999999"], "seed must be in [0, 1e+12) (got 99999999999999999999)"),
+    (["optim.lr=1e308"], "optim.lr=1e+308 is too large: float32 parameters take at most"),
+    (["optim.base_lr=1e38", "data.batch_size=1280"], "data.batch_size=1280 = 1e+39 is too"),
+    (["optim.weight_decay=1e300"], "optim.weight_decay=1e+300 is too large"),
+    # issue 19 item 8: a value that means nothing is refused for every model
+    (["model=mlp", "solver.method=nosuch"], "solver.method='nosuch' is not one of"),
+    (["model=mlp", "solver.rtol=-1"], "solver.rtol must be > 0"),
+    (["model=resnet", "solver.gradient=nope"], "solver.gradient='nope' is not one of"),
 ])
 def test_bad_configs_give_one_line(overrides, expected):
     with pytest.raises(Exception) as info:
@@ -129,6 +147,14 @@ def test_bad_configs_give_one_line(overrides, expected):
     line = error_line(info.value)
     assert expected in line
     assert "\n" not in line
+
+
+def test_every_accepted_seed_seeds_the_data():
+    from odenet.config import SEED_LIMIT
+    from odenet.data.batches import epoch_generator
+
+    assert compose([f"seed={SEED_LIMIT - 1}"]).seed == SEED_LIMIT - 1
+    epoch_generator(SEED_LIMIT - 1, 10**6 - 1)  # torch takes it: within 64 bits
 
 
 def test_lsoda_trains_an_odenet_by_the_adjoint_and_needs_scipy(monkeypatch):
@@ -161,6 +187,8 @@ def test_bad_command_lines_exit_nonzero_with_one_line(cli_popen, tmp_path):
         "model=nope": "Could not find 'model/nope'",
         "solver.rtl=1e-3": "did you mean 'solver.rtol'?",
         f"data.root={tmp_path / 'nowhere'}": "MNIST not found in",
+        "seed=99999999999999999999": "seed must be in [0, 1e+12)",
+        "optim.lr=1e308": "optim.lr=1e+308 is too large",
     }
     procs = {arg: cli_popen("train", arg, f"hydra.run.dir={tmp_path / 'run'}")
              for arg in cases}
@@ -204,6 +232,31 @@ def test_train_help_lists_config_groups(cli):
     assert r.returncode == 0
     for group in ("model:", "solver:", "experiment:"):
         assert group in r.stdout
+    assert "  model: cnf, mlp, odenet*, planar, resnet, rknet" in r.stdout
+
+
+def test_train_help_gives_every_setting_its_value_and_meaning():
+    """Issue 19 item 12: --help named the settings; their meaning is in configs/."""
+    from odenet.app import train_help
+
+    text = train_help([])
+    assert "  solver.rtol=0.001            relative tolerance of the adaptive step control" in text
+    assert "  seed=0                       seeds torch, numpy and random" in text
+    assert "  train.max_iters_per_epoch=null\n" + " " * 31 + "cut each epoch" in text
+    lines = text.split("\nSettings")[1].splitlines()[1:]
+    settings = [i for i, ln in enumerate(lines) if not ln.startswith("   ")]
+    keys = {lines[i].split("=", 1)[0].strip().lstrip("+") for i in settings}
+
+    def leaves(node, prefix=""):
+        return {k for key, v in node.items()
+                for k in (leaves(v, f"{prefix}{key}.") if isinstance(v, dict) else [prefix + key])}
+
+    assert keys == leaves(OmegaConf.to_container(compose([])))
+    for i in settings:  # a meaning on the line or on the next, indented
+        assert len(lines[i]) > 31 or lines[i + 1].startswith(" " * 31), lines[i]
+    resnet = train_help(["model=resnet", "optim=adam"])
+    assert "  model.width=" in resnet and "  optim.lr=0.001               peak learning rate" \
+        in resnet
 
 
 @pytest.mark.parametrize("option", options("experiment_model"))

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from odenet.app import compose
 from odenet.config import ConfigError
 from odenet.runlog import Heartbeat
 from odenet.train import run
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = ("experiment=smoke", "data.train_size=128", "data.test_size=64",
         "train.train_eval_size=64", "train.tensorboard=false")
@@ -115,6 +120,34 @@ def test_the_interruption_hint_is_a_complete_command(cli, tmp_path, mnist_root):
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
 
 
+def test_the_interruption_hint_pastes_into_a_shell(cli, tmp_path, mnist_root):
+    """Issue 19 item 5: a run directory with a space, a comma, parentheses and non-ASCII
+    letters; the printed command is run by a shell, as a user pastes it."""
+    out = tmp_path / "x y (2), é"
+    r = cli("train", *TINY, "model=mlp", "optim.epochs=2", f"data.root={mnist_root}",
+            f"hydra.run.dir='{out}'", "train.stop_after_iters=3")
+    assert r.returncode == 3, r.stderr
+    hint = [ln for ln in (r.stdout + r.stderr).splitlines() if "continue with: " in ln]
+    command = hint[0].split("continue with: ", 1)[1]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    r2 = subprocess.run(["/bin/sh", "-c", command + " train.stop_after_iters=null"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PATH": path})
+    assert r2.returncode == 0, r2.stderr
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("value", ["/a/x y", " lead and trail ", "a,b", "x(1) [2] {3}",
+                                   "it's", "a=b", "é", "#!&~\"'", "back\\", "back\\'q",
+                                   "plain/path-1.0_x"])
+def test_hydra_values_read_back_through_shell_and_parser(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    line = rundir.command_line(["odenet", f"hydra.run.dir={rundir.hydra_value(value)}"])
+    arg = shlex.split(line)[1]
+    assert OverridesParser.create().parse_overrides([arg])[0].value() == value
+
+
 @pytest.mark.parametrize("damage,needle", [
     ("delete", "history.jsonl is missing"),
     ("cut", "history.jsonl has 10 of the"),
@@ -199,6 +232,39 @@ def test_heartbeat_logs_progress_without_a_terminal(caplog):
     assert len(caplog.records) == n
 
 
+def test_a_terminal_without_a_width_gets_the_heartbeat(monkeypatch):
+    """Issue 19 item 11: under `script -qc` the terminal reports 0 columns; tqdm drew
+    nothing and the heartbeat was off, as the bars counted as shown."""
+    import io
+
+    from odenet.runlog import Bars
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 2
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+    assert not Bars("auto").shown  # the trainer's Heartbeat(enabled=not bars.shown) logs
+    assert Bars("always").shown and Bars("always").size == (80, 20)  # drawn at a fixed size
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((100, 30)))
+    assert Bars("auto").shown and Bars("always").size is None
+
+
+def test_bars_under_script_fall_back_to_the_heartbeat():
+    import shutil
+
+    if shutil.which("script") is None:
+        pytest.skip("no script(1)")
+    code = "from odenet.runlog import Bars; print('shown', Bars('auto').shown)"
+    r = subprocess.run(["script", "-qc", shlex.join([sys.executable, "-c", code]), "/dev/null"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "shown False" in r.stdout, (r.stdout, r.stderr)
+
+
 def test_reports_show_a_run_nobody_owns_any_more_as_killed(compose_cfg, tmp_path):
     from odenet.report.runs import load_runs
 
@@ -250,3 +316,84 @@ def test_sweep_jobs_label_their_log_lines(cli, tmp_path, mnist_root):
     lines = [ln for ln in log0.splitlines() if "odenet.train" in ln]
     assert lines and all("] - [job 0: " in ln and ",seed=0," in ln for ln in lines)
     assert "[job 1:" not in log0 and ",seed=1," in (r.stdout + r.stderr)
+
+
+def _shell(command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``command`` run by /bin/sh as a user pastes it (odenet on the PATH)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run(["/bin/sh", "-c", command], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PATH": path})
+
+
+def test_an_interrupted_sweep_prints_one_command_that_resumes_all_of_it(cli, tmp_path,
+                                                                       mnist_root):
+    """Issue 19 item 10: job 0 (one epoch) finishes, job 1 stops after 6 of its 8
+    iterations; the printed command continues the sweep in its own directory."""
+    sweep = tmp_path / "sweep"
+    r = cli("train", "-m", *TINY, "model=mlp", "optim.epochs=1,2", "train.stop_after_iters=6",
+            f"data.root={mnist_root}", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 3, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("odenet train: sweep interrupted; continue it (finished jobs are "
+                           "skipped) with: odenet train -m "), last
+    finished = (sweep / "0" / "metrics.json").read_bytes()
+    r2 = _shell(last.split(" with: ", 1)[1] + " train.stop_after_iters=null")
+    assert r2.returncode == 0, r2.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no new sweep
+    assert (sweep / "0" / "metrics.json").read_bytes() == finished  # skipped
+    m1 = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert (m1["status"], m1["epochs"]) == ("finished", 2)
+
+
+@pytest.mark.parametrize("when", ["at start", "as job 0 starts"])
+def test_ctrl_c_early_in_a_sweep_stops_it_in_one_line(tmp_path, mnist_root, when):
+    """Issue 19 item 6: a SIGINT while torch or Hydra load, or while job 0 sets up, was a
+    KeyboardInterrupt traceback (and once a crash in job 1)."""
+    import signal
+
+    sweep = tmp_path / "sweep"
+    # Ctrl-C's default even where this test was started with SIGINT ignored (`make test &`)
+    p = subprocess.Popen([sys.executable, "-m", "odenet.cli", "train", "-m", *TINY,
+                          "model=mlp", "seed=0,1,2", f"data.root={mnist_root}",
+                          f"hydra.sweep.dir={sweep}"], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={
+                             k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while when != "at start" and not (sweep / "0" / "train.log").exists():
+        assert p.poll() is None and time.time() < deadline, p.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0 if when == "at start" else 0.3)  # at start: past the interpreter's own
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=120)
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert p.returncode == 130, stderr
+    assert len(lines) == 1 and lines[0].startswith("odenet train: ") and \
+        "interrupted" in lines[0], stderr
+    assert not (sweep / "1").exists()  # no job started after the signal
+
+
+def test_a_full_disk_under_hydras_record_is_one_line(cli, tmp_path, mnist_root):
+    """Issue 19 item 6: Hydra's own write of .hydra/config.yaml failing (here into
+    /dev/full: "No space left on device") was an OSError traceback."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    out = tmp_path / "run"
+    (out / ".hydra").mkdir(parents=True)
+    (out / ".hydra" / "config.yaml").symlink_to("/dev/full")
+    r = cli("train", *TINY, "model=mlp", f"data.root={mnist_root}", f"hydra.run.dir={out}")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "odenet train: error: cannot write Hydra's record of the run (.hydra/): No space "
+        "left on device"], r.stderr
+    assert not (out / "metrics.json").exists()
+
+
+def test_a_missing_cuda_is_refused_before_anything_is_written(cli, tmp_path, mnist_root):
+    """Issue 19 item 9: device=cuda on a machine without CUDA left .hydra/, train.log and
+    .lock behind."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    one_line_error(cli("train", *TINY, "model=mlp", "device=cuda", f"data.root={mnist_root}",
+                       f"hydra.run.dir={out}"), "device=cuda but CUDA is not available")
+    assert not out.exists()

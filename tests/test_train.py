@@ -193,6 +193,56 @@ def test_resume_refuses_a_different_run(compose_cfg, tmp_path):
     assert m["status"] == "finished" and m["epochs"] == 2
 
 
+def test_resume_refuses_new_epochs_for_a_schedule_fitted_to_them(compose_cfg, tmp_path):
+    """Issue 19 item 4: one-cycle fitted to 3 epochs, resumed with 4, spliced two schedules
+    (lr 0.0188 -> 0.0224 at step 14)."""
+    args = (*TINY, "model=mlp", "optim.schedule=onecycle")
+    run(compose_cfg(*args, "optim.epochs=3", "train.stop_after_iters=6"), tmp_path)
+    before = (tmp_path / "history.jsonl").read_bytes()
+    with pytest.raises(ConfigError, match="optim.epochs=4 but the run has optim.epochs=3, "
+                       "and its onecycle schedule is fitted to them") as info:
+        run(compose_cfg(*args, "optim.epochs=4", "resume=true"), tmp_path)
+    assert "\n" not in str(info.value) and "overwrite=true" in str(info.value)
+    assert (tmp_path / "history.jsonl").read_bytes() == before
+    assert run(compose_cfg(*args, "optim.epochs=3", "resume=true"), tmp_path)["epochs"] == 3
+
+
+def test_more_epochs_of_a_constant_schedule_equal_a_longer_run(compose_cfg, tmp_path):
+    a, b = tmp_path / "two", tmp_path / "one_then_two"
+    run(compose_cfg(*TINY, "model=mlp", "optim.epochs=2"), a)
+    run(compose_cfg(*TINY, "model=mlp", "optim.epochs=1"), b)
+    m = run(compose_cfg(*TINY, "model=mlp", "optim.epochs=2", "resume=true"), b)
+    assert (m["status"], m["epochs"], m["epochs_planned"]) == ("finished", 2, 2)
+    (_, wa), (_, wb) = _final(a), _final(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("schedule", ["multistep", "cosine", "onecycle", "constant"])
+def test_the_schedules_fitted_to_the_epochs_are_those_whose_lr_depends_on_them(schedule):
+    from odenet.optim import FITTED_TO_LENGTH
+
+    three, four = (compose([f"optim.schedule={schedule}", f"optim.epochs={n}",
+                            "optim.milestones=[1,2]", "optim.warmup_epochs=1"]).optim
+                   for n in (3, 4))
+    same = all(lr_factor(s, 10, three) == lr_factor(s, 10, four) for s in range(30))
+    assert same == (schedule not in FITTED_TO_LENGTH)
+
+
+def test_settings_that_do_not_apply_are_said(compose_cfg, tmp_path, caplog):
+    """Issue 19 item 8: solver settings of a model without an ODE block, and more training
+    images than MNIST has, were dropped without a word."""
+    cfg = compose_cfg(*TINY, "model=mlp", "solver=bosh3", "data.train_size=100000000",
+                      "train.max_iters_per_epoch=2")
+    with caplog.at_level("WARNING", logger="odenet.train"):
+        m = run(cfg, tmp_path)
+    said = [r.getMessage() for r in caplog.records]
+    assert "model=mlp has no ODE block: solver.method=bosh3 not applied (metrics.json " \
+           "records no solver)" in said
+    assert "data.train_size=100000000 but the train split holds 60000 images: using " \
+           "60000" in said
+    assert (m["train_size"], m["solver_method"]) == (60000, None)
+
+
 def test_nan_loss_fails_the_run_with_a_reason(compose_cfg, tmp_path):
     m = run(compose_cfg(*TINY, "model=mlp", "optim.lr=1e30"), tmp_path)
     assert m["status"] == "failed" and "non-finite loss" in m["reason"]
