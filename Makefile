@@ -8,7 +8,7 @@ ARGS    ?=
 TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-torchdiffeq bench-threads bench-openmp bench-solver bench-gradients clean
+.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-torchdiffeq bench-threads bench-compile bench-openmp bench-solver bench-gradients clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-torchdiffeq: $(VENV) $(DATA)  ## odenet vs torchdiffeq on the same fp32 ne
 
 bench-threads: $(VENV) $(DATA)  ## one training at 2 threads vs two at 1 thread, idle and loaded (images/s)
 	$(PY) -m bench.bench_threads $(ARGS)
+
+bench-compile: $(VENV) $(DATA)  ## model.compile=true: compile time (run twice: the on-disk cache) and speed
+	$(PY) -m bench.bench_compile $(ARGS)
 
 bench-openmp: $(VENV) $(DATA)  ## an ODE-Net iteration under each OpenMP wait policy, alone and two at once
 	$(PY) -m bench.bench_openmp $(ARGS)
