@@ -48,8 +48,9 @@ class ConcatConv2d(nn.Module):
     Under autocast (``precision=bf16``, the fast path) the t channel is folded: conv([t, x])
     = conv(x; the 64 x-weights) + t * conv(ones; the t-weights), the second a fixed map per
     shape (zero padding included), plus the bias. Exact algebra, without the concatenation,
-    and the convolution keeps 64 input channels, which the bf16 kernels block well. In fp32
-    the concatenation stays, so fp32 results are today's bit for bit.
+    and the convolution keeps 64 input channels (measured faster in bf16, forward and
+    vector-Jacobian product, than the 65-channel one). In fp32 the concatenation stays, so
+    fp32 results are those of earlier code bit for bit.
     """
 
     def __init__(self, cin: int, cout: int):
