@@ -1,12 +1,14 @@
 """`scripts/gpu_check.sh`: a prepared check of odenet on a GPU, with a JSON summary.
 
 Steps, each timed and recorded as ok or not (a failed step does not stop the others):
-1. ``smoke/<model>``: an ``experiment=smoke`` run of every MNIST model on the device;
+1. ``smoke/<model>``: an ``experiment=smoke`` run of every MNIST model on the device, and
+   ``smoke_bf16/<model>`` of ODE-Net and ResNet with ``precision=bf16`` (CUDA autocast);
 2. ``quick_epoch/odenet``: one ODE-Net epoch of ``experiment=quick`` (468 iterations, the
    full test set, 5,000 training images evaluated);
 3. ``bench/<case>``: the ``make bench`` cases (bench/bench_training.py) on the device:
    odenet vs torchdiffeq training iterations (10 timed after 3 of warm-up), the test-set
-   forward of 1,000 images, the solver alone.
+   forward of 1,000 images, the solver alone; ``bench/fast_<model>``: bench/bench_fast.py's
+   bf16 vs fp32 vs reference iterations (issue 17's floors, on the device).
 A training step is ok when its run finished on the device asked for. The summary,
 ``<out>/gpu_check.json``, is rewritten after every step, so a check cut short still
 leaves what it measured. Sized for under 8 minutes on one GPU.
@@ -44,8 +46,13 @@ SHRINK = ["train.max_iters_per_epoch=2", "data.test_size=64", "train.train_eval_
           "train.tensorboard=false"]
 
 
+FAST_MODELS = ("odenet", "resnet")  # also trained with precision=bf16 (CUDA autocast there)
+
+
 def training_steps(quick: bool) -> list[tuple[str, list[str]]]:
     steps = [(f"smoke/{m}", [SMOKE, f"model={m}"]) for m in models_of(CLASSIFY)]
+    steps += [(f"smoke_bf16/{m}", [SMOKE, f"model={m}", "precision=bf16"])
+              for m in FAST_MODELS]
     steps.append(("quick_epoch/odenet", QUICK_EPOCH))
     return [(name, over + (SHRINK if quick else [])) for name, over in steps]
 
@@ -73,7 +80,9 @@ def train_step(overrides: list[str], device: torch.device, run_dir: Path) -> dic
 def bench_steps(device: torch.device, quick: bool) -> list[tuple[str, Callable[[], dict]]]:
     """The `make bench` cases as steps; the batches and the gradient reference are made
     by the first (bench/setup) and shared."""
-    from . import bench_solver, bench_training
+    from types import SimpleNamespace
+
+    from . import bench_fast, bench_solver, bench_training
     from .common import require_torchdiffeq
 
     dev = str(device)
@@ -102,8 +111,20 @@ def bench_steps(device: torch.device, quick: bool) -> list[tuple[str, Callable[[
             return {"ok": True, "iters": iters, "warmup": warmup} | r
         return go
 
+    def fast(name: str) -> Callable[[], dict]:  # `make bench`: bf16 vs fp32 vs reference
+        def go() -> dict:
+            args = SimpleNamespace(iters=max(iters, 1), warmup=warmup, compile=False,
+                                   precision="bf16")
+            r = bench_fast.training_case(name, shared["tdq"], shared["batches"], dev, args,
+                                         shared["true_grad"])
+            # the step's own "seconds" is its wall time: the sides' medians go under "sides"
+            ratios = bench_fast.ratios(name, r)
+            return {"ok": True, "sides": r.pop("seconds"), **r, "ratios": ratios}
+        return go
+
     steps = [("bench/setup", setup)]
     steps += [(f"bench/{name}", case(name)) for name in bench_training.TRAINING_CASES]
+    steps += [(f"bench/fast_{name}", fast(name)) for name in ("odenet", "rknet", "resnet")]
     if not quick:  # 1,000 images forward: half a minute on a CPU
         steps.append(("bench/test_forward_1000", lambda: {"ok": True} | bench_training
                        .test_forward_case(shared["tdq"], dev, 5)))

@@ -38,12 +38,14 @@ def test_quick_cpu_check(tmp_path, mnist_root):
     assert s["finished"] is True and s["ok"] is True
     models = models_of(CLASSIFY)
     assert [st["name"] for st in s["steps"]] == (
-        [f"smoke/{m}" for m in models] + ["quick_epoch/odenet", "bench/setup"]
-        + [f"bench/{c}" for c in TRAINING_CASES] + ["bench/solver_alone"])
+        [f"smoke/{m}" for m in models] + ["smoke_bf16/odenet", "smoke_bf16/resnet",
+                                          "quick_epoch/odenet", "bench/setup"]
+        + [f"bench/{c}" for c in TRAINING_CASES]
+        + [f"bench/fast_{m}" for m in ("odenet", "rknet", "resnet")] + ["bench/solver_alone"])
     assert all(st["ok"] and st["seconds"] > 0 for st in s["steps"])
     assert s["total_seconds"] >= 0.99 * sum(st["seconds"] for st in s["steps"]) > 0
     runs = {st["name"]: st for st in s["steps"] if "run_dir" in st}
-    assert len(runs) == len(models) + 1
+    assert len(runs) == len(models) + 3
     for st in runs.values():
         assert st["status"] == "finished" and st["device"] == "cpu"
         m = json.loads((Path(st["run_dir"]) / "metrics.json").read_text())
@@ -53,6 +55,11 @@ def test_quick_cpu_check(tmp_path, mnist_root):
         case = next(st for st in s["steps"] if st["name"] == f"bench/{c}")
         assert case["odenet_s"] > 0 and case["torchdiffeq_s"] > 0
         assert case["nfe_odenet"][0] > 0 and case["grad_error_odenet"] < 1
+    for m in ("odenet", "resnet"):
+        run_dir = Path(runs[f"smoke_bf16/{m}"]["run_dir"])
+        assert json.loads((run_dir / "metrics.json").read_text())["precision"] == "bf16"
+        fast = next(st for st in s["steps"] if st["name"] == f"bench/fast_{m}")
+        assert fast["sides"]["fast"] > 0 and fast["ratios"]["fp32"] > 0
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
         n.replace("/", "_") for n in runs)
 
