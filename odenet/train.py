@@ -352,7 +352,7 @@ def train_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, b
                precision: str = "fp32") -> Step:
     """One optimizer step; with ``measure_blocks`` also count the activations saved for
     backward (whole model and those blocks). ``precision``: the forward's compute dtype
-    (the loss, backward and the step stay outside autocast)."""
+    (autocast computes the loss in fp32; backward and the step run outside autocast)."""
     model.train()
     reset_solver_stats(model)
     meter = measure.ActivationMeter(model, measure_blocks) if measure_blocks is not None \
