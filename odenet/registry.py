@@ -62,13 +62,14 @@ class MLPConfig(ImageModelConfig):
 class ResNetConfig(ImageModelConfig):
     name: str = "resnet"
     width: int = 64  # channels of the feature map after downsampling
-    num_blocks: int = 6  # residual blocks
+    num_blocks: int = 6  # residual blocks; 0: the downsampling and the head only (ablation)
     downsampling: str = "conv"  # conv (the recipe's; fixes the parameter counts) | res
 
     @staticmethod
     def check(m) -> None:
         ImageModelConfig.check(m)
-        _at_least_one(m, "width", "num_blocks")
+        _at_least_one(m, "width")
+        need(m.num_blocks >= 0, f"model.num_blocks must be >= 0 (got {m.num_blocks})")
         one_of("model.downsampling", m.downsampling, ("conv", "res"))
 
 
