@@ -265,6 +265,9 @@ def test_per_model_experiment_deltas_apply_automatically(option):
     with_delta = compose([f"experiment={experiment}", f"model={model}"])
     delta = OmegaConf.load(CONFIGS / "experiment_model" / f"{option}.yaml")
     for section, values in delta.items():
+        if not OmegaConf.is_config(values):  # a top-level setting, e.g. precision
+            assert with_delta[section] == values
+            continue
         for key, value in values.items():
             assert with_delta[section][key] == value
     assert compose([f"experiment={experiment}", "model=odenet"]).optim.epochs != \
