@@ -160,8 +160,9 @@ DENSITY_MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "Test NLL (nats)",
 DENSITY_TITLE = "Density models on 2-D data"
 # Under Table 1 when it has a row with other residual blocks than the model's own
 ABLATION_NOTE = (
-    "Rows \"no block\" / \"one block\": the ResNet's downsampling and head with 0 or 1 "
-    "residual blocks, an ablation the paper has not (no paper value). It answers a "
+    "Rows \"no block\" / \"one block\" (or another number of blocks): the ResNet's "
+    "downsampling and head with fewer residual blocks than its own, an ablation the paper "
+    "has not (no paper value). It answers a "
     "critique of the experiment: users of the paper's reference code report that the "
     "downsampling and head alone reach under 0.6 % after ~100 epochs and that one "
     "residual block matches six; the authors agreed the ResNet baseline was too large.\n")

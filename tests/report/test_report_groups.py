@@ -98,3 +98,48 @@ def test_a_resnet_record_without_its_blocks_is_the_papers_row(make_run, tmp_path
     assert m["residual_blocks"] is None
     [g] = groups(load_runs([tmp_path / "outputs"])[0])
     assert g.key["residual_blocks"] == 6 and g.paper is not None and g.title == "ResNet"
+
+
+ABLATION_PLAN = """
+experiment: tiny
+plans:
+  tiny:
+    seeds: [0, 1, 2]
+    models: [resnet, odenet]
+    variants:
+      - {name: resnet_noblock, model: resnet, overrides: [model.num_blocks=0]}
+      - {name: resnet_oneblock, model: resnet, overrides: [model.num_blocks=1]}
+    sweeps: []
+"""
+
+
+def test_reproduce_variants_of_resnet_are_the_ablation_rows(tmp_path):
+    """The ablations trained as reproduce variants of model resnet (their runs as
+    `odenet train` writes them) come out as rows of their own in report.md."""
+    from fakeruns import write_run
+
+    from odenet import reproduce as R
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(ABLATION_PLAN)
+    cfg = R.load_config([f"root={tmp_path / 'runs'}"], plan_file=plan)
+    jobs = R.plan_jobs(cfg, tmp_path / "runs")
+    for job in jobs:
+        blocks = next((int(o.split("=")[1]) for o in job.overrides
+                       if o.startswith("model.num_blocks=")), 6)
+        seed = int(next(o for o in job.overrides if o.startswith("seed="))[5:])
+        resnet = dict(residual_blocks=blocks, params=RESNETS[blocks]) \
+            if job.model == "resnet" else {}
+        write_run(job.dir, model=job.model, seed=seed, experiment="tiny",
+                  test_error=0.005 + seed / 1000, **resnet)
+    path = R.write_report(cfg, jobs, tmp_path / "report", "test", {}, [])
+    md = path.read_text()
+    table = md.split("## Table 1")[1].split("## Measured")[0]
+    titles = [x.split("|")[1].strip() for x in table.splitlines() if x.startswith("| ")][1:]
+    assert titles == ["ResNet", "ResNet, no block: downsampling + head", "ResNet, one block",
+                      "ODE-Net"]
+    none = next(x for x in table.splitlines() if x.startswith("| ResNet, no block"))
+    assert "| 0, 1, 2 | 3 | 0.60 ± 0.10 | - | - | 132,874 | - |" in none
+    assert "an ablation the paper has not" in table
+    claims = md.split("## Measured against the paper's claims")[1]
+    assert "ResNet, one block 0.60 ± 0.10 % over 3 seeds, 206,858 parameters" in claims
