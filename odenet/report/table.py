@@ -1,14 +1,18 @@
 """`odenet table [RUN_DIRS...]`: Table 1 from run directories, ours beside the paper's,
 and a table of the density models (CNF, planar flow) when there are density runs.
 
-Finished runs are grouped by model, solver settings and scale (experiment, epochs,
-training-set size, batch size, device) and averaged over seeds: the runs of one seed
-(a run repeated) are averaged first, so a row's mean is over distinct seeds and its
-sample std is over distinct seeds only (repeats are not independent seeds); the seeds
-column says "0 (x2)" for two runs of seed 0. Runs that did not finish (running, failed,
-interrupted) are listed in a section of their own and never enter a mean, and so are
-run files that fail validation (odenet/record.py), by path and reason. Every path
-written is relative to the directory given (odenet/report/runs.py, ``Run.name``).
+Finished runs are grouped (odenet/report/runs.py, ``groups``) by model, residual blocks,
+solver settings and scale (experiment, epochs, training-set size, batch size, device)
+and averaged over seeds: the runs of one seed (a run repeated) are averaged first, so a
+row's mean is over distinct seeds and its sample std is over distinct seeds only
+(repeats are not independent seeds); the seeds column says "0 (x2)" for two runs of
+seed 0. Table 1 says per row how many seeds (n) and whether the paper's test error lies
+within [min, max] of the seeds' ("–" with one seed); a ResNet with other residual
+blocks than its own (issue 18's ablations) is a row of its own, without paper numbers.
+Runs that did not finish (running, failed, interrupted) are listed in a section of
+their own and never enter a mean, and so are run files that fail validation
+(odenet/record.py), by path and reason. Every path written is relative to the
+directory given (odenet/report/runs.py, ``Run.name``).
 Paper numbers, titles and Table 1's row order are the model registry's
 (odenet/registry.py); which table a run belongs to is its record's ``task``.
 """
