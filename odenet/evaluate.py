@@ -96,22 +96,14 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     """Run the evaluation; returns the record written to evaluation.json."""
     import torch
 
-    from odenet.data import DataError
-    from odenet.solvers import SolverError
     from odenet.tasks import task_of
 
     device, model, config, ck, ckpt_id = open_checkpoint(cfg)
-    ckpt = Path(cfg.checkpoint)
     block = model.ode_block
     trained = dict(block.settings())
     dtype = getattr(torch, cfg.dtype)
     task = task_of(config)
-    try:
-        batches = task.probe_batches(config, train=False, n=cfg.test_size,
-                                     batch_size=cfg.batch_size, device=device,
-                                     root=cfg.data_root)
-    except DataError as e:
-        raise EvaluateError(str(e)) from None
+    batches = _test_batches(cfg, task, config, device)
     n_test = sum(len(b[0]) for b in batches)
     n_err = min(cfg.error_images, n_test)
 
@@ -119,50 +111,18 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     # the tolerance solves and the reference differ only in the ODE block's solve.
     with torch.no_grad():
         h0s = [model.ode_input(b[0]) for b in batches]
-    err_h0 = torch.cat(h0s)[:n_err]
-
-    # The float64 reference, and a check of it at 10x looser tolerance.
-    t0 = time.perf_counter()
-    chunks = list(torch.split(err_h0, cfg.batch_size))
-    try:
-        ref, ref_nfe = reference_solve(block.func, chunks, cfg.reference_method,
-                                       cfg.reference_tol, cfg.max_num_steps, block.times)
-        ref_seconds = time.perf_counter() - t0
-        check, check_nfe = reference_solve(block.func, chunks, cfg.reference_method,
-                                           cfg.reference_tol * 10, cfg.max_num_steps,
-                                           block.times)
-    except SolverError as e:
-        raise EvaluateError(f"the float64 reference solve failed ({str(e).splitlines()[0]}); "
-                            "raise max_num_steps or reference_tol") from None
-    check_error = float(_rel_errors(check, ref).mean())
-    log(f"reference: {cfg.reference_method} float64 tol {cfg.reference_tol:g}, "
-        f"NFE {ref_nfe:.0f}, {ref_seconds:.1f} s; check at {cfg.reference_tol * 10:g}: "
-        f"error {check_error:.2e}")
+    ref, reference = _reference(cfg, block, torch.cat(h0s)[:n_err], log)
 
     model.to(dtype)
     method = cfg.method or trained["method"]
-    results = []
-    for tol in cfg.tolerances:
-        block.configure(method=method, rtol=tol, atol=tol, max_num_steps=cfg.max_num_steps)
-        row: dict[str, Any] = {"rtol": tol, "atol": tol, "method": method}
-        try:
-            with torch.no_grad():
-                row.update(status="ok", reason=None, **_measure_tolerance(
-                    model, task, batches, h0s, ref, dtype, cfg.repeats))
-            metric = row[f"test_{task.metric}"]
-            log(f"tol {tol:g}: NFE {row['nfe_forward_mean']:.1f}, error "
-                f"{row['numerical_error']:.2e}, test {task.metric} "
-                f"{f'{metric * 100:.2f} %' if task.metric == 'error' else f'{metric:.4f}'}, "
-                f"forward {row['forward_seconds']:.2f} s")
-        except SolverError as e:
-            row.update(status="failed", reason=str(e).splitlines()[0])
-            log(f"tol {tol:g}: failed: {row['reason']}")
-        results.append(row)
-
+    results = [_tolerance(cfg, model, task, batches, h0s, ref, dtype, method, tol, log)
+               for tol in cfg.tolerances]
     min_err = min((r["numerical_error"] for r in results if r.get("numerical_error")),
                   default=None)
+    check_error = reference["check_error"]
+    reference["ok"] = bool(min_err is None or check_error < 0.1 * min_err)
     record = {
-        "checkpoint": str(ckpt.resolve()),
+        "checkpoint": str(Path(cfg.checkpoint).resolve()),
         CHECKPOINT_ID: ckpt_id,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "model": config.get("model", {}).get("name"),
@@ -180,18 +140,81 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
             "mean over the first error_images test images of ||h_tol - h_ref||_2 / "
             "||h_ref||_2, h = the ODE block's output h(t1); h_ref: float64 solve from the "
             "same h(0) with reference.method at reference.rtol"),
-        "reference": {"method": cfg.reference_method, "rtol": cfg.reference_tol,
-                      "atol": cfg.reference_tol, "dtype": "float64",
-                      "nfe_forward_mean": ref_nfe, "seconds": ref_seconds,
-                      "check_rtol": cfg.reference_tol * 10, "check_nfe_forward_mean": check_nfe,
-                      "check_error": check_error,
-                      "ok": bool(min_err is None or check_error < 0.1 * min_err)},
+        "reference": reference,
         "results": results,
     }
-    if not record["reference"]["ok"]:
+    if not reference["ok"]:
         log(f"warning: the reference is not much tighter than the smallest error reported "
             f"({check_error:.1e} vs {min_err:.1e}); lower reference_tol")
     return record
+
+
+def _test_batches(cfg: EvaluateConfig, task, config: dict, device) -> list:
+    """The test set (``test_size`` samples, all when null) in batches, on the device."""
+    from odenet.data import DataError
+
+    try:
+        return task.probe_batches(config, train=False, n=cfg.test_size,
+                                  batch_size=cfg.batch_size, device=device,
+                                  root=cfg.data_root)
+    except DataError as e:
+        raise EvaluateError(str(e)) from None
+
+
+def _reference(cfg: EvaluateConfig, block, err_h0, log) -> tuple[Any, dict]:
+    """The float64 reference from ``err_h0`` and a check of it at 10x looser tolerance:
+    (its outputs, the record's "reference" less "ok")."""
+    import torch
+
+    from odenet.solvers import SolverError
+
+    t0 = time.perf_counter()
+    chunks = list(torch.split(err_h0, cfg.batch_size))
+    try:
+        ref, ref_nfe = reference_solve(block.func, chunks, cfg.reference_method,
+                                       cfg.reference_tol, cfg.max_num_steps, block.times)
+        ref_seconds = time.perf_counter() - t0
+        check, check_nfe = reference_solve(block.func, chunks, cfg.reference_method,
+                                           cfg.reference_tol * 10, cfg.max_num_steps,
+                                           block.times)
+    except SolverError as e:
+        raise EvaluateError(f"the float64 reference solve failed ({str(e).splitlines()[0]}); "
+                            "raise max_num_steps or reference_tol") from None
+    check_error = float(_rel_errors(check, ref).mean())
+    log(f"reference: {cfg.reference_method} float64 tol {cfg.reference_tol:g}, "
+        f"NFE {ref_nfe:.0f}, {ref_seconds:.1f} s; check at {cfg.reference_tol * 10:g}: "
+        f"error {check_error:.2e}")
+    return ref, {"method": cfg.reference_method, "rtol": cfg.reference_tol,
+                 "atol": cfg.reference_tol, "dtype": "float64",
+                 "nfe_forward_mean": ref_nfe, "seconds": ref_seconds,
+                 "check_rtol": cfg.reference_tol * 10, "check_nfe_forward_mean": check_nfe,
+                 "check_error": check_error}
+
+
+def _tolerance(cfg: EvaluateConfig, model, task, batches, h0s, ref, dtype, method: str,
+               tol: float, log) -> dict:
+    """One result row: the block re-solved at rtol = atol = ``tol`` ("failed" and the
+    reason when the solve cannot proceed)."""
+    import torch
+
+    from odenet.solvers import SolverError
+
+    model.ode_block.configure(method=method, rtol=tol, atol=tol,
+                              max_num_steps=cfg.max_num_steps)
+    row: dict[str, Any] = {"rtol": tol, "atol": tol, "method": method}
+    try:
+        with torch.no_grad():
+            row.update(status="ok", reason=None, **_measure_tolerance(
+                model, task, batches, h0s, ref, dtype, cfg.repeats))
+        metric = row[f"test_{task.metric}"]
+        log(f"tol {tol:g}: NFE {row['nfe_forward_mean']:.1f}, error "
+            f"{row['numerical_error']:.2e}, test {task.metric} "
+            f"{f'{metric * 100:.2f} %' if task.metric == 'error' else f'{metric:.4f}'}, "
+            f"forward {row['forward_seconds']:.2f} s")
+    except SolverError as e:
+        row.update(status="failed", reason=str(e).splitlines()[0])
+        log(f"tol {tol:g}: failed: {row['reason']}")
+    return row
 
 
 def _measure_tolerance(model, task, batches, h0s, ref, dtype, repeats: int) -> dict:

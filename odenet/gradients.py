@@ -226,43 +226,95 @@ def _as(batch, dtype):
 def measure(cfg: GradientsConfig, log=print) -> dict:
     import torch
 
-    from odenet.data import DataError
-    from odenet.runtime import resolve_device
-    from odenet.solvers import SolverError
     from odenet.tasks import task_of
 
-    if cfg.checkpoint == INIT:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        device = resolve_device(cfg.device)
-        model, config = init_model(cfg.model, cfg.seed, device)
-        ck, ckpt_id = {}, None
-    else:
-        device, model, config, ck, ckpt_id = open_checkpoint(cfg)
+    device, model, config, ck, ckpt_id = _open(cfg)
     trained = dict(model.ode_block.settings())
     base_method = cfg.method or trained["method"]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     task = task_of(config)
+    batches = _train_batches(cfg, task, config, device)
+    dtype = getattr(torch, cfg.dtype)
+    net = copy.deepcopy(model).to(dtype)
+    net64 = net if dtype == torch.float64 else copy.deepcopy(model).to(torch.float64)
+    refs, reference = _references(cfg, net64, task, batches, log)
+    exact = _Discrete(cfg, task, batches)
+    results = []
+    for tol in cfg.tolerances:
+        for name in cfg.methods:
+            method = cfg.reversible_method if name == "reversible" else base_method
+            results.append(_result(cfg, task, net, net64, batches, refs, names, name,
+                                   method, tol, exact, log))
+
+    errors = [r["error"] for r in results if r.get("status") == "ok"]
+    min_err = min(errors, default=None)
+    check_error = reference["check_error"]
+    reference["ok"] = bool(min_err is None or check_error < 0.1 * min_err)
+    record = {
+        "checkpoint": INIT if cfg.checkpoint == INIT else str(Path(cfg.checkpoint).resolve()),
+        CHECKPOINT_ID: ckpt_id,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "model": config.get("model", {}).get("name"),
+        "epoch": ck.get("epoch"),
+        "trained_with": {k: trained[k] for k in ("method", "rtol", "atol", "gradient",
+                                                  "adjoint_norm", "step_size")},
+        "settings": asdict(cfg),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "images": sum(len(b[0]) for b in batches),  # a density model's: points
+        "parameters": names,
+        "error_definition": (
+            "||g - g*||_2 / ||g*||_2 over all parameter gradients of the batch's mean "
+            "loss (cross-entropy; a density model's NLL) (per_parameter: per tensor), "
+            "mean over batches; g* = reference "
+            "(error) or backprop through the same solver at the same tolerance "
+            "(error_vs_discrete: same dtype; error_vs_discrete_float64: float64)"),
+        "reference": reference,
+        "results": results,
+    }
+    if not reference["ok"]:
+        log(f"warning: the reference is not much tighter than the smallest error reported "
+            f"({check_error:.1e} vs {min_err:.1e}); lower reference_tol")
+    return record
+
+
+def _open(cfg: GradientsConfig) -> tuple:
+    """(device, model, its config, the checkpoint dict, its id): the checkpoint's, or an
+    untrained ``model`` for checkpoint=init."""
+    import torch
+
+    from odenet.runtime import resolve_device
+
+    if cfg.checkpoint != INIT:
+        return open_checkpoint(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    model, config = init_model(cfg.model, cfg.seed, device)
+    return device, model, config, {}, None
+
+
+def _train_batches(cfg: GradientsConfig, task, config: dict, device) -> list:
+    """The first training samples, without augmentation: the same for every method."""
+    from odenet.data import DataError
+
     try:
-        # the first training samples, without augmentation: the same for every method
-        batches = task.probe_batches(config, train=True, n=cfg.batches * cfg.batch_size,
-                                     batch_size=cfg.batch_size, device=device,
-                                     root=cfg.data_root)[: cfg.batches]
+        return task.probe_batches(config, train=True, n=cfg.batches * cfg.batch_size,
+                                  batch_size=cfg.batch_size, device=device,
+                                  root=cfg.data_root)[: cfg.batches]
     except DataError as e:
         raise GradientsError(str(e)) from None
 
-    def copy_as(dtype):
-        return copy.deepcopy(model).to(dtype)
 
-    dtype = getattr(torch, cfg.dtype)
-    net = copy_as(dtype)
-    net64 = net if dtype == torch.float64 else copy_as(torch.float64)
+def _references(cfg: GradientsConfig, net64, task, batches, log) -> tuple[list, dict]:
+    """(a) the float64 continuous reference per batch, and its check at 10x the tolerance:
+    the slow part (minutes for a trained ODE-Net), so with progress. Returns (the
+    reference gradients per batch, the record's "reference" less "ok")."""
+    import torch
 
-    def solve_method(name: str) -> str:
-        return cfg.reversible_method if name == "reversible" else base_method
+    from odenet.solvers import SolverError
 
-    # (a) the float64 continuous reference per batch, and its check at 10x the tolerance:
-    # the slow part (minutes for a trained ODE-Net), so with progress
     t0 = time.perf_counter()
     desc = f"reference solve (float64, tol {cfg.reference_tol:g} and {cfg.reference_tol * 10:g})"
     try:
@@ -285,80 +337,61 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
     log(f"reference: {cfg.reference_method} float64 {cfg.reference_gradient} tol "
         f"{cfg.reference_tol:g}, NFE-F+B {_mean(ref_nfe):.0f}; check at "
         f"{cfg.reference_tol * 10:g}: error {check_error:.2e}")
+    return refs, {"method": cfg.reference_method, "gradient": cfg.reference_gradient,
+                  "rtol": cfg.reference_tol, "atol": cfg.reference_tol,
+                  "dtype": "float64", "nfe_mean": _mean(ref_nfe), "seconds": ref_seconds,
+                  "check_rtol": cfg.reference_tol * 10, "check_nfe_mean": _mean(check_nfe),
+                  "check_error": check_error}
 
-    # (b) backprop through each (solver, tolerance) a measured method uses, per batch:
-    # computed once and shared (backprop, the adjoints and checkpoint share the solve)
-    discrete: dict[tuple, Any] = {}
 
-    def exact(method: str, tol: float, net_, dt: str):
-        key = (method, tol, dt)
-        if key not in discrete:
+class _Discrete:
+    """(b) backprop through each (solver, tolerance, dtype) a measured method uses, per
+    batch: computed once and shared (backprop, the adjoints and checkpoint share the
+    solve). A call returns (gradients per batch, mean NFE-F), or the first line of the
+    solver's error."""
+
+    def __init__(self, cfg: GradientsConfig, task, batches):
+        self.cfg, self.task, self.batches = cfg, task, batches
+        self.done: dict[tuple, Any] = {}
+
+    def __call__(self, method: str, tol: float, net_, dt: str):
+        from odenet.solvers import SolverError
+
+        cfg, key = self.cfg, (method, tol, dt)
+        if key not in self.done:
             try:
-                runs = [loss_gradient(net_, task, _as(b, net_dtype(net_)), method=method,
+                runs = [loss_gradient(net_, self.task, _as(b, net_dtype(net_)), method=method,
                                       tol=tol, gradient="backprop", seminorm=False,
                                       max_steps=cfg.max_num_steps,
                                       precision=cfg.precision if dt == cfg.dtype else "fp32")
-                        for b in batches]
-                discrete[key] = ([r["grads"] for r in runs],
-                                 _mean([r["nfe_forward"] for r in runs]))
+                        for b in self.batches]
+                self.done[key] = ([r["grads"] for r in runs],
+                                  _mean([r["nfe_forward"] for r in runs]))
             except SolverError as e:
-                discrete[key] = str(e).splitlines()[0]
-        return discrete[key]
+                self.done[key] = str(e).splitlines()[0]
+        return self.done[key]
 
-    results = []
-    for tol in cfg.tolerances:
-        for name in cfg.methods:
-            method = solve_method(name)
-            row: dict[str, Any] = {"gradient_method": name, "method": method, "rtol": tol,
-                                   "atol": tol, "dtype": cfg.dtype,
-                                   "precision": cfg.precision}
-            try:
-                row.update(status="ok", reason=None,
-                           **_measure_one(cfg, task, net, net64, batches, refs, names, name,
-                                          method, tol, exact))
-                log(f"tol {tol:g} {name}: error {row['error']:.2e} vs reference, "
-                    f"{row['error_vs_discrete']:.2e} vs its discrete solve; NFE-F/B "
-                    f"{row['nfe_forward']:.0f}/{row['nfe_backward']:.0f}, "
-                    f"{row['block_activation_mib']:.2f} MiB, {row['seconds']:.2f} s")
-            except (SolverError, ValueError) as e:
-                row.update(status="failed", reason=str(e).splitlines()[0])
-                log(f"tol {tol:g} {name}: failed: {row['reason']}")
-            results.append(row)
 
-    errors = [r["error"] for r in results if r.get("status") == "ok"]
-    min_err = min(errors, default=None)
-    ok = bool(min_err is None or check_error < 0.1 * min_err)
-    record = {
-        "checkpoint": INIT if cfg.checkpoint == INIT else str(Path(cfg.checkpoint).resolve()),
-        CHECKPOINT_ID: ckpt_id,
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "model": config.get("model", {}).get("name"),
-        "epoch": ck.get("epoch"),
-        "trained_with": {k: trained[k] for k in ("method", "rtol", "atol", "gradient",
-                                                  "adjoint_norm", "step_size")},
-        "settings": asdict(cfg),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "images": sum(len(b[0]) for b in batches),  # a density model's: points
-        "parameters": names,
-        "error_definition": (
-            "||g - g*||_2 / ||g*||_2 over all parameter gradients of the batch's mean "
-            "loss (cross-entropy; a density model's NLL) (per_parameter: per tensor), "
-            "mean over batches; g* = reference "
-            "(error) or backprop through the same solver at the same tolerance "
-            "(error_vs_discrete: same dtype; error_vs_discrete_float64: float64)"),
-        "reference": {"method": cfg.reference_method, "gradient": cfg.reference_gradient,
-                      "rtol": cfg.reference_tol, "atol": cfg.reference_tol,
-                      "dtype": "float64", "nfe_mean": _mean(ref_nfe), "seconds": ref_seconds,
-                      "check_rtol": cfg.reference_tol * 10, "check_nfe_mean": _mean(check_nfe),
-                      "check_error": check_error, "ok": ok},
-        "results": results,
-    }
-    if not ok:
-        log(f"warning: the reference is not much tighter than the smallest error reported "
-            f"({check_error:.1e} vs {min_err:.1e}); lower reference_tol")
-    return record
+def _result(cfg: GradientsConfig, task, net, net64, batches, refs, names, name: str,
+            method: str, tol: float, exact, log) -> dict:
+    """One result row: gradient method ``name`` at ``tol`` ("failed" and the reason when
+    a solve cannot proceed)."""
+    from odenet.solvers import SolverError
+
+    row: dict[str, Any] = {"gradient_method": name, "method": method, "rtol": tol,
+                           "atol": tol, "dtype": cfg.dtype, "precision": cfg.precision}
+    try:
+        row.update(status="ok", reason=None,
+                   **_measure_one(cfg, task, net, net64, batches, refs, names, name,
+                                  method, tol, exact))
+        log(f"tol {tol:g} {name}: error {row['error']:.2e} vs reference, "
+            f"{row['error_vs_discrete']:.2e} vs its discrete solve; NFE-F/B "
+            f"{row['nfe_forward']:.0f}/{row['nfe_backward']:.0f}, "
+            f"{row['block_activation_mib']:.2f} MiB, {row['seconds']:.2f} s")
+    except (SolverError, ValueError) as e:
+        row.update(status="failed", reason=str(e).splitlines()[0])
+        log(f"tol {tol:g} {name}: failed: {row['reason']}")
+    return row
 
 
 def net_dtype(net):

@@ -42,6 +42,7 @@ from odenet import record, rundir
 from odenet.errors import ConfigError
 from odenet.files import write_atomic
 from odenet.registry import MODELS, models_of
+from odenet.report.claims import measured_claims, paper_family_verdict  # noqa: F401 (its API)
 from odenet.report.runs import (
     EVALUATION,
     METRICS,
@@ -438,128 +439,6 @@ def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
     path = report_dir / "report.md"
     write_atomic(path, "\n".join(md) + "\n")
     return path
-
-
-def measured_claims(table_runs, fig_runs) -> list[str]:
-    """One line per claim of the paper that the data can speak to, with our numbers."""
-    from odenet.registry import ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE
-    from odenet.report import figures as F
-    from odenet.report.runs import solver_label
-    from odenet.report.table import build_rows
-
-    lines = []
-    rows, _ = build_rows(table_runs)
-    errs = []
-    for row in rows:
-        p, st = row.paper, row.stats["test_error"]
-        if p and st.mean is not None:
-            errs.append(f"{row.spec.title} {st.mean * 100:.2f} % "
-                        f"(paper {p.test_error * 100:.2f} %)")
-    if errs:
-        lines.append("Test error: " + "; ".join(errs) + ".")
-    grads = [f"{row.spec.title if row.spec else row.model}, {solver_label(row.key)}: "
-             f"{row.stats['gradient_error'].mean:.2g}" for row in rows
-             if row.stats["gradient_error"].mean is not None]
-    if grads:
-        lines.append("Gradient error of the trained nets at their own tolerance (relative L2 "
-                     "against a float64 reference, not measured by the paper): "
-                     + "; ".join(grads) + ".")
-    mem = F.memory_rows(fig_runs["memory"])
-
-    def series(kind: str) -> list[dict]:
-        return [r for r in mem if F.series_kind(r["series"]) == kind]
-
-    def claim(rs: list[dict]) -> str:
-        """'O(1) (ODE-Net': the paper's memory claim and the model's title."""
-        spec = MODELS[rs[0]["model"]]
-        return f"{spec.paper.memory if spec.paper else '?'} ({spec.title}"
-
-    ode, rk, res = series(ADJOINT), series(BACKPROP), series("blocks")
-    if ode:
-        lo, hi = min(r["x"] for r in ode), max(r["x"] for r in ode)
-        mlo = min(r["activation_block_mib"] for r in ode)
-        mhi = max(r["activation_block_mib"] for r in ode)
-        span = f"{mlo:.2f}" if f"{mlo:.2f}" == f"{mhi:.2f}" else f"{mlo:.2f}-{mhi:.2f}"
-        lines.append(f"Memory {claim(ode)}, adjoint): the block saved {span} MiB "
-                     f"for backward at NFE {lo:.0f}-{hi:.0f} ({len(ode)} run(s)).")
-    for kind, how in ((CHECKPOINT, "checkpointed steps"), (REVERSIBLE, "reversible solver")):
-        rs = series(kind)
-        if rs:
-            lines.append(f"Memory ({MODELS[rs[0]['model']].title}, {how}): the block "
-                         "saved " + ", ".join(
-                             f"{r['activation_block_mib']:.2f} MiB at NFE {r['x']:.0f}"
-                             for r in sorted(rs, key=lambda r: r["x"])) + ".")
-    if rk:
-        a = F.slope_through_origin([r["x"] for r in rk], [r["activation_block_mib"] for r in rk])
-        lo, hi = min(r["x"] for r in rk), max(r["x"] for r in rk)
-        lines.append(f"Memory {claim(rk)}, backprop through the solver): {a:.2f} MiB per "
-                     f"function evaluation (least squares over {len(rk)} run(s), NFE "
-                     f"{lo:.0f}-{hi:.0f}).")
-    if res:
-        m = sum(r["activation_block_mib"] for r in res) / len(res)
-        blocks = {r["x"] for r in res}
-        its = f"its {blocks.pop():g} residual blocks" if len(blocks) == 1 else \
-            "its residual blocks"
-        lines.append(f"Memory {claim(res)}): {its} saved {m:.2f} MiB.")
-    ab = F.fig3ab_rows(table_runs)
-    ab = [r for r in ab if r["relative_time"] is not None and r["nfe_forward_mean"]]
-    if len(ab) >= 2:
-        lo = min(ab, key=lambda r: r["nfe_forward_mean"])
-        hi = max(ab, key=lambda r: r["nfe_forward_mean"])
-        nfe_x = hi["nfe_forward_mean"] / lo["nfe_forward_mean"]
-        line = (f"Time ∝ NFE (Fig. 3b): NFE {lo['nfe_forward_mean']:.0f} → "
-                f"{hi['nfe_forward_mean']:.0f} (x{nfe_x:.2f}) took "
-                f"x{hi['relative_time'] / lo['relative_time']:.2f} the forward time")
-        if hi["relative_block_time"] and lo["relative_block_time"]:
-            blk_x = hi["relative_block_time"] / lo["relative_block_time"]
-            line += f" (ODE block alone x{blk_x:.2f})"
-        lines.append(line + ".")
-        e_lo, e_hi = lo["numerical_error"], hi["numerical_error"]
-        if e_lo and e_hi:
-            lines.append(f"Accuracy for compute (Fig. 3a): numerical error {e_lo:.1e} at NFE "
-                         f"{lo['nfe_forward_mean']:.0f} → {e_hi:.1e} at NFE "
-                         f"{hi['nfe_forward_mean']:.0f}.")
-    c = F.fig3c_rows(fig_runs["fig3c"])
-    for variant, rs in F.group_by(c, "variant").items():
-        ratio = F.nfe_ratio(rs)
-        if ratio is not None:
-            lines.append(f"NFE-B / NFE-F (Fig. 3c, {variant}, over all logged training "
-                         f"iterations): {ratio:.2f} (the paper: about 0.5).")
-    if any(r["solver"] in F.PAPER_FAMILY for r in c):
-        lines.append(paper_family_verdict(c))
-    d = [r for r in F.fig3d_rows(table_runs) if r["kind"] == "epoch"]
-    for run_dir in dict.fromkeys(r["run_dir"] for r in d):
-        eps = [r for r in d if r["run_dir"] == run_dir]
-        if len(eps) >= 2:
-            first, last = eps[0]["nfe_forward"], eps[-1]["nfe_forward"]
-            trend = "grows" if last > first else "does not grow" if last == first else "falls"
-            lines.append(f"NFE in training (Fig. 3d, paper: it grows; {eps[0]['label']}): "
-                         f"NFE-F {first:.1f} in the first epoch → {last:.1f} in the last "
-                         f"({trend}).")
-    return lines
-
-
-def paper_family_verdict(fig3c: list[dict]) -> str:
-    """One sentence: does the paper's NFE-B ≈ ½ NFE-F hold with its own solver family
-    (LSODA), beside the other solvers' ratios, all over every logged training iteration
-    of the default-norm adjoint. "Holds": within ±20 % of ½ (0.4-0.6)."""
-    from odenet.report import figures as F
-
-    default = [r for r in fig3c if "seminorm" not in r["variant"]]
-    ratio = {s: F.nfe_ratio(rs) for s, rs in F.group_by(default, "solver").items()}
-    family = [s for s in ratio if s in F.PAPER_FAMILY and ratio[s] is not None]
-    if not family:
-        return "Fig. 3c with the paper's solver family: no LSODA run with the plain adjoint."
-    s = family[0]
-    r = ratio[s]
-    others = ", ".join(f"{o} {v:.2f}" for o, v in sorted(ratio.items())
-                       if o != s and v is not None)
-    n = sum(x["iterations"] for x in default if x["solver"] == s)
-    verdict = "holds" if 0.4 <= r <= 0.6 else "does not hold"
-    return (f"With {s.upper()}, the paper's solver family, NFE-B / NFE-F = {r:.2f} over "
-            f"{n} training iterations (forward and adjoint solves by {s}), so the paper's "
-            f"NFE-B ≈ ½ NFE-F {verdict} (taken as 0.4-0.6)"
-            + (f"; the Runge-Kutta solvers give {others}." if others else "."))
 
 
 # ---------------------------------------------------------------- main

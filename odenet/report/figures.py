@@ -34,10 +34,13 @@ from pathlib import Path
 from odenet.files import write_atomic
 from odenet.registry import ADJOINT, BACKPROP, CHECKPOINT, MODELS, REVERSIBLE
 from odenet.report.runs import (
+    Group,
     Run,
     adjoint_model,
     fmt_tol,
     gradient_of,
+    group_of,
+    groups,
     num,
     residual_blocks,
     solver_label,
@@ -62,6 +65,14 @@ def _run_label(run: Run) -> str:
     m = run.metrics
     seed = m.get("seed")
     return f"{solver_label(m)}" + (f" seed {seed}" if seed is not None else "")
+
+
+def group_label(g: Group) -> str:
+    """A group's label: its solver and seeds ('dopri5 tol=1e-3 adjoint seeds 0, 1, 2'); a
+    group of one run reads as that run's label."""
+    if all(s is None for s in g.seeds):
+        return solver_label(g.key)
+    return f"{solver_label(g.key)} seed{'s' if g.n_seeds > 1 else ''} {g.seeds_text}"
 
 
 def _dir(run: Run) -> str:
@@ -157,17 +168,20 @@ def _positions(records: list[dict]) -> list[float]:
 
 
 def fig3d_rows(runs: Sequence[Run]) -> list[dict]:
+    """NFE-F of every iteration and epoch of each finished ODE-block run; ``group``: the
+    label of its group of seeds (runs.groups), drawn in one colour."""
     rows = []
+    of = group_of(groups(runs, task=None))
     for run in runs:
         if not (run.finished and run.has_ode_block):
             continue
-        label = _run_label(run)
+        label, group = _run_label(run), group_label(of[run.dir])
         iters = [it for it in run.iters() if num(it.get("nfe_forward")) is not None]
         first_epoch = min((num(it.get("epoch")) for it in iters
                            if num(it.get("epoch")) is not None), default=None)
         for x, it in zip(_positions(iters), iters):
             rows.append({"run_dir": _dir(run), "label": label, "kind": "iter",
-                         "epoch": x, "nfe_forward": num(it["nfe_forward"])})
+                         "epoch": x, "nfe_forward": num(it["nfe_forward"]), "group": group})
         epochs = [e for e in run.epochs() if num(e.get("nfe_forward_mean")) is not None]
         if first_epoch is None:
             first_epoch = min((num(e.get("epoch")) for e in epochs
@@ -179,8 +193,26 @@ def fig3d_rows(runs: Sequence[Run]) -> list[dict]:
             # An epoch record summarises the epoch that ends at (e - first + 1).
             rows.append({"run_dir": _dir(run), "label": label, "kind": "epoch",
                          "epoch": ep - first_epoch + 1,
-                         "nfe_forward": num(e["nfe_forward_mean"])})
+                         "nfe_forward": num(e["nfe_forward_mean"]), "group": group})
     return rows
+
+
+def _memory_x(run: Run) -> tuple[float | None, str]:
+    """The memory figure's x of a run and the field it comes from: the NFE of the
+    iteration whose activations were measured (a record from before that field: the last
+    epoch's mean, the measured one may differ), or the residual blocks."""
+    m, spec = run.metrics, MODELS.get(run.model)
+    if spec is not None and spec.ode_block:
+        x_from = "activation_nfe_forward" if num(m.get("activation_nfe_forward")) \
+            is not None else "nfe_forward_mean"
+        return num(m.get(x_from)), x_from
+    if spec is not None and spec.residual_blocks is not None:
+        return residual_blocks(m), "residual_blocks"
+    return None, ""
+
+
+def memory_x(run: Run) -> float | None:
+    return _memory_x(run)[0]
 
 
 def memory_rows(runs: Sequence[Run]) -> list[dict]:
@@ -191,22 +223,13 @@ def memory_rows(runs: Sequence[Run]) -> list[dict]:
         if not run.finished or mib is None:
             continue
         spec = MODELS.get(run.model)
-        if spec is None:
+        x, x_from = _memory_x(run)
+        if spec is None or x is None:
             continue
         if spec.ode_block:
-            # the NFE of the iteration whose activations were measured; a record from
-            # before that field: the last epoch's mean (the measured one may differ)
-            x_from = "activation_nfe_forward" if num(m.get("activation_nfe_forward")) \
-                is not None else "nfe_forward_mean"
-            x = num(m.get(x_from))
             series, x_kind = spec.title + SERIES[gradient_of(m)], "nfe_forward"
-        elif spec.residual_blocks is not None:
-            x, x_from = residual_blocks(m), "residual_blocks"
-            series, x_kind = spec.title + SERIES["blocks"], "blocks"
         else:
-            continue
-        if x is None:
-            continue
+            series, x_kind = spec.title + SERIES["blocks"], "blocks"
         rows.append({"run_dir": _dir(run), "series": series, "model": m.get("model"),
                      "solver": solver_label(m) if run.has_ode_block else "",
                      "x": x, "x_kind": x_kind, "activation_block_mib": mib,
@@ -375,24 +398,15 @@ def moving_mean(ys: Sequence[float], window: int) -> list[float]:
 
 
 def draw_fig3d(rows: list[dict], path: Path):
+    """A colour per group of seeds (one legend entry each), a line and dots per run."""
     if not rows:
         raise NoData("no finished runs of a model with an ODE block with history.jsonl")
     fig, ax = _new_figure("Fig. 3d: NFE forward during training")
-    for _, rs in group_by(rows, "run_dir").items():
-        it = [r for r in rs if r["kind"] == "iter"]
-        ep = [r for r in rs if r["kind"] == "epoch"]
-        color = None
-        if it:
-            n_epochs = max(1, math.ceil(max(r["epoch"] for r in it)))
-            window = max(1, round(len(it) / n_epochs / 10))  # a tenth of an epoch
-            color = ax.plot([r["epoch"] for r in it],
-                            moving_mean([r["nfe_forward"] for r in it], window), "-",
-                            lw=0.8, alpha=0.6)[0].get_color()
-        if ep:
-            ax.plot([r["epoch"] for r in ep], [r["nfe_forward"] for r in ep], "o",
-                    color=color, label=rs[0]["label"])
-        elif it:
-            ax.lines[-1].set_label(rs[0]["label"])
+    for group, grs in group_by(rows, "group").items():
+        color, label = None, group
+        for _, rs in group_by(grs, "run_dir").items():
+            color = _draw_run_nfe(ax, rs, color, label)
+            label = None  # the group's label once
     ax.set_xlabel("training epoch (line: iterations, moving mean over 0.1 epoch; "
                   "dots: epoch mean)", fontsize=9)
     ax.set_ylabel("NFE forward (function evaluations per forward pass)")
@@ -400,6 +414,24 @@ def draw_fig3d(rows: list[dict], path: Path):
     ax.legend(fontsize=7)
     _save(fig, path)
     return fig
+
+
+def _draw_run_nfe(ax, rs: list[dict], color, label):
+    """One run of fig3d: its iterations' moving mean and its epoch means; its colour."""
+    it = [r for r in rs if r["kind"] == "iter"]
+    ep = [r for r in rs if r["kind"] == "epoch"]
+    if it:
+        n_epochs = max(1, math.ceil(max(r["epoch"] for r in it)))
+        window = max(1, round(len(it) / n_epochs / 10))  # a tenth of an epoch
+        color = ax.plot([r["epoch"] for r in it],
+                        moving_mean([r["nfe_forward"] for r in it], window), "-",
+                        lw=0.8, alpha=0.6, color=color)[0].get_color()
+    if ep:
+        ax.plot([r["epoch"] for r in ep], [r["nfe_forward"] for r in ep], "o",
+                color=color, label=label)
+    elif it and label:
+        ax.lines[-1].set_label(label)
+    return color
 
 
 def fit_curve(x0: float, x1: float, n: int = 64) -> list[float]:

@@ -1,14 +1,18 @@
 """`odenet table [RUN_DIRS...]`: Table 1 from run directories, ours beside the paper's,
 and a table of the density models (CNF, planar flow) when there are density runs.
 
-Finished runs are grouped by model, solver settings and scale (experiment, epochs,
-training-set size, batch size, device) and averaged over seeds: the runs of one seed
-(a run repeated) are averaged first, so a row's mean is over distinct seeds and its
-sample std is over distinct seeds only (repeats are not independent seeds); the seeds
-column says "0 (x2)" for two runs of seed 0. Runs that did not finish (running, failed,
-interrupted) are listed in a section of their own and never enter a mean, and so are
-run files that fail validation (odenet/record.py), by path and reason. Every path
-written is relative to the directory given (odenet/report/runs.py, ``Run.name``).
+Finished runs are grouped (odenet/report/runs.py, ``groups``) by model, residual blocks,
+solver settings and scale (experiment, epochs, training-set size, batch size, device)
+and averaged over seeds: the runs of one seed (a run repeated) are averaged first, so a
+row's mean is over distinct seeds and its sample std is over distinct seeds only
+(repeats are not independent seeds); the seeds column says "0 (x2)" for two runs of
+seed 0. Table 1 says per row how many seeds (n) and whether the paper's test error lies
+within [min, max] of the seeds' ("–" with one seed); a ResNet with other residual
+blocks than its own (issue 18's ablations) is a row of its own, without paper numbers.
+Runs that did not finish (running, failed, interrupted) are listed in a section of
+their own and never enter a mean, and so are run files that fail validation
+(odenet/record.py), by path and reason. Every path written is relative to the
+directory given (odenet/report/runs.py, ``Run.name``).
 Paper numbers, titles and Table 1's row order are the model registry's
 (odenet/registry.py); which table a run belongs to is its record's ``task``.
 """
@@ -17,33 +21,30 @@ from __future__ import annotations
 
 import csv
 import io
-import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from odenet import record
 from odenet.files import check_writable, os_reason, write_atomic
-from odenet.registry import MODELS, ModelSpec, PaperRow
 from odenet.report._args import ArgumentParser
 from odenet.report.runs import (
+    SCALE_KEYS,
+    SOLVER_KEYS,
+    Group,
     Invalid,
     ReportError,
     Run,
+    Stat,
+    groups,
     has_ode_block,
     load_runs,
-    num,
     own_gradient_result,
     print_invalid,
     residual_blocks,
     solver_label,
 )
 
-SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_gradient",
-               "solver_adjoint", "solver_adjoint_norm", "solver_step_size", "solver_last_step")
-SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_size", "device")
-GROUP_KEYS = ("model",) + SOLVER_KEYS + SCALE_KEYS
 # Measures averaged over seeds, in table.csv order (an explicit order: table.csv's columns
 # stay put when the record gains a field; the density runs' NLLs are not Table 1's).
 AVERAGED = ("test_error", "train_error", "params", "nfe_forward_mean", "nfe_backward_mean",
@@ -60,107 +61,16 @@ DERIVED = {"gradient_error": lambda run: (own_gradient_result(run) or {}).get("e
 
 
 def _check_keys() -> None:
-    """The table's keys are the record's fields: a renamed field fails here, at import."""
-    settings = set(record.names(record.Metrics, record.SETTING))
+    """The table's measures are the record's: a renamed field fails here, at import."""
     measures = set(record.names(record.Metrics, record.MEASURE))
-    bad = [k for k in SOLVER_KEYS + SCALE_KEYS if k not in settings]
-    bad += [k for k in AVERAGED + DENSITY_AVERAGED if k not in measures]
+    bad = [k for k in AVERAGED + DENSITY_AVERAGED if k not in measures]
     if bad:
         raise ImportError(f"odenet.report.table: not in odenet.record.Metrics: {bad}")
 
 
 _check_keys()
 
-
-@dataclass
-class Stat:
-    """Mean and sample std over the distinct seeds of a group that report the value (each
-    seed's value: the mean of its runs)."""
-
-    values: list[float] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        return statistics.stdev(self.values) if len(self.values) >= 2 else None
-
-
-@dataclass
-class Row:
-    """One table row: a group of finished runs that differ only in seed."""
-
-    key: dict
-    runs: list[Run]
-    stats: dict[str, Stat]
-
-    @property
-    def model(self) -> str:
-        return str(self.key["model"])
-
-    @property
-    def spec(self) -> ModelSpec | None:
-        return MODELS.get(self.model)
-
-    @property
-    def paper(self) -> PaperRow | None:
-        """The paper's row of this model when trained as the paper did (odenet with the
-        adjoint, rknet by backprop through the solver: each model's default gradient);
-        None for the rows the paper has not (e.g. ODE-Net with checkpointed gradients)."""
-        spec = self.spec
-        if spec is None or (spec.gradients and self.key["solver_gradient"] is not None
-                            and self.key["solver_gradient"] != spec.gradients[0]):
-            return None
-        return spec.paper
-
-    @property
-    def seeds(self) -> list:
-        """The seed of every run, repeats included, sorted."""
-        return sorted((r.metrics.get("seed") for r in self.runs), key=lambda s: (s is None, s))
-
-    @property
-    def seeds_text(self) -> str:
-        """'0, 1' or, for a seed run twice, '0 (x2), 1'."""
-        counts: dict = {}
-        for s in self.seeds:
-            counts[s] = counts.get(s, 0) + 1
-        return ", ".join(f"{s} (x{n})" if n > 1 else str(s) for s, n in counts.items())
-
-
-def group_key(m: dict) -> dict:
-    key = {k: m.get(k) for k in GROUP_KEYS}
-    if key["solver_last_step"] is None and key["solver_step_size"] is None:
-        # adaptive steps always clamp or overshoot; null: a record from before the
-        # setting existed, when they clamped
-        key["solver_last_step"] = "clamp"
-    if key["solver_gradient"] is None and key["solver_adjoint"] is not None:
-        # a record from before solver_gradient: adjoint or backprop
-        key["solver_gradient"] = "adjoint" if key["solver_adjoint"] else "backprop"
-    if not has_ode_block(m.get("model")):
-        # Solver settings of a model without an ODE block do not change it.
-        for k in SOLVER_KEYS:
-            key[k] = None
-    return key
-
-
-def _sort_key(key: dict):
-    model = key["model"]
-    order = list(MODELS).index(model) if model in MODELS else len(MODELS)  # Table 1's
-    rtol = num(key["solver_rtol"])
-    # a model's rows: its default gradient (the paper's row) first, then the registry's order
-    grads = MODELS[model].gradients if model in MODELS else ()
-    g = key["solver_gradient"]
-    rank = grads.index(g) if g in grads else len(grads)
-    return (order, str(model), str(key["experiment"]), rank, str(key["solver_method"]),
-            bool(key["solver_adjoint"]), str(key["solver_adjoint_norm"]),
-            -(rtol if rtol is not None else 0.0), str(key["device"]),
-            num(key["epochs_planned"]) or 0, num(key["train_size"]) or 0)
+Row = Group  # a row of the table is a group of runs (odenet/report/runs.py)
 
 
 def is_table1_run(run: Run) -> bool:
@@ -169,41 +79,14 @@ def is_table1_run(run: Run) -> bool:
     return run.metrics["task"] == record.CLASSIFY
 
 
-def seed_stat(members: Sequence[Run], name: str, value=None) -> Stat:
-    """``name`` (of metrics.json, or ``value(run)``) over distinct seeds: the runs of one
-    seed averaged first (a repeated run is not another seed), then one value per seed."""
-    by_seed: dict = {}
-    for r in members:
-        v = num(value(r) if value else r.metrics.get(name))
-        if v is not None:
-            by_seed.setdefault(repr(r.metrics.get("seed")), []).append(v)
-    return Stat([statistics.fmean(vs) for vs in by_seed.values()])
-
-
 def build_rows(runs: Sequence[Run], task: str = record.CLASSIFY
                ) -> tuple[list[Row], list[Run]]:
-    """Group the finished runs of ``task`` into rows; return (rows, its runs not
-    finished). Runs of other tasks are left out of both."""
-    groups: dict[tuple, list[Run]] = {}
-    keys: dict[tuple, dict] = {}
-    excluded = []
-    for r in runs:
-        if r.metrics["task"] != task:
-            continue
-        if not r.finished:
-            excluded.append(r)
-            continue
-        k = group_key(r.metrics)
-        t = tuple((name, repr(k[name])) for name in GROUP_KEYS)
-        groups.setdefault(t, []).append(r)
-        keys[t] = k
-    rows = []
-    for t, members in groups.items():
-        stats = {name: seed_stat(members, name) for name in AVERAGED_OF[task]}
-        if task == record.CLASSIFY:
-            stats.update({name: seed_stat(members, name, f) for name, f in DERIVED.items()})
-        rows.append(Row(key=keys[t], runs=members, stats=stats))
-    rows.sort(key=lambda row: _sort_key(row.key))
+    """Group the finished runs of ``task`` into rows (runs.groups, with the table's
+    measures); return (rows, its runs not finished). Runs of other tasks are left out of
+    both."""
+    derived = DERIVED if task == record.CLASSIFY else {}
+    rows = groups(runs, task, AVERAGED_OF[task], derived)
+    excluded = [r for r in runs if r.metrics["task"] == task and not r.finished]
     return rows, excluded
 
 
@@ -242,9 +125,16 @@ def _params(stat: Stat) -> str:
     return f"{stat.mean:,.0f}"
 
 
-def model_name(key: dict) -> str:
-    spec = MODELS.get(key["model"])
-    return spec.title if spec else str(key["model"])
+def _in_spread(row: Row) -> str:
+    """Table 1's "Paper in seed range" cell: the paper's test error within [min, max] of
+    the seeds' ('yes (0.40–0.47)'); '–' with one seed, '-' without a paper number."""
+    st, p = row.stats["test_error"], row.paper
+    if p is None or st.mean is None:
+        return "-"
+    inside = st.spans(p.test_error)
+    if inside is None:
+        return "–"
+    return f"{'yes' if inside else 'no'} ({st.min * 100:.2f}–{st.max * 100:.2f})"
 
 
 def _blocks_text(rows: Sequence[Row]) -> str:
@@ -264,13 +154,22 @@ def _scale(key: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "Test error (%)", "Paper (%)", "Params",
-             "Paper params", "Activations (MiB): model / block", "Paper memory",
+MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "n", "Test error (%)", "Paper (%)",
+             "Paper in seed range", "Params", "Paper params",
+             "Activations (MiB): model / block", "Paper memory",
              "s / iter", "s / test batch", "Paper time", "NFE-F", "NFE-B",
              "Gradient error", "Device")
 DENSITY_MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "Test NLL (nats)",
                      "Train NLL (nats)", "NFE-F", "NFE-B", "s / iter", "Params", "Device")
 DENSITY_TITLE = "Density models on 2-D data"
+# Under Table 1 when it has a row with other residual blocks than the model's own
+ABLATION_NOTE = (
+    "Rows \"no block\" / \"one block\" (or another number of blocks): the ResNet's "
+    "downsampling and head with fewer residual blocks than its own, an ablation the paper "
+    "has not (no paper value). It answers a "
+    "critique of the experiment: users of the paper's reference code report that the "
+    "downsampling and head alone reach under 0.6 % after ~100 epochs and that one "
+    "residual block matches six; the authors agreed the ResNet baseline was too large.\n")
 
 
 def _md_rows(w, header: Sequence[str], lines: Sequence[list[str]]) -> None:
@@ -296,18 +195,25 @@ def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
       "parameter gradients of the trained net, by its own gradient method, solver and "
       "tolerance, against a float64 reference solve (`odenet gradients`, gradients.json; "
       "'-': not measured). Paper: L = ResNet layers, L~ = NFE; no paper value for a row "
-      "the paper has not.\n\n")
+      "the paper has not. n: seeds with a test error. Paper in seed range: whether the "
+      "paper's test error lies within [min, max] of the seeds' test errors (shown, %); "
+      "'–': one seed, no spread.\n")
+    if any(row.ablation for row in rows):
+        w(ABLATION_NOTE)
+    w("\n")
     lines = []
     for row in rows:
         st, p = row.stats, row.paper
         nfe = has_ode_block(row.model)
         lines.append([
-            model_name(row.key),
+            row.title,
             solver_label(row.key) if nfe else "-",
             _scale(row.key),
             row.seeds_text,
+            str(st["test_error"].n),
             _pm(st["test_error"], 100.0, 2),
             f"{p.test_error * 100:.2f}" if p else "-",
+            _in_spread(row),
             _params(st["params"]),
             f"{p.params / 1e6:.2f} M" if p else "-",
             f"{_mib(st['activation_mib'])} / {_mib(st['activation_block_mib'])}",
@@ -336,7 +242,7 @@ def _density_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
         st = row.stats
         nfe = has_ode_block(row.model)
         lines.append([
-            model_name(row.key),
+            row.title,
             solver_label(row.key) if nfe else "-",
             _scale(row.key),
             row.seeds_text,
@@ -404,7 +310,10 @@ def csv_header(task: str = record.CLASSIFY) -> list[str]:
     if task == record.CLASSIFY:
         cols += ["paper_test_error", "paper_params", "paper_memory", "paper_time"]
         cols += [f"{name}_{s}" for name in DERIVED for s in ("mean", "std")]
-    return cols + ["run_dirs"]
+    cols += ["run_dirs"]
+    if task == record.CLASSIFY:  # after run_dirs: the earlier columns keep their places
+        cols += ["residual_blocks", "test_error_min", "test_error_max", "paper_in_seed_range"]
+    return cols
 
 
 def _mean_std(st: Stat) -> list[str]:
@@ -430,6 +339,13 @@ def render_csv(rows: Sequence[Row], task: str = record.CLASSIFY) -> str:
             for name in DERIVED:
                 line += _mean_std(row.stats[name])
         line += [";".join(_name(r) for r in row.runs)]
+        if task == record.CLASSIFY:
+            st = row.stats["test_error"]
+            inside = st.spans(p.test_error) if p else None
+            line += ["" if row.key["residual_blocks"] is None else row.key["residual_blocks"],
+                     "" if st.min is None else repr(st.min),
+                     "" if st.max is None else repr(st.max),
+                     "" if inside is None else str(inside).lower()]
         wr.writerow(line)
     return out.getvalue()
 

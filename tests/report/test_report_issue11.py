@@ -158,9 +158,9 @@ def test_repeats_of_one_seed_are_not_independent_seeds(make_run, tmp_path, capsy
     assert "2 row(s) from 5 finished run(s), 0 not finished" in capsys.readouterr().out
     md = (out / "table.md").read_text()
     line = next(x for x in md.splitlines() if "tol=1e-3" in x)
-    assert "| 0 (x2), 1 | 3.00 ± 1.41 |" in line
+    assert "| 0 (x2), 1 | 2 | 3.00 ± 1.41 | 0.42 | no (2.00–4.00) |" in line  # n: 2 seeds
     line = next(x for x in md.splitlines() if "tol=0.1" in x)
-    assert "| 5 (x2) | 3.00 |" in line  # one seed: no std
+    assert "| 5 (x2) | 1 | 3.00 | 0.42 | – |" in line  # one seed: no std, no spread
     rows = {r["solver_rtol"]: r for r in _csv(out / "table.csv")}
     assert (rows["0.001"]["n_runs"], rows["0.001"]["n_seeds"], rows["0.001"]["seeds"]) == \
         ("3", "2", "0;0;1")

@@ -60,12 +60,13 @@ def test_markdown_has_ours_beside_the_papers(tmp_path, four_models):
     lines = md.splitlines()
     ode = next(line for line in lines if line.startswith("| ODE-Net | dopri5 tol=1e-3"))
     cells = [c.strip() for c in ode.strip("|").split("|")]
-    assert cells[3] == "0, 1"                      # seeds
-    assert cells[4] == "1.50 ± 0.71"               # test error %, mean ± std
-    assert cells[5] == "0.42"                      # paper's ODE-Net
-    assert cells[6] == "208,266" and cells[7] == "0.22 M"
-    assert cells[8] == "40.0 ± 0.0 / 2.25 ± 0.00" and cells[9] == "O(1)"
-    assert cells[13] == "20.0 ± 0.0" and cells[14] == "26.0 ± 0.0"
+    assert cells[3] == "0, 1" and cells[4] == "2"  # seeds, n
+    assert cells[5] == "1.50 ± 0.71"               # test error %, mean ± std
+    assert cells[6] == "0.42"                      # paper's ODE-Net
+    assert cells[7] == "no (1.00–2.00)"            # 0.42 % not within the seeds' range
+    assert cells[8] == "208,266" and cells[9] == "0.22 M"
+    assert cells[10] == "40.0 ± 0.0 / 2.25 ± 0.00" and cells[11] == "O(1)"
+    assert cells[15] == "20.0 ± 0.0" and cells[16] == "26.0 ± 0.0"
     rk = next(line for line in lines if line.startswith("| RK-Net |"))
     assert "| 0.47 |" in rk and "O(L~)" in rk and "183.0" in rk
     mlp = next(line for line in lines if line.startswith("| 1-layer MLP |"))
@@ -258,7 +259,7 @@ def test_gradient_error_column_reads_the_runs_own_method_and_tolerance(make_run,
     md = (out / "table.md").read_text()
     line = next(x for x in md.splitlines() if "dopri5 tol=1e-3 checkpoint" in x)
     cells = [c.strip() for c in line.split("|")]
-    assert cells[-3] == "0.068" and cells[6] == "-"  # no paper row: the paper has none
+    assert cells[-3] == "0.068" and cells[7] == "-"  # no paper row: the paper has none
     line = next(x for x in md.splitlines() if "dopri5 tol=1e-3 adjoint |" in x)
     assert [c.strip() for c in line.split("|")][-3] == "0.09 ± 0.014"
     csv_rows = {(r["solver_gradient"], r["solver_adjoint_norm"], r["solver_rtol"]): r
