@@ -993,8 +993,10 @@ def plan_lines(cfg: ReproduceConfig, tasks: list[Task], jobs: int) -> list[str]:
     cores = usable_cores()
     why = "jobs=" if cfg.jobs else f"one per core: {cores} usable"
     threads = f"threads={cfg.threads}" if cfg.threads else "the child's own threads"
-    order = (f"Table 1 rows {', '.join(plan.order)} first (the longest first), then the "
-             "others" if plan.order else "Table 1 rows in the plan's order")
+    rest = len(plan.order) < len(plan.models) + len(plan.variants)
+    order = (f"Table 1 rows {', '.join(plan.order)} (the longest first)"
+             + (", then the other rows" if rest else "") if plan.order
+             else "Table 1 rows in the plan's order")
     return [f"odenet reproduce: experiment={cfg.experiment}, {len(trainings)} runs under "
             f"{cfg.root} ({done} already finished) and {len(tasks) - len(trainings)} "
             "evaluations of their checkpoints",
