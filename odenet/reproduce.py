@@ -363,13 +363,24 @@ def task_failure(task: Task, rc: int, cfg: ReproduceConfig) -> str | None:
     if task.kind == TRAIN:
         if rc == 0 and job.finished:
             return None
-        why = f"exit {rc}" if rc else f"status {job.status() or 'unknown'}"
+        why = exit_text(rc) if rc else f"status {job.status() or 'unknown'}"
         return f"{job.group}/{job.name} did not finish ({why}, see {task.log})"
     if task.kind == EVALUATE:
-        return None if rc == 0 else f"odenet evaluate failed on {ckpt} (exit {rc}, see {task.log})"
+        return None if rc == 0 else \
+            f"odenet evaluate failed on {ckpt} ({exit_text(rc)}, see {task.log})"
     if rc == 0 and task_done(task, cfg):
         return None
     return f"odenet gradients did not measure {job.name}'s own gradient ({ckpt}, see {task.log})"
+
+
+def exit_text(rc: int) -> str:
+    """'exit 1', or 'killed by SIGKILL' for a child a signal ended (e.g. out of memory)."""
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            pass
+    return f"exit {rc}"
 
 
 def skipped(task: Task) -> str:
@@ -578,7 +589,7 @@ def time_left(runs: list[tuple[str, bool, RunState | None]],
         else:
             unmeasured += 1
     if not costs:
-        return None, unmeasured
+        return (None if unmeasured else 0.0), unmeasured
     return max(sum(costs) / jobs, max(costs)), unmeasured
 
 
@@ -591,9 +602,10 @@ def duration(seconds: float) -> str:
 
 
 def eta_text(seconds: float | None, unmeasured: int) -> str:
-    more = f" + {unmeasured} training(s) not measured yet" if unmeasured else ""
     if seconds is None:
-        return f"time left: not measured yet{more.replace(' + ', ' (') + ')' if more else ''}"
+        return "time left: not measured yet" + (f" ({unmeasured} training(s))"
+                                                 if unmeasured else "")
+    more = f" + {unmeasured} training(s) not measured yet" if unmeasured else ""
     return f"time left ~{duration(seconds)}{more} (trainings)"
 
 
@@ -670,6 +682,7 @@ class Schedule:
                 time.sleep(TICK)
         finally:
             ch.busy = False
+        self._eta_at = -math.inf  # estimated afresh
         self.show.progress(self.progress(), final=True)
 
     def _ready(self) -> list[Task]:
@@ -716,7 +729,7 @@ class Schedule:
             self.show.line(f"done:   {task.label} in {duration(took)}")
         elif self.children.received:  # stopped by the signal: the next reproduction resumes it
             self.state[task] = LEFT
-            self.show.line(f"stopped: {task.label} (exit {rc}); output: {task.log}")
+            self.show.line(f"stopped: {task.label} ({exit_text(rc)}); output: {task.log}")
         else:
             self._fail(task, why)
 
