@@ -521,7 +521,9 @@ class RunState:
 
     total: int | None           # iterations planned: epochs x iterations per epoch
     done: int                   # iterations done: the last logged optimizer step
-    sec_per_iter: float | None  # median of its last logged iterations, else metrics.json's
+    # after an epoch: its wall time per iteration (the evaluations included); before, the
+    # median of its last logged iterations (else metrics.json's)
+    sec_per_iter: float | None
 
 
 def run_state(run_dir: Path) -> RunState | None:
@@ -537,6 +539,8 @@ def run_state(run_dir: Path) -> RunState | None:
     total = ipe * m["epochs_planned"] if m.get("epochs_planned") else None
     iters = _last_iters(run_dir / record.HISTORY)
     done = total if m["status"] == "finished" and total else (iters[-1]["step"] if iters else 0)
+    if m.get("epochs") and m.get("wall_seconds"):  # whole epochs, their evaluations included
+        return RunState(total, done, m["wall_seconds"] / (m["epochs"] * ipe))
     secs = sorted(r["seconds"] for r in iters if isinstance(r.get("seconds"), (int, float)))
     spi = secs[len(secs) // 2] if secs else m.get("sec_per_iter")
     return RunState(total, done, spi)
@@ -621,7 +625,12 @@ class Show:
         if tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(bar_format="{desc}", file=sys.stdout, dynamic_ncols=True)
+            from odenet.runlog import terminal_columns
+
+            cols = terminal_columns(sys.stdout)  # 0: a terminal of unknown size (nrows
+            # given too: tqdm hides a bar beyond a height it cannot read)
+            self.bar = tqdm(bar_format="{desc}", file=sys.stdout, ncols=cols or 120,
+                            nrows=24, dynamic_ncols=bool(cols))
 
     def line(self, text: str) -> None:
         if self.bar is not None:

@@ -241,6 +241,10 @@ def test_run_state_reads_the_records(tmp_path):
     assert R.run_state(tmp_path / "a") == R.RunState(total=30, done=12, sec_per_iter=2.0)
     _records(tmp_path / "b", "finished", [30], [1.5], max_iters_per_epoch=4)
     assert R.run_state(tmp_path / "b") == R.RunState(total=12, done=12, sec_per_iter=1.5)
+    # after an epoch, its wall time per iteration: the per-epoch evaluations included
+    _records(tmp_path / "e", "running", list(range(1, 15)), [2.0] * 14, epochs=1,
+             wall_seconds=25.0)
+    assert R.run_state(tmp_path / "e") == R.RunState(total=30, done=14, sec_per_iter=2.5)
     _records(tmp_path / "c", "running", [], [])  # started, nothing logged yet
     assert R.run_state(tmp_path / "c") == R.RunState(total=30, done=0, sec_per_iter=9.0)
     assert R.run_state(tmp_path / "nothing") is None
