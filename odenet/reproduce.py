@@ -1,24 +1,31 @@
-"""`odenet reproduce experiment=quick|paper`: Table 1 and Figure 3 from one command.
+"""`odenet reproduce experiment=quick|table1|paper`: Table 1 and Figure 3 from one command.
 
-The plan (which models, seeds, tolerances, sweeps) lives in ``configs/reproduce.yaml``.
-Steps, each skipped when already done, so an interrupted reproduction continues:
+The plan (which models, seeds, tolerances, sweeps, the order) lives in
+``configs/reproduce.yaml``. Steps, each skipped when already done, so an interrupted
+reproduction continues:
 
 1. Table 1 runs: ``odenet train experiment=E model=M seed=S hydra.run.dir=ROOT/table/M_seedS``
-   (a separate process each, the same code path as a user's ``odenet train``), then the
+   (a separate process each, the same code path as a user's ``odenet train``), and the
    plan's variants (a model trained another way, e.g. ODE-Net with checkpointed
    gradients: ``ROOT/table/NAME_seedS``). A run whose metrics.json says ``finished`` is
    skipped; one with a checkpoint is resumed (``resume=true``).
 2. ``odenet evaluate`` on the ODE-Net checkpoint (Figure 3 a, b), unless its
    evaluation.json already covers the plan's tolerances; ``odenet gradients`` on every
    Table 1 run with an ODE block at its own tolerance (Table 1's gradient error), unless
-   its gradients.json already measured it.
+   its gradients.json already measured it. Each starts once its training has finished.
 3. Short tolerance sweeps (Figure 3 c per solver: NFE-F vs NFE-B; memory vs NFE), as
-   more runs.
+   more runs (with the first seed, or every seed: ``seeds: all``).
 4. ``table`` and ``figures`` into ``outputs/report/<stamp>/`` and a ``report.md`` that
-   embeds them.
+   embeds them, once everything else is done.
 
-Ctrl-C or SIGTERM: the running child gets the signal (once) and checkpoints, reproduce
-waits for it, says how to continue and exits 130 / 143; no child outlives it.
+The children run ``jobs`` at once (default: one per usable core), each with ``threads=T``
+(default 1), the trainings in the plan's order (the longest first); each child's output
+goes to its run directory (train.out, evaluate.out, gradients.out); the terminal shows a
+line per child and one progress line with the time left.
+
+Ctrl-C or SIGTERM: every running child gets the signal (once) and checkpoints, reproduce
+starts nothing more, waits for them, says how to continue and exits 130 / 143; no child
+outlives it.
 """
 
 from __future__ import annotations
