@@ -676,7 +676,7 @@ class Schedule:
         self.where: str | None = None        # what was running when a signal came
         self._started: dict[Task, float] = {}
         self._checked: set[Task] = set()     # looked for as done already
-        self._states: dict[Task, RunState | None] = {}  # of trainings done
+        self._states: dict[Task, tuple[bool, RunState | None]] = {}  # (done?, state)
         self._eta: tuple[float | None, int] = (None, 0)
         self._eta_at, self._t0 = -math.inf, time.monotonic()
 
@@ -719,7 +719,7 @@ class Schedule:
                     self.state[task] = DONE
                     self.show.line(f"done already: {task.label}")
                     continue
-            if len(self.children.procs) >= self.jobs:
+            if len(self.children.procs) >= self.jobs or self.children.received:
                 continue
             cmd = task_command(task, self.cfg)
             try:
@@ -758,9 +758,9 @@ class Schedule:
             for t in self.tasks:
                 if t.kind == TRAIN:
                     done = self.state[t] in (DONE, FAILED)
-                    if t not in self._states or not done:
-                        self._states[t] = run_state(t.job.dir)
-                    runs.append((t.job.row, done, self._states[t]))
+                    if not self._states.get(t, (False, None))[0]:  # read once when done
+                        self._states[t] = (done, run_state(t.job.dir))
+                    runs.append((t.job.row, done, self._states[t][1]))
             self._eta, self._eta_at = time_left(runs, self.jobs), time.monotonic()
         return (f"progress after {duration(time.monotonic() - self._t0)}: "
                 f"{n[DONE] + n[FAILED]} done{failed}, {n[RUNNING]} running, {n[LEFT]} left; "
@@ -1020,7 +1020,7 @@ def plan_lines(cfg: ReproduceConfig, tasks: list[Task], jobs: int) -> list[str]:
     trainings = [t for t in tasks if t.kind == TRAIN]
     done = sum(t.job.finished for t in trainings)
     cores = usable_cores()
-    why = "jobs=" if cfg.jobs else f"one per core: {cores} usable"
+    why = f"jobs={cfg.jobs}" if cfg.jobs else f"one per core: {cores} usable"
     threads = f"threads={cfg.threads}" if cfg.threads else "the child's own threads"
     rest = len(plan.order) < len(plan.models) + len(plan.variants)
     order = (f"Table 1 rows {', '.join(plan.order)} (the longest first)"
@@ -1068,8 +1068,8 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
         show.close()
     if children.received:
         raise Interrupted(children.received[0], schedule.where or None)
-    timings = {f"all {len(tasks)} steps, {n} at once": time.perf_counter() - t0}
-    timings.update({f"{k} (summed over its children)": v for k, v in schedule.seconds.items()})
+    timings = {f"all steps ({n} jobs at once)": time.perf_counter() - t0}
+    timings.update({f"{k} (summed over the children)": v for k, v in schedule.seconds.items()})
     failures = schedule.failures
 
     try:

@@ -120,7 +120,9 @@ def test_n_children_at_once_work_after_its_training_report_last(standin, jobs):
     # ... and before trainings that come later in the plan: the report need not wait
     assert min(e["t"] for e in post) < max(end.values())
     # the report comes last
-    assert (tmp / "report" / "report.md").stat().st_mtime > max(e["t"] for e in ev)
+    md = tmp / "report" / "report.md"
+    assert md.stat().st_mtime > max(e["t"] for e in ev)
+    assert f"Wall time of this invocation: all steps ({jobs} jobs at once) " in md.read_text()
     # every child at threads=1, its output in its run directory
     assert all("threads=1" in e["args"] for e in ev)
     out = (tmp / "runs" / "table" / "odenet_seed0" / "train.out").read_text()
@@ -319,7 +321,7 @@ def test_dry_run_prints_the_plan(tmp_path):
     assert R.reproduce(cfg, "test", log=lines.append) == 0
     assert not (tmp_path / "runs").exists()
     text = "\n".join(lines)
-    assert "3 job(s) at once (jobs=), threads=2 each" in text
+    assert "3 job(s) at once (jobs=3), threads=2 each" in text
     assert "Table 1 rows odenet, rknet (the longest first), then the other rows" in text
     assert lines[3].startswith("[1/19] table/odenet_seed0: would run: ")
     assert "threads=2" in lines[3]
