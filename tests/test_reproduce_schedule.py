@@ -31,7 +31,7 @@ STANDIN = textwrap.dedent('''
     def event(what):
         with open(os.environ["EVENTS"], "a") as f:
             f.write(json.dumps({"what": what, "cmd": args[0], "run": Path(where).name,
-                                "args": args, "t": time.time()}) + "\\n")
+                                "args": args, "t": time.time(), "pid": os.getpid()}) + "\\n")
 
     event("start")
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0.4")))
@@ -160,6 +160,25 @@ def test_a_dead_job_is_reported_its_work_skipped_and_rerun(standin, monkeypatch)
     assert "done already: gradients table/odenet_seed0" in lines
 
 
+def test_no_child_outlives_a_failing_reproduce(standin, monkeypatch):
+    run, events, tmp = standin
+    monkeypatch.setenv("FAKE_SLEEP", "30")
+
+    def broken(self):
+        if len(events()) >= 2:  # both children started
+            raise RuntimeError("a bug in reproduce")
+        return "progress"
+
+    monkeypatch.setattr(R.Schedule, "progress", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run("jobs=2", "sweeps=false")
+    pids = [e["pid"] for e in events()]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_sweep_seeds(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN)
@@ -218,7 +237,6 @@ def test_threads_jobs_and_their_defaults(tmp_path, monkeypatch):
     (["threads=-1"], "threads=-1: must be a positive integer or null"),
     (["jobs=two"], "jobs"),
     (["threads=1.5"], "threads"),
-    (["plans.quick.order=[odenet,nope]"], "order names nope, not a Table 1 row"),
 ])
 def test_bad_schedule_settings_one_line(argv, needle, capsys):
     assert R.main(argv) == 2
@@ -289,6 +307,14 @@ def test_the_progress_line_on_a_terminal_redraws(capsys):
         show.progress(f"p{k}")
     show.progress("last", final=True)
     assert lines == ["p0", "last"]  # without a terminal: one line an interval, and the last
+
+
+def test_order_passes_over_names_of_no_row(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN)
+    cfg = R.load_config(["plans.tiny.models=[mlp,resnet]", "plans.tiny.order=[nope,resnet]",
+                         "sweeps=false", "seeds=[0]"], plan_file=plan)
+    assert [j.name for j in R.plan_jobs(cfg, Path("r"))] == ["resnet_seed0", "mlp_seed0"]
 
 
 def test_table1_plan():
