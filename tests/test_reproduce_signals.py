@@ -204,7 +204,8 @@ def test_sigterm_real_training_resumes(tmp_path, mnist_root):
     again = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resume=true" in again.stdout
+    assert "start:  table/resnet_seed0 (resuming)" in again.stdout
+    assert "resume=true" in (run / "train.out").read_text().split("\n$ ")[-1]
     m = json.loads((run / "metrics.json").read_text())
     assert m["status"] == "finished" and m["epochs"] == 1
     assert sorted(p.name for p in (tmp_path / "runs" / "table").iterdir()) == ["resnet_seed0"]
