@@ -34,7 +34,7 @@ STANDIN = textwrap.dedent('''
                                 "args": args, "t": time.time(), "pid": os.getpid()}) + "\\n")
 
     event("start")
-    time.sleep(float(os.environ.get("FAKE_SLEEP", "0.4")))
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0.8")))  # long enough to overlap
     if (args[0] == "train" and Path(where).name == os.environ.get("FAKE_DIE_ONCE")
             and "resume=true" not in args):
         Path(where).mkdir(parents=True, exist_ok=True)
