@@ -374,7 +374,8 @@ def task_failure(task: Task, rc: int, cfg: ReproduceConfig) -> str | None:
             f"odenet evaluate failed on {ckpt} ({exit_text(rc)}, see {task.log})"
     if rc == 0 and task_done(task, cfg):
         return None
-    return f"odenet gradients did not measure {job.name}'s own gradient ({ckpt}, see {task.log})"
+    return (f"odenet gradients did not measure {job.name}'s own gradient ({ckpt}: "
+            f"{exit_text(rc)}, see {task.log})")
 
 
 def exit_text(rc: int) -> str:
