@@ -141,7 +141,7 @@ def test_plan_expansion(tmp_path):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["experiment=nope"], "experiment='nope' has no plan; accepted: quick, paper"),
+    (["experiment=nope"], "experiment='nope' has no plan; accepted: quick, table1, paper"),
     (["dry_run=maybe"], "dry_run"),
     (["bogus=1"], "bogus"),
     (["quick"], "expected key=value"),

@@ -1,5 +1,5 @@
-"""odenet reproduce owns its children: a signal reaches the running child once, reproduce
-waits for it and exits 128 + signal, and no child outlives it.
+"""odenet reproduce owns its children: a signal reaches every running child once, reproduce
+waits for them and exits 128 + signal, and no child outlives it.
 
 The fast tests run reproduce as a real process with a fake child (a script that records
 the signals it gets); test_sigterm_real_training_resumes runs real `odenet train`
@@ -20,8 +20,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The fake `odenet train`: writes its pid, waits for a signal, then waits a little longer
-# so that a second delivery (a process group shared with reproduce) would be recorded too.
+# The fake `odenet train`: writes its pid, waits for FAKE_NEEDS signals (default 1; 2: one
+# that ignores the first), writing each to signals.json, then waits a little longer so that
+# a second delivery (a process group shared with reproduce) would be recorded too.
 CHILD = textwrap.dedent('''
     import json, os, signal, sys, time
     from pathlib import Path
@@ -31,9 +32,13 @@ CHILD = textwrap.dedent('''
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda signum, frame: got.append(signum))
     (d / "pid").write_text(str(os.getpid()))
+    needs, seen = int(os.environ.get("FAKE_NEEDS", "1")), 0
     deadline = time.monotonic() + 60
-    while not got and time.monotonic() < deadline:
+    while len(got) < needs and time.monotonic() < deadline:
         time.sleep(0.02)
+        if len(got) > seen:
+            seen = len(got)
+            (d / "signals.json").write_text(json.dumps(got))
     time.sleep(0.5)
     (d / "signals.json").write_text(json.dumps(got))
     sys.exit(128 + got[0] if got else 0)
@@ -54,7 +59,7 @@ PLAN = textwrap.dedent('''
     plans:
       tiny:
         seeds: [0]
-        models: [mlp, resnet]
+        models: [mlp, resnet, rknet]
         evaluate: {model: odenet, tolerances: [1e-1]}
 ''')
 
@@ -82,43 +87,84 @@ def _gone(pid: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("signum, to_group", [
-    (signal.SIGTERM, False),  # kill <pid>
-    (signal.SIGINT, True),    # Ctrl-C in a terminal: the whole foreground process group
-])
-def test_signal_reaches_the_child_once(tmp_path, signum, to_group):
+def _start(tmp_path, *args, env=None):
+    """reproduce's main() in a process group of its own, as a shell gives a foreground job."""
     (tmp_path / "child.py").write_text(CHILD)
     (tmp_path / "driver.py").write_text(DRIVER)
     (tmp_path / "plan.yaml").write_text(PLAN)
-    args = [f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}"]
-    # its own process group, as a shell gives a foreground job
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"),
+    return subprocess.Popen([sys.executable, str(tmp_path / "driver.py"),
                              str(tmp_path / "child.py"), str(tmp_path / "plan.yaml"), *args],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            env={**_env(), **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _signal(proc: subprocess.Popen, signum: int, to_group: bool) -> None:
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)
+
+
+@pytest.mark.parametrize("signum, to_group, jobs", [
+    (signal.SIGTERM, False, 1),  # kill <pid>
+    (signal.SIGINT, True, 1),    # Ctrl-C in a terminal: the whole foreground process group
+    (signal.SIGTERM, False, 2),  # two children running: each gets it once
+    (signal.SIGINT, True, 2),
+])
+def test_signal_reaches_every_child_once(tmp_path, signum, to_group, jobs):
+    args = [f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}", f"jobs={jobs}"]
+    proc = _start(tmp_path, *args)
+    runs = [tmp_path / "runs" / "table" / f"{m}_seed0" for m in ("mlp", "resnet", "rknet")]
     try:
-        run = tmp_path / "runs" / "table" / "mlp_seed0"
-        _wait_for(run / "pid", 30, proc)
-        child = int((run / "pid").read_text())
-        if to_group:
-            os.killpg(proc.pid, signum)
-        else:
-            os.kill(proc.pid, signum)
+        for run in runs[:jobs]:
+            _wait_for(run / "pid", 30, proc)
+        children = [int((run / "pid").read_text()) for run in runs[:jobs]]
+        _signal(proc, signum, to_group)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     assert proc.returncode == 128 + signum, err
-    assert json.loads((run / "signals.json").read_text()) == [signum]  # once, not twice
-    assert _gone(child)
-    assert not (tmp_path / "runs" / "table" / "resnet_seed0").exists()  # nothing started after
+    for run in runs[:jobs]:
+        assert json.loads((run / "signals.json").read_text()) == [signum]  # once, not twice
+    assert all(_gone(child) for child in children)
+    for run in runs[jobs:]:
+        assert not run.exists()  # nothing started after
     assert not (tmp_path / "report").exists()
     last = err.strip().splitlines()[-1]
+    during = ", ".join(f"table/{r.name}" for r in runs[:jobs])
     assert last.startswith(f"odenet reproduce: stopped by {signal.Signals(signum).name} "
-                           "during table/mlp_seed0")
+                           f"during {during};"), last
     assert last.endswith(f"run the same command again (finished runs are skipped, "
                          f"interrupted ones resume): odenet reproduce {' '.join(args)}")
+    assert f"start:  table/mlp_seed0; output: {runs[0] / 'train.out'}" in out
+
+
+def test_a_second_signal_reaches_each_child_once_more(tmp_path):
+    """Children that go on after the first Ctrl-C: reproduce waits for them; the second
+    Ctrl-C reaches each of them once more (odenet train then stops at once)."""
+    args = [f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}", "jobs=2"]
+    proc = _start(tmp_path, *args, env={"FAKE_NEEDS": "2"})
+    runs = [tmp_path / "runs" / "table" / f"{m}_seed0" for m in ("mlp", "resnet")]
+    try:
+        for run in runs:
+            _wait_for(run / "pid", 30, proc)
+        _signal(proc, signal.SIGINT, True)
+        for run in runs:
+            _wait_for(run / "signals.json", 30, proc)
+        time.sleep(1.0)  # reproduce waits for them, signals nothing more
+        assert proc.poll() is None
+        assert [json.loads((r / "signals.json").read_text()) for r in runs] == [[2], [2]]
+        _signal(proc, signal.SIGINT, True)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, err
+    assert [json.loads((r / "signals.json").read_text()) for r in runs] == [[2, 2], [2, 2]]
+    assert not (tmp_path / "runs" / "table" / "rknet_seed0").exists()
 
 
 @pytest.mark.slow
@@ -158,7 +204,8 @@ def test_sigterm_real_training_resumes(tmp_path, mnist_root):
     again = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resume=true" in again.stdout
+    assert "start:  table/resnet_seed0 (resuming)" in again.stdout
+    assert "resume=true" in (run / "train.out").read_text().split("\n$ ")[-1]
     m = json.loads((run / "metrics.json").read_text())
     assert m["status"] == "finished" and m["epochs"] == 1
     assert sorted(p.name for p in (tmp_path / "runs" / "table").iterdir()) == ["resnet_seed0"]
