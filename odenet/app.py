@@ -183,9 +183,12 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
         except ConfigError as e:
             return str(e), 2
     if finished and len(finished) == len(composed):
+        from odenet.schedules import SCHEDULES
+
+        extendable = " or ".join(s.name for s in SCHEDULES.values() if not s.fitted_to_length)
         return (f"odenet train: nothing to do: {', '.join(finished)} finished (resume=true "
                 "continues only a run that has epochs left; raise optim.epochs for more, with a "
-                "multistep or constant schedule)", 0)
+                f"{extendable} schedule)", 0)
     return None
 
 

@@ -34,6 +34,7 @@ from odenet.registry import (
     ODENetConfig,
     spec,
 )
+from odenet.schedules import SCHEDULES
 
 GRADIENTS = (ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE)  # as odenet.solvers.GRADIENTS
 
@@ -44,7 +45,6 @@ __all__ = ["Config", "ConfigError", "SolverConfig", "DataConfig", "OptimConfig",
 # data.name for density models; odenet.cnf.datasets.DATASETS (checked by tests/cnf) must match
 TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals")
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 PRECISIONS = ("fp32", "bf16")  # the network's compute dtype (runtime.autocast)
 # seeds below this keep the data's generator seeds (seed * 1,000,003 + epoch,
 # odenet/data/batches.py) within torch's 64 bits, for a million epochs
@@ -90,7 +90,7 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     epochs: int = 160
-    schedule: str = "multistep"  # multistep | cosine | onecycle | constant
+    schedule: str = "multistep"  # a name of odenet/schedules.py's SCHEDULES
     milestones: list[float] = field(default_factory=lambda: [60.0, 100.0, 140.0])
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from warmup_start * lr
@@ -374,7 +374,7 @@ def _validate(c: Any) -> None:
     need(d.test_batch_size >= 1, f"data.test_batch_size must be >= 1 (got {d.test_batch_size})")
     o = c.optim
     one_of("optim.name", o.name, OPTIMIZERS)
-    one_of("optim.schedule", o.schedule, SCHEDULES)
+    one_of("optim.schedule", o.schedule, list(SCHEDULES))
     if o.lr is not None:
         need(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
     need(o.base_lr > 0, f"optim.base_lr must be > 0 (got {o.base_lr})")

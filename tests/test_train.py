@@ -17,7 +17,6 @@ from odenet.app import compose
 from odenet.checkpoint import load as load_checkpoint
 from odenet.config import ConfigError
 from odenet.models import build_model
-from odenet.optim import lr_factor
 from odenet.record import CHECKPOINT_FILE
 from odenet.train import run
 
@@ -217,17 +216,6 @@ def test_more_epochs_of_a_constant_schedule_equal_a_longer_run(compose_cfg, tmp_
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("schedule", ["multistep", "cosine", "onecycle", "constant"])
-def test_the_schedules_fitted_to_the_epochs_are_those_whose_lr_depends_on_them(schedule):
-    from odenet.optim import FITTED_TO_LENGTH
-
-    three, four = (compose([f"optim.schedule={schedule}", f"optim.epochs={n}",
-                            "optim.milestones=[1,2]", "optim.warmup_epochs=1"]).optim
-                   for n in (3, 4))
-    same = all(lr_factor(s, 10, three) == lr_factor(s, 10, four) for s in range(30))
-    assert same == (schedule not in FITTED_TO_LENGTH)
-
-
 def test_settings_that_do_not_apply_are_said(compose_cfg, tmp_path, caplog):
     """Issue 19 item 8: solver settings of a model without an ODE block, and more training
     images than MNIST has, were dropped without a word."""
@@ -253,22 +241,6 @@ def test_solver_error_fails_the_run_with_a_reason(compose_cfg, tmp_path):
     m = run(compose_cfg(*TINY, "model=odenet", "solver.max_num_steps=1"), tmp_path)
     assert m["status"] == "failed" and m["reason"].startswith("SolverError: max_num_steps=1")
     assert "\n" not in m["reason"]
-
-
-def test_lr_schedules():
-    o = compose(["optim.epochs=10", "optim.milestones=[4,8]"]).optim
-    assert [lr_factor(s, 10, o) for s in (0, 39, 40, 79, 80, 99)] == pytest.approx(
-        [1, 1, 0.1, 0.1, 0.01, 0.01])
-    c = compose(["optim.epochs=4", "optim.schedule=onecycle", "optim.pct_start=0.25"]).optim
-    f = [lr_factor(s, 100, c) for s in range(400)]
-    assert f[0] == pytest.approx(c.warmup_start) and max(f) == pytest.approx(1.0)
-    assert f.index(max(f)) == 100 and f[-1] < 1e-3
-    assert all(a <= b for a, b in zip(f[:100], f[1:101]))  # rises, then falls
-    assert all(a >= b for a, b in zip(f[100:], f[101:]))
-    k = compose(["optim.epochs=4", "optim.schedule=cosine", "optim.warmup_epochs=1"]).optim
-    g = [lr_factor(s, 100, k) for s in range(400)]
-    assert g[0] == pytest.approx(0.1) and g[100] == pytest.approx(1.0) and g[-1] < 1e-3
-    assert lr_factor(7, 10, compose(["optim.schedule=constant"]).optim) == 1.0
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(cli_popen, tmp_path, mnist_root):
