@@ -406,7 +406,8 @@ def _train_job(dcfg: Any) -> float | None:
     if hc.mode == RunMode.MULTIRUN:  # parallel jobs interleave: say whose line it is
         label = _JobLabel(f"job {hc.job.num}: {hc.job.override_dirname or 'defaults'}")
     try:
-        metrics = train.run(dcfg, hc.runtime.output_dir)
+        # validated here, once: the trainer and everything below take it as it is
+        metrics = train.run(to_config(dcfg), hc.runtime.output_dir)
     except (ConfigError, DataError) as e:
         print(f"odenet train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

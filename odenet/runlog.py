@@ -104,9 +104,14 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def epoch_records(out: Path) -> list[dict]:
+    """The epoch records of a run's history.jsonl, in order (on resume)."""
+    return [r for r in record.read_history(out / HISTORY) if r["kind"] == "epoch"]
+
+
 def last_epoch(out: Path) -> dict | None:
-    """The last epoch record of a run's history.jsonl (on resume), or None."""
-    epochs = [r for r in record.read_history(out / HISTORY) if r["kind"] == "epoch"]
+    """The last epoch record of a run's history.jsonl, or None."""
+    epochs = epoch_records(out)
     return epochs[-1] if epochs else None
 
 
