@@ -302,7 +302,15 @@ def add_epoch(metrics: Metrics, epoch: dict) -> None:
 
 def title(record_type: type, name: str) -> str:
     """The column header of field ``name`` (its ``title``; the name when it has none)."""
-    return {f.name: f.metadata["title"] or f.name for f in fields(record_type)}[name]
+    return _field(record_type, name).metadata["title"] or name
+
+
+def unit(record_type: type, name: str) -> str:
+    return _field(record_type, name).metadata["unit"]
+
+
+def _field(record_type: type, name: str) -> Any:
+    return {f.name: f for f in fields(record_type)}[name]
 
 
 # ------------------------------------------------------------------------- reading
@@ -424,5 +432,5 @@ __all__ = ["METRICS", "HISTORY", "EVALUATION", "CHECKPOINT_FILE", "GRADIENTS_FIL
            "GRADIENTS_FIGURE", "CHECKPOINT_ID", "Metrics", "IterRecord", "EpochRecord",
            "RecordError", "STATUSES", "SETTING", "MEASURE", "INFO", "to_json", "for_task",
            "names", "fill", "epoch_state", "add_iteration", "epoch_values", "add_epoch",
-           "title", "REDUCTIONS", "MEAN", "MEDIAN", "LAST", "MAX", "SUM", "check",
+           "title", "unit", "REDUCTIONS", "MEAN", "MEDIAN", "LAST", "MAX", "SUM", "check",
            "check_file", "read_metrics", "read_history", "fake", "doc_table"]

@@ -2,7 +2,7 @@
 
 Read top to bottom: ``_run`` sets up (run directory, device, task, data, model, optimizer,
 resume), then loops over epochs and iterations (``train_step``), evaluates at each
-epoch's end (``_epoch_end``), writes the epoch's record and a checkpoint, and ends with
+epoch's end (``_epoch_record``), writes the epoch's record and a checkpoint, and ends with
 a status (``_ending``, ``_close``). The records are built from their fields' declarations
 (odenet/record.py): an iteration's measures (``Step``) go by name into its IterRecord
 and, folded as each EpochRecord field declares, into the epoch's (``Progress.reduced``);
@@ -86,6 +86,10 @@ class Progress:
         record.add_iteration(self.reduced, vars(step))
         for k, v in step.sums.items():
             self.sums[k] = self.sums.get(k, 0) + v
+
+    def at(self) -> dict[str, int]:
+        """Where the iteration just trained stands, as IterRecord says it."""
+        return {"epoch": self.epoch, "iter": self.batch - 1, "step": self.step}
 
     def start_epoch(self) -> None:
         self._epoch_start = time.perf_counter() - self.epoch_seconds
@@ -180,8 +184,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     model = build(cfg.model, cfg.solver).to(device)
     ipe = min(len(loaders.train), cfg.train.max_iters_per_epoch or len(loaders.train))
     optimizer, scheduler = optim.build(cfg, model.parameters(), ipe)
-    if ck:
-        _resume(ck, model, optimizer, scheduler)
+    _resume(ck, model, optimizer, scheduler)
     runlog, metrics = _open_records(cfg, out, task, model, loaders, device, prog, ck, ipe)
     save = _Saver(out, cfg, model, optimizer, scheduler, prog, runlog)
     blocks, epochs = measured_blocks(model), cfg.optim.epochs
@@ -202,9 +205,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                     prog.add(step)
                     census = False
                     if prog.step % cfg.train.log_every == 0 or prog.batch == ipe:
-                        runlog.iteration(record.fill(record.IterRecord, vars(step),
-                                                     epoch=prog.epoch, iter=prog.batch - 1,
-                                                     step=prog.step))
+                        runlog.iteration(record.fill(record.IterRecord, vars(step), **prog.at()))
                     batch_bar.update(1)
                     batch_bar.set_postfix(step.postfix(), refresh=False)
                     heartbeat.tick(prog.epoch, epochs, prog.batch, ipe, step.loss,
@@ -215,9 +216,8 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                     sig.check("received")
                 batch_bar.close()
                 # ---- the epoch's end: evaluate, record, checkpoint
-                end = _epoch_end(cfg, task, model, loaders, optimizer, device, prog, bars, sig)
-                erec = record.EpochRecord(epoch=prog.epoch, **record.epoch_values(prog.reduced),
-                                          **end)
+                erec = _epoch_record(cfg, task, model, loaders, optimizer, device, prog, bars,
+                                     sig)
                 runlog.epoch(erec, metrics.task, prog.step)
                 prog.next_epoch()
                 save()
@@ -317,11 +317,13 @@ class _Saver:
         self.epoch = prog.epoch
 
 
-def _epoch_end(cfg: Any, task: Task, model: nn.Module, loaders: Any, optimizer: Any,
-               device: torch.device, prog: Progress, bars: Bars, sig: _Signals) -> dict:
-    """The EpochRecord fields measured at the epoch's end: every split's metric (the train
-    metric from the training iterations' sums without a train_eval split), test NFE and
-    time, memory peaks, the learning rate and the epoch's clocks."""
+def _epoch_record(cfg: Any, task: Task, model: nn.Module, loaders: Any, optimizer: Any,
+                  device: torch.device, prog: Progress, bars: Bars,
+                  sig: _Signals) -> record.EpochRecord:
+    """The epoch's record: the fields its iterations make (``prog.reduced``), and those
+    measured at its end: every split's metric (the train metric from the iterations' sums
+    without a train_eval split), test NFE and time, memory peaks, the learning rate and
+    the epoch's clocks."""
     train_seconds = prog.epoch_elapsed()
     splits = {"test": loaders.test, "train": loaders.train_eval, "val": loaders.val}
     ev = {}
@@ -335,11 +337,13 @@ def _epoch_end(cfg: Any, task: Task, model: nn.Module, loaders: Any, optimizer: 
     end = {f"{name}_{task.metric}": e["value"] for name, e in ev.items()}
     if "train" not in ev:
         end[f"train_{task.metric}"] = task.reduce(prog.sums)
-    return {**end, "test_nfe_forward_mean": ev["test"]["nfe_forward_mean"],
-            "rss_peak_mib": measure.rss_peak_mib(), "cuda_peak_mib": measure.cuda_peak_mib(device),
-            "lr": optimizer.param_groups[0]["lr"],
-            "sec_per_test_batch": measure.median(ev["test"]["times"]),
-            "train_seconds": train_seconds, "seconds": prog.epoch_elapsed()}
+    return record.EpochRecord(
+        epoch=prog.epoch, **record.epoch_values(prog.reduced), **end,
+        test_nfe_forward_mean=ev["test"]["nfe_forward_mean"],
+        sec_per_test_batch=measure.median(ev["test"]["times"]),
+        rss_peak_mib=measure.rss_peak_mib(), cuda_peak_mib=measure.cuda_peak_mib(device),
+        lr=optimizer.param_groups[0]["lr"], train_seconds=train_seconds,
+        seconds=prog.epoch_elapsed())
 
 
 def _ending(e: BaseException, prog: Progress, save: _Saver, out: Path,
@@ -575,7 +579,10 @@ def _check_epochs_change(was: int, o: Any) -> None:
             "epochs afresh (overwrite=true, or another hydra.run.dir)")
 
 
-def _resume(ck: dict[str, Any], model, optimizer, scheduler) -> None:
+def _resume(ck: dict[str, Any] | None, model, optimizer, scheduler) -> None:
+    """The states of the checkpoint continued (None: a new run)."""
+    if ck is None:
+        return
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
