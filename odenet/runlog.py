@@ -109,12 +109,6 @@ def epoch_records(out: Path) -> list[dict]:
     return [r for r in record.read_history(out / HISTORY) if r["kind"] == "epoch"]
 
 
-def last_epoch(out: Path) -> dict | None:
-    """The last epoch record of a run's history.jsonl, or None."""
-    epochs = epoch_records(out)
-    return epochs[-1] if epochs else None
-
-
 # ------------------------------------------------------------------------- display
 def log_epoch(e: dict, metric: str, epochs: int) -> None:
     def fmt(v):
