@@ -104,8 +104,7 @@ class Metrics:
     # Contract 2's columns: every run writes them (null for density runs)
     test_error: float | None = _f(MEASURE, "test-set error", "fraction", reduce=LAST,
                                   title="Test error")
-    train_error: float | None = _f(MEASURE, "training-set error", "fraction", reduce=LAST,
-                                   title="Train error")
+    train_error: float | None = _f(MEASURE, "training-set error", "fraction", reduce=LAST)
     val_error: float | None = _f(MEASURE, "validation error (data.val_size; for choosing "
                                  "settings)", "fraction", CLASSIFY, reduce=LAST)
     test_nll: float | None = _f(MEASURE, "test negative log-likelihood", "nats", DENSITY,
@@ -424,6 +423,9 @@ def doc_table(record_type: type) -> str:
     for f in fields(record_type):
         t = str(f.type).replace("typing.", "").replace("<class '", "").replace("'>", "")
         task = f" ({f.metadata['task']} runs)" if f.metadata["task"] else ""
+        how = f.metadata["reduce"]
+        if how is not None:  # its declaration: from the level below
+            task += f"; {how} of {f.metadata['of'] or f.name}"
         rows.append(f"| `{f.name}` | {t} | {f.metadata['unit']} | {f.metadata['doc']}{task} |")
     return "\n".join(rows)
 
