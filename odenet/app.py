@@ -183,9 +183,12 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
         except ConfigError as e:
             return str(e), 2
     if finished and len(finished) == len(composed):
+        from odenet.schedules import SCHEDULES
+
+        extendable = " or ".join(s.name for s in SCHEDULES.values() if not s.fitted_to_length)
         return (f"odenet train: nothing to do: {', '.join(finished)} finished (resume=true "
                 "continues only a run that has epochs left; raise optim.epochs for more, with a "
-                "multistep or constant schedule)", 0)
+                f"{extendable} schedule)", 0)
     return None
 
 
@@ -403,7 +406,8 @@ def _train_job(dcfg: Any) -> float | None:
     if hc.mode == RunMode.MULTIRUN:  # parallel jobs interleave: say whose line it is
         label = _JobLabel(f"job {hc.job.num}: {hc.job.override_dirname or 'defaults'}")
     try:
-        metrics = train.run(dcfg, hc.runtime.output_dir)
+        # validated here, once: the trainer and everything below take it as it is
+        metrics = train.run(to_config(dcfg), hc.runtime.output_dir)
     except (ConfigError, DataError) as e:
         print(f"odenet train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -3,10 +3,11 @@
 The YAML files give every value; these dataclasses give each key a type, reject unknown
 keys and catch values that make no sense (``solver.rtol=-1``) before anything is trained.
 ``to_config`` turns a composed config (``DictConfig``, dict or a checkpoint's plain dict)
-into a validated, read-only structured config; everything below the command layer
-receives that and reads attributes only. The ``model`` node's schema is the chosen
-model's (odenet/registry.py); the rules "atol follows rtol" and "the adjoint follows the
-model" are applied here, once (``resolve_solver``).
+into a validated, read-only structured config, once, at the command layer (odenet/app.py);
+everything below receives that and reads attributes only, validating nothing again
+(``is_typed``; the trainer builds its network with ``models.build``). The ``model``
+node's schema is the chosen model's (odenet/registry.py); the rules "atol follows rtol"
+and "the adjoint follows the model" are applied here, once (``resolve_solver``).
 
 Imports OmegaConf only (no torch, no Hydra), so that a bad command line is rejected
 within a second. Composing the YAML files with Hydra is the command layer's (odenet/app.py).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,17 +36,17 @@ from odenet.registry import (
     ODENetConfig,
     spec,
 )
+from odenet.schedules import SCHEDULES
 
 GRADIENTS = (ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE)  # as odenet.solvers.GRADIENTS
 
 __all__ = ["Config", "ConfigError", "SolverConfig", "DataConfig", "OptimConfig",
-           "TrainConfig", "to_config", "model_config", "solver_config", "resolve_solver",
-           "as_dict", "unknown_key_line", "unused_settings"]
+           "TrainConfig", "to_config", "is_typed", "model_config", "solver_config",
+           "resolve_solver", "as_dict", "unknown_key_line", "unused_settings"]
 
 # data.name for density models; odenet.cnf.datasets.DATASETS (checked by tests/cnf) must match
 TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals")
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 PRECISIONS = ("fp32", "bf16")  # the network's compute dtype (runtime.autocast)
 # seeds below this keep the data's generator seeds (seed * 1,000,003 + epoch,
 # odenet/data/batches.py) within torch's 64 bits, for a million epochs
@@ -90,7 +92,7 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     epochs: int = 160
-    schedule: str = "multistep"  # multistep | cosine | onecycle | constant
+    schedule: str = "multistep"  # a name of odenet/schedules.py's SCHEDULES
     milestones: list[float] = field(default_factory=lambda: [60.0, 100.0, 140.0])
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from warmup_start * lr
@@ -130,19 +132,33 @@ class Config:
 
 
 # --------------------------------------------------------------------------- conversion
+# the configs to_config made, by identity: they are handed down typed and never validated
+# again (a copy or a merge of one is not here: it may hold anything, and is validated)
+_TYPED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
 def to_config(cfg: Any) -> DictConfig:
     """Merge ``cfg`` (DictConfig, dict or dataclass) into ``Config``; validate; freeze.
+    A config to_config made is returned as it is (``is_typed``).
 
     Raises ``ConfigError`` with a one-line message on unknown keys, wrong types or
     values out of range.
     """
+    if is_typed(cfg):
+        return cfg
     values = _plain(cfg)
     model = model_config(values.pop("model", None) or {}, readonly=False)
     c = _merge(Config, values, "")
     c.model = model
     _validate(c)
     OmegaConf.set_readonly(c, True)
+    _TYPED[id(c)] = c
     return c
+
+
+def is_typed(cfg: Any) -> bool:
+    """Whether ``cfg`` is a validated Config made by to_config (not a copy of one)."""
+    return _TYPED.get(id(cfg)) is cfg
 
 
 def model_config(cfg: Any, *, strict: bool = True, readonly: bool = True) -> DictConfig:
@@ -374,7 +390,7 @@ def _validate(c: Any) -> None:
     need(d.test_batch_size >= 1, f"data.test_batch_size must be >= 1 (got {d.test_batch_size})")
     o = c.optim
     one_of("optim.name", o.name, OPTIMIZERS)
-    one_of("optim.schedule", o.schedule, SCHEDULES)
+    one_of("optim.schedule", o.schedule, list(SCHEDULES))
     if o.lr is not None:
         need(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
     need(o.base_lr > 0, f"optim.base_lr must be > 0 (got {o.base_lr})")

@@ -7,20 +7,26 @@ Contract 2), as typed schemas.
 The trainer fills these dataclasses and writes them with ``to_json``; table, figures,
 regression, reproduce and evaluate read them back through ``read_metrics`` /
 ``read_history``, which validate every known field's type and report a bad file by
-path and reason (``RecordError``, one line). Adding a metric = one field here plus the
-code that computes it: the writer, TensorBoard, the table's columns (``MEASURE`` fields
-are averaged over seeds) and the schema checks follow from the field.
+path and reason (``RecordError``, one line).
 
 Each field's metadata: ``kind`` (``SETTING``: what the run was asked to do, a table
-groups by it; ``MEASURE``: a number the run measured; ``INFO``: bookkeeping), ``unit``,
-``task`` (only runs of that task write the field) and ``from_epoch`` (copied from the
-last epoch record into metrics.json). Imports nothing but the standard library.
+groups by it; ``MEASURE``: a number the run measured; ``INFO``: bookkeeping), ``doc``,
+``unit``, ``title`` (a table's column header, where it has one), ``task`` (only runs of
+that task write the field) and ``reduce``: how the field is reduced from the level below
+(``REDUCTIONS``): an ``EpochRecord`` field from the values ``of`` its iterations (the
+trainer's ``train.Step``), a ``Metrics`` field from the epoch records' field of its name.
+The trainer builds its epoch records and metrics from these declarations alone
+(``epoch_state``/``add_iteration``/``epoch_values``, ``add_epoch``); an ``EpochRecord``
+field without ``reduce`` is measured at the epoch's end (evaluation, peaks, clocks).
+Imports nothing but the standard library.
 """
 
 import json
 import math
+import statistics
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,10 +43,43 @@ STATUSES = ("running", "finished", "failed", "interrupted")
 CLASSIFY, DENSITY = "classify", "density"  # the tasks (a model's trait, odenet/registry.py)
 
 
-def _f(kind: str, doc: str, unit: str = "", task: str | None = None,
-       from_epoch: bool = False, default: Any = None) -> Any:
-    return field(default=default, metadata={"kind": kind, "doc": doc, "unit": unit,
-                                            "task": task, "from_epoch": from_epoch})
+# how a field is reduced from the values of the level below (its ``reduce``); each is a fold
+# over a state of plain types, so that a checkpoint can hold an epoch's state mid-epoch
+MEAN, MEDIAN, LAST, MAX, SUM = "mean", "median", "last", "max", "sum"
+
+
+def _append(state: list, v: Any) -> list:
+    state.append(v)
+    return state
+
+
+@dataclass(frozen=True)
+class Reduction:
+    start: Callable[[], Any]
+    add: Callable[[Any, Any], Any]  # (state, value) -> state
+    value: Callable[[Any], Any]  # state -> the reduced value (None: no value was added)
+
+
+REDUCTIONS = {
+    # a running sum, as the trainer always summed (the same float32-born digits)
+    MEAN: Reduction(lambda: [0.0, 0], lambda s, v: [s[0] + v, s[1] + 1],
+                    lambda s: s[0] / s[1] if s[1] else None),
+    MEDIAN: Reduction(list, _append, lambda s: float(statistics.median(s)) if s else None),
+    LAST: Reduction(lambda: None, lambda s, v: v, lambda s: s),
+    MAX: Reduction(lambda: None, lambda s, v: v if s is None else max(s, v), lambda s: s),
+    SUM: Reduction(lambda: None, lambda s, v: v if s is None else s + v, lambda s: s),
+}
+# metrics.json keeps no state but its own values: only the folds whose state is their value
+METRICS_REDUCTIONS = (LAST, MAX, SUM)
+
+
+def _f(kind: str, doc: str, unit: str = "", task: str | None = None, *, reduce: str | None = None,
+       of: str | None = None, title: str | None = None, default: Any = None) -> Any:
+    """A field and its declaration; ``from_epoch`` (a Metrics field reduced from the epochs)
+    is kept for readers of the older metadata."""
+    return field(default=default, metadata={
+        "kind": kind, "doc": doc, "unit": unit, "task": task, "reduce": reduce, "of": of,
+        "title": title, "from_epoch": reduce is not None})
 
 
 @dataclass
@@ -63,36 +102,42 @@ class Metrics:
     solver_step_size: float | None = _f(SETTING, "fixed-grid step; null when adaptive")
     solver_last_step: str | None = _f(SETTING, "clamp | overshoot; null for fixed grids")
     # Contract 2's columns: every run writes them (null for density runs)
-    test_error: float | None = _f(MEASURE, "test-set error", "fraction", from_epoch=True)
-    train_error: float | None = _f(MEASURE, "training-set error", "fraction", from_epoch=True)
+    test_error: float | None = _f(MEASURE, "test-set error", "fraction", reduce=LAST,
+                                  title="Test error")
+    train_error: float | None = _f(MEASURE, "training-set error", "fraction", reduce=LAST)
     val_error: float | None = _f(MEASURE, "validation error (data.val_size; for choosing "
-                                 "settings)", "fraction", CLASSIFY, True)
-    test_nll: float | None = _f(MEASURE, "test negative log-likelihood", "nats", DENSITY, True)
-    train_nll: float | None = _f(MEASURE, "training NLL", "nats", DENSITY, True)
-    val_nll: float | None = _f(MEASURE, "validation NLL (data.val_size)", "nats", DENSITY, True)
+                                 "settings)", "fraction", CLASSIFY, reduce=LAST)
+    test_nll: float | None = _f(MEASURE, "test negative log-likelihood", "nats", DENSITY,
+                                reduce=LAST, title="Test NLL")
+    train_nll: float | None = _f(MEASURE, "training NLL", "nats", DENSITY, reduce=LAST,
+                                 title="Train NLL")
+    val_nll: float | None = _f(MEASURE, "validation NLL (data.val_size)", "nats", DENSITY,
+                               reduce=LAST)
     val_size: int | None = _f(SETTING, "validation samples; null: no validation split",
                               "samples")
-    params: int | None = _f(MEASURE, "trainable parameters", "count")
+    params: int | None = _f(MEASURE, "trainable parameters", "count", title="Params")
     residual_blocks: int | None = _f(SETTING, "residual blocks of the body; null without")
     nfe_forward_mean: float | None = _f(MEASURE, "NFE per forward solve, last epoch's "
-                                        "training iterations", "evaluations", from_epoch=True)
+                                        "training iterations", "evaluations", reduce=LAST,
+                                        title="NFE-F")
     nfe_backward_mean: float | None = _f(MEASURE, "NFE per adjoint backward solve",
-                                         "evaluations", from_epoch=True)
+                                         "evaluations", reduce=LAST, title="NFE-B")
     test_nfe_forward_mean: float | None = _f(MEASURE, "NFE per test batch", "evaluations",
-                                             from_epoch=True)
+                                             reduce=LAST)
     activation_mib: float | None = _f(MEASURE, "saved for backward, whole model, one "
-                                      "training iteration", "MiB", from_epoch=True)
+                                      "training iteration", "MiB", reduce=LAST)
     activation_block_mib: float | None = _f(MEASURE, "saved for backward by the ODE block "
-                                            "or the residual blocks", "MiB", from_epoch=True)
+                                            "or the residual blocks", "MiB", reduce=LAST)
     activation_nfe_forward: int | None = _f(MEASURE, "NFE-F of the iteration whose "
                                             "activations were measured", "evaluations",
-                                            from_epoch=True)
-    cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB", from_epoch=True)
-    rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB",
-                                    from_epoch=True)
-    sec_per_iter: float | None = _f(MEASURE, "median training iteration", "s",
-                                    from_epoch=True)
-    sec_per_test_batch: float | None = _f(MEASURE, "median test batch", "s", from_epoch=True)
+                                            reduce=LAST)
+    cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB", reduce=LAST)
+    rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB", reduce=LAST)
+    sec_per_iter: float | None = _f(MEASURE, "median training iteration", "s", reduce=LAST,
+                                    title="s / iter")
+    sec_per_test_batch: float | None = _f(MEASURE, "median test batch", "s", reduce=LAST,
+                                          title="s / test batch")
+    # the trainer's progress (train.Progress): what its last checkpoint holds
     epochs: int = _f(MEASURE, "epochs completed", "epochs", default=0)
     epochs_planned: int | None = _f(SETTING, "optim.epochs", "epochs")
     batch_size: int | None = _f(SETTING, "training batch", "samples")
@@ -102,7 +147,7 @@ class Metrics:
     max_iters_per_epoch: int | None = _f(SETTING, "train.max_iters_per_epoch")
     lr: float | None = _f(SETTING, "peak learning rate")
     schedule: str | None = _f(SETTING, "optim.schedule")
-    device: str | None = _f(SETTING, "torch device")
+    device: str | None = _f(SETTING, "torch device", title="Device")
     precision: str = _f(SETTING, "fp32 | bf16: the network layers' compute dtype",
                         default="fp32")
     threads: int | None = _f(INFO, "torch threads")
@@ -141,24 +186,45 @@ class EpochRecord:
     val_error: float | None = _f(MEASURE, "validation error", "fraction", CLASSIFY)
     test_nll: float | None = _f(MEASURE, "test NLL", "nats", DENSITY)
     val_nll: float | None = _f(MEASURE, "validation NLL", "nats", DENSITY)
-    nfe_forward_mean: float | None = _f(MEASURE, "NFE per forward solve", "evaluations")
-    nfe_backward_mean: float | None = _f(MEASURE, "NFE per backward solve", "evaluations")
+    nfe_forward_mean: float | None = _f(MEASURE, "NFE per forward solve", "evaluations",
+                                        reduce=MEAN, of="nfe_forward")
+    nfe_backward_mean: float | None = _f(MEASURE, "NFE per backward solve", "evaluations",
+                                         reduce=MEAN, of="nfe_backward")
     test_nfe_forward_mean: float | None = _f(MEASURE, "NFE per test batch", "evaluations")
-    activation_mib: float | None = _f(MEASURE, "saved for backward, whole model", "MiB")
-    activation_block_mib: float | None = _f(MEASURE, "saved for backward, blocks", "MiB")
+    # of the iteration whose activations were counted: each session's first in the epoch
+    activation_mib: float | None = _f(MEASURE, "saved for backward, whole model", "MiB",
+                                      reduce=LAST, of="activation_mib")
+    activation_block_mib: float | None = _f(MEASURE, "saved for backward, blocks", "MiB",
+                                            reduce=LAST, of="activation_block_mib")
     activation_nfe_forward: int | None = _f(MEASURE, "NFE-F of the measured iteration",
-                                            "evaluations")
+                                            "evaluations", reduce=LAST,
+                                            of="activation_nfe_forward")
     rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB")
     cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB")
-    loss: float | None = _f(MEASURE, "mean training loss")
+    loss: float | None = _f(MEASURE, "mean training loss", reduce=MEAN, of="loss")
     lr: float | None = _f(MEASURE, "learning rate at the epoch's end")
-    sec_per_iter: float | None = _f(MEASURE, "median training iteration", "s")
+    # the measured iteration's time includes the census: not a sample (its sample_seconds
+    # is None)
+    sec_per_iter: float | None = _f(MEASURE, "median training iteration", "s", reduce=MEDIAN,
+                                    of="sample_seconds")
     sec_per_test_batch: float | None = _f(MEASURE, "median test batch", "s")
     train_seconds: float | None = _f(MEASURE, "wall time of the epoch's training", "s")
     seconds: float | None = _f(MEASURE, "wall time of the epoch, evaluation included", "s")
 
 
 HISTORY_KINDS = {"iter": IterRecord, "epoch": EpochRecord}
+
+
+def _check_declarations() -> None:
+    """Each ``reduce`` names a fold the level can hold; a Metrics field's has its epoch
+    field. A bad declaration fails here, at import, not in the middle of a run."""
+    epoch = {f.name for f in fields(EpochRecord)}
+    bad = [f"EpochRecord.{f.name}" for f in _reduced(EpochRecord)
+           if f.metadata["reduce"] not in REDUCTIONS or not f.metadata["of"]]
+    bad += [f"Metrics.{f.name}" for f in _reduced(Metrics)
+            if f.metadata["reduce"] not in METRICS_REDUCTIONS or f.name not in epoch]
+    if bad:
+        raise ImportError(f"odenet.record: bad reduce declarations: {', '.join(bad)}")
 
 
 class RecordError(ValueError):
@@ -191,12 +257,59 @@ def names(record_type: type, kind: str | None = None, **meta: Any) -> list[str]:
             and all(f.metadata.get(k) == v for k, v in meta.items())]
 
 
-def copy_epoch(metrics: Metrics, epoch: dict) -> None:
-    """Copy an epoch record's aggregates (as JSON) into the run's metrics: the Metrics
-    fields marked from_epoch."""
-    for name in names(Metrics, from_epoch=True):
-        if name in epoch:
-            setattr(metrics, name, epoch[name])
+def fill(record_type: type, values: dict, **given: Any) -> Any:
+    """A ``record_type`` of ``given`` and, for its other fields, the value of the same name
+    in ``values`` where there is one (e.g. an IterRecord from an iteration's measures)."""
+    mine = {f.name for f in fields(record_type)}
+    return record_type(**{**{k: v for k, v in values.items() if k in mine}, **given})
+
+
+def _reduced(record_type: type) -> list:
+    return [f for f in fields(record_type) if f.metadata["reduce"] is not None]
+
+
+def epoch_state() -> dict[str, Any]:
+    """The state of an epoch that has no iteration yet: EpochRecord field -> its fold's."""
+    return {f.name: REDUCTIONS[f.metadata["reduce"]].start() for f in _reduced(EpochRecord)}
+
+
+def add_iteration(state: dict[str, Any], values: dict) -> None:
+    """Fold one iteration's ``values`` (by name: each EpochRecord field's ``of``) into
+    ``state``. None is no value: not measured at that iteration (the NFE of a model without
+    an ODE block, the activations of all but the measured iteration)."""
+    for f in _reduced(EpochRecord):
+        v = values[f.metadata["of"]]
+        if v is not None:
+            state[f.name] = REDUCTIONS[f.metadata["reduce"]].add(state[f.name], v)
+
+
+def epoch_values(state: dict[str, Any]) -> dict[str, Any]:
+    """The EpochRecord fields reduced from the epoch's iterations so far."""
+    return {f.name: REDUCTIONS[f.metadata["reduce"]].value(state[f.name])
+            for f in _reduced(EpochRecord)}
+
+
+def add_epoch(metrics: Metrics, epoch: dict) -> None:
+    """Fold an epoch record (as JSON) into the run's metrics: each Metrics field with a
+    ``reduce``, from the epoch field of its name. ``last`` takes the epoch's value even
+    when it is None (a measure the last epoch did not take is not the run's)."""
+    for f in _reduced(Metrics):
+        how, v = f.metadata["reduce"], epoch.get(f.name)
+        if f.name in epoch and (v is not None or how == LAST):
+            setattr(metrics, f.name, REDUCTIONS[how].add(getattr(metrics, f.name), v))
+
+
+def title(record_type: type, name: str) -> str:
+    """The column header of field ``name`` (its ``title``; the name when it has none)."""
+    return _field(record_type, name).metadata["title"] or name
+
+
+def unit(record_type: type, name: str) -> str:
+    return _field(record_type, name).metadata["unit"]
+
+
+def _field(record_type: type, name: str) -> Any:
+    return {f.name: f for f in fields(record_type)}[name]
 
 
 # ------------------------------------------------------------------------- reading
@@ -301,12 +414,18 @@ def fake(record_type: type = Metrics, **values: Any) -> dict:
     return to_json(record_type(**values))
 
 
+_check_declarations()
+
+
 def doc_table(record_type: type) -> str:
     """Markdown lines 'name | type | unit | meaning' of ``record_type`` (for DEVELOPERS.md)."""
     rows = []
     for f in fields(record_type):
         t = str(f.type).replace("typing.", "").replace("<class '", "").replace("'>", "")
         task = f" ({f.metadata['task']} runs)" if f.metadata["task"] else ""
+        how = f.metadata["reduce"]
+        if how is not None:  # its declaration: from the level below
+            task += f"; {how} of {f.metadata['of'] or f.name}"
         rows.append(f"| `{f.name}` | {t} | {f.metadata['unit']} | {f.metadata['doc']}{task} |")
     return "\n".join(rows)
 
@@ -314,5 +433,6 @@ def doc_table(record_type: type) -> str:
 __all__ = ["METRICS", "HISTORY", "EVALUATION", "CHECKPOINT_FILE", "GRADIENTS_FILE",
            "GRADIENTS_FIGURE", "CHECKPOINT_ID", "Metrics", "IterRecord", "EpochRecord",
            "RecordError", "STATUSES", "SETTING", "MEASURE", "INFO", "to_json", "for_task",
-           "names", "copy_epoch", "check", "check_file", "read_metrics", "read_history",
-           "fake", "doc_table"]
+           "names", "fill", "epoch_state", "add_iteration", "epoch_values", "add_epoch",
+           "title", "unit", "REDUCTIONS", "MEAN", "MEDIAN", "LAST", "MAX", "SUM", "check",
+           "check_file", "read_metrics", "read_history", "fake", "doc_table"]

@@ -104,10 +104,9 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def last_epoch(out: Path) -> dict | None:
-    """The last epoch record of a run's history.jsonl (on resume), or None."""
-    epochs = [r for r in record.read_history(out / HISTORY) if r["kind"] == "epoch"]
-    return epochs[-1] if epochs else None
+def epoch_records(out: Path) -> list[dict]:
+    """The epoch records of a run's history.jsonl, in order (on resume)."""
+    return [r for r in record.read_history(out / HISTORY) if r["kind"] == "epoch"]
 
 
 # ------------------------------------------------------------------------- display

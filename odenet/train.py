@@ -1,15 +1,18 @@
 """The one trainer all models share: ``run(cfg, out_dir) -> metrics``.
 
-Read top to bottom: ``run`` sets up (config, device, task, data, model, optimizer,
+Read top to bottom: ``_run`` sets up (run directory, device, task, data, model, optimizer,
 resume), then loops over epochs and iterations (``train_step``), evaluates at each
-epoch's end (``evaluate_split``), writes the epoch's record and a checkpoint, and ends
-with a status. What it writes (DEVELOPERS.md, Contract 2): metrics.json, history.jsonl
-and TensorBoard events through ``RunLog`` (odenet/runlog.py, records of
-odenet/record.py), checkpoint.pt through odenet/checkpoint.py.
+epoch's end (``_epoch_record``), writes the epoch's record and a checkpoint, and ends with
+a status (``_ending``, ``_close``). The records are built from their fields' declarations
+(odenet/record.py): an iteration's measures (``Step``) go by name into its IterRecord
+and, folded as each EpochRecord field declares, into the epoch's (``Progress.reduced``);
+the epochs fold into metrics.json as each Metrics field declares. What it writes
+(DEVELOPERS.md, Contract 2): metrics.json, history.jsonl and TensorBoard events through
+``RunLog`` (odenet/runlog.py), checkpoint.pt through odenet/checkpoint.py.
 
 The task (what is learned: data, loss, metric) is the model's trait (odenet/tasks.py);
 the loop, measurements, checkpoints, resume and failure handling are shared. No Hydra
-here: the command layer (odenet/app.py) composes the config and calls ``run``.
+here: the command layer (odenet/app.py) validates the config once and calls ``run``.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from torch import nn
 
 from odenet import checkpoint, measure, optim, record, rundir
 from odenet.config import ConfigError, as_dict, to_config, unused_settings
-from odenet.models import build_model, measured_blocks, reset_solver_stats, solver_stats
+from odenet.models import build, measured_blocks, reset_solver_stats, solver_stats
 from odenet.registry import spec
-from odenet.runlog import Bars, Heartbeat, RunLog, last_epoch, log_epoch
+from odenet.runlog import Bars, Heartbeat, RunLog, epoch_records, log_epoch
 from odenet.runtime import (
     autocast,
     git_commit,
@@ -41,6 +44,7 @@ from odenet.runtime import (
     seed_everything,
     set_rng_state,
 )
+from odenet.schedules import SCHEDULES
 from odenet.solvers import FIXED_METHODS, SolverError
 from odenet.tasks import TASKS, Task
 
@@ -57,31 +61,78 @@ RESUMABLE_CHANGES = ("optim.epochs", "train.log_every", "train.train_eval_size",
 
 @dataclass
 class Progress:
-    """Where the run stands; saved in checkpoints (plain types only)."""
+    """Where the run stands; saved in checkpoints (plain types only). The epoch so far is
+    ``reduced``: each EpochRecord field that its iterations make, folded as the field
+    declares (its ``reduce`` of the Step values ``of``, odenet/record.py)."""
 
     epoch: int = 0  # epochs completed
     batch: int = 0  # batches of epoch `epoch` already trained
     step: int = 0  # optimizer steps in total
     wall: float = 0.0  # seconds spent in earlier sessions of this run
-    # accumulators of the current epoch
-    loss_sum: float = 0.0
-    iters: int = 0
-    nfe_f: int = 0
-    nfe_b: int = 0
+    reduced: dict[str, Any] = field(default_factory=record.epoch_state)
+    # the task's sums over the epoch's iterations: its train metric without a train_eval split
     sums: dict[str, float] = field(default_factory=dict)
-    times: list[float] = field(default_factory=list)
-    # activations of the epoch's measured iteration: whole model, blocks, its NFE-F
-    activation: list[float | None] = field(default_factory=lambda: [None, None, None])
-    epoch_seconds: float = 0.0
+    epoch_seconds: float = 0.0  # the epoch's training in earlier sessions
     history_bytes: int = 0
 
-    def new_epoch(self) -> None:
-        self.loss_sum, self.iters, self.nfe_f, self.nfe_b = 0.0, 0, 0, 0
-        self.sums, self.times, self.activation = {}, [], [None, None, None]
-        self.epoch_seconds = 0.0
+    def __post_init__(self) -> None:
+        # this session's clocks (not state): since its start, since the epoch's start
+        self._since = self._epoch_start = time.perf_counter()
+
+    def add(self, step: Step) -> None:
+        """One iteration trained: count it and fold its measures into the epoch's."""
+        self.batch += 1
+        self.step += 1
+        record.add_iteration(self.reduced, vars(step))
+        for k, v in step.sums.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+
+    def at(self) -> dict[str, int]:
+        """Where the iteration just trained stands, as IterRecord says it."""
+        return {"epoch": self.epoch, "iter": self.batch - 1, "step": self.step}
+
+    def start_epoch(self) -> None:
+        self._epoch_start = time.perf_counter() - self.epoch_seconds
+
+    def epoch_elapsed(self) -> float:
+        return time.perf_counter() - self._epoch_start
+
+    def wall_now(self) -> float:
+        return self.wall + time.perf_counter() - self._since
+
+    def _bank_wall(self) -> None:
+        now = time.perf_counter()
+        self.wall, self._since = self.wall + now - self._since, now
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batch, self.reduced, self.sums, self.epoch_seconds = 0, record.epoch_state(), {}, 0.0
+        self._bank_wall()
+
+    def pause(self) -> None:
+        """Stopped within an epoch: keep the time this session trained of it."""
+        self.epoch_seconds = self.epoch_elapsed() if self.batch else 0.0
+        self._bank_wall()
 
     def state(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Progress:
+        """A checkpoint's Progress. One written before the records declared their
+        reductions kept the epoch's sums by hand: rebuilt into ``reduced``."""
+        state = dict(state)
+        if "loss_sum" in state:
+            n = state.pop("iters")
+            n_nfe = n if state["nfe_f"] else 0  # no evaluation at all: no ODE block
+            act = [*state.pop("activation"), None][:3]  # before activation NFE: 2 entries
+            state["reduced"] = {
+                **record.epoch_state(), "loss": [state.pop("loss_sum"), n],
+                "nfe_forward_mean": [state.pop("nfe_f"), n_nfe],
+                "nfe_backward_mean": [state.pop("nfe_b"), n_nfe],
+                "sec_per_iter": state.pop("times"), "activation_mib": act[0],
+                "activation_block_mib": act[1], "activation_nfe_forward": act[2]}
+        return cls(**state)
 
 
 class Stop(Exception):
@@ -101,13 +152,14 @@ last_signal: int | None = None  # the signal that stopped the last run() in this
 
 # ============================================================================ the run
 def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
-    """Train ``cfg`` (a validated Config, DictConfig or dict) writing into ``out_dir``.
+    """Train ``cfg`` writing into ``out_dir``: a Config validated by the command layer
+    (``config.to_config``; taken as it is), or a DictConfig or dict (tests; validated here).
 
     Returns the metrics record (also in metrics.json). Never raises for a failed or
     interrupted run: ``status`` says what happened and ``reason`` why. Raises
     ConfigError/DataError before anything is written if the run cannot start.
     """
-    cfg = to_config(cfg)
+    cfg = to_config(cfg)  # a typed Config is returned as it is
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -122,8 +174,74 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
 
 def _run(cfg: Any, out: Path) -> dict[str, Any]:
     global last_signal
+    ck, done = _take_over(cfg, out)  # the checkpoint to continue from; a finished run
+    if done is not None:
+        return done
+    prog = Progress.from_state(ck["progress"]) if ck else Progress()  # its clock starts
+    device = _runtime(cfg)
+    task: Task = TASKS[spec(cfg.model.name).task]()
+    loaders = task.loaders(cfg, device)
+    model = build(cfg.model, cfg.solver).to(device)
+    ipe = min(len(loaders.train), cfg.train.max_iters_per_epoch or len(loaders.train))
+    optimizer, scheduler = optim.build(cfg, model.parameters(), ipe)
+    _resume(ck, model, optimizer, scheduler)
+    runlog, metrics = _open_records(cfg, out, task, model, loaders, device, prog, ck, ipe)
+    save = _Saver(out, cfg, model, optimizer, scheduler, prog, runlog)
+    blocks, epochs = measured_blocks(model), cfg.optim.epochs
+    status, reason, signum, session_iters = "running", None, None, 0
+    try:
+        with _Signals() as sig, Bars(cfg.train.progress) as bars:
+            heartbeat = Heartbeat(enabled=not bars.shown)
+            epoch_bar = bars.epochs(epochs, prog.epoch)
+            while prog.epoch < epochs:
+                loaders.train.set_epoch(prog.epoch)
+                prog.start_epoch()
+                batch_bar = bars.batches(ipe, prog.batch, prog.epoch)
+                census = cfg.train.measure_memory  # the epoch's first iteration of a session
+                while prog.batch < ipe:
+                    step = train_step(task, model, optimizer, loaders.train.batch(prog.batch),
+                                      device, blocks if census else None, cfg.precision)
+                    scheduler.step()
+                    prog.add(step)
+                    census = False
+                    if prog.step % cfg.train.log_every == 0 or prog.batch == ipe:
+                        runlog.iteration(record.fill(record.IterRecord, vars(step), **prog.at()))
+                    batch_bar.update(1)
+                    batch_bar.set_postfix(step.postfix(), refresh=False)
+                    heartbeat.tick(prog.epoch, epochs, prog.batch, ipe, step.loss,
+                                   (step.nfe_forward, step.nfe_backward), step.seconds)
+                    session_iters += 1
+                    if session_iters == cfg.train.stop_after_iters:
+                        raise Stop(f"train.stop_after_iters={session_iters} reached")
+                    sig.check("received")
+                batch_bar.close()
+                # ---- the epoch's end: evaluate, record, checkpoint
+                erec = _epoch_record(cfg, task, model, loaders, optimizer, device, prog, bars,
+                                     sig)
+                runlog.epoch(erec, metrics.task, prog.step)
+                prog.next_epoch()
+                save()
+                record.add_epoch(metrics, record.to_json(erec))
+                metrics.epochs, metrics.wall_seconds = prog.epoch, prog.wall
+                runlog.metrics(metrics)
+                epoch_bar.update(1)
+                log_epoch(record.to_json(erec), task.metric, epochs)
+            epoch_bar.close()
+            status = "finished"
+    except (KeyboardInterrupt, Exception) as e:  # KeyboardInterrupt: a second Ctrl-C
+        status, reason, signum = _ending(e, prog, save, out, ipe)
+    finally:
+        _close(runlog, metrics, task.metric, (status, reason), save.epoch, prog)
+    last_signal = signum  # for the command's exit code
+    return record.to_json(metrics)
+
+
+def _take_over(cfg: Any, out: Path) -> tuple[dict | None, dict | None]:
+    """(the checkpoint to continue, the metrics of a run with nothing left to do) for
+    ``out``, after the resume/overwrite rules: a run there is refused unless resumed
+    (``check_resume``) or overwritten."""
     rundir.remove_orphans(out)
-    ck = None  # the checkpoint to continue from
+    ck = None
     if cfg.resume:
         if (out / checkpoint.CHECKPOINT_FILE).is_file():
             ck = check_resume(cfg, out)
@@ -131,214 +249,161 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
         if done is not None:
             log.info("resume=true: the run in %s has finished its %d epochs; nothing to do",
                      out, done["epochs"])
-            return done
+            return ck, done
+        if ck is None:
+            log.warning("resume=true but there is no %s in %s: starting from scratch",
+                        checkpoint.CHECKPOINT_FILE, out)
     elif rundir.holds_run(out):
         if not cfg.overwrite:
             raise ConfigError(f"{out} already holds a run: resume=true continues it, "
                               "overwrite=true deletes it and starts afresh")
         log.warning("overwrite=true: deleted %s of the run in %s",
                     ", ".join(rundir.clear(out)), out)
-    t_start = time.perf_counter()
+    return ck, None
+
+
+def _runtime(cfg: Any) -> torch.device:
+    """Threads, device and seeds of the run; the device's memory peaks start afresh."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    return device
 
-    # ---- what is learned, from what, by which network
-    model_spec = spec(cfg.model.name)
-    task: Task = TASKS[model_spec.task]()
-    loaders = task.loaders(cfg, device)
-    train_data, test_data = loaders.train, loaders.test
-    evals = {"test": test_data, "train": loaders.train_eval, "val": loaders.val}
-    evals = {name: loader for name, loader in evals.items() if loader is not None}
-    model = build_model(cfg.model, cfg.solver).to(device)
-    ipe = len(train_data)  # iterations per epoch
-    if cfg.train.max_iters_per_epoch is not None:
-        ipe = min(ipe, cfg.train.max_iters_per_epoch)
-    optimizer, scheduler = optim.build(cfg, model.parameters(), ipe)
 
-    # ---- a new run, or the one in out_dir continued
-    prog = Progress()
-    ckpt_path = out / checkpoint.CHECKPOINT_FILE
-    resumed = ck is not None
-    if resumed:
-        prog = _resume(ck, model, optimizer, scheduler)
-    elif cfg.resume:
-        log.warning("resume=true but there is no %s in %s: starting from scratch",
-                    checkpoint.CHECKPOINT_FILE, out)
+def _open_records(cfg: Any, out: Path, task: Task, model: nn.Module, loaders: Any,
+                  device: torch.device, prog: Progress, ck: dict | None,
+                  ipe: int) -> tuple[RunLog, record.Metrics]:
+    """The run's RunLog (history truncated to the checkpoint's) and its first metrics.json
+    (a resumed run's: its epochs so far, each folded in as a new one would be)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     measure.reset_rss_peak()  # this run's peak, not an earlier job's in the same process
-    runlog = RunLog(out, cfg.train.tensorboard,
-                    (prog.history_bytes, prog.step) if resumed else None)
+    runlog = RunLog(out, cfg.train.tensorboard, (prog.history_bytes, prog.step) if ck else None)
     metrics = _new_metrics(cfg, task, model, loaders, device)
     metrics.epochs = prog.epoch
-    if resumed:
-        record.copy_epoch(metrics, last_epoch(out) or {})
-    blocks = measured_blocks(model)
-    has_ode = model_spec.ode_block
-    log.info("%s: %s, %d parameters, %s, %d x %d iterations -> %s", "resuming" if resumed
-             else "training", cfg.model.name, metrics.params, device, cfg.optim.epochs, ipe, out)
+    for epoch in (epoch_records(out) if ck else []):
+        record.add_epoch(metrics, epoch)
+    log.info("%s: %s, %d parameters, %s, %d x %d iterations -> %s",
+             "resuming" if ck else "training", cfg.model.name, metrics.params, device,
+             cfg.optim.epochs, ipe, out)
     log.info("threads %d, OMP_WAIT_POLICY=%s, GOMP_SPINCOUNT=%s (odenet/openmp.py)",
              torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "-"),
              os.environ.get("GOMP_SPINCOUNT", "-"))
     _note_settings(cfg, loaders)
     runlog.metrics(metrics)
+    return runlog, metrics
 
-    saved = {"epoch": prog.epoch}  # what checkpoint.pt holds: metrics.json never claims more
 
-    def save() -> None:
-        prog.history_bytes = runlog.history_bytes
-        checkpoint.save(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": prog.epoch, "batch": prog.batch,
-            "progress": prog.state(), "rng": rng_state(), "config": as_dict(cfg),
-            "torch_version": str(torch.__version__)})
-        saved["epoch"] = prog.epoch
+class _Saver:
+    """``save()`` writes checkpoint.pt; ``epoch`` is what it holds (metrics.json never
+    claims more epochs than the checkpoint)."""
 
-    # ---- the loop
-    status, reason, signum = "running", None, None
-    session_iters = 0
-    t_epoch = time.perf_counter()
-    try:
-        with _Signals() as sig, Bars(cfg.train.progress) as bars:
-            heartbeat = Heartbeat(enabled=not bars.shown)
-            epoch_bar = bars.epochs(cfg.optim.epochs, prog.epoch)
-            while prog.epoch < cfg.optim.epochs:
-                epoch = prog.epoch
-                train_data.set_epoch(epoch)
-                t_epoch = time.perf_counter() - prog.epoch_seconds
-                batch_bar = bars.batches(ipe, prog.batch, epoch)
-                measure_now = cfg.train.measure_memory  # on each epoch's first iteration
-                while prog.batch < ipe:
-                    i = prog.batch
-                    lr = optimizer.param_groups[0]["lr"]
-                    step = train_step(task, model, optimizer, train_data.batch(i), device,
-                                      blocks if measure_now else None, cfg.precision)
-                    scheduler.step()
-                    prog.batch += 1
-                    prog.step += 1
-                    prog.iters += 1
-                    prog.loss_sum += step.loss
-                    prog.nfe_f += step.nfe_forward or 0
-                    prog.nfe_b += step.nfe_backward or 0
-                    for k, v in step.sums.items():
-                        prog.sums[k] = prog.sums.get(k, 0) + v
-                    if measure_now:  # its time includes the census: not a timing sample
-                        prog.activation = [step.activation_mib, step.activation_block_mib,
-                                           step.nfe_forward]
-                        measure_now = False
-                    else:
-                        prog.times.append(step.seconds)
-                    if prog.step % cfg.train.log_every == 0 or prog.batch == ipe:
-                        runlog.iteration(record.IterRecord(
-                            epoch=epoch, iter=i, step=prog.step, loss=step.loss,
-                            nfe_forward=step.nfe_forward, nfe_backward=step.nfe_backward,
-                            steps_accepted=step.steps_accepted,
-                            steps_rejected=step.steps_rejected, seconds=step.seconds, lr=lr))
-                    batch_bar.update(1)
-                    batch_bar.set_postfix(step.postfix(), refresh=False)
-                    heartbeat.tick(epoch, cfg.optim.epochs, prog.batch, ipe, step.loss,
-                                   (step.nfe_forward, step.nfe_backward), step.seconds)
-                    session_iters += 1
-                    stop_after = cfg.train.stop_after_iters
-                    if stop_after is not None and session_iters >= stop_after:
-                        raise Stop(f"train.stop_after_iters={stop_after} reached")
-                    sig.check("received")
-                batch_bar.close()
+    def __init__(self, out: Path, cfg: Any, model, optimizer, scheduler, prog: Progress,
+                 runlog: RunLog):
+        self.path, self.cfg, self.prog, self.runlog = (out / checkpoint.CHECKPOINT_FILE, cfg,
+                                                       prog, runlog)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.epoch = prog.epoch
 
-                # ---- end of the epoch: evaluate, record, checkpoint
-                train_seconds = time.perf_counter() - t_epoch
-                ev = {}
-                for name, loader in evals.items():
-                    bar = bars.eval(len(loader), name)
-                    ev[name] = evaluate_split(
-                        task, model, loader, device, bar=bar, precision=cfg.precision,
-                        check=lambda n=name: sig.check(f"received during {n} evaluation"))
-                    bar.close()
-                test = ev["test"]
-                train_metric = ev["train"]["value"] if "train" in ev else task.reduce(prog.sums)
-                erec = record.EpochRecord(
-                    epoch=epoch,
-                    nfe_forward_mean=prog.nfe_f / prog.iters if has_ode and prog.iters else None,
-                    nfe_backward_mean=prog.nfe_b / prog.iters if has_ode and prog.iters
-                    else None,
-                    test_nfe_forward_mean=test["nfe_forward_mean"],
-                    activation_mib=prog.activation[0], activation_block_mib=prog.activation[1],
-                    activation_nfe_forward=prog.activation[2],
-                    rss_peak_mib=measure.rss_peak_mib(),
-                    cuda_peak_mib=measure.cuda_peak_mib(device),
-                    loss=prog.loss_sum / prog.iters if prog.iters else None,
-                    lr=optimizer.param_groups[0]["lr"],
-                    sec_per_iter=measure.median(prog.times),
-                    sec_per_test_batch=measure.median(test["times"]),
-                    train_seconds=train_seconds, seconds=time.perf_counter() - t_epoch)
-                setattr(erec, f"train_{task.metric}", train_metric)
-                setattr(erec, f"test_{task.metric}", test["value"])
-                if "val" in ev:
-                    setattr(erec, f"val_{task.metric}", ev["val"]["value"])
-                runlog.epoch(erec, metrics.task, prog.step)
-                prog.epoch += 1
-                prog.batch = 0
-                prog.new_epoch()
-                prog.wall += time.perf_counter() - t_start
-                t_start = time.perf_counter()
-                save()
-                record.copy_epoch(metrics, record.to_json(erec))
-                metrics.epochs, metrics.wall_seconds = prog.epoch, prog.wall
-                runlog.metrics(metrics)
-                epoch_bar.update(1)
-                log_epoch(record.to_json(erec), task.metric, cfg.optim.epochs)
-            epoch_bar.close()
-            status = "finished"
-    except Stop as e:
-        status, reason, signum = "interrupted", e.reason, e.signum
-        prog.epoch_seconds = time.perf_counter() - t_epoch if prog.batch else 0.0
-        prog.wall += time.perf_counter() - t_start
-        t_start = time.perf_counter()
+    def __call__(self) -> None:
+        prog = self.prog
+        prog.history_bytes = self.runlog.history_bytes
+        checkpoint.save(self.path, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "epoch": prog.epoch,
+            "batch": prog.batch, "progress": prog.state(), "rng": rng_state(),
+            "config": as_dict(self.cfg), "torch_version": str(torch.__version__)})
+        self.epoch = prog.epoch
+
+
+def _epoch_record(cfg: Any, task: Task, model: nn.Module, loaders: Any, optimizer: Any,
+                  device: torch.device, prog: Progress, bars: Bars,
+                  sig: _Signals) -> record.EpochRecord:
+    """The epoch's record: the fields its iterations make (``prog.reduced``), and those
+    measured at its end: every split's metric (the train metric from the iterations' sums
+    without a train_eval split), test NFE and time, memory peaks, the learning rate and
+    the epoch's clocks."""
+    train_seconds = prog.epoch_elapsed()
+    splits = {"test": loaders.test, "train": loaders.train_eval, "val": loaders.val}
+    ev = {}
+    for name, loader in splits.items():
+        if loader is not None:
+            bar = bars.eval(len(loader), name)
+            ev[name] = evaluate_split(
+                task, model, loader, device, bar=bar, precision=cfg.precision,
+                check=lambda n=name: sig.check(f"received during {n} evaluation"))
+            bar.close()
+    end = {f"{name}_{task.metric}": e["value"] for name, e in ev.items()}
+    if "train" not in ev:
+        end[f"train_{task.metric}"] = task.reduce(prog.sums)
+    return record.EpochRecord(
+        epoch=prog.epoch, **record.epoch_values(prog.reduced), **end,
+        test_nfe_forward_mean=ev["test"]["nfe_forward_mean"],
+        sec_per_test_batch=measure.median(ev["test"]["times"]),
+        rss_peak_mib=measure.rss_peak_mib(), cuda_peak_mib=measure.cuda_peak_mib(device),
+        lr=optimizer.param_groups[0]["lr"], train_seconds=train_seconds,
+        seconds=prog.epoch_elapsed())
+
+
+def _ending(e: BaseException, prog: Progress, save: _Saver, out: Path,
+            ipe: int) -> tuple[str, str | None, int | None]:
+    """(status, reason, signal) of a run the loop left by ``e``; an interrupted run is
+    checkpointed where it stopped."""
+    if isinstance(e, Stop):
+        prog.pause()
         save()
         log.warning("interrupted (%s) at epoch %d, iteration %d/%d: checkpoint saved to %s; "
-                    "continue with: %s", e.reason, prog.epoch, prog.batch, ipe, ckpt_path,
+                    "continue with: %s", e.reason, prog.epoch, prog.batch, ipe, save.path,
                     rundir.resume_command(out))
-    except KeyboardInterrupt:
-        status, reason, signum = "interrupted", "SIGINT twice: stopped at once", signal.SIGINT
+        return "interrupted", e.reason, e.signum
+    if isinstance(e, KeyboardInterrupt):
         log.warning("interrupted at once: the last checkpoint (%s, epoch boundary) is "
-                    "unchanged", ckpt_path)
-    except (Failure, SolverError) as e:
-        status = "failed"
+                    "unchanged", save.path)
+        return "interrupted", "SIGINT twice: stopped at once", signal.SIGINT
+    where = f" (epoch {prog.epoch}, iteration {prog.batch})"
+    if isinstance(e, (Failure, SolverError)):
         reason = f"{type(e).__name__}: {e}" if isinstance(e, SolverError) else str(e)
-        reason = " ".join(reason.split()) + f" (epoch {prog.epoch}, iteration {prog.batch})"
+        reason = " ".join(reason.split()) + where
         log.error("run failed: %s", reason)
-    except Exception as e:  # a bug or a resource error: record it, let a sweep go on
-        status, reason = "failed", " ".join(f"{type(e).__name__}: {e}".split())
-        reason += f" (epoch {prog.epoch}, iteration {prog.batch})"
+    else:  # a bug or a resource error: record it, let a sweep go on
+        reason = " ".join(f"{type(e).__name__}: {e}".split()) + where
         log.exception("run failed: %s", reason)
-    finally:
-        metrics.status, metrics.reason, metrics.epochs = status, reason, saved["epoch"]
-        metrics.wall_seconds = prog.wall + time.perf_counter() - t_start
-        try:
-            runlog.metrics(metrics)
-        except OSError as e:  # e.g. the disk filled up: say so, keep the last metrics.json
-            log.error("cannot write %s: %s", out / record.METRICS, e.strerror or e)
-        runlog.close(metrics, task.metric)
-    last_signal = signum  # for the command's exit code
-    return record.to_json(metrics)
+    return "failed", reason, None
+
+
+def _close(runlog: RunLog, metrics: record.Metrics, metric: str,
+           outcome: tuple[str, str | None], epochs: int, prog: Progress) -> None:
+    """The run's last metrics.json (its status and reason, the checkpoint's epochs, all its
+    wall time), then the history and TensorBoard closed."""
+    (metrics.status, metrics.reason), metrics.epochs = outcome, epochs
+    metrics.wall_seconds = prog.wall_now()
+    try:
+        runlog.metrics(metrics)
+    except OSError as e:  # e.g. the disk filled up: say so, keep the last metrics.json
+        log.error("cannot write %s: %s", runlog.out / record.METRICS, e.strerror or e)
+    runlog.close(metrics, metric)
 
 
 # ============================================================================ one iteration
 @dataclass
 class Step:
-    """What one training iteration measured."""
+    """What one training iteration measured, by the names the records read: IterRecord's
+    fields and the ``of`` of the EpochRecord fields its iterations make (odenet/record.py)."""
 
     loss: float
     sums: dict[str, float]
     seconds: float
+    lr: float  # the step's learning rate
     nfe_forward: int | None = None
     nfe_backward: int | None = None
     steps_accepted: int | None = None
     steps_rejected: int | None = None
+    # the iteration whose activations were counted; None for the others
     activation_mib: float | None = None
     activation_block_mib: float | None = None
+    activation_nfe_forward: int | None = None
+    sample_seconds: float | None = None  # seconds, but None when counted: not a timing sample
 
     def postfix(self) -> dict[str, str]:
         p = {"loss": f"{self.loss:.3f}"}
@@ -355,28 +420,29 @@ def train_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, b
     (autocast computes the loss in fp32; backward and the step run outside autocast)."""
     model.train()
     reset_solver_stats(model)
-    meter = measure.ActivationMeter(model, measure_blocks) if measure_blocks is not None \
-        else None
+    lr = optimizer.param_groups[0]["lr"]
+    counted = measure_blocks is not None
+    meter = measure.ActivationMeter(model, measure_blocks) if counted else None
     with measure.Timer(device) as timer:
         with meter if meter is not None else contextlib.nullcontext():
             with autocast(precision, device):
                 loss, sums = task.train_loss(model, batch)
-        fwd = solver_stats(model)
+        fwd = solver_stats(model) or {}
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise Failure(f"non-finite loss ({loss_value}): lower optim.lr or the tolerance")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        bwd = solver_stats(model)
+        bwd = solver_stats(model) or {}
     return Step(
         loss=loss_value, sums={k: float(v) for k, v in sums.items()}, seconds=timer.seconds,
-        nfe_forward=fwd["nfe_forward"] if fwd else None,
-        nfe_backward=bwd["nfe_backward"] if bwd else None,
-        steps_accepted=fwd["steps_accepted"] if fwd else None,
-        steps_rejected=fwd["steps_rejected"] if fwd else None,
-        activation_mib=meter.total_mib if meter else None,
-        activation_block_mib=meter.block_mib if meter else None)
+        lr=lr, nfe_forward=fwd.get("nfe_forward"), nfe_backward=bwd.get("nfe_backward"),
+        steps_accepted=fwd.get("steps_accepted"), steps_rejected=fwd.get("steps_rejected"),
+        activation_mib=meter.total_mib if counted else None,
+        activation_block_mib=meter.block_mib if counted else None,
+        activation_nfe_forward=fwd.get("nfe_forward") if counted else None,
+        sample_seconds=None if counted else timer.seconds)
 
 
 @torch.no_grad()
@@ -505,22 +571,24 @@ def _check_epochs_change(was: int, o: Any) -> None:
     a cosine or one-cycle schedule is fitted to optim.epochs, so changing them would
     splice two schedules into one run."""
     if o.epochs != was and o.schedule in optim.FITTED_TO_LENGTH:
+        free = " and ".join(s.name for s in SCHEDULES.values() if not s.fitted_to_length)
         raise ConfigError(
             f"resume=true: optim.epochs={o.epochs} but the run has optim.epochs={was}, and "
             f"its {o.schedule} schedule is fitted to them (every step's learning rate would "
-            f"change); only multistep and constant runs can be extended: train {o.epochs} "
+            f"change); only {free} runs can be extended: train {o.epochs} "
             "epochs afresh (overwrite=true, or another hydra.run.dir)")
 
 
-def _resume(ck: dict[str, Any], model, optimizer, scheduler) -> Progress:
+def _resume(ck: dict[str, Any] | None, model, optimizer, scheduler) -> None:
+    """The states of the checkpoint continued (None: a new run)."""
+    if ck is None:
+        return
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
     set_rng_state(ck["rng"])
-    prog = Progress(**ck["progress"])
-    prog.activation = [*prog.activation, None][:3]  # checkpoints before activation NFE had 2
-    log.info("resuming at epoch %d, iteration %d", prog.epoch, prog.batch)
-    return prog
+    log.info("resuming at epoch %d, iteration %d", ck["progress"]["epoch"],
+             ck["progress"]["batch"])
 
 
 class _Signals:

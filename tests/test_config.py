@@ -9,7 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from odenet.app import compose, error_line
-from odenet.config import Config, ConfigError, model_config, to_config
+from odenet.config import Config, ConfigError, is_typed, model_config, to_config
+from odenet.record import CLASSIFY
+from odenet.registry import MODELS, models_of
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("model", "solver", "data", "optim", "experiment")
@@ -38,7 +40,7 @@ def test_every_group_option_composes(group, option):
 
 
 def test_the_groups_hold_what_the_issue_lists():
-    assert options("model") == ["cnf", "mlp", "odenet", "planar", "resnet", "rknet"]
+    assert options("model") == sorted(MODELS)  # one file per model of the registry
     assert {"paper", "quick", "smoke"} <= set(options("experiment"))
     from odenet.solvers import METHODS
 
@@ -46,7 +48,7 @@ def test_the_groups_hold_what_the_issue_lists():
 
 
 @pytest.mark.parametrize("experiment", ["paper", "quick", "smoke"])
-@pytest.mark.parametrize("model", ["mlp", "resnet", "odenet", "rknet"])
+@pytest.mark.parametrize("model", models_of(CLASSIFY))
 def test_experiments_compose_with_every_model(experiment, model):
     cfg = compose([f"experiment={experiment}", f"model={model}"])
     assert cfg.model.name == model and cfg.experiment_name == experiment
@@ -280,7 +282,6 @@ def test_per_model_experiment_deltas_apply_automatically(option):
 def test_yaml_and_schema_defaults_agree():
     """Defaults are written in configs/ and in the schemas (which also fill settings an
     old checkpoint lacks): composing the default files gives the schemas' defaults."""
-    from odenet.registry import MODELS
 
     assert OmegaConf.to_container(compose([])) == OmegaConf.to_container(to_config({}))
     for name, spec in MODELS.items():
@@ -308,3 +309,14 @@ def test_evaluate_chooses_the_device_as_training_does():
 
     assert EvaluateConfig().device == "auto"
     assert OmegaConf.load(CONFIGS / "evaluate.yaml").device == "auto"
+
+
+def test_a_config_to_config_made_is_handed_down_as_it_is_and_a_copy_is_validated():
+    """Issue 18: validated once; a merged copy (read-only and typed like the original, but
+    holding anything) is not taken on trust."""
+    c = compose([])
+    assert is_typed(c) and to_config(c) is c
+    bad = OmegaConf.merge(c, {"solver": {"rtol": -1.0}})
+    assert not is_typed(bad) and not is_typed(OmegaConf.to_container(c))
+    with pytest.raises(ConfigError, match=r"solver.rtol must be > 0 \(got -1.0\)"):
+        to_config(bad)

@@ -76,3 +76,55 @@ def test_non_finite_numbers_are_written_as_null():
     m = record.to_json(Metrics(model="mlp", test_error=float("nan"), sec_per_iter=float("inf")))
     assert m["test_error"] is None and m["sec_per_iter"] is None
     json.dumps(m, allow_nan=False)
+
+
+# the reductions, each over the values 3, 1, 2 (a new one adds its line)
+FOLDS = {record.MEAN: 2.0, record.MEDIAN: 2.0, record.LAST: 2, record.MAX: 3, record.SUM: 6}
+
+
+def test_every_reduction_is_tested():
+    assert set(FOLDS) == set(record.REDUCTIONS)
+
+
+@pytest.mark.parametrize("how", list(FOLDS))
+def test_each_reduction_folds_its_values(how):
+    r = record.REDUCTIONS[how]
+    state = r.start()
+    for v in (3, 1, 2):
+        state = r.add(state, v)
+    assert r.value(state) == FOLDS[how] and r.value(r.start()) is None
+
+
+def test_an_epoch_is_its_iterations_reduced_as_its_fields_declare():
+    """Issue 18: the trainer copies nothing by hand; a None is a value not measured then."""
+    state = record.epoch_state()
+    common = {"nfe_backward": None, "activation_block_mib": None}
+    record.add_iteration(state, {**common, "loss": 2.0, "nfe_forward": 20,
+                                 "activation_mib": 5.0, "activation_nfe_forward": 20,
+                                 "sample_seconds": None})  # the measured iteration
+    for loss, nfe, sec in (1.0, 26, 0.3), (0.5, 32, 0.1):
+        record.add_iteration(state, {**common, "loss": loss, "nfe_forward": nfe,
+                                     "activation_mib": None, "activation_nfe_forward": None,
+                                     "sample_seconds": sec})
+    assert record.epoch_values(state) == {
+        "loss": 3.5 / 3, "nfe_forward_mean": 26.0, "nfe_backward_mean": None,
+        "activation_mib": 5.0, "activation_block_mib": None, "activation_nfe_forward": 20,
+        "sec_per_iter": pytest.approx(0.2)}
+    json.dumps(state)  # plain types: a checkpoint holds it mid-epoch
+
+
+def test_metrics_hold_the_last_epochs_values_none_included():
+    m = Metrics(model="mlp")
+    record.add_epoch(m, record.fake(EpochRecord, test_error=0.1, activation_mib=3.0))
+    record.add_epoch(m, record.fake(EpochRecord, test_error=0.05, activation_mib=None))
+    assert (m.test_error, m.activation_mib, m.params) == (0.05, None, None)
+
+
+def test_the_tables_headers_are_the_fields_titles():
+    from odenet.report import table
+
+    for name in ("params", "sec_per_iter", "sec_per_test_batch", "nfe_forward_mean",
+                 "nfe_backward_mean", "device"):
+        assert record.title(Metrics, name) in table.MD_HEADER, name
+    assert "Test error (%)" in table.MD_HEADER  # shown in percent of the fraction
+    assert {"Test NLL (nats)", "Train NLL (nats)"} <= set(table.DENSITY_MD_HEADER)

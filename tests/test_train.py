@@ -16,10 +16,11 @@ from odenet import record
 from odenet.app import compose
 from odenet.checkpoint import load as load_checkpoint
 from odenet.config import ConfigError
+from odenet.measure import count_parameters
 from odenet.models import build_model
-from odenet.optim import lr_factor
-from odenet.record import CHECKPOINT_FILE
-from odenet.train import run
+from odenet.record import CHECKPOINT_FILE, CLASSIFY
+from odenet.registry import models_of, spec
+from odenet.train import Progress, Step, run
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 
@@ -36,7 +37,6 @@ ITER_KEYS = {"kind", "epoch", "iter", "loss", "nfe_forward", "nfe_backward", "st
 EPOCH_KEYS = {"kind", "epoch", "train_error", "test_error", "nfe_forward_mean",
               "nfe_backward_mean", "activation_mib", "activation_block_mib", "rss_peak_mib",
               "seconds"}
-PARAMS = {"mlp": 238_510, "resnet": 576_778, "odenet": 208_266, "rknet": 208_266}
 # small and quick: 4 iterations of 32 images per epoch, 64 test images
 TINY = ("experiment=smoke", "data.train_size=128", "data.test_size=64",
         "train.train_eval_size=64", "train.tensorboard=false")
@@ -50,16 +50,18 @@ def metrics(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["mlp", "resnet", "odenet", "rknet"])
+# every classifier of the registry (its exact parameter count: tests/test_models.py)
+@pytest.mark.parametrize("name", models_of(CLASSIFY))
 def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
     cfg = compose_cfg("experiment=smoke", f"model={name}")
     m = run(cfg, tmp_path)
     assert m == metrics(tmp_path)  # the returned record is what metrics.json holds
     assert CONTRACT_KEYS <= set(m)
-    ode = name in ("odenet", "rknet")
+    trait = spec(name)
+    ode = trait.ode_block
     assert m["status"] == "finished" and m["reason"] is None
-    assert (m["model"], m["experiment"], m["seed"], m["params"]) == (name, "smoke", 0,
-                                                                     PARAMS[name])
+    assert (m["model"], m["experiment"], m["seed"]) == (name, "smoke", 0)
+    assert m["params"] == count_parameters(build_model(cfg.model, cfg.solver))
     assert 0 <= m["test_error"] <= 1 and 0 <= m["train_error"] <= 1
     assert (m["epochs"], m["epochs_planned"], m["batch_size"], m["train_size"]) == (1, 1, 32, 256)
     assert m["test_size"] == 200 and m["device"] == "cpu" and m["cuda_peak_mib"] is None
@@ -69,14 +71,15 @@ def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
     assert m["activation_mib"] > 0
     if ode:
         assert m["solver_method"] == "dopri5" and m["solver_rtol"] == m["solver_atol"] == 1e-3
-        assert m["solver_adjoint"] is (name == "odenet") and m["solver_step_size"] is None
+        adjoint = trait.gradients[0] == "adjoint"
+        assert m["solver_adjoint"] is adjoint and m["solver_step_size"] is None
         assert m["nfe_forward_mean"] >= 14 and m["test_nfe_forward_mean"] >= 8
-        assert (m["nfe_backward_mean"] > 0) is (name == "odenet")
+        assert (m["nfe_backward_mean"] > 0) is adjoint
         assert 0 < m["activation_block_mib"] < m["activation_mib"]
     else:
         assert m["solver_method"] is None and m["solver_adjoint"] is None
         assert m["nfe_forward_mean"] is None and m["nfe_backward_mean"] is None
-        assert (m["activation_block_mib"] is None) is (name == "mlp")
+        assert (m["activation_block_mib"] is None) is (trait.residual_blocks is None)
 
     recs = history(tmp_path)
     iters = [r for r in recs if r["kind"] == "iter"]
@@ -94,7 +97,8 @@ def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
     # the files hold exactly the schema's records (odenet/record.py): every key a field
     assert record.read_metrics(tmp_path / "metrics.json") == m
     assert set(m) == set(record.for_task(record.Metrics, "classify"))
-    assert m["residual_blocks"] == (6 if name == "resnet" else None)
+    assert m["residual_blocks"] == (cfg.model[trait.residual_blocks] if trait.residual_blocks
+                                    else None)
     assert record.read_history(tmp_path / "history.jsonl") == recs
     assert set(iters[0]) == set(record.for_task(record.IterRecord, "classify"))
     assert set(epochs[0]) == set(record.for_task(record.EpochRecord, "classify"))
@@ -104,7 +108,7 @@ def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
     assert ck["epoch"] == 1 and ck["config"]["model"]["name"] == name
     net = build_model(ck["config"]["model"], ck["config"]["solver"])
     net.load_state_dict(ck["model"])
-    assert sum(p.numel() for p in net.parameters()) == PARAMS[name]
+    assert sum(p.numel() for p in net.parameters()) == m["params"]
 
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
@@ -217,17 +221,6 @@ def test_more_epochs_of_a_constant_schedule_equal_a_longer_run(compose_cfg, tmp_
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("schedule", ["multistep", "cosine", "onecycle", "constant"])
-def test_the_schedules_fitted_to_the_epochs_are_those_whose_lr_depends_on_them(schedule):
-    from odenet.optim import FITTED_TO_LENGTH
-
-    three, four = (compose([f"optim.schedule={schedule}", f"optim.epochs={n}",
-                            "optim.milestones=[1,2]", "optim.warmup_epochs=1"]).optim
-                   for n in (3, 4))
-    same = all(lr_factor(s, 10, three) == lr_factor(s, 10, four) for s in range(30))
-    assert same == (schedule not in FITTED_TO_LENGTH)
-
-
 def test_settings_that_do_not_apply_are_said(compose_cfg, tmp_path, caplog):
     """Issue 19 item 8: solver settings of a model without an ODE block, and more training
     images than MNIST has, were dropped without a word."""
@@ -253,22 +246,6 @@ def test_solver_error_fails_the_run_with_a_reason(compose_cfg, tmp_path):
     m = run(compose_cfg(*TINY, "model=odenet", "solver.max_num_steps=1"), tmp_path)
     assert m["status"] == "failed" and m["reason"].startswith("SolverError: max_num_steps=1")
     assert "\n" not in m["reason"]
-
-
-def test_lr_schedules():
-    o = compose(["optim.epochs=10", "optim.milestones=[4,8]"]).optim
-    assert [lr_factor(s, 10, o) for s in (0, 39, 40, 79, 80, 99)] == pytest.approx(
-        [1, 1, 0.1, 0.1, 0.01, 0.01])
-    c = compose(["optim.epochs=4", "optim.schedule=onecycle", "optim.pct_start=0.25"]).optim
-    f = [lr_factor(s, 100, c) for s in range(400)]
-    assert f[0] == pytest.approx(c.warmup_start) and max(f) == pytest.approx(1.0)
-    assert f.index(max(f)) == 100 and f[-1] < 1e-3
-    assert all(a <= b for a, b in zip(f[:100], f[1:101]))  # rises, then falls
-    assert all(a >= b for a, b in zip(f[100:], f[101:]))
-    k = compose(["optim.epochs=4", "optim.schedule=cosine", "optim.warmup_epochs=1"]).optim
-    g = [lr_factor(s, 100, k) for s in range(400)]
-    assert g[0] == pytest.approx(0.1) and g[100] == pytest.approx(1.0) and g[-1] < 1e-3
-    assert lr_factor(7, 10, compose(["optim.schedule=constant"]).optim) == 1.0
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(cli_popen, tmp_path, mnist_root):
@@ -441,3 +418,58 @@ def test_bf16_precision_trains_and_is_part_of_the_run(name, compose_cfg, tmp_pat
                         "optim.epochs=2"), tmp_path)
     with pytest.raises(ConfigError, match="precision='fp16' is not one of: fp32, bf16"):
         compose_cfg("precision=fp16")
+
+
+def test_the_records_take_the_steps_measures_by_name():
+    """IterRecord's measures and the EpochRecord fields its iterations make name a Step
+    field: the trainer copies none of them by hand (record.fill, record.add_iteration)."""
+    from dataclasses import fields
+
+    step = set(Step.__dataclass_fields__)
+    assert set(record.names(record.IterRecord, record.MEASURE)) <= step
+    made = {f.metadata["of"] for f in fields(record.EpochRecord) if f.metadata["reduce"]}
+    assert made and made <= step
+
+
+def test_a_checkpoint_of_the_trainer_before_declared_reductions_resumes_its_epoch():
+    """Progress as checkpoint.pt held it before issue 18: its epoch's sums by hand."""
+    old = {"epoch": 1, "batch": 3, "step": 11, "wall": 9.5, "loss_sum": 6.0, "iters": 3,
+           "nfe_f": 78, "nfe_b": 60, "sums": {"wrong": 2.0, "count": 96.0},
+           "times": [0.5, 0.7], "activation": [14.2, 0.56], "epoch_seconds": 2.0,
+           "history_bytes": 321}
+    p = Progress.from_state(old)
+    assert (p.epoch, p.batch, p.step, p.wall, p.epoch_seconds, p.history_bytes) == (
+        1, 3, 11, 9.5, 2.0, 321)
+    assert p.sums == {"wrong": 2.0, "count": 96.0}
+    assert record.epoch_values(p.reduced) == {
+        "loss": 2.0, "nfe_forward_mean": 26.0, "nfe_backward_mean": 20.0,
+        "activation_mib": 14.2, "activation_block_mib": 0.56, "activation_nfe_forward": None,
+        "sec_per_iter": pytest.approx(0.6)}
+    p.add(Step(loss=4.0, sums={"wrong": 1.0, "count": 32.0}, seconds=0.9, lr=0.1,
+               nfe_forward=26, nfe_backward=20, sample_seconds=0.9))
+    assert (p.batch, p.step, p.sums["count"]) == (4, 12, 128.0)
+    assert record.epoch_values(p.reduced)["loss"] == 2.5
+    # a model without an ODE block summed no evaluations: its NFE are none, not 0
+    mlp = Progress.from_state({**old, "nfe_f": 0, "nfe_b": 0, "activation": [3.0, None, None]})
+    assert record.epoch_values(mlp.reduced)["nfe_forward_mean"] is None
+    assert record.epoch_values(mlp.reduced)["nfe_backward_mean"] is None
+    assert Progress.from_state(p.state()).state() == p.state()  # today's round trip
+
+
+def test_a_typed_config_is_not_validated_again(compose_cfg, tmp_path, monkeypatch):
+    """Issue 18: the config is validated once, at the command layer; the trainer and the
+    model builder take the typed Config as it is. A dict is still validated."""
+    import odenet.config
+    import odenet.models
+
+    cfg = compose_cfg(*TINY, "model=odenet", "train.max_iters_per_epoch=1")
+
+    def again(*args, **kwargs):
+        raise AssertionError("validated again")
+
+    for module, name in ((odenet.config, "_validate"), (odenet.models, "model_config"),
+                         (odenet.models, "solver_config")):
+        monkeypatch.setattr(module, name, again)
+    assert run(cfg, tmp_path)["status"] == "finished"
+    with pytest.raises(AssertionError, match="validated again"):
+        run(OmegaConf.to_container(cfg), tmp_path / "plain")

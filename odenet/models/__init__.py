@@ -1,6 +1,7 @@
 """The four MNIST models from one set of blocks; ``build_model`` builds any registered model.
 
     model = build_model(cfg.model, cfg.solver)   # DictConfig or plain dict (odenet/registry.py)
+    model = build(cfg.model, cfg.solver)         # a validated config's nodes, as they are
     ode_blocks(model)          # the ODEBlocks inside (their solver stats and settings)
     measured_blocks(model)     # what activation_block_mib measures (ODE or residual blocks)
     model.ode_output(model.ode_block(model.ode_input(x)))   # = model(x): the ODE block's
@@ -23,7 +24,7 @@ from .blocks import ConcatConv2d, ODEBlock, ODEFunc, ResBlock, downsampling, hea
 
 log = logging.getLogger("odenet.models")
 
-__all__ = ["build_model", "build_mlp", "build_resnet", "build_odenet", "Classifier",
+__all__ = ["build", "build_model", "build_mlp", "build_resnet", "build_odenet", "Classifier",
            "ODEBlock", "ODEFunc", "ResBlock", "ConcatConv2d", "ode_blocks", "measured_blocks",
            "configure_solver", "reset_solver_stats", "solver_stats", "norm"]
 
@@ -103,18 +104,25 @@ def compile_in_place(module: nn.Module) -> bool:
     return True
 
 
+def build(model_cfg: Any, solver_cfg: Any = None) -> nn.Module:
+    """The network of a validated config's ``model`` and ``solver`` nodes (what
+    ``config.to_config`` returns; the trainer's): nothing is validated again."""
+    model = spec(model_cfg.name)
+    module, _, func = model.builder.partition(":")
+    return getattr(importlib.import_module(module), func)(
+        model_cfg, solver_cfg if model.ode_block else None)
+
+
 def build_model(model_cfg: Any, solver_cfg: Any = None, *, strict: bool = True) -> nn.Module:
     """The network ``model_cfg`` names (odenet/registry.py), with the solver settings of
-    ``solver_cfg`` where it has an ODE block.
+    ``solver_cfg`` where it has an ODE block, both validated first.
 
     Both may be validated configs, DictConfigs or plain dicts (a checkpoint's ``config``);
     ``strict=False`` drops model keys the schema no longer has (older checkpoints).
     """
     m = model_config(model_cfg, strict=strict)
-    model = spec(m.name)
-    s = solver_config(solver_cfg or {}, m.name) if model.ode_block else None
-    module, _, func = model.builder.partition(":")
-    return getattr(importlib.import_module(module), func)(m, s)
+    s = solver_config(solver_cfg or {}, m.name) if spec(m.name).ode_block else None
+    return build(m, s)
 
 
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:

@@ -154,13 +154,25 @@ def _scale(key: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "n", "Test error (%)", "Paper (%)",
-             "Paper in seed range", "Params", "Paper params",
-             "Activations (MiB): model / block", "Paper memory",
-             "s / iter", "s / test batch", "Paper time", "NFE-F", "NFE-B",
-             "Gradient error", "Device")
-DENSITY_MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "Test NLL (nats)",
-                     "Train NLL (nats)", "NFE-F", "NFE-B", "s / iter", "Params", "Device")
+def _title(name: str, unit: str | None = None) -> str:
+    """A column's header from its metrics.json field's declaration (odenet/record.py)."""
+    return record.title(record.Metrics, name) + (f" ({unit})" if unit else "")
+
+
+def _with_unit(name: str) -> str:
+    """The header with the field's own unit, e.g. "Test NLL (nats)"."""
+    return _title(name, record.unit(record.Metrics, name))
+
+
+MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "n", _title("test_error", "%"),
+             "Paper (%)", "Paper in seed range", _title("params"), "Paper params",
+             "Activations (MiB): model / block", "Paper memory", _title("sec_per_iter"),
+             _title("sec_per_test_batch"), "Paper time", _title("nfe_forward_mean"),
+             _title("nfe_backward_mean"), "Gradient error", _title("device"))
+DENSITY_MD_HEADER = ("Model", "Solver", "Scale", "Seeds", _with_unit("test_nll"),
+                     _with_unit("train_nll"),
+                     _title("nfe_forward_mean"), _title("nfe_backward_mean"),
+                     _title("sec_per_iter"), _title("params"), _title("device"))
 DENSITY_TITLE = "Density models on 2-D data"
 # Under Table 1 when it has a row with other residual blocks than the model's own
 ABLATION_NOTE = (
