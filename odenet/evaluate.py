@@ -42,7 +42,7 @@ from typing import Any
 from odenet.config import load_settings
 from odenet.errors import ConfigError, need
 from odenet.files import os_reason, write_json
-from odenet.probe import ProbeSettings, check, open_checkpoint, output_path
+from odenet.probe import ProbeSettings, check, open_checkpoint, output_path, warn_if_loose
 from odenet.record import CHECKPOINT_ID, EVALUATION
 
 CONFIG_FILE = "evaluate.yaml"
@@ -143,9 +143,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
         "reference": reference,
         "results": results,
     }
-    if not reference["ok"]:
-        log(f"warning: the reference is not much tighter than the smallest error reported "
-            f"({check_error:.1e} vs {min_err:.1e}); lower reference_tol")
+    warn_if_loose(reference, check_error, min_err, log)
     return record
 
 

@@ -54,7 +54,7 @@ from typing import Any
 from odenet.config import PRECISIONS, load_settings
 from odenet.errors import ConfigError, need, one_of
 from odenet.files import os_reason, write_json
-from odenet.probe import ProbeSettings, check, open_checkpoint, output_path
+from odenet.probe import ProbeSettings, check, open_checkpoint, output_path, warn_if_loose
 from odenet.record import CHECKPOINT_ID, GRADIENTS_FIGURE, GRADIENTS_FILE
 
 CONFIG_FILE = "gradients.yaml"
@@ -273,9 +273,7 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
         "reference": reference,
         "results": results,
     }
-    if not reference["ok"]:
-        log(f"warning: the reference is not much tighter than the smallest error reported "
-            f"({check_error:.1e} vs {min_err:.1e}); lower reference_tol")
+    warn_if_loose(reference, check_error, min_err, log)
     return record
 
 

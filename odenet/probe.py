@@ -90,3 +90,11 @@ def open_checkpoint(cfg: ProbeSettings) -> tuple[Any, Any, dict, dict, dict | No
     except CheckpointError as e:
         raise ConfigError(f"checkpoint={e}") from None
     return device, model, config, ck, ident
+
+
+def warn_if_loose(reference: dict, check_error: float, min_err: float, log) -> None:
+    """Say when the float64 reference is not much tighter than the smallest error it
+    measured (``reference["ok"]`` false): such errors measure the reference too."""
+    if not reference["ok"]:
+        log(f"warning: the reference is not much tighter than the smallest error reported "
+            f"({check_error:.1e} vs {min_err:.1e}); lower reference_tol")
