@@ -154,12 +154,19 @@ def test_bad_settings_one_line(argv, needle, capsys):
 
 
 def test_shipped_plans_load():
-    rows = ("mlp", "resnet", "rknet", "odenet", "odenet_checkpoint", "odenet_reversible")
-    for exp in ("quick", "paper"):
+    paper_rows = ("mlp", "resnet", "rknet", "odenet", "odenet_checkpoint", "odenet_reversible")
+    # the quick plan is sized to 45 minutes: the paper's four rows, Fig. 3c and memory only
+    quick = R.load_config(["experiment=quick"])
+    jobs = R.plan_jobs(quick, Path("r"))
+    assert [j.name for j in jobs if j.group == "table"] == [
+        "odenet_seed0", "rknet_seed0", "resnet_seed0", "mlp_seed0"]
+    assert {j.group for j in jobs} == {"table", "fig3c", "memory"}
+    assert quick.plans["quick"].gradients is not None
+    for exp in ("paper",):
         cfg = R.load_config([f"experiment={exp}"])
         jobs = R.plan_jobs(cfg, Path("r"))
         assert {j.name for j in jobs if j.group == "table"} == {
-            f"{m}_seed{s}" for m in rows for s in cfg.plans[exp].seeds}
+            f"{m}_seed{s}" for m in paper_rows for s in cfg.plans[exp].seeds}
         assert {j.group for j in jobs} == {"table", "fig3c", "fig3c_solvers", "memory"}
         reversible = next(j for j in jobs if j.name.startswith("odenet_reversible"))
         assert "solver=adaptive_reversible_heun" in reversible.overrides
