@@ -48,6 +48,7 @@ __all__ = ["Config", "ConfigError", "SolverConfig", "DataConfig", "OptimConfig",
 TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")  # the network's compute dtype (runtime.autocast)
+TRAIN_PRECISIONS = PRECISIONS + ("auto",)  # auto: runtime.resolve_precision, per machine
 # seeds below this keep the data's generator seeds (seed * 1,000,003 + epoch,
 # odenet/data/batches.py) within torch's 64 bits, for a million epochs
 SEED_LIMIT = 10**12
@@ -118,8 +119,10 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads; None: torch's default
-    # fp32 | bf16: bf16 autocasts the network's convolutions and linear layers; the ODE
-    # state, the solver, the loss and the weights stay fp32 (odenet/runtime.py)
+    # fp32 | bf16 | auto: bf16 autocasts the network's convolutions and linear layers; the
+    # ODE state, the solver, the loss and the weights stay fp32 (odenet/runtime.py); auto
+    # is bf16 where the device has bf16 units (AVX-512/AMX, a bf16 GPU), else fp32; the
+    # run records the precision it ran with
     precision: str = "fp32"
     resume: bool = False  # continue the run in the run directory
     overwrite: bool = False  # delete the run in the run directory and start afresh
@@ -363,7 +366,7 @@ def _validate(c: Any) -> None:
          f"device={dev!r} is not one of: auto, cpu, cuda, cuda:N")
     if c.threads is not None:
         need(c.threads >= 1, f"threads must be >= 1 (got {c.threads})")
-    one_of("precision", c.precision, PRECISIONS)
+    one_of("precision", c.precision, TRAIN_PRECISIONS)
     model = spec(c.model.name)
     if model.ode_block:
         resolve_solver(c.solver, model.name)

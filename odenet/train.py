@@ -40,6 +40,7 @@ from odenet.runtime import (
     autocast,
     git_commit,
     resolve_device,
+    resolve_precision,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -160,6 +161,9 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     ConfigError/DataError before anything is written if the run cannot start.
     """
     cfg = to_config(cfg)  # a typed Config is returned as it is
+    if cfg.precision == "auto":  # what this machine runs, before it is compared or saved
+        resolved = resolve_precision(cfg.precision, resolve_device(cfg.device))
+        cfg = to_config({**as_dict(cfg), "precision": resolved})
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -416,8 +416,25 @@ def test_bf16_precision_trains_and_is_part_of_the_run(name, compose_cfg, tmp_pat
     with pytest.raises(ConfigError, match="precision"):
         run(compose_cfg(*TINY, f"model={name}", "precision=fp32", "resume=true",
                         "optim.epochs=2"), tmp_path)
-    with pytest.raises(ConfigError, match="precision='fp16' is not one of: fp32, bf16"):
+    with pytest.raises(ConfigError, match="precision='fp16' is not one of: fp32, bf16, auto"):
         compose_cfg("precision=fp16")
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_auto_precision_is_bf16_only_with_bf16_units(units, compose_cfg, tmp_path, monkeypatch):
+    """precision=auto runs bf16 where the device has bf16 units and fp32 where bf16 would
+    be emulated (an AVX2-only CPU: ~20x slower); metrics.json and the checkpoint record
+    what ran, so a resume compares like with like."""
+    import odenet.runtime as runtime
+
+    monkeypatch.setattr(runtime, "has_bf16_units", lambda device: units)
+    m = run(compose_cfg(*TINY, "model=resnet", "precision=auto"), tmp_path)
+    want = "bf16" if units else "fp32"
+    assert m["status"] == "finished" and m["precision"] == want
+    explicit = run(compose_cfg(*TINY, "model=resnet", f"precision={want}"), tmp_path / "e")
+    assert explicit["test_error"] == m["test_error"]  # the same run as asking for it
+    assert runtime.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert runtime.resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
 def test_the_records_take_the_steps_measures_by_name():
