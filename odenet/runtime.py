@@ -73,7 +73,7 @@ def git_commit() -> str | None:
 def has_bf16_units(device: torch.device) -> bool:
     """Whether bf16 layers run on bf16 arithmetic here: a CUDA GPU that supports bf16, or
     a CPU oneDNN runs bf16 on (AVX-512 or AMX). Without them (e.g. an AVX2-only CPU)
-    bf16 is emulated: a ResNet iteration measured ~20x slower than fp32 (2026-12-02)."""
+    bf16 is emulated: a ResNet iteration measured ~13x slower than fp32 (2026-12-02)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:
