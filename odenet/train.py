@@ -161,9 +161,7 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     ConfigError/DataError before anything is written if the run cannot start.
     """
     cfg = to_config(cfg)  # a typed Config is returned as it is
-    if cfg.precision == "auto":  # what this machine runs, before it is compared or saved
-        resolved = resolve_precision(cfg.precision, resolve_device(cfg.device))
-        cfg = to_config({**as_dict(cfg), "precision": resolved})
+    cfg = machine_precision(cfg)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +172,15 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
         return _run(cfg, out)
     finally:
         rundir.release(out)
+
+
+def machine_precision(cfg: Any) -> Any:
+    """``cfg`` with precision=auto made what this machine runs (runtime.resolve_precision),
+    before a run's settings are compared with a checkpoint's or saved."""
+    if cfg.precision != "auto":
+        return cfg
+    resolved = resolve_precision(cfg.precision, resolve_device(cfg.device))
+    return to_config({**as_dict(cfg), "precision": resolved})
 
 
 def _run(cfg: Any, out: Path) -> dict[str, Any]:
@@ -545,6 +552,7 @@ def finished(out: Path, cfg: Any) -> dict | None:
 def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
     """The checkpoint in ``out`` if ``cfg`` may continue it: a training checkpoint, the
     same settings but RESUMABLE_CHANGES, its history intact. ConfigError otherwise."""
+    cfg = machine_precision(cfg)  # the checkpoint holds what ran, never auto
     path = out / checkpoint.CHECKPOINT_FILE
     try:
         ck = checkpoint.load(path)

@@ -189,7 +189,10 @@ def test_compiled_ode_function_matches_eager(name):
     assert nfe_c["nfe_forward"] == nfe_e["nfe_forward"]
     assert torch.allclose(out_c, out_e, rtol=1e-4, atol=1e-5)
     if name == "rknet":
-        assert (grad_c - grad_e).norm() < 1e-4 * grad_e.norm()
+        # float32 round-off, amplified through the solve's steps: 6.6e-4 relative on an
+        # AVX2-only VM (inductor's AVX2 kernels against oneDNN's), under 1e-4 on AVX-512;
+        # a wrong gradient (a term missing, a detached path) is off by O(1)
+        assert (grad_c - grad_e).norm() < 3e-3 * grad_e.norm()
         return
     truth = model(name, "solver.rtol=1e-8", "solver.max_num_steps=100000").double()
     truth.load_state_dict(eager.state_dict())
