@@ -162,19 +162,18 @@ def test_shipped_plans_load():
         "odenet_seed0", "rknet_seed0", "resnet_seed0", "mlp_seed0"]
     assert {j.group for j in jobs} == {"table", "fig3c", "memory"}
     assert quick.plans["quick"].gradients is not None
-    for exp in ("paper",):
-        cfg = R.load_config([f"experiment={exp}"])
-        jobs = R.plan_jobs(cfg, Path("r"))
-        assert {j.name for j in jobs if j.group == "table"} == {
-            f"{m}_seed{s}" for m in paper_rows for s in cfg.plans[exp].seeds}
-        assert {j.group for j in jobs} == {"table", "fig3c", "fig3c_solvers", "memory"}
-        reversible = next(j for j in jobs if j.name.startswith("odenet_reversible"))
-        assert "solver=adaptive_reversible_heun" in reversible.overrides
-        assert "solver.gradient=reversible" in reversible.overrides
-        solvers = {o for j in jobs if j.group == "fig3c_solvers" for o in j.overrides
-                   if o.startswith("solver=")}
-        assert solvers == {"solver=bosh3", "solver=tsit5", "solver=lsoda"}
-        assert cfg.plans[exp].gradients is not None
+    cfg = R.load_config(["experiment=paper"])
+    jobs = R.plan_jobs(cfg, Path("r"))
+    assert {j.name for j in jobs if j.group == "table"} == {
+        f"{m}_seed{s}" for m in paper_rows for s in cfg.plans["paper"].seeds}
+    assert {j.group for j in jobs} == {"table", "fig3c", "fig3c_solvers", "memory"}
+    reversible = next(j for j in jobs if j.name.startswith("odenet_reversible"))
+    assert "solver=adaptive_reversible_heun" in reversible.overrides
+    assert "solver.gradient=reversible" in reversible.overrides
+    solvers = {o for j in jobs if j.group == "fig3c_solvers" for o in j.overrides
+               if o.startswith("solver=")}
+    assert solvers == {"solver=bosh3", "solver=tsit5", "solver=lsoda"}
+    assert cfg.plans["paper"].gradients is not None
 
 
 VARIANT_PLAN = textwrap.dedent('''
