@@ -56,6 +56,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device={name!r} is not one of: auto, cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available (use device=auto or cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 

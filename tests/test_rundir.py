@@ -397,3 +397,14 @@ def test_a_missing_cuda_is_refused_before_anything_is_written(cli, tmp_path, mni
     one_line_error(cli("train", *TINY, "model=mlp", "device=cuda", f"data.root={mnist_root}",
                        f"hydra.run.dir={out}"), "device=cuda but CUDA is not available")
     assert not out.exists()
+
+
+def test_a_cuda_index_past_the_devices_is_refused(monkeypatch):
+    """device=cuda:N with N past the machine's GPUs failed deep in CUDA's own error."""
+    from odenet.runtime import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"device=cuda:2 but this machine has 2 CUDA "
+                                          r"device\(s\): cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
