@@ -36,13 +36,19 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from odenet.config import load_settings
 from odenet.errors import ConfigError, need
 from odenet.files import os_reason, write_json
-from odenet.probe import ProbeSettings, check, open_checkpoint, output_path, warn_if_loose
+from odenet.probe import (
+    ProbeSettings,
+    check,
+    open_checkpoint,
+    output_path,
+    recorded_checkpoint,
+    warn_if_loose,
+)
 from odenet.record import CHECKPOINT_ID, EVALUATION
 
 CONFIG_FILE = "evaluate.yaml"
@@ -122,7 +128,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     check_error = reference["check_error"]
     reference["ok"] = bool(min_err is None or check_error < 0.1 * min_err)
     record = {
-        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "checkpoint": recorded_checkpoint(cfg, EVALUATION),
         CHECKPOINT_ID: ckpt_id,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "model": config.get("model", {}).get("name"),

@@ -54,7 +54,14 @@ from typing import Any
 from odenet.config import PRECISIONS, load_settings
 from odenet.errors import ConfigError, need, one_of
 from odenet.files import os_reason, write_json
-from odenet.probe import ProbeSettings, check, open_checkpoint, output_path, warn_if_loose
+from odenet.probe import (
+    ProbeSettings,
+    check,
+    open_checkpoint,
+    output_path,
+    recorded_checkpoint,
+    warn_if_loose,
+)
 from odenet.record import CHECKPOINT_ID, GRADIENTS_FIGURE, GRADIENTS_FILE
 
 CONFIG_FILE = "gradients.yaml"
@@ -251,7 +258,7 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
     check_error = reference["check_error"]
     reference["ok"] = bool(min_err is None or check_error < 0.1 * min_err)
     record = {
-        "checkpoint": INIT if cfg.checkpoint == INIT else str(Path(cfg.checkpoint).resolve()),
+        "checkpoint": INIT if cfg.checkpoint == INIT else recorded_checkpoint(cfg, GRADIENTS_FILE),
         CHECKPOINT_ID: ckpt_id,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "model": config.get("model", {}).get("name"),

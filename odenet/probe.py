@@ -6,6 +6,7 @@ settings (``ProbeSettings``), the checks of those settings, and opening the chec
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,22 @@ def check(cfg: ProbeSettings, positive: tuple[str, ...] = ()) -> None:
          f"threads={cfg.threads!r} must be a positive integer or null")
 
 
+def _out(cfg: ProbeSettings, default_name: str) -> Path:
+    return Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(default_name)
+
+
+def recorded_checkpoint(cfg: ProbeSettings, default_name: str) -> str:
+    """The checkpoint as the result records it: relative to the result's own folder
+    (``checkpoint.pt`` beside it), so a committed or copied run directory names no
+    machine's absolute path."""
+    here = _out(cfg, default_name).parent.resolve()
+    return os.path.relpath(Path(cfg.checkpoint).resolve(), here)
+
+
 def output_path(cfg: ProbeSettings, default_name: str) -> Path:
     """Where the command writes its result: ``out``, else ``default_name`` next to the
     checkpoint; checked before any work (ConfigError in one line), so that none is lost."""
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(default_name)
+    out = _out(cfg, default_name)
     if cfg.out or Path(cfg.checkpoint).is_file():  # no checkpoint: open_checkpoint says so
         try:
             check_writable(out.parent)

@@ -44,7 +44,7 @@ def evaluated(tmp_path_factory):
 
 def test_writes_json_next_to_checkpoint(evaluated):
     ck, ev = evaluated
-    assert ev["checkpoint"] == str(ck.resolve())
+    assert ev["checkpoint"] == "checkpoint.pt"  # relative: no machine path
     assert ev["test_images"] == 24 and ev["error_images"] == 12
     assert ev["trained_with"]["rtol"] == 1e-3 and ev["trained_with"]["adjoint"] is True
     assert [r["rtol"] for r in ev["results"]] == [0.1, 1e-4]
@@ -224,3 +224,14 @@ def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot write {ck.parent / 'evaluation.json'}" in err
     assert "give out=PATH.json in a writable directory" in err
+
+
+def test_the_recorded_checkpoint_is_relative_to_the_result(tmp_path):
+    """A result written elsewhere (out=) names its checkpoint from its own folder."""
+    from odenet.probe import recorded_checkpoint
+
+    ck = tmp_path / "run" / "checkpoint.pt"
+    cfg = E.EvaluateConfig(checkpoint=str(ck), out=str(tmp_path / "results" / "ev.json"))
+    assert recorded_checkpoint(cfg, "evaluation.json") == "../run/checkpoint.pt"
+    cfg = E.EvaluateConfig(checkpoint=str(ck))
+    assert recorded_checkpoint(cfg, "evaluation.json") == "checkpoint.pt"
