@@ -18,6 +18,10 @@ reproduction continues:
 4. ``table`` and ``figures`` into ``outputs/report/<stamp>/`` and a ``report.md`` that
    embeds them, once everything else is done.
 
+Each invocation that runs the plan appends its wall time to ``ROOT/wall.csv`` (start,
+end, seconds, how it ended), so a reproduction resumed across sessions reports its
+parts and their sum.
+
 The children run ``jobs`` at once (default: one per usable core), each with ``threads=T``
 (default 1), the trainings in the plan's order (the longest first); each child's output
 goes to its run directory (train.out, evaluate.out, gradients.out); the terminal shows a
@@ -30,7 +34,9 @@ outlives it.
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io
 import itertools
 import json
 import math
@@ -672,6 +678,7 @@ class Schedule:
         self.state = {t: LEFT for t in tasks}
         self.training = {t.job.dir: t for t in tasks if t.kind == TRAIN}
         self.failures: list[str] = []
+        self.started = 0                     # children started by this invocation
         self.seconds: dict[str, float] = {}  # per kind, summed over its children
         self.where: str | None = None        # what was running when a signal came
         self._started: dict[Task, float] = {}
@@ -728,6 +735,7 @@ class Schedule:
                 self._fail(task, f"{task.label}: cannot start {cmd[0]}: {e}")
                 continue
             self.state[task], self._started[task] = RUNNING, time.monotonic()
+            self.started += 1
             resuming = " (resuming)" if "resume=true" in cmd else ""
             self.show.line(f"start:  {task.label}{resuming}; output: {task.log}")
 
@@ -817,6 +825,59 @@ def machine_line() -> str:
             f"{dev}, Python {platform.python_version()}, torch {tv}")
 
 
+# ---------------------------------------------------------------- wall time over invocations
+WALL = "wall.csv"
+WALL_FIELDS = ("started_utc", "ended_utc", "seconds", "children_started", "ended_by")
+
+
+def record_part(root: Path, started: _dt.datetime, seconds: float, children: int,
+                ended_by: str) -> list[dict]:
+    """Appends this invocation to ROOT/wall.csv; returns every part recorded there."""
+    parts = read_parts(root)
+    parts.append({"started_utc": started.isoformat(timespec="seconds"),
+                  "ended_utc": _utc_now().isoformat(timespec="seconds"),
+                  "seconds": f"{seconds:.1f}", "children_started": str(children),
+                  "ended_by": ended_by})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=WALL_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(parts)
+    write_atomic(root / WALL, out.getvalue())  # whole or not at all
+    return parts
+
+
+def read_parts(root: Path) -> list[dict]:
+    """The invocations recorded in ROOT/wall.csv, oldest first ([] when none)."""
+    path = root / WALL
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    bad = f"{path}: not a wall-time record; move it away to start a new one"
+    if set(WALL_FIELDS) - set(reader.fieldnames or ()):
+        raise ReportError(f"{bad} (expected the columns {', '.join(WALL_FIELDS)})")
+    for k, row in enumerate(rows, 2):
+        try:
+            float(row["seconds"])
+        except (TypeError, ValueError):
+            raise ReportError(f"{bad} (line {k}: seconds={row['seconds']!r} is not a "
+                              "number)") from None
+    return rows
+
+
+def parts_line(parts: list[dict]) -> str:
+    """'3 invocations: 29m (SIGINT) + 2h37m (SIGINT) + 1h24m (the report) = 4h30m'."""
+    total = sum(float(p["seconds"]) for p in parts)
+    terms = " + ".join(f"{duration(float(p['seconds']))} ({p['ended_by']})" for p in parts)
+    n = len(parts)
+    return f"{n} invocation{'s' if n > 1 else ''}: {terms} = {duration(total)}"
+
+
+def _utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
 def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
                  command: str, timings: dict[str, float], failures: list[str]) -> Path:
     """table + figures + report.md in report_dir; returns report.md's path."""
@@ -828,6 +889,7 @@ def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
     if not table_dirs:
         raise ReportError("no Table 1 run wrote metrics.json; nothing to report")
     root = Path(cfg.root or ".")  # the report's paths are relative to it
+    parts = read_parts(root)
     table_runs, invalid = load_runs(table_dirs, base=root)
     res = write_table(table_runs, report_dir, [str(root / "table")], invalid)
     sweep_runs: dict[str, list] = {}
@@ -859,6 +921,8 @@ def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
           f"`{cfg.root}` (the paths below are relative to it)",
           "- Wall time of this invocation: " + ", ".join(
               f"{k} {v / 60:.1f} min" for k, v in timings.items()),
+          *([f"- Wall time of the plan's runs under `{cfg.root}`, over "
+             f"{parts_line(parts)} (`{WALL}` there)"] if parts else []),
           ""]
     if failures:
         md += ["**Incomplete:** " + "; ".join(failures), ""]
@@ -938,13 +1002,23 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
         log(f"dry run: nothing trained; the report would go to {report_dir}")
         return 0
 
-    t0 = time.perf_counter()
+    try:
+        read_parts(root)  # a broken record is refused now, not after hours of training
+    except ReportError as e:
+        log(f"odenet reproduce: error: {e}")
+        return 1
+    t0, started = time.perf_counter(), _utc_now()
     show = Show(log, tty=log is print and sys.stdout.isatty())
     schedule = Schedule(cfg, tasks, n, children, show)
+    ended_by = "an error"
     try:
         schedule.run()
+        ended_by = (f"stopped by {signal.Signals(children.received[0]).name}"
+                    if children.received else "ran to the report")
     finally:
         show.close()
+        # the report's time (seconds) is left out: the part must be on record before it
+        record_part(root, started, time.perf_counter() - t0, schedule.started, ended_by)
     if children.received:
         raise Interrupted(children.received[0], schedule.where or None)
     timings = {f"all steps ({n} jobs at once)": time.perf_counter() - t0}

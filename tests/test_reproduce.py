@@ -278,8 +278,45 @@ def test_full_pipeline_then_rerun_skips_everything(fake):
            "1.43" in claims
     assert "ODE-Net 1.00 % (paper 0.42 %)" in claims
 
+    parts = R.read_parts(tmp / "runs")
+    assert [(p["children_started"], p["ended_by"]) for p in parts] == [
+        (str(len(c)), "ran to the report")]
+    assert 0 < float(parts[0]["seconds"]) < 600
+    assert "over 1 invocation: " in md
+
     assert run() == 0
     assert len(calls()) == len(c)  # nothing re-run, the evaluation included
+    parts = R.read_parts(tmp / "runs")  # the rerun is a second part, that started nothing
+    assert [p["children_started"] for p in parts] == [str(len(c)), "0"]
+    total = R.duration(sum(float(p["seconds"]) for p in parts))
+    assert "over 2 invocations: " in (rep / "report.md").read_text()
+    assert (rep / "report.md").read_text().count(f" = {total} (`wall.csv` there)") == 1
+
+
+def test_wall_parts_add_up_and_a_broken_record_is_refused_before_any_run(fake):
+    run, calls, tmp = fake
+    root = tmp / "runs"
+    root.mkdir()
+    (root / R.WALL).write_text("started_utc,ended_utc,seconds,children_started,ended_by\n"
+                               "2026-12-02T14:12:06+00:00,2026-12-02T14:41:09+00:00,1743.0,"
+                               "4,stopped by SIGINT\n")
+    assert run("sweeps=false") == 0
+    parts = R.read_parts(root)
+    assert [p["ended_by"] for p in parts] == ["stopped by SIGINT", "ran to the report"]
+    assert R.parts_line(parts[:1]) == "1 invocation: 29m (stopped by SIGINT) = 29m"
+    line = next(x for x in (tmp / "report" / "report.md").read_text().splitlines()
+                if "invocations" in x)
+    assert line.startswith(f"- Wall time of the plan's runs under `{root}`, over 2 "
+                           "invocations: 29m (stopped by SIGINT) + ")
+    n = len(calls())
+    (root / R.WALL).write_text("start,end\n1,2\n")
+    with pytest.raises(R.ReportError, match="expected the columns started_utc"):
+        R.read_parts(root)
+    assert run("sweeps=false") == 1 and len(calls()) == n  # nothing ran
+    (root / R.WALL).write_text("started_utc,ended_utc,seconds,children_started,ended_by\n"
+                               "a,b,soon,0,x\n")
+    with pytest.raises(R.ReportError, match="line 2: seconds='soon' is not a number"):
+        R.read_parts(root)
 
 
 def test_interrupted_run_resumes_and_failure_is_reported(fake, monkeypatch):

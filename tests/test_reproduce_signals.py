@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from odenet import reproduce as R
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The fake `odenet train`: writes its pid, waits for FAKE_NEEDS signals (default 1; 2: one
@@ -132,6 +134,9 @@ def test_signal_reaches_every_child_once(tmp_path, signum, to_group, jobs):
     for run in runs[jobs:]:
         assert not run.exists()  # nothing started after
     assert not (tmp_path / "report").exists()
+    [part] = R.read_parts(tmp_path / "runs")  # the interrupted part is on record
+    assert part["ended_by"] == f"stopped by {signal.Signals(signum).name}"
+    assert part["children_started"] == str(jobs)
     last = err.strip().splitlines()[-1]
     during = ", ".join(f"table/{r.name}" for r in runs[:jobs])
     assert last.startswith(f"odenet reproduce: stopped by {signal.Signals(signum).name} "
