@@ -831,8 +831,8 @@ WALL_FIELDS = ("started_utc", "ended_utc", "seconds", "children_started", "ended
 
 
 def record_part(root: Path, started: _dt.datetime, seconds: float, children: int,
-                ended_by: str) -> list[dict]:
-    """Appends this invocation to ROOT/wall.csv; returns every part recorded there."""
+                ended_by: str) -> None:
+    """Appends this invocation to ROOT/wall.csv (rewritten whole, atomically)."""
     parts = read_parts(root)
     parts.append({"started_utc": started.isoformat(timespec="seconds"),
                   "ended_utc": _utc_now().isoformat(timespec="seconds"),
@@ -842,8 +842,7 @@ def record_part(root: Path, started: _dt.datetime, seconds: float, children: int
     writer = csv.DictWriter(out, fieldnames=WALL_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(parts)
-    write_atomic(root / WALL, out.getvalue())  # whole or not at all
-    return parts
+    write_atomic(root / WALL, out.getvalue())
 
 
 def read_parts(root: Path) -> list[dict]:
@@ -867,7 +866,7 @@ def read_parts(root: Path) -> list[dict]:
 
 
 def parts_line(parts: list[dict]) -> str:
-    """'3 invocations: 29m (SIGINT) + 2h37m (SIGINT) + 1h24m (the report) = 4h30m'."""
+    """'2 invocations: 29m (stopped by SIGINT) + 1h24m (ran to the report) = 1h53m'."""
     total = sum(float(p["seconds"]) for p in parts)
     terms = " + ".join(f"{duration(float(p['seconds']))} ({p['ended_by']})" for p in parts)
     n = len(parts)
