@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import io
 import itertools
 import json
 import math
@@ -57,6 +56,7 @@ from odenet.errors import ConfigError
 from odenet.files import write_atomic
 from odenet.registry import MODELS, models_of
 from odenet.report.claims import measured_claims, paper_family_verdict  # noqa: F401 (its API)
+from odenet.report.figures import write_csv
 from odenet.report.runs import (
     EVALUATION,
     METRICS,
@@ -830,19 +830,13 @@ WALL = "wall.csv"
 WALL_FIELDS = ("started_utc", "ended_utc", "seconds", "children_started", "ended_by")
 
 
-def record_part(root: Path, started: _dt.datetime, seconds: float, children: int,
-                ended_by: str) -> None:
-    """Appends this invocation to ROOT/wall.csv (rewritten whole, atomically)."""
-    parts = read_parts(root)
-    parts.append({"started_utc": started.isoformat(timespec="seconds"),
-                  "ended_utc": _utc_now().isoformat(timespec="seconds"),
-                  "seconds": f"{seconds:.1f}", "children_started": str(children),
-                  "ended_by": ended_by})
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=WALL_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(parts)
-    write_atomic(root / WALL, out.getvalue())
+def record_part(root: Path, parts: list[dict], started: _dt.datetime, seconds: float,
+                children: int, ended_by: str) -> None:
+    """Writes ROOT/wall.csv anew (atomically): the earlier parts, then this invocation."""
+    this = dict(zip(WALL_FIELDS, (started.isoformat(timespec="seconds"),
+                                  _utc_now().isoformat(timespec="seconds"),
+                                  f"{seconds:.1f}", str(children), ended_by), strict=True))
+    write_csv(root / WALL, [*parts, this])
 
 
 def read_parts(root: Path) -> list[dict]:
@@ -1002,7 +996,7 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
         return 0
 
     try:
-        read_parts(root)  # a broken record is refused now, not after hours of training
+        parts = read_parts(root)  # a broken record is refused now, not after hours of training
     except ReportError as e:
         log(f"odenet reproduce: error: {e}")
         return 1
@@ -1017,7 +1011,7 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
     finally:
         show.close()
         # the report's time (seconds) is left out: the part must be on record before it
-        record_part(root, started, time.perf_counter() - t0, schedule.started, ended_by)
+        record_part(root, parts, started, time.perf_counter() - t0, schedule.started, ended_by)
     if children.received:
         raise Interrupted(children.received[0], schedule.where or None)
     timings = {f"all steps ({n} jobs at once)": time.perf_counter() - t0}
