@@ -66,6 +66,7 @@ class SolverConfig:
     step_size: float | None = None  # fixed-grid methods only
     max_num_steps: int = 1000  # a training solve needing more fails the run (fail fast)
     last_step: str = "clamp"  # clamp | overshoot (step past t1 and interpolate, as torchdiffeq)
+    carry_step: bool = False  # training solves start from the last one's next step
 
 
 @dataclass
@@ -100,6 +101,7 @@ class OptimConfig:
     warmup_start: float = 0.1
     final_lr_fraction: float = 0.0  # cosine/onecycle end at lr * this
     pct_start: float = 0.25  # onecycle: fraction of training spent rising to lr
+    ema_decay: float | None = None  # an average of the weights, evaluated too; None: none
 
 
 @dataclass
@@ -326,6 +328,12 @@ def _validate_solver(s: Any, model: str) -> None:
         raise ConfigError(f"solver.method={s.method}: {refusal}{why}")
     unavailable = method_unavailable(s.method)  # a method whose extra is not installed
     need(unavailable is None, f"solver.method={s.method}: {unavailable}")
+    from odenet.solvers import REGISTRY
+
+    m = REGISTRY[s.method]
+    need(not s.carry_step or (m.adaptive and m.family != "odepack"),
+         f"solver.carry_step=true is for the adaptive Runge-Kutta methods; solver.method="
+         f"{s.method} has no step to carry")
     return gradient
 
 
@@ -410,6 +418,8 @@ def _validate(c: Any) -> None:
     need(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0 (got {o.warmup_epochs})")
     need(0 < o.pct_start < 1, f"optim.pct_start must be in (0, 1) (got {o.pct_start})")
     need(0 <= o.final_lr_fraction <= 1, "optim.final_lr_fraction must be in [0, 1]")
+    need(o.ema_decay is None or 0 < o.ema_decay < 1,
+         f"optim.ema_decay must be in (0, 1) or null (got {o.ema_decay})")
     t = c.train
     need(t.log_every >= 1, f"train.log_every must be >= 1 (got {t.log_every})")
     for k in ("train_eval_size", "max_iters_per_epoch", "stop_after_iters"):

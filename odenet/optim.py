@@ -8,7 +8,7 @@ import torch
 from odenet.config import peak_lr  # defined beside its validation; train reads it here
 from odenet.schedules import fitted_to_length, lr_factor
 
-__all__ = ["build", "lr_factor", "peak_lr", "FITTED_TO_LENGTH"]
+__all__ = ["build", "build_ema", "lr_factor", "peak_lr", "FITTED_TO_LENGTH"]
 
 # schedules whose learning rate at a step depends on optim.epochs (they are fitted to the
 # run's length): a resumed run may not change its epochs (train.check_resume)
@@ -26,3 +26,14 @@ def build(cfg, params, iters_per_epoch: int):
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, iters_per_epoch, o))
     return optimizer, scheduler
+
+
+def build_ema(cfg, model: torch.nn.Module):
+    """The exponential moving average of ``model``'s weights (and buffers) that
+    ``optim.ema_decay`` asks for, updated by ``update_parameters(model)`` after each step;
+    None without one. The first update copies the weights."""
+    decay = cfg.optim.ema_decay
+    if decay is None:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)

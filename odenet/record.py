@@ -107,6 +107,27 @@ class Metrics:
     train_error: float | None = _f(MEASURE, "training-set error", "fraction", reduce=LAST)
     val_error: float | None = _f(MEASURE, "validation error (data.val_size; for choosing "
                                  "settings)", "fraction", CLASSIFY, reduce=LAST)
+    ema_test_error: float | None = _f(MEASURE, "test-set error of the weights' moving "
+                                      "average (optim.ema_decay)", "fraction", CLASSIFY,
+                                      reduce=LAST)
+    ema_val_error: float | None = _f(MEASURE, "validation error of the weights' moving "
+                                     "average", "fraction", CLASSIFY, reduce=LAST)
+    ema_test_nll: float | None = _f(MEASURE, "test NLL of the weights' moving average",
+                                    "nats", DENSITY, reduce=LAST)
+    ema_val_nll: float | None = _f(MEASURE, "validation NLL of the weights' moving average",
+                                   "nats", DENSITY, reduce=LAST)
+    ema_decay: float | None = _f(SETTING, "optim.ema_decay; null: no moving average")
+    solver_carry_step: bool | None = _f(SETTING, "training solves start from the step the "
+                                        "last one proposed")
+    kinetic_weight: float | None = _f(SETTING, "model.kinetic_weight; null without an ODE "
+                                      "block")
+    jacobian_weight: float | None = _f(SETTING, "model.jacobian_weight")
+    t1_jitter: float | None = _f(SETTING, "model.t1_jitter: training end times in "
+                                 "[t1 - b, t1 + b]")
+    kinetic_energy: float | None = _f(MEASURE, "mean kinetic energy of the last epoch's "
+                                      "training solves", reduce=LAST)
+    jacobian_frobenius: float | None = _f(MEASURE, "mean Jacobian Frobenius norm of the "
+                                          "last epoch's training solves", reduce=LAST)
     test_nll: float | None = _f(MEASURE, "test negative log-likelihood", "nats", DENSITY,
                                 reduce=LAST, title="Test NLL")
     train_nll: float | None = _f(MEASURE, "training NLL", "nats", DENSITY, reduce=LAST,
@@ -172,6 +193,10 @@ class IterRecord:
     steps_rejected: int | None = _f(MEASURE, "rejected solver steps (forward)", "steps")
     seconds: float | None = _f(MEASURE, "wall time of the iteration", "s")
     lr: float | None = _f(MEASURE, "learning rate of the step")
+    kinetic_energy: float | None = _f(MEASURE, "int |f|^2 dt / size(h) of the training "
+                                      "solve, batch mean (when model.kinetic_weight > 0)")
+    jacobian_frobenius: float | None = _f(MEASURE, "int |eps^T df/dh|^2 dt / size(h), "
+                                          "batch mean (when model.jacobian_weight > 0)")
 
 
 @dataclass
@@ -185,6 +210,14 @@ class EpochRecord:
     train_nll: float | None = _f(MEASURE, "training NLL", "nats", DENSITY)
     val_error: float | None = _f(MEASURE, "validation error", "fraction", CLASSIFY)
     test_nll: float | None = _f(MEASURE, "test NLL", "nats", DENSITY)
+    ema_test_error: float | None = _f(MEASURE, "test-set error, weights' moving average",
+                                      "fraction", CLASSIFY)
+    ema_val_error: float | None = _f(MEASURE, "validation error, weights' moving average",
+                                     "fraction", CLASSIFY)
+    ema_test_nll: float | None = _f(MEASURE, "test NLL, weights' moving average", "nats",
+                                    DENSITY)
+    ema_val_nll: float | None = _f(MEASURE, "validation NLL, weights' moving average", "nats",
+                                   DENSITY)
     val_nll: float | None = _f(MEASURE, "validation NLL", "nats", DENSITY)
     nfe_forward_mean: float | None = _f(MEASURE, "NFE per forward solve", "evaluations",
                                         reduce=MEAN, of="nfe_forward")
@@ -202,6 +235,11 @@ class EpochRecord:
     rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB")
     cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB")
     loss: float | None = _f(MEASURE, "mean training loss", reduce=MEAN, of="loss")
+    kinetic_energy: float | None = _f(MEASURE, "mean kinetic energy of the training solves",
+                                      reduce=MEAN, of="kinetic_energy")
+    jacobian_frobenius: float | None = _f(MEASURE, "mean Jacobian Frobenius norm of the "
+                                          "training solves", reduce=MEAN,
+                                          of="jacobian_frobenius")
     lr: float | None = _f(MEASURE, "learning rate at the epoch's end")
     # the measured iteration's time includes the census: not a sample (its sample_seconds
     # is None)

@@ -80,6 +80,11 @@ class ODENetConfig(ImageModelConfig):
     downsampling: str = "conv"
     t1: float = 1.0  # the ODE block integrates over [0, t1]
     compile: bool = False  # torch.compile the ODE function (README "Speed")
+    # training solves only (odenet/models/dynamics.py): penalties on the learned dynamics
+    # and STEER's end time T ~ U(t1 - b, t1 + b)
+    kinetic_weight: float = 0.0
+    jacobian_weight: float = 0.0
+    t1_jitter: float = 0.0
 
     @staticmethod
     def check(m) -> None:
@@ -87,6 +92,10 @@ class ODENetConfig(ImageModelConfig):
         _at_least_one(m, "width")
         one_of("model.downsampling", m.downsampling, ("conv", "res"))
         need(m.t1 > 0, f"model.t1 must be > 0 (got {m.t1})")
+        for k in ("kinetic_weight", "jacobian_weight"):
+            need(m[k] >= 0, f"model.{k} must be >= 0 (got {m[k]})")
+        need(0 <= m.t1_jitter < m.t1, f"model.t1_jitter must be in [0, model.t1={m.t1:g}) "
+             f"(got {m.t1_jitter})")
 
 
 @dataclass

@@ -33,7 +33,13 @@ from torch import nn
 
 from odenet import checkpoint, measure, optim, record, rundir
 from odenet.config import ConfigError, as_dict, to_config, unused_settings
-from odenet.models import build, measured_blocks, reset_solver_stats, solver_stats
+from odenet.models import (
+    build,
+    dynamics_penalty,
+    measured_blocks,
+    reset_solver_stats,
+    solver_stats,
+)
 from odenet.registry import spec
 from odenet.runlog import Bars, Heartbeat, RunLog, epoch_records, log_epoch
 from odenet.runtime import (
@@ -195,9 +201,10 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     model = build(cfg.model, cfg.solver).to(device)
     ipe = min(len(loaders.train), cfg.train.max_iters_per_epoch or len(loaders.train))
     optimizer, scheduler = optim.build(cfg, model.parameters(), ipe)
-    _resume(ck, model, optimizer, scheduler)
+    ema = optim.build_ema(cfg, model)  # None without optim.ema_decay
+    _resume(ck, model, optimizer, scheduler, ema)
     runlog, metrics = _open_records(cfg, out, task, model, loaders, device, prog, ck, ipe)
-    save = _Saver(out, cfg, model, optimizer, scheduler, prog, runlog)
+    save = _Saver(out, cfg, model, optimizer, scheduler, prog, runlog, ema)
     blocks, epochs = measured_blocks(model), cfg.optim.epochs
     status, reason, signum, session_iters = "running", None, None, 0
     try:
@@ -213,6 +220,8 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                     step = train_step(task, model, optimizer, loaders.train.batch(prog.batch),
                                       device, blocks if census else None, cfg.precision)
                     scheduler.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
                     prog.add(step)
                     census = False
                     if prog.step % cfg.train.log_every == 0 or prog.batch == ipe:
@@ -227,8 +236,8 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                     sig.check("received")
                 batch_bar.close()
                 # ---- the epoch's end: evaluate, record, checkpoint
-                erec = _epoch_record(cfg, task, model, loaders, optimizer, device, prog, bars,
-                                     sig)
+                erec = _epoch_record(cfg, task, (model, ema), loaders, optimizer, device,
+                                     prog, bars, sig)
                 runlog.epoch(erec, metrics.task, prog.step)
                 prog.next_epoch()
                 save()
@@ -311,11 +320,11 @@ class _Saver:
     claims more epochs than the checkpoint)."""
 
     def __init__(self, out: Path, cfg: Any, model, optimizer, scheduler, prog: Progress,
-                 runlog: RunLog):
+                 runlog: RunLog, ema: nn.Module | None = None):
         self.path, self.cfg, self.prog, self.runlog = (out / checkpoint.CHECKPOINT_FILE, cfg,
                                                        prog, runlog)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.epoch = prog.epoch
+        self.ema, self.epoch = ema, prog.epoch
 
     def __call__(self) -> None:
         prog = self.prog
@@ -324,25 +333,30 @@ class _Saver:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": prog.epoch,
             "batch": prog.batch, "progress": prog.state(), "rng": rng_state(),
-            "config": as_dict(self.cfg), "torch_version": str(torch.__version__)})
+            "config": as_dict(self.cfg), "torch_version": str(torch.__version__),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {})})
         self.epoch = prog.epoch
 
 
-def _epoch_record(cfg: Any, task: Task, model: nn.Module, loaders: Any, optimizer: Any,
-                  device: torch.device, prog: Progress, bars: Bars,
-                  sig: _Signals) -> record.EpochRecord:
+def _epoch_record(cfg: Any, task: Task, models: tuple[nn.Module, nn.Module | None],
+                  loaders: Any, optimizer: Any, device: torch.device, prog: Progress,
+                  bars: Bars, sig: _Signals) -> record.EpochRecord:
     """The epoch's record: the fields its iterations make (``prog.reduced``), and those
     measured at its end: every split's metric (the train metric from the iterations' sums
-    without a train_eval split), test NFE and time, memory peaks, the learning rate and
-    the epoch's clocks."""
+    without a train_eval split; the weights' moving average on test and val too, where
+    the run keeps one), test NFE and time, memory peaks, the learning rate and the
+    epoch's clocks."""
     train_seconds = prog.epoch_elapsed()
-    splits = {"test": loaders.test, "train": loaders.train_eval, "val": loaders.val}
+    model, ema = models
+    splits = {"test": (model, loaders.test), "train": (model, loaders.train_eval),
+              "val": (model, loaders.val), "ema_test": (ema, loaders.test),
+              "ema_val": (ema, loaders.val)}
     ev = {}
-    for name, loader in splits.items():
-        if loader is not None:
+    for name, (net, loader) in splits.items():
+        if net is not None and loader is not None:
             bar = bars.eval(len(loader), name)
             ev[name] = evaluate_split(
-                task, model, loader, device, bar=bar, precision=cfg.precision,
+                task, net, loader, device, bar=bar, precision=cfg.precision,
                 check=lambda n=name: sig.check(f"received during {n} evaluation"))
             bar.close()
     end = {f"{name}_{task.metric}": e["value"] for name, e in ev.items()}
@@ -415,6 +429,9 @@ class Step:
     activation_block_mib: float | None = None
     activation_nfe_forward: int | None = None
     sample_seconds: float | None = None  # seconds, but None when counted: not a timing sample
+    # the ODE block's dynamics penalties, unweighted (model.kinetic_weight, jacobian_weight)
+    kinetic_energy: float | None = None
+    jacobian_frobenius: float | None = None
 
     def postfix(self) -> dict[str, str]:
         p = {"loss": f"{self.loss:.3f}"}
@@ -438,12 +455,13 @@ def train_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, b
         with meter if meter is not None else contextlib.nullcontext():
             with autocast(precision, device):
                 loss, sums = task.train_loss(model, batch)
+        penalty, penalties = dynamics_penalty(model)
         fwd = solver_stats(model) or {}
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise Failure(f"non-finite loss ({loss_value}): lower optim.lr or the tolerance")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if penalty is None else loss + penalty).backward()
         optimizer.step()
         bwd = solver_stats(model) or {}
     return Step(
@@ -453,7 +471,7 @@ def train_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, b
         activation_mib=meter.total_mib if counted else None,
         activation_block_mib=meter.block_mib if counted else None,
         activation_nfe_forward=fwd.get("nfe_forward") if counted else None,
-        sample_seconds=None if counted else timer.seconds)
+        sample_seconds=None if counted else timer.seconds, **penalties)
 
 
 @torch.no_grad()
@@ -497,6 +515,10 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         solver_adjoint_norm=s.adjoint_norm if ode else None,
         solver_step_size=s.step_size if ode and fixed else None,
         solver_last_step=s.last_step if ode and not fixed else None,
+        solver_carry_step=s.carry_step if ode else None,
+        # the image models' ODE block (a CNF has none of these)
+        kinetic_weight=cfg.model.get("kinetic_weight"),
+        jacobian_weight=cfg.model.get("jacobian_weight"), t1_jitter=cfg.model.get("t1_jitter"),
         params=measure.count_parameters(model),
         residual_blocks=(cfg.model[model_spec.residual_blocks] if model_spec.residual_blocks
                          else None),
@@ -506,6 +528,7 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         test_size=None if loaders.test.n == task.full_test_size else loaders.test.n,
         val_size=loaders.val.n if loaders.val is not None else None,
         max_iters_per_epoch=cfg.train.max_iters_per_epoch, lr=optim.peak_lr(cfg),
+        ema_decay=cfg.optim.ema_decay,
         schedule=cfg.optim.schedule, device=str(device), precision=cfg.precision,
         threads=torch.get_num_threads(),
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())
@@ -591,13 +614,15 @@ def _check_epochs_change(was: int, o: Any) -> None:
             "epochs afresh (overwrite=true, or another hydra.run.dir)")
 
 
-def _resume(ck: dict[str, Any] | None, model, optimizer, scheduler) -> None:
+def _resume(ck: dict[str, Any] | None, model, optimizer, scheduler, ema=None) -> None:
     """The states of the checkpoint continued (None: a new run)."""
     if ck is None:
         return
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(ck["ema"])
     set_rng_state(ck["rng"])
     log.info("resuming at epoch %d, iteration %d", ck["progress"]["epoch"],
              ck["progress"]["batch"])

@@ -26,7 +26,7 @@ log = logging.getLogger("odenet.models")
 
 __all__ = ["build", "build_model", "build_mlp", "build_resnet", "build_odenet", "Classifier",
            "ODEBlock", "ODEFunc", "ResBlock", "ConcatConv2d", "ode_blocks", "measured_blocks",
-           "configure_solver", "reset_solver_stats", "solver_stats", "norm"]
+           "configure_solver", "reset_solver_stats", "solver_stats", "dynamics_penalty", "norm"]
 
 
 class Classifier(nn.Module):
@@ -81,8 +81,10 @@ def build_odenet(m, s) -> nn.Module:
     func = ODEFunc(m.width)
     if m.compile:
         compile_in_place(func)
-    return Classifier(m.name, downsampling(m.downsampling, m.in_channels, m.width),
-                      ODEBlock.from_config(func, m.t1, s), head(m.width, m.num_classes))
+    block = ODEBlock.from_config(func, m.t1, s).regularize(
+        m.kinetic_weight, m.jacobian_weight, m.t1_jitter)
+    return Classifier(m.name, downsampling(m.downsampling, m.in_channels, m.width), block,
+                      head(m.width, m.num_classes))
 
 
 def compile_in_place(module: nn.Module) -> bool:
@@ -147,6 +149,19 @@ def configure_solver(model: nn.Module, **settings: Any) -> None:
 def reset_solver_stats(model: nn.Module) -> None:
     for b in ode_blocks(model):
         b.stats.reset()
+
+
+def dynamics_penalty(model: nn.Module) -> tuple[Any, dict[str, float | None]]:
+    """(the weighted penalties of the ODE blocks' last training solves, to add to the loss:
+    None without any; their unweighted integrals by name, batch means), each block's then
+    cleared so that a solve without them (evaluation) adds nothing."""
+    total, values = None, {}
+    for b in ode_blocks(model):
+        if b.penalty is not None:
+            total = b.penalty if total is None else total + b.penalty
+            values.update({k: None if v is None else float(v) for k, v in b.penalties.items()})
+        b.penalty, b.penalties = None, {}
+    return total, values
 
 
 def solver_stats(model: nn.Module) -> dict[str, int] | None:

@@ -7,6 +7,7 @@ ODE function's ConcatConv2d has one (as in the recipe, which fixes the parameter
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -14,7 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from odenet.config import SolverConfig
-from odenet.solvers import FIXED_METHODS, PreparedSolve, SolveSpec, SolveStats, prepare
+from odenet.models.dynamics import TrainingField, rademacher
+from odenet.solvers import (
+    FIXED_METHODS,
+    PreparedSolve,
+    SolveSpec,
+    SolveStats,
+    StepCarry,
+    prepare,
+)
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -86,6 +95,26 @@ class ODEFunc(nn.Module):
         return self.norm3(out)
 
 
+class CarriedStep(StepCarry):
+    """The step one direction of a block's solves carries (solver.carry_step), kept in the
+    block's ``carried_steps`` buffer (NaN: none yet), so that checkpoints hold it and a
+    resumed run continues bit for bit. Solves in eval mode read it and leave it as it is:
+    evaluation never steers training."""
+
+    def __init__(self, block: nn.Module, index: int):
+        self.block, self.index = block, index
+
+    @property
+    def h(self) -> float | None:
+        h = float(self.block.carried_steps[self.index])
+        return None if math.isnan(h) else h
+
+    @h.setter
+    def h(self, value: float) -> None:
+        if self.block.training:
+            self.block.carried_steps[self.index] = value
+
+
 class ODEBlock(nn.Module):
     """h(t1) = ODESolve(func, h(0), 0, t1) with odenet.solvers.
 
@@ -108,6 +137,7 @@ class ODEBlock(nn.Module):
         self._settings = {k: getattr(SolverConfig, k) for k in self.SETTINGS}
         self._settings.update(atol=self._settings["rtol"], gradient="adjoint")
         self.configure(**solver)
+        self.regularize()
 
     @classmethod
     def from_config(cls, func: nn.Module, t1: float, solver: Any) -> ODEBlock:
@@ -140,6 +170,21 @@ class ODEBlock(nn.Module):
         self.spec = SolveSpec(**{**new, "step_size": new["step_size"] if fixed else None,
                                  "max_num_steps": int(new["max_num_steps"])})
         self._settings, self._prepared = new, {}
+        if new["carry_step"] and "carried_steps" not in self._buffers:
+            self.register_buffer("carried_steps", torch.full((2,), math.nan, dtype=torch.float64))
+            self._carry = (CarriedStep(self, 0), CarriedStep(self, 1))
+        return self
+
+    def regularize(self, kinetic: float = 0.0, jacobian: float = 0.0,
+                   t1_jitter: float = 0.0) -> ODEBlock:
+        """What training solves add (odenet/models/dynamics.py): the weights of the kinetic
+        energy and Jacobian penalties (``penalty`` after each training forward), and
+        STEER's end-time jitter b (T ~ U(t1 - b, t1 + b)). Evaluation solves use none."""
+        if not 0 <= t1_jitter < float(self.times[-1]):
+            raise ValueError(f"t1_jitter must be in [0, t1), got {t1_jitter}")
+        self.kinetic, self.jacobian, self.t1_jitter = kinetic, jacobian, t1_jitter
+        self.penalty: torch.Tensor | None = None  # the weighted penalties of the last solve
+        self.penalties: dict[str, torch.Tensor | None] = {}  # their integrals, batch means
         return self
 
     def settings(self) -> dict[str, Any]:
@@ -159,21 +204,48 @@ class ODEBlock(nn.Module):
         # the adjoint's state stay in the block's dtype; only f runs under autocast
         cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         if cast is None:
-            return self._prepare(x, None)(x, self.stats)[-1]
+            return self._solve(x, None)
         with torch.autocast(device, enabled=False):
-            x = x.to(self.times.dtype)
-            return self._prepare(x, cast)(x, self.stats)[-1]
+            return self._solve(x.to(self.times.dtype), cast)
 
-    def _prepare(self, x: torch.Tensor, cast: torch.dtype | None) -> PreparedSolve:
-        """The solve validated once per state shape, dtype, device, precision and set of
-        trainable parameters (odenet.solvers.prepare), not on every forward."""
+    def _solve(self, x: torch.Tensor, cast: torch.dtype | None) -> torch.Tensor:
+        penalties = bool(self.kinetic or self.jacobian)
+        if not (self.training and torch.is_grad_enabled() and (penalties or self.t1_jitter)):
+            return self._prepare(x, cast)(x, self.stats)[-1]
+        solve = self._prepare(x, cast, penalties)
+        field = solve.field
+        field.scale = 1.0  # T / t1, with T ~ U(t1 - b, t1 + b)
+        if self.t1_jitter:
+            field.scale += self.t1_jitter / float(self.times[-1]) * (2 * float(torch.rand(())) - 1)
+        if not penalties:
+            return solve(x, self.stats)[-1]
+        field.shape, field.noise = tuple(x.shape), rademacher(x) if self.jacobian else None
+        z1 = solve(torch.cat([x.flatten(1), x.new_zeros(len(x), 2)], 1), self.stats)[-1]
+        kinetic, frobenius = z1[:, -2].mean(), z1[:, -1].mean()
+        self.penalty = self.kinetic * kinetic + self.jacobian * frobenius
+        self.penalties = {"kinetic_energy": kinetic.detach(),
+                          "jacobian_frobenius": frobenius.detach() if self.jacobian else None}
+        return z1[:, :-2].reshape(x.shape)
+
+    def _prepare(self, x: torch.Tensor, cast: torch.dtype | None,
+                 training: bool | None = None) -> PreparedSolve:
+        """The solve validated once per state shape, dtype, device, precision, set of
+        trainable parameters and kind (odenet.solvers.prepare), not on every forward.
+        ``training``: a training solve's TrainingField (``solve.field``), with (True) or
+        without (False) the penalties' channels; None: f itself."""
         params = tuple(self.func.parameters())
         key = (tuple(x.shape), x.dtype, x.device, cast,
-               tuple((id(p), p.requires_grad) for p in params))
+               tuple((id(p), p.requires_grad) for p in params), training)
         solve = self._prepared.get(key)
         if solve is None:
             func = self.func if cast is None else autocast_func(self.func, x.device.type, cast)
-            solve = prepare(self.spec, func, like=x, t=self.times.to(x.dtype), params=params)
+            field = None if training is None else TrainingField(func, training,
+                                                                 bool(self.jacobian))
+            like = x.new_zeros(len(x), x[0].numel() + 2) if training else x
+            carry = self._carry if self.spec.carry_step else None
+            solve = prepare(self.spec, field or func, like=like, t=self.times.to(x.dtype),
+                            params=params, carry=carry)
+            solve.field = field
             if len(self._prepared) >= self.PREPARED_KEPT:
                 self._prepared.pop(next(iter(self._prepared)))
             self._prepared[key] = solve

@@ -12,7 +12,7 @@ files, no datasets. Methods and the family solving each are in registry.py (wher
 family plugs in); step-size controllers in controllers.py.
 """
 
-from .controllers import BoundedController, IController, PIController
+from .controllers import BoundedController, IController, PIController, StepCarry
 from .events import odeint_event
 from .odeint import DEFAULT_MAX_NUM_STEPS, GRADIENTS, odeint, odeint_adjoint
 from .registry import (
@@ -34,4 +34,4 @@ __all__ = ["odeint", "odeint_adjoint", "odeint_event", "SolveStats", "SolverErro
            "FIXED_METHODS", "ADAPTIVE_METHODS", "TABLEAUS", "REGISTRY", "DEFAULT_MAX_NUM_STEPS",
            "IController", "PIController", "BoundedController", "GRADIENTS", "RK_METHODS",
            "REVERSIBLE_METHODS", "ADJOINT_ONLY_METHODS", "gradient_refusal",
-           "method_unavailable", "SolveSpec", "PreparedSolve", "prepare"]
+           "method_unavailable", "SolveSpec", "PreparedSolve", "prepare", "StepCarry"]

@@ -69,7 +69,8 @@ def drive(stepping: Stepping, t0: float, direction: float, dtype: torch.dtype, o
     evaluations)."""
     control = make_controller(options, stepping.order)
     fail_below, max_steps = options["fail_below_step"], options["max_num_steps"]
-    h = options["first_step"]
+    carry = options["carry_step"]
+    h = carry.h if carry is not None and carry.h is not None else options["first_step"]
     if h is None:
         # the estimate can fall below what float32 resolves at t0 (f0 = 0 gives 1e-6):
         # start at the floor instead of failing there
@@ -86,6 +87,7 @@ def drive(stepping: Stepping, t0: float, direction: float, dtype: torch.dtype, o
             # never leave a sliver too short to step before the stop
             last = h >= remaining - max(fail_below, float_floor(dtype, t, stop[0]))
         bounded = control.must_accept(h)  # before the cut: it may lengthen h by a hair
+        planned = h
         if last:
             h, jump = remaining, stop[1]
         # the floor follows t: a step is refused only where it no longer moves t in float
@@ -102,6 +104,8 @@ def drive(stepping: Stepping, t0: float, direction: float, dtype: torch.dtype, o
         if ratio <= 1.0 or (bounded and math.isfinite(ratio)):
             tally.accepted += 1
             if stepping.accept(t, dt, t1, jump):
+                if carry is not None:  # the step the next solve would take after this one
+                    carry.h = max(planned, control.accepted(h, ratio))
                 return
             t = t1
             h = control.accepted(h, ratio)

@@ -90,6 +90,19 @@ class BoundedController:
         return self._clamp(self.inner.rejected(h, ratio))
 
 
+class StepCarry:
+    """A step size kept from one adaptive solve to the next (options["carry_step"]): a
+    solve starts from ``h`` where it is set, instead of the first-step estimate, and leaves
+    in ``h`` the step its controller would take next. The error control is untouched: a
+    carried step too large for the next solve is rejected and shrunk like any other."""
+
+    def __init__(self, h: float | None = None):
+        self.h = h
+
+    def __repr__(self) -> str:
+        return f"StepCarry(h={self.h!r})"
+
+
 CONTROLLERS = {"I": IController, "PI": PIController}
 
 

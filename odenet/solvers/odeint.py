@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .controllers import CONTROLLERS, DFACTOR, IFACTOR, SAFETY
+from .controllers import CONTROLLERS, DFACTOR, IFACTOR, SAFETY, StepCarry
 from .registry import METHODS, REGISTRY, Method, family_solve, gradient_refusal
 from .rk import Tally
 from .stats import SolveStats
@@ -30,6 +30,10 @@ FIXED_OPTIONS: dict[str, Any] = {
 ADAMS_OPTIONS: dict[str, Any] = {**FIXED_OPTIONS, "max_order": 12}  # Adams order <= max_order - 1
 ADAPTIVE_OPTIONS: dict[str, Any] = {
     "first_step": None,  # None: Hairer-Wanner's automatic estimate (costs one evaluation)
+    # a StepCarry: start from the step the last solve with it proposed (where it has one:
+    # else first_step), and leave this solve's next step in it; the adjoint's backward
+    # solve takes its own (adjoint_options["carry_step"]), never the forward's
+    "carry_step": None,
     "max_num_steps": DEFAULT_MAX_NUM_STEPS,  # accepted + rejected
     "safety": SAFETY,
     "ifactor": IFACTOR,  # largest growth of the step after an accepted step
@@ -60,7 +64,7 @@ ODEPACK_OPTIONS: dict[str, Any] = {
     # no min_step: ODEPACK's hmin has no effect through scipy's LSODA (scipy 1.17, measured)
     "last_step": "clamp",  # steps never pass t[-1] (ODEPACK's tcrit); "overshoot" is refused
 }
-ADJOINT_OPTIONS = ("norm", "rtol", "atol", "method", "options")
+ADJOINT_OPTIONS = ("norm", "rtol", "atol", "method", "options", "carry_step")
 NORMS = ("default", "seminorm")
 
 Func = Callable[[torch.Tensor, Any], Any]
@@ -415,6 +419,7 @@ def _validate_options(method: Method, options: dict | None) -> dict:
     else:
         if opts["first_step"] is not None:
             opts["first_step"] = _positive("options['first_step']", opts["first_step"])
+        _check_carry("options['carry_step']", opts["carry_step"])
         opts["min_step"] = _positive("options['min_step']", opts["min_step"], allow_zero=True)
         opts["max_step"] = _positive("options['max_step']", opts["max_step"], allow_inf=True)
         if opts["min_step"] > opts["max_step"]:
@@ -518,6 +523,14 @@ def _adjoint_params(func, adjoint_params, gradient: str = "adjoint") -> tuple[to
     return tuple(p for p in params if p.requires_grad)
 
 
+def _check_carry(name: str, carry) -> None:
+    if carry is not None and not isinstance(carry, StepCarry):
+        raise ValueError(f"{name} must be a StepCarry (odenet.solvers.StepCarry) or None, "
+                         f"got {type(carry).__name__}")
+    if carry is not None and carry.h is not None:
+        _positive(f"{name}.h", carry.h)
+
+
 def _validate_adjoint_options(adjoint_options: dict | None, problem: Problem) -> dict:
     """The backward solve's settings; each defaults to the forward's."""
     adjoint_options = {} if adjoint_options is None else adjoint_options
@@ -544,8 +557,16 @@ def _validate_adjoint_options(adjoint_options: dict | None, problem: Problem) ->
         if isinstance(options, dict) and "norm" in options:
             raise ValueError("the backward solve's norm is adjoint_options['norm'], "
                              "not adjoint_options['options']['norm']")
-    else:  # the forward's, less its norm (a norm of y, not of the adjoint state)
-        options = {k: v for k, v in problem.options.items() if k != "norm"} if same else None
+    else:  # the forward's, less its norm (a norm of y, not of the adjoint state) and its
+        # carried step (the forward's, not the backward's)
+        options = ({k: v for k, v in problem.options.items() if k not in ("norm", "carry_step")}
+                   if same else None)
+    if adjoint_options.get("carry_step") is not None:
+        _check_carry("adjoint_options['carry_step']", adjoint_options["carry_step"])
+        if not REGISTRY[name].adaptive or REGISTRY[name].family == "odepack":
+            raise ValueError(f"adjoint_options['carry_step'] is for the adaptive Runge-Kutta "
+                             f"family; the adjoint method {name!r} takes no carried step")
+        options = {**(options or {}), "carry_step": adjoint_options["carry_step"]}
 
     def tolerance(key):  # the forward's is already prepared
         if key not in adjoint_options:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .controllers import StepCarry
 from .odeint import (
     GRADIENTS,
     LAST_STEPS,
@@ -41,6 +42,9 @@ class SolveSpec:
     step_size: float | None = None  # fixed-grid methods: None = the grid is t
     max_num_steps: int | None = None  # None: odeint's default for the method
     last_step: str = "clamp"  # adaptive methods: clamp | overshoot
+    # adaptive Runge-Kutta methods: each solve starts from the step the previous one
+    # proposed (a StepCarry per direction: forward, and the adjoint's backward)
+    carry_step: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # any other option of odeint
 
     def __post_init__(self):
@@ -61,6 +65,9 @@ class SolveSpec:
         if not isinstance(self.options, dict):
             raise ValueError(f"options must be a dict, got {type(self.options).__name__}")
         method = REGISTRY[self.method]
+        if self.carry_step and (not method.adaptive or method.family == "odepack"):
+            raise ValueError(f"carry_step is for the adaptive Runge-Kutta family, got the "
+                             f"method {self.method!r}")
         if self.step_size is not None and method.adaptive:
             raise ValueError(f"step_size is for fixed-grid methods, got step_size="
                              f"{self.step_size!r} with the adaptive method {self.method!r}")
@@ -88,7 +95,8 @@ class PreparedSolve:
     *y0.shape). The parameters differentiated (all but backprop) are those of
     `params` (default: func's parameters that required grad when prepared)."""
 
-    def __init__(self, spec: SolveSpec, func, like: torch.Tensor, t, params=None):
+    def __init__(self, spec: SolveSpec, func, like: torch.Tensor, t, params=None,
+                 carry: tuple[StepCarry, StepCarry] | None = None):
         if not isinstance(spec, SolveSpec):
             raise ValueError(f"spec must be a SolveSpec, got {type(spec).__name__}")
         if not isinstance(like, torch.Tensor):
@@ -97,15 +105,23 @@ class PreparedSolve:
         self.spec = spec
         if isinstance(t, torch.Tensor):
             t = t.to(device=like.device)
+        # (forward, backward) steps carried across calls: the caller's, else this solve's own
+        self.carry = (carry or (StepCarry(), StepCarry())) if spec.carry_step else None
+        options = spec.odeint_options()
+        if self.carry is not None:
+            options["carry_step"] = self.carry[0]
         self.problem = validate(func, like.detach(), t, spec.method, spec.rtol, spec.atol,
-                                spec.odeint_options())
+                                options)
         self.shape, self.dtype, self.device = tuple(like.shape), like.dtype, like.device
         self.params: tuple[torch.Tensor, ...] = ()
         self.back = None
         if spec.gradient != "backprop":
             self.params = _adjoint_params(func, params, spec.gradient)
             if spec.gradient == "adjoint":
-                self.back = _validate_adjoint_options(spec.adjoint_options(), self.problem)
+                back = spec.adjoint_options()
+                if self.carry is not None:
+                    back["carry_step"] = self.carry[1]
+                self.back = _validate_adjoint_options(back, self.problem)
 
     @property
     def t(self) -> torch.Tensor:
@@ -125,8 +141,11 @@ class PreparedSolve:
     solve = __call__
 
 
-def prepare(spec: SolveSpec, func, like: torch.Tensor, t, params=None) -> PreparedSolve:
+def prepare(spec: SolveSpec, func, like: torch.Tensor, t, params=None,
+            carry: tuple[StepCarry, StepCarry] | None = None) -> PreparedSolve:
     """Validate a solve once (see PreparedSolve); `like`: a state of the shape, dtype and
-    device every y0 will have, `t` the times (a 1-D tensor or sequence)."""
-    return PreparedSolve(spec, func, like, t, params)
+    device every y0 will have, `t` the times (a 1-D tensor or sequence); `carry`: the
+    (forward, backward) StepCarry of a spec with carry_step, shared with other prepared
+    solves (default: this solve's own)."""
+    return PreparedSolve(spec, func, like, t, params, carry)
 
