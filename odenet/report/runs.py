@@ -361,8 +361,11 @@ def own_gradient_result(run: Run) -> dict | None:
 SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_gradient",
                "solver_adjoint", "solver_adjoint_norm", "solver_step_size", "solver_last_step")
 SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_size", "device")
+# the training levers (off: null, as in records from before them)
+RECIPE_KEYS = ("ema_decay", "solver_carry_step", "kinetic_weight", "jacobian_weight",
+               "t1_jitter")
 # residual_blocks: a ResNet with fewer blocks (issue 18's ablations) is another row
-GROUP_KEYS = ("model", "residual_blocks") + SOLVER_KEYS + SCALE_KEYS
+GROUP_KEYS = ("model", "residual_blocks") + SOLVER_KEYS + SCALE_KEYS + RECIPE_KEYS
 
 
 def _check_keys() -> None:
@@ -445,7 +448,31 @@ def group_key(m: dict) -> dict:
         # Solver settings of a model without an ODE block do not change it.
         for k in SOLVER_KEYS:
             key[k] = None
+    for k in RECIPE_KEYS:
+        key[k] = key[k] or None  # a lever off (false, 0) is the run without it
     return key
+
+
+def recipe_label(key: dict) -> str:
+    """The training levers of a group's runs, e.g. 'carried step, kinetic 0.1, EMA 0.999';
+    '' without any."""
+    parts = ["carried step"] if key.get("solver_carry_step") else []
+    for k, name in (("kinetic_weight", "kinetic"), ("jacobian_weight", "Jacobian"),
+                    ("t1_jitter", "T jitter"), ("ema_decay", "EMA")):
+        if key.get(k):
+            parts.append(f"{name} {key[k]:g}")
+    return ", ".join(parts)
+
+
+def reported_error(run: Run, split: str = "test") -> object:
+    """The run's error on ``split`` as its table row reports it: that of the weights'
+    moving average where the run kept one (optim.ema_decay), else the weights'."""
+    m = run.metrics
+    return m.get(f"ema_{split}_error") if m.get("ema_decay") else m.get(f"{split}_error")
+
+
+# the measures whose row value is not the metrics.json field of their name
+REPORTED = {"test_error": reported_error, "val_error": lambda r: reported_error(r, "val")}
 
 
 BLOCK_TITLES = {0: "no block: downsampling + head", 1: "one block"}
@@ -558,7 +585,7 @@ def groups(runs: Sequence[Run], task: str | None = record.CLASSIFY, fields: Sequ
         keys[t] = k
     out = []
     for t, rs in members.items():
-        stats = {name: seed_stat(rs, name) for name in fields}
+        stats = {name: seed_stat(rs, name, REPORTED.get(name)) for name in fields}
         stats.update({name: seed_stat(rs, name, f) for name, f in (derived or {}).items()})
         out.append(Group(key=keys[t], runs=rs, stats=stats))
     return sorted(out, key=lambda g: _sort_key(g.key))

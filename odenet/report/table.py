@@ -41,6 +41,7 @@ from odenet.report.runs import (
     load_runs,
     own_gradient_result,
     print_invalid,
+    recipe_label,
     residual_blocks,
     solver_label,
 )
@@ -151,6 +152,8 @@ def _scale(key: dict) -> str:
         parts.append(f"n={key['train_size']}")
     if key["test_size"] is not None:
         parts.append(f"test n={key['test_size']}")
+    if recipe_label(key):
+        parts.append(recipe_label(key))
     return ", ".join(parts) or "-"
 
 
