@@ -102,6 +102,10 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("memory", "Measured activation memory (saved for backward) of the ODE block / "
            "residual blocks vs NFE or depth: the O(1) / O(L~) / O(L) of Table 1.",
            CLASSIFY, f"{_R}:memory_rows", f"{_R}:draw_memory"),
+    Figure("tradeoff", "Validation error against training core-hours, and NFE per training "
+           "iteration against epoch, one colour per recipe (runs with data.val_size): "
+           "the picture for choosing a recipe.",
+           CLASSIFY, f"{_R}:tradeoff_rows", f"{_R}:draw_tradeoff", history=True),
     # density_<dataset>.png (target | planar | CNF, the paper's Figure 4) and
     # flow_<dataset>.png (noise to data over t, Figures 5/6), from checkpoints; no CSV
     Figure("density", "Density models on 2-D data: target, planar flow and CNF (Fig. 4), "

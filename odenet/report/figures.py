@@ -42,6 +42,7 @@ from odenet.report.runs import (
     group_of,
     groups,
     num,
+    recipe_label,
     residual_blocks,
     solver_label,
 )
@@ -194,6 +195,47 @@ def fig3d_rows(runs: Sequence[Run]) -> list[dict]:
             rows.append({"run_dir": _dir(run), "label": label, "kind": "epoch",
                          "epoch": ep - first_epoch + 1,
                          "nfe_forward": num(e["nfe_forward_mean"]), "group": group})
+    return rows
+
+
+def recipe_of(run: Run) -> str:
+    """The trade-off figure's line: the run's model, solver (with an ODE block), levers
+    and epochs, e.g. 'odenet dopri5 tol=1e-3 adjoint, carried step, EMA 0.999, 8 ep'."""
+    m = run.metrics
+    parts = [str(m.get("model"))]
+    if run.has_ode_block:
+        parts[0] += f" {solver_label(m)}"
+    levers = recipe_label({k: m.get(k) for k in ("ema_decay", "solver_carry_step",
+                                                   "kinetic_weight", "jacobian_weight",
+                                                   "t1_jitter")})
+    parts += [levers] if levers else []
+    parts.append(f"{m.get('epochs_planned')} ep")
+    return ", ".join(parts)
+
+
+def tradeoff_rows(runs: Sequence[Run]) -> list[dict]:
+    """Per epoch of every run with a validation split: its validation error (the weights'
+    moving average where the run kept one, as Table 1 reports), the training core-seconds
+    so far (each epoch's training wall time x torch threads) and its mean NFE per
+    training iteration, forward and backward."""
+    rows = []
+    for run in runs:
+        m = run.metrics
+        if m.get("val_size") is None:
+            continue
+        key = "ema_val_error" if m.get("ema_decay") else "val_error"
+        threads, core_seconds = num(m.get("threads")) or 1, 0.0
+        for e in run.epochs():
+            core_seconds += (num(e.get("train_seconds")) or 0.0) * threads
+            if num(e.get(key)) is None or num(e.get("epoch")) is None:
+                continue
+            f, b = num(e.get("nfe_forward_mean")), num(e.get("nfe_backward_mean"))
+            rows.append({"run_dir": _dir(run), "recipe": recipe_of(run),
+                         "seed": m.get("seed"), "epoch": num(e["epoch"]) + 1,
+                         "core_seconds": core_seconds, "val_error": num(e[key]),
+                         "nfe_forward": f, "nfe_backward": b,
+                         # a backward evaluation costs ~3 forward ones (f and its VJP)
+                         "forward_equivalents": None if f is None else f + 3 * (b or 0)})
     return rows
 
 
@@ -432,6 +474,50 @@ def _draw_run_nfe(ax, rs: list[dict], color, label):
     elif it and label:
         ax.lines[-1].set_label(label)
     return color
+
+
+def draw_tradeoff(rows: list[dict], path: Path):
+    """Left: validation error against training core-hours; right: NFE per training
+    iteration (forward: solid, backward: dashed) against epoch. A colour per recipe."""
+    if not rows:
+        raise NoData("no runs with a validation split (train with data.val_size=10000)")
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.6), dpi=120, layout="constrained")
+    err_ax, nfe_ax = fig.subplots(1, 2)
+    fig.suptitle("Accuracy per CPU time, and evaluations per iteration, by recipe",
+                 fontsize=11)
+    for recipe, rs in group_by(rows, "recipe").items():
+        color = None
+        for _, run in group_by(rs, "run_dir").items():
+            line = err_ax.plot([r["core_seconds"] / 3600 for r in run],
+                               [r["val_error"] * 100 for r in run], "o-", ms=3,
+                               color=color, label=recipe if color is None else None)[0]
+            color = line.get_color()
+            nfe = [r for r in run if r["nfe_forward"] is not None]
+            if nfe:
+                nfe_ax.plot([r["epoch"] for r in nfe], [r["nfe_forward"] for r in nfe],
+                            "o-", ms=3, color=color)
+                nfe_ax.plot([r["epoch"] for r in nfe], [r["nfe_backward"] or 0 for r in nfe],
+                            "s--", ms=3, color=color)
+    err_ax.set_xlabel("training core-hours (epoch training time x threads)")
+    err_ax.set_ylabel("validation error (%)")
+    err_ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    for axis in (err_ax.yaxis,):  # plain numbers on the log axis, not 4x10^-1
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(FormatStrFormatter("%g"))
+    err_ax.legend(fontsize=7)
+    nfe_ax.set_xlabel("epoch")
+    nfe_ax.set_ylabel("NFE per iteration (solid: forward, dashed: backward)")
+    for ax in (err_ax, nfe_ax):
+        ax.grid(True, alpha=0.3, which="both")
+    _save(fig, path)
+    return fig
 
 
 def fit_curve(x0: float, x1: float, n: int = 64) -> list[float]:
