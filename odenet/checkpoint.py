@@ -55,16 +55,26 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike, map_location: Any = "cpu"
                ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """(the trained network in eval mode, its config as a plain dict, the checkpoint)."""
+    """(the trained network in eval mode, its config as a plain dict, the checkpoint). The
+    weights are those Table 1 reports: the moving average where the run kept one
+    (optim.ema_decay), else the trained weights."""
     ck = load(path, map_location)
     config = ck["config"]
     try:
         model = build_model(config.get("model", {}), config.get("solver"), strict=False)
-        model.load_state_dict(ck["model"])
+        model.load_state_dict(reported_weights(ck))
     except (ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the model "
                               f"({str(e).splitlines()[0][:200]})") from None
     return model.to(map_location).eval(), config, ck
+
+
+def reported_weights(ck: dict[str, Any]) -> dict[str, Any]:
+    """The model state dict of a checkpoint's reported weights (see load_model)."""
+    if "ema" not in ck:
+        return ck["model"]
+    prefix = "module."  # torch.optim.swa_utils.AveragedModel's
+    return {k[len(prefix):]: v for k, v in ck["ema"].items() if k.startswith(prefix)}
 
 
 def load_ode_model(path: str | os.PathLike, map_location: Any = "cpu"
