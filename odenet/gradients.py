@@ -144,7 +144,7 @@ def loss_gradient(model, task, batch, *, method: str, tol: float, gradient: str,
     from odenet.measure import ActivationMeter, synchronize
     from odenet.models.blocks import autocast_func
     from odenet.runtime import autocast
-    from odenet.solvers import FIXED_METHODS, SolveStats, odeint
+    from odenet.solvers import FIXED_METHODS, SolveStats, StepCarry, odeint
 
     x = batch[0]
     block = model.ode_block
@@ -157,6 +157,11 @@ def loss_gradient(model, task, batch, *, method: str, tol: float, gradient: str,
     adj = {"adjoint_params": tuple(block.func.parameters())} if gradient != "backprop" else {}
     if gradient == "adjoint":
         adj["adjoint_options"] = {"norm": "seminorm" if seminorm else "default"}
+    carried = carried_steps(block, method)  # a run trained with solver.carry_step: its steps
+    if carried is not None:
+        options["carry_step"] = StepCarry(carried[0])
+        if gradient == "adjoint":
+            adj["adjoint_options"]["carry_step"] = StepCarry(carried[1])
     stats = SolveStats()
     synchronize(x.device)
     t0 = time.perf_counter()
@@ -177,6 +182,18 @@ def loss_gradient(model, task, batch, *, method: str, tol: float, gradient: str,
     return {"grads": grads, "seconds": seconds, "nfe_forward": stats.nfe_forward,
             "nfe_backward": stats.nfe_backward, "block_activation_mib": m.total_mib,
             "loss": float(loss.detach())}
+
+
+def carried_steps(block, method: str) -> tuple[float | None, float | None] | None:
+    """(forward, backward) first steps a block trained with solver.carry_step carries, for
+    a re-solve with ``method`` (an adaptive Runge-Kutta method); None otherwise."""
+    from odenet.solvers import REGISTRY
+
+    steps = getattr(block, "carried_steps", None)
+    m = REGISTRY[method]
+    if steps is None or not m.adaptive or m.family == "odepack":
+        return None
+    return tuple(None if math.isnan(h) else h for h in steps.tolist())
 
 
 def rel_error(g, ref) -> float:
