@@ -8,7 +8,7 @@ ARGS    ?=
 TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-torchdiffeq bench-threads bench-compile bench-openmp bench-solver bench-gradients clean
+.PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-torchdiffeq bench-threads bench-compile bench-openmp bench-solver bench-gradients bench-recipe clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ bench-openmp: $(VENV) $(DATA)  ## an ODE-Net iteration under each OpenMP wait po
 
 bench-solver: $(VENV)  ## odenet.solvers vs torchdiffeq: bookkeeping and the ODE-Net block
 	$(PY) -m bench.bench_solver $(ARGS)
+
+bench-recipe: $(VENV) $(DATA)  ## the ODE-Net's training cost: the table1 recipe vs the reference recipe, side by side
+	$(PY) -m bench.bench_recipe $(ARGS)
 
 bench-gradients: $(VENV)  ## each gradient method on the ODE-Net block per tolerance, and issue 13's floors
 	$(PY) -m bench.bench_gradients $(ARGS)

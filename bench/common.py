@@ -45,9 +45,26 @@ class Counted(torch.nn.Module):
         return self.func(t, y)
 
 
+def cpu_kind() -> str:
+    """The CPU's model and the vector units that set training speed, e.g. 'AMD EPYC
+    (AVX2, AVX-512, AVX-512 BF16; no AMX)': from /proc/cpuinfo (Linux), else the platform."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    units = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"),
+                                     ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX"))
+             if flag in flags]
+    amx = "" if "AMX" in units else "; no AMX"
+    return f"{fields.get('model name', '?')} ({', '.join(units)}{amx})"
+
+
 def machine() -> dict[str, object]:
     info: dict[str, object] = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_kind(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
