@@ -591,6 +591,7 @@ def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
         raise ConfigError(f"resume=true: {path} was written with other settings for "
                           f"{', '.join(diff)} (only {', '.join(RESUMABLE_CHANGES)} may change)")
     _check_epochs_change(ck["config"]["optim"]["epochs"], cfg.optim)
+    _check_state_kept(ck, cfg, path)
     hist = out / record.HISTORY
     need = ck["progress"].get("history_bytes", 0)
     have = hist.stat().st_size if hist.exists() else None
@@ -599,6 +600,20 @@ def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
         raise ConfigError(f"resume=true: {hist} {what} when {path} was saved; the run's "
                           "history cannot continue (overwrite=true starts afresh)")
     return ck
+
+
+def _check_state_kept(ck: dict[str, Any], cfg: Any, path: Path) -> None:
+    """A setting that keeps state in the checkpoint cannot be turned on when resuming a run
+    written without it (its config predates the setting, so the settings compare equal)."""
+    kept = (("optim.ema_decay", cfg.optim.ema_decay is not None, "ema" in ck,
+             "a moving average of the weights"),
+            ("solver.carry_step", bool(cfg.solver.get("carry_step")),
+             any(k.endswith("carried_steps") for k in ck["model"]), "a carried step"))
+    for key, wanted, has, what in kept:
+        if wanted and not has:
+            raise ConfigError(f"resume=true: {path} holds no {what}, so {key} cannot be "
+                              "turned on for this run (train afresh: overwrite=true, or "
+                              "another hydra.run.dir)")
 
 
 def _check_epochs_change(was: int, o: Any) -> None:

@@ -193,11 +193,6 @@ def test_resume_may_not_change_the_decay(runs, mnist_root, tmp_path):
         assert "\n" not in str(info.value)
 
 
-# BUG (odenet/train.py _resume): a checkpoint written before optim.ema_decay existed (its
-# config has no such key, which check_resume lets through as "a schema that gained a
-# setting") resumed with optim.ema_decay set reads ck["ema"]: KeyError 'ema'.
-@pytest.mark.xfail(strict=True, reason="BUG: resuming a checkpoint without 'ema' with "
-                   "optim.ema_decay set raises KeyError 'ema'")
 def test_an_older_checkpoint_resumed_with_an_average_is_refused_or_continued(runs, mnist_root,
                                                                            tmp_path):
     import shutil

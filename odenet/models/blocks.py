@@ -18,6 +18,7 @@ from odenet.config import SolverConfig
 from odenet.models.dynamics import TrainingField, rademacher
 from odenet.solvers import (
     FIXED_METHODS,
+    REGISTRY,
     PreparedSolve,
     SolveSpec,
     SolveStats,
@@ -167,8 +168,14 @@ class ODEBlock(nn.Module):
             settings["atol"] = settings["rtol"]  # as in SolverConfig: atol follows rtol
         new = {**self._settings, **{k: v for k, v in settings.items() if v is not None}}
         fixed = new["method"] in FIXED_METHODS  # a kept step_size applies to fixed grids only
+        # a carried step applies to adaptive Runge-Kutta methods only (e.g. a run trained
+        # with one, re-solved with rk4 or lsoda by odenet evaluate)
+        method = REGISTRY[new["method"]] if new["method"] in REGISTRY else None
+        carry = bool(new["carry_step"] and method is not None and method.adaptive
+                     and method.family != "odepack")
         self.spec = SolveSpec(**{**new, "step_size": new["step_size"] if fixed else None,
-                                 "max_num_steps": int(new["max_num_steps"])})
+                                 "max_num_steps": int(new["max_num_steps"]),
+                                 "carry_step": carry})
         self._settings, self._prepared = new, {}
         if new["carry_step"] and "carried_steps" not in self._buffers:
             self.register_buffer("carried_steps", torch.full((2,), math.nan, dtype=torch.float64))

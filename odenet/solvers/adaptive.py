@@ -104,7 +104,7 @@ def drive(stepping: Stepping, t0: float, direction: float, dtype: torch.dtype, o
         if ratio <= 1.0 or (bounded and math.isfinite(ratio)):
             tally.accepted += 1
             if stepping.accept(t, dt, t1, jump):
-                if carry is not None:  # the step the next solve would take after this one
+                if carry is not None:  # the controller's proposal, not the cut last step
                     carry.h = max(planned, control.accepted(h, ratio))
                 return
             t = t1

@@ -93,8 +93,10 @@ class BoundedController:
 class StepCarry:
     """A step size kept from one adaptive solve to the next (options["carry_step"]): a
     solve starts from ``h`` where it is set, instead of the first-step estimate, and leaves
-    in ``h`` the step its controller would take next. The error control is untouched: a
-    carried step too large for the next solve is rejected and shrunk like any other."""
+    in ``h`` the larger of the step its controller would take next and the step it had
+    planned before the last one was cut to end on t[-1] (both the controller's proposals).
+    The error control is untouched: a carried step too large for the next solve is
+    rejected and shrunk like any other."""
 
     def __init__(self, h: float | None = None):
         self.h = h

@@ -105,6 +105,8 @@ class PreparedSolve:
         self.spec = spec
         if isinstance(t, torch.Tensor):
             t = t.to(device=like.device)
+        if carry is not None and not spec.carry_step:
+            raise ValueError("carry is for a SolveSpec with carry_step=True")
         # (forward, backward) steps carried across calls: the caller's, else this solve's own
         self.carry = (carry or (StepCarry(), StepCarry())) if spec.carry_step else None
         options = spec.odeint_options()
