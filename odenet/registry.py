@@ -79,7 +79,7 @@ class ODENetConfig(ImageModelConfig):
     width: int = 64
     downsampling: str = "conv"
     t1: float = 1.0  # the ODE block integrates over [0, t1]
-    compile: bool = False  # torch.compile the ODE function (README "Speed")
+    compile: bool = False  # torch.compile the ODE function (docs/benchmarks.md)
 
     @staticmethod
     def check(m) -> None:

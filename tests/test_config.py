@@ -133,12 +133,12 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["data.batch_size=0"], "data.batch_size must be >= 1"),
     (["seed=0,1"], "sweeping needs -m"),
     (["device=tpu"], "device='tpu'"),
-    # issue 19 item 6: were ValueError/RuntimeError tracebacks once training began
+    # values that would fail only once training began: refused up front
     (["seed=99999999999999999999"], "seed must be in [0, 1e+12) (got 99999999999999999999)"),
     (["optim.lr=1e308"], "optim.lr=1e+308 is too large: float32 parameters take at most"),
     (["optim.base_lr=1e38", "data.batch_size=1280"], "data.batch_size=1280 = 1e+39 is too"),
     (["optim.weight_decay=1e300"], "optim.weight_decay=1e+300 is too large"),
-    # issue 19 item 8: a value that means nothing is refused for every model
+    # a value that means nothing is refused for every model, with an ODE block or not
     (["model=mlp", "solver.method=nosuch"], "solver.method='nosuch' is not one of"),
     (["model=mlp", "solver.rtol=-1"], "solver.rtol must be > 0"),
     (["model=resnet", "solver.gradient=nope"], "solver.gradient='nope' is not one of"),
@@ -238,7 +238,7 @@ def test_train_help_lists_config_groups(cli):
 
 
 def test_train_help_gives_every_setting_its_value_and_meaning():
-    """Issue 19 item 12: --help named the settings; their meaning is in configs/."""
+    """--help gives each setting its value and its meaning (the comment in configs/)."""
     from odenet.app import train_help
 
     text = train_help([])
@@ -312,7 +312,7 @@ def test_evaluate_chooses_the_device_as_training_does():
 
 
 def test_a_config_to_config_made_is_handed_down_as_it_is_and_a_copy_is_validated():
-    """Issue 18: validated once; a merged copy (read-only and typed like the original, but
+    """Validated once; a merged copy (read-only and typed like the original, but
     holding anything) is not taken on trust."""
     c = compose([])
     assert is_typed(c) and to_config(c) is c

@@ -44,7 +44,7 @@ def test_exact_parameter_counts(name, params):
 
 @pytest.mark.parametrize("blocks,params", [(0, 132_874), (1, 206_858)])
 def test_ablation_resnets_keep_downsampling_and_head(blocks, params):
-    """Table 1's ablation rows (issue 18): no residual block, one residual block."""
+    """Table 1's ablation rows: no residual block, one residual block."""
     m = model("resnet", f"model.num_blocks={blocks}")
     assert count_parameters(m) == params == 132_874 + blocks * 73_984
     assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)

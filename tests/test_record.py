@@ -96,7 +96,7 @@ def test_each_reduction_folds_its_values(how):
 
 
 def test_an_epoch_is_its_iterations_reduced_as_its_fields_declare():
-    """Issue 18: the trainer copies nothing by hand; a None is a value not measured then."""
+    """The trainer copies nothing by hand; a None is a value not measured then."""
     state = record.epoch_state()
     common = {"nfe_backward": None, "activation_block_mib": None}
     record.add_iteration(state, {**common, "loss": 2.0, "nfe_forward": 20,

@@ -198,8 +198,8 @@ def test_resume_refuses_a_different_run(compose_cfg, tmp_path):
 
 
 def test_resume_refuses_new_epochs_for_a_schedule_fitted_to_them(compose_cfg, tmp_path):
-    """Issue 19 item 4: one-cycle fitted to 3 epochs, resumed with 4, spliced two schedules
-    (lr 0.0188 -> 0.0224 at step 14)."""
+    """One-cycle fitted to 3 epochs, resumed with 4, would splice two schedules (lr 0.0188
+    -> 0.0224 at step 14): refused."""
     args = (*TINY, "model=mlp", "optim.schedule=onecycle")
     run(compose_cfg(*args, "optim.epochs=3", "train.stop_after_iters=6"), tmp_path)
     before = (tmp_path / "history.jsonl").read_bytes()
@@ -222,8 +222,8 @@ def test_more_epochs_of_a_constant_schedule_equal_a_longer_run(compose_cfg, tmp_
 
 
 def test_settings_that_do_not_apply_are_said(compose_cfg, tmp_path, caplog):
-    """Issue 19 item 8: solver settings of a model without an ODE block, and more training
-    images than MNIST has, were dropped without a word."""
+    """Solver settings of a model without an ODE block, and more training images than
+    MNIST has, are said in the log, not dropped without a word."""
     cfg = compose_cfg(*TINY, "model=mlp", "solver=bosh3", "data.train_size=100000000",
                       "train.max_iters_per_epoch=2")
     with caplog.at_level("WARNING", logger="odenet.train"):
@@ -474,7 +474,7 @@ def test_a_checkpoint_of_the_trainer_before_declared_reductions_resumes_its_epoc
 
 
 def test_a_typed_config_is_not_validated_again(compose_cfg, tmp_path, monkeypatch):
-    """Issue 18: the config is validated once, at the command layer; the trainer and the
+    """The config is validated once, at the command layer; the trainer and the
     model builder take the typed Config as it is. A dict is still validated."""
     import odenet.config
     import odenet.models

@@ -361,7 +361,7 @@ def own_gradient_result(run: Run) -> dict | None:
 SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_gradient",
                "solver_adjoint", "solver_adjoint_norm", "solver_step_size", "solver_last_step")
 SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_size", "device")
-# residual_blocks: a ResNet with fewer blocks (issue 18's ablations) is another row
+# residual_blocks: a ResNet with fewer blocks (Table 1's ablations) is another row
 GROUP_KEYS = ("model", "residual_blocks") + SOLVER_KEYS + SCALE_KEYS
 
 
