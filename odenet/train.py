@@ -34,7 +34,7 @@ from torch import nn
 from odenet import checkpoint, measure, optim, record, rundir
 from odenet.config import ConfigError, as_dict, to_config, unused_settings
 from odenet.models import build, measured_blocks, reset_solver_stats, solver_stats
-from odenet.registry import spec
+from odenet.registry import ADJOINT, spec
 from odenet.runlog import Bars, Heartbeat, RunLog, epoch_records, log_epoch
 from odenet.runtime import (
     autocast,
@@ -120,19 +120,7 @@ class Progress:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Progress:
-        """A checkpoint's Progress. One written before the records declared their
-        reductions kept the epoch's sums by hand: rebuilt into ``reduced``."""
-        state = dict(state)
-        if "loss_sum" in state:
-            n = state.pop("iters")
-            n_nfe = n if state["nfe_f"] else 0  # no evaluation at all: no ODE block
-            act = [*state.pop("activation"), None][:3]  # before activation NFE: 2 entries
-            state["reduced"] = {
-                **record.epoch_state(), "loss": [state.pop("loss_sum"), n],
-                "nfe_forward_mean": [state.pop("nfe_f"), n_nfe],
-                "nfe_backward_mean": [state.pop("nfe_b"), n_nfe],
-                "sec_per_iter": state.pop("times"), "activation_mib": act[0],
-                "activation_block_mib": act[1], "activation_nfe_forward": act[2]}
+        """A checkpoint's Progress (what ``state()`` saved)."""
         return cls(**state)
 
 
@@ -493,7 +481,7 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         solver_method=s.method if ode else None,
         solver_rtol=s.rtol if ode else None, solver_atol=s.atol if ode else None,
         solver_gradient=s.gradient if ode else None,
-        solver_adjoint=bool(s.adjoint) if ode else None,
+        solver_adjoint=s.gradient == ADJOINT if ode else None,
         solver_adjoint_norm=s.adjoint_norm if ode else None,
         solver_step_size=s.step_size if ode and fixed else None,
         solver_last_step=s.last_step if ode and not fixed else None,

@@ -57,7 +57,7 @@ def test_experiments_compose_with_every_model(experiment, model):
 def test_defaults_are_the_papers_recipe():
     c = compose([])
     assert c.model.name == "odenet" and c.solver.method == "dopri5"
-    assert c.solver.rtol == c.solver.atol == 1e-3 and c.solver.adjoint is True
+    assert c.solver.rtol == c.solver.atol == 1e-3 and c.solver.gradient == "adjoint"
     o = c.optim
     assert (o.name, o.momentum, o.base_lr, o.epochs, list(o.milestones), o.gamma) == (
         "sgd", 0.9, 0.1, 160, [60, 100, 140], 0.1)
@@ -79,25 +79,25 @@ def test_atol_follows_rtol_unless_set():
 
 def test_rknet_is_odenet_without_the_adjoint():
     o, r = compose(["model=odenet"]), compose(["model=rknet"])
-    assert o.solver.adjoint is True and r.solver.adjoint is False
+    assert (o.solver.gradient, r.solver.gradient) == ("adjoint", "backprop")
     assert OmegaConf.to_container(o.model) == {**OmegaConf.to_container(r.model),
                                                "name": "odenet"}
     assert compose(["model=rknet", "solver=rk4"]).solver.step_size == 0.25
     with pytest.raises(ConfigError, match="model=rknet"):
-        compose(["model=rknet", "solver.adjoint=true"])
+        compose(["model=rknet", "solver.gradient=adjoint"])
     with pytest.raises(ConfigError, match="model=odenet"):
-        compose(["model=odenet", "solver.adjoint=false"])
+        compose(["model=odenet", "solver.gradient=backprop"])
 
 
 def test_mlp_and_resnet_ignore_the_solver_settings():
     from odenet.config import unused_settings
 
-    assert compose(["model=resnet", "solver.adjoint=false"]).model.name == "resnet"
+    assert compose(["model=resnet", "solver.gradient=backprop"]).model.name == "resnet"
     # valid, but not applying (sweeps mix models): the trainer says so
     assert unused_settings(compose(["model=mlp", "solver=rk4", "solver.rtol=1e-2"])) == [
         "solver.method=rk4", "solver.rtol=0.01", "solver.step_size=0.25"]
-    assert unused_settings(compose(["model=resnet", "solver.adjoint=false"])) == [
-        "solver.adjoint=false"]
+    assert unused_settings(compose(["model=resnet", "solver.gradient=backprop"])) == [
+        "solver.gradient=backprop"]
     assert unused_settings(compose(["model=mlp"])) == []
     assert unused_settings(compose(["model=odenet", "solver.rtol=1e-2"])) == []
 
@@ -110,6 +110,7 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
     (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
     (["rtol=1e-3"], "did you mean 'solver.rtol'?"),
+    (["solver.adjoint=true"], "unknown key 'solver.adjoint'"),  # one spelling: solver.gradient
     (["solver.method=vode"], "solver.method='vode' is not one of"),
     # lsoda solves in scipy, outside autograd: the adjoint only
     (["model=rknet", "solver=lsoda"], "solver.method=lsoda: method 'lsoda' solves outside "
