@@ -48,6 +48,7 @@ NOT_RUN = {
     "git clone <this repository> odenet && cd odenet": "a placeholder URL",
     "make install": "installs .venv (the test runs inside an installed environment)",
     "source .venv/bin/activate": "the shell's environment",
+    "make test": "the test suite itself",
     "odenet train experiment=quick model=odenet": "full MNIST, an epoch: minutes",
     "make reproduce": "the quick plan: ~30 minutes on 2 cores",
     "odenet train experiment=cnf_moons": "1,000 CNF steps: ~2 minutes",
