@@ -11,7 +11,7 @@ TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 .PHONY: help install data test test-slow test-all lint train sweep reproduce bench bench-torchdiffeq bench-threads bench-compile bench-openmp bench-solver bench-gradients bench-recipe clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 $(VENV): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -47,10 +47,10 @@ train: $(VENV) $(DATA)  ## one run, e.g. make train ARGS="model=odenet solver.rt
 sweep: $(VENV) $(DATA)  ## tolerance sweep (Hydra multirun), see scripts/sweep_tolerances.sh
 	bash scripts/sweep_tolerances.sh $(ARGS)
 
-reproduce: $(VENV) $(DATA)  ## Table 1 + Figure 3 at quick scale (one 1-thread job per core; odenet reproduce --help)
+reproduce: $(VENV) $(DATA)  ## Table 1 + Figure 3 at quick scale, ~30 min on 2 cores (report in outputs/report/)
 	.venv/bin/odenet reproduce experiment=quick $(ARGS)
 
-bench: $(VENV) $(DATA)  ## the fast path vs today's fp32 vs the torchdiffeq reference, with issue 17's floors
+bench: $(VENV) $(DATA)  ## training speed with precision=bf16 vs fp32 vs the torchdiffeq reference network
 	$(PY) -m bench.bench_fast $(ARGS)
 
 bench-torchdiffeq: $(VENV) $(DATA)  ## odenet vs torchdiffeq on the same fp32 network: iteration, test forward, solver
@@ -71,7 +71,7 @@ bench-solver: $(VENV)  ## odenet.solvers vs torchdiffeq: bookkeeping and the ODE
 bench-recipe: $(VENV) $(DATA)  ## the ODE-Net's training cost: the table1 recipe vs the reference recipe, side by side
 	$(PY) -m bench.bench_recipe $(ARGS)
 
-bench-gradients: $(VENV)  ## each gradient method on the ODE-Net block per tolerance, and issue 13's floors
+bench-gradients: $(VENV)  ## time and memory of each gradient method (ODE-Net block and training iteration)
 	$(PY) -m bench.bench_gradients $(ARGS)
 
 clean:  ## remove caches (keeps .venv, data/ and outputs/)

@@ -6,13 +6,14 @@ on CUDA, the peak memory allocated through forward + backward.
 The methods at rtol = atol = τ for τ in --tolerances (1e-3 is the recipe's), t = [0, 1]:
 backprop, adjoint and checkpoint on dopri5 (the same forward solve), reversible on
 adaptive_reversible_heun (and backprop through it, for its memory's contrast). Then the
-floors of issue 13 that a block measures, each a ratio printed with its limit:
+floors a block measures (what each method may cost at most), each a ratio printed with its
+limit:
 - checkpoint's saved MiB per function evaluation ≤ 1/10 of backprop's (RK-Net's);
 - reversible's saved MiB flat in NFE: its largest over its smallest across τ ≤ 2 (as the
   adjoint's), and within 2x of the adjoint's at each τ;
 - seconds: checkpoint ≤ 1.4x backprop's; reversible ≤ 1.5x the adjoint's at the same
   NFE-F (seconds per forward evaluation compared, as the two solvers take other steps).
-The time floors are the issue's per training iteration: with --training (on by default)
+The time floors are per training iteration: with --training (on by default)
 the whole network (downsampling, block, head; SGD step) is trained from the same
 weights on the same MNIST batches by each gradient method at 1e-3, interleaved
 (bench/bench_training.py's Trainer): RK-Net (backprop), ODE-Net (adjoint), checkpoint,
@@ -115,7 +116,7 @@ def training(device: str, iters: int, warmup: int = 2) -> dict:
 
 
 def floors(by_tol: dict[float, dict], train: dict | None = None) -> list[dict]:
-    """Issue 13's block floors from the measurements at each tolerance: name, value, limit."""
+    """The floors from the measurements at each tolerance: name, value, limit."""
     out = []
 
     def add(name: str, value: float, limit: float) -> None:
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
                   f"{r['nfe_backward']}  steps {r['steps']}  saved {r['activation_mib']:.2f} "
                   f"MiB{extra}")
     checks = floors(by_tol, train)
-    print("floors (issue 13):")
+    print("floors (each ratio against its limit):")
     for c in checks:
         print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['floor']}: {c['value']:.3f} "
               f"(limit {c['limit']:g})")

@@ -6,7 +6,7 @@ trains the ODE-Net (adjoint, dopri5 1e-3, batch 128, ``--precision``) for ``--it
 iterations after 2 of warm-up and prints its images per second; processes of one case
 start together. "Loaded": a process spinning on one core (``--load`` of them) runs
 throughout, as another user's job would. The numbers behind `threads`' default and
-`odenet reproduce`'s jobs (README "Threads").
+`odenet reproduce`'s jobs (docs/benchmarks.md, "Threads against processes").
 
     python -m bench.bench_threads [--iters 8] [--precision auto|bf16|fp32]
 """

@@ -5,10 +5,11 @@ Steps, each timed and recorded as ok or not (a failed step does not stop the oth
    ``smoke_bf16/<model>`` of ODE-Net and ResNet with ``precision=bf16`` (CUDA autocast);
 2. ``quick_epoch/odenet``: one ODE-Net epoch of ``experiment=quick`` (468 iterations, the
    full test set, 5,000 training images evaluated);
-3. ``bench/<case>``: the ``make bench`` cases (bench/bench_training.py) on the device:
-   odenet vs torchdiffeq training iterations (10 timed after 3 of warm-up), the test-set
-   forward of 1,000 images, the solver alone; ``bench/fast_<model>``: bench/bench_fast.py's
-   bf16 vs fp32 vs reference iterations (issue 17's floors, on the device).
+3. ``bench/<case>``: the ``make bench-torchdiffeq`` cases (bench/bench_training.py) on the
+   device: odenet vs torchdiffeq training iterations (10 timed after 3 of warm-up), the
+   test-set forward of 1,000 images, the solver alone; ``bench/fast_<model>``:
+   bench/bench_fast.py's
+   bf16 vs fp32 vs reference iterations (``make bench``'s floors, on the device).
 A training step is ok when its run finished on the device asked for. The summary,
 ``<out>/gpu_check.json``, is rewritten after every step, so a check cut short still
 leaves what it measured. Sized for under 8 minutes on one GPU.

@@ -61,7 +61,6 @@ class SolverConfig:
     atol: float | None = None  # None: equal to rtol
     gradient: str | None = None  # adjoint | backprop | checkpoint | reversible; None: the
     # model's default (registry traits)
-    adjoint: bool | None = None  # older spelling: true = gradient adjoint, false = backprop
     adjoint_norm: str = "default"  # default | seminorm (Kidger et al. 2021)
     step_size: float | None = None  # fixed-grid methods only
     max_num_steps: int = 1000  # a training solve needing more fails the run (fail fast)
@@ -180,9 +179,14 @@ def model_config(cfg: Any, *, strict: bool = True, readonly: bool = True) -> Dic
     return m
 
 
-def solver_config(cfg: Any, model: str) -> DictConfig:
-    """A validated SolverConfig for ``model``, with atol and adjoint resolved."""
-    s = _merge(SolverConfig, _plain(cfg), "solver.")
+def solver_config(cfg: Any, model: str, *, strict: bool = True) -> DictConfig:
+    """A validated SolverConfig for ``model``, with atol and the gradient resolved.
+    ``strict=False`` drops keys the schema lacks (a checkpoint's config from another
+    version of odenet)."""
+    values = _plain(cfg)
+    if not strict:
+        values = {k: v for k, v in values.items() if k in SolverConfig.__dataclass_fields__}
+    s = _merge(SolverConfig, values, "solver.")
     resolve_solver(s, model)
     OmegaConf.set_readonly(s, True)
     return s
@@ -190,14 +194,12 @@ def solver_config(cfg: Any, model: str) -> DictConfig:
 
 def resolve_solver(s: DictConfig, model: str) -> None:
     """Check ``s`` for ``model`` and fill in what follows from other settings: atol follows
-    rtol unless set, and the gradient method follows the model unless set (``adjoint``
-    then says whether it is the adjoint, for records and checkpoints written before
-    ``gradient`` existed)."""
+    rtol unless set, and the gradient method follows the model unless set."""
     gradient = _validate_solver(s, model)
     with _writable(s):
         if s.atol is None:
             s.atol = s.rtol
-        s.gradient, s.adjoint = gradient, gradient == ADJOINT
+        s.gradient = gradient
 
 
 def peak_lr(cfg: Any) -> float:
@@ -324,7 +326,7 @@ def _validate_solver(s: Any, model: str) -> None:
     refusal = gradient_refusal(s.method, gradient)  # the solver library's own rule
     if refusal is not None:
         why = (f" (model={model} computes its gradients by {gradient})"
-               if s.gradient is None and s.adjoint is None else "")
+               if s.gradient is None else "")
         raise ConfigError(f"solver.method={s.method}: {refusal}{why}")
     unavailable = method_unavailable(s.method)  # a method whose extra is not installed
     need(unavailable is None, f"solver.method={s.method}: {unavailable}")
@@ -338,18 +340,11 @@ def _validate_solver(s: Any, model: str) -> None:
 
 
 def _gradient(s: Any, model: str) -> str:
-    """The gradient method ``s`` asks of ``model``: solver.gradient, or the older
-    solver.adjoint (true: adjoint, false: backprop); they must agree when both are set."""
-    from_adjoint = None if s.adjoint is None else (ADJOINT if s.adjoint else BACKPROP)
-    if s.gradient is not None:
-        one_of("solver.gradient", s.gradient, GRADIENTS)
-        # adjoint is derived from gradient once resolved: false goes with any other method
-        need(s.adjoint is None or bool(s.adjoint) == (s.gradient == ADJOINT),
-             f"solver.gradient={s.gradient} and solver.adjoint={str(s.adjoint).lower()} "
-             "disagree (solver.adjoint is the older spelling: set one of them)")
-        return spec(model).gradient(s.gradient, f"solver.gradient={s.gradient}")
-    asked = None if s.adjoint is None else f"solver.adjoint={str(s.adjoint).lower()}"
-    return spec(model).gradient(from_adjoint, asked or "")
+    """The gradient method ``s`` asks of ``model``: solver.gradient, else the model's own."""
+    if s.gradient is None:
+        return spec(model).gradient(None)
+    one_of("solver.gradient", s.gradient, GRADIENTS)
+    return spec(model).gradient(s.gradient, f"solver.gradient={s.gradient}")
 
 
 def _finite(node: Any, prefix: str = "") -> None:

@@ -75,11 +75,10 @@ METRICS_REDUCTIONS = (LAST, MAX, SUM)
 
 def _f(kind: str, doc: str, unit: str = "", task: str | None = None, *, reduce: str | None = None,
        of: str | None = None, title: str | None = None, default: Any = None) -> Any:
-    """A field and its declaration; ``from_epoch`` (a Metrics field reduced from the epochs)
-    is kept for readers of the older metadata."""
+    """A field and its declaration."""
     return field(default=default, metadata={
         "kind": kind, "doc": doc, "unit": unit, "task": task, "reduce": reduce, "of": of,
-        "title": title, "from_epoch": reduce is not None})
+        "title": title})
 
 
 @dataclass
@@ -97,7 +96,7 @@ class Metrics:
     solver_atol: float | None = _f(SETTING, "absolute tolerance")
     solver_gradient: str | None = _f(SETTING, "adjoint | backprop | checkpoint | reversible")
     solver_adjoint: bool | None = _f(SETTING, "gradients by the adjoint (solver_gradient "
-                                     "is adjoint; records before solver_gradient have this)")
+                                     "is adjoint)")
     solver_adjoint_norm: str | None = _f(SETTING, "default | seminorm")
     solver_step_size: float | None = _f(SETTING, "fixed-grid step; null when adaptive")
     solver_last_step: str | None = _f(SETTING, "clamp | overshoot; null for fixed grids")

@@ -79,7 +79,7 @@ class ODENetConfig(ImageModelConfig):
     width: int = 64
     downsampling: str = "conv"
     t1: float = 1.0  # the ODE block integrates over [0, t1]
-    compile: bool = False  # torch.compile the ODE function (README "Speed")
+    compile: bool = False  # torch.compile the ODE function (docs/benchmarks.md)
     # training solves only (odenet/models/dynamics.py): penalties on the learned dynamics
     # and STEER's end time T ~ U(t1 - b, t1 + b)
     kinetic_weight: float = 0.0

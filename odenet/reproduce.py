@@ -519,9 +519,9 @@ class Children:
 
 
 # ---------------------------------------------------------------- the schedule
-# Defaults jobs = the usable cores, threads = 1, from `make bench-threads` on this 2-core
-# machine (README, "Threads against processes"; ODE-Net trainings, images per second in
-# all): one training at 2 threads 148, two trainings at 1 thread each 200 when idle; 55
+# Defaults jobs = the usable cores, threads = 1, from `make bench-threads` on a 2-core AMD
+# EPYC VM (docs/benchmarks.md, "Threads against processes"; ODE-Net trainings, images per
+# second in all): one training at 2 threads 148, two trainings at 1 thread each 200 when idle; 55
 # against 117 when another process keeps a core busy.
 TICK = 0.1            # seconds between looks at the children
 ESTIMATE_EVERY = 5.0  # seconds between readings of the runs' records for the time left

@@ -40,7 +40,7 @@ from odenet.models import (
     reset_solver_stats,
     solver_stats,
 )
-from odenet.registry import spec
+from odenet.registry import ADJOINT, spec
 from odenet.runlog import Bars, Heartbeat, RunLog, epoch_records, log_epoch
 from odenet.runtime import (
     autocast,
@@ -126,20 +126,9 @@ class Progress:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Progress:
-        """A checkpoint's Progress. One written before the records declared their
-        reductions kept the epoch's sums by hand: rebuilt into ``reduced``."""
-        state = dict(state)
-        if "loss_sum" in state:
-            n = state.pop("iters")
-            n_nfe = n if state["nfe_f"] else 0  # no evaluation at all: no ODE block
-            act = [*state.pop("activation"), None][:3]  # before activation NFE: 2 entries
-            state["reduced"] = {
-                **record.epoch_state(), "loss": [state.pop("loss_sum"), n],
-                "nfe_forward_mean": [state.pop("nfe_f"), n_nfe],
-                "nfe_backward_mean": [state.pop("nfe_b"), n_nfe],
-                "sec_per_iter": state.pop("times"), "activation_mib": act[0],
-                "activation_block_mib": act[1], "activation_nfe_forward": act[2]}
-        return cls(**state)
+        """A checkpoint's Progress (what ``state()`` saved). An epoch field the record
+        gained since starts empty, as for an epoch that has not measured it."""
+        return cls(**{**state, "reduced": {**record.epoch_state(), **state["reduced"]}})
 
 
 class Stop(Exception):
@@ -511,7 +500,7 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         solver_method=s.method if ode else None,
         solver_rtol=s.rtol if ode else None, solver_atol=s.atol if ode else None,
         solver_gradient=s.gradient if ode else None,
-        solver_adjoint=bool(s.adjoint) if ode else None,
+        solver_adjoint=s.gradient == ADJOINT if ode else None,
         solver_adjoint_norm=s.adjoint_norm if ode else None,
         solver_step_size=s.step_size if ode and fixed else None,
         solver_last_step=s.last_step if ode and not fixed else None,

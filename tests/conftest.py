@@ -115,11 +115,13 @@ def _env() -> dict:
 
 @pytest.fixture
 def cli():
-    """cli("train", "model=mlp", ...): `odenet ARGS` in a fresh process, output captured."""
+    """cli("train", "model=mlp", ...): `odenet ARGS` in a fresh process, output captured;
+    ``env``: variables added to the environment."""
 
-    def run(*args: str, cwd: Path | None = None, timeout: float = 300):
+    def run(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
         return subprocess.run([sys.executable, "-m", "odenet.cli", *args], cwd=cwd or REPO,
-                              capture_output=True, text=True, timeout=timeout, env=_env())
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**_env(), **(env or {})})
 
     return run
 

@@ -1,4 +1,4 @@
-"""Issue 18's bound on the code's shape: no function outside odenet/solvers/ is longer than
+"""A bound on the code's shape: no function outside odenet/solvers/ is longer than
 80 lines (the solver library is exempt: its steppers follow the published tableaux)."""
 
 import ast

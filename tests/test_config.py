@@ -57,7 +57,7 @@ def test_experiments_compose_with_every_model(experiment, model):
 def test_defaults_are_the_papers_recipe():
     c = compose([])
     assert c.model.name == "odenet" and c.solver.method == "dopri5"
-    assert c.solver.rtol == c.solver.atol == 1e-3 and c.solver.adjoint is True
+    assert c.solver.rtol == c.solver.atol == 1e-3 and c.solver.gradient == "adjoint"
     o = c.optim
     assert (o.name, o.momentum, o.base_lr, o.epochs, list(o.milestones), o.gamma) == (
         "sgd", 0.9, 0.1, 160, [60, 100, 140], 0.1)
@@ -79,25 +79,25 @@ def test_atol_follows_rtol_unless_set():
 
 def test_rknet_is_odenet_without_the_adjoint():
     o, r = compose(["model=odenet"]), compose(["model=rknet"])
-    assert o.solver.adjoint is True and r.solver.adjoint is False
+    assert (o.solver.gradient, r.solver.gradient) == ("adjoint", "backprop")
     assert OmegaConf.to_container(o.model) == {**OmegaConf.to_container(r.model),
                                                "name": "odenet"}
     assert compose(["model=rknet", "solver=rk4"]).solver.step_size == 0.25
     with pytest.raises(ConfigError, match="model=rknet"):
-        compose(["model=rknet", "solver.adjoint=true"])
+        compose(["model=rknet", "solver.gradient=adjoint"])
     with pytest.raises(ConfigError, match="model=odenet"):
-        compose(["model=odenet", "solver.adjoint=false"])
+        compose(["model=odenet", "solver.gradient=backprop"])
 
 
 def test_mlp_and_resnet_ignore_the_solver_settings():
     from odenet.config import unused_settings
 
-    assert compose(["model=resnet", "solver.adjoint=false"]).model.name == "resnet"
+    assert compose(["model=resnet", "solver.gradient=backprop"]).model.name == "resnet"
     # valid, but not applying (sweeps mix models): the trainer says so
     assert unused_settings(compose(["model=mlp", "solver=rk4", "solver.rtol=1e-2"])) == [
         "solver.method=rk4", "solver.rtol=0.01", "solver.step_size=0.25"]
-    assert unused_settings(compose(["model=resnet", "solver.adjoint=false"])) == [
-        "solver.adjoint=false"]
+    assert unused_settings(compose(["model=resnet", "solver.gradient=backprop"])) == [
+        "solver.gradient=backprop"]
     assert unused_settings(compose(["model=mlp"])) == []
     assert unused_settings(compose(["model=odenet", "solver.rtol=1e-2"])) == []
 
@@ -110,6 +110,7 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
     (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'; did you mean 'solver.rtol'?"),
     (["rtol=1e-3"], "did you mean 'solver.rtol'?"),
+    (["solver.adjoint=true"], "unknown key 'solver.adjoint'"),  # one spelling: solver.gradient
     (["solver.method=vode"], "solver.method='vode' is not one of"),
     # lsoda solves in scipy, outside autograd: the adjoint only
     (["model=rknet", "solver=lsoda"], "solver.method=lsoda: method 'lsoda' solves outside "
@@ -133,12 +134,12 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["data.batch_size=0"], "data.batch_size must be >= 1"),
     (["seed=0,1"], "sweeping needs -m"),
     (["device=tpu"], "device='tpu'"),
-    # issue 19 item 6: were ValueError/RuntimeError tracebacks once training began
+    # values that would fail only once training began: refused up front
     (["seed=99999999999999999999"], "seed must be in [0, 1e+12) (got 99999999999999999999)"),
     (["optim.lr=1e308"], "optim.lr=1e+308 is too large: float32 parameters take at most"),
     (["optim.base_lr=1e38", "data.batch_size=1280"], "data.batch_size=1280 = 1e+39 is too"),
     (["optim.weight_decay=1e300"], "optim.weight_decay=1e+300 is too large"),
-    # issue 19 item 8: a value that means nothing is refused for every model
+    # a value that means nothing is refused for every model, with an ODE block or not
     (["model=mlp", "solver.method=nosuch"], "solver.method='nosuch' is not one of"),
     (["model=mlp", "solver.rtol=-1"], "solver.rtol must be > 0"),
     (["model=resnet", "solver.gradient=nope"], "solver.gradient='nope' is not one of"),
@@ -238,7 +239,7 @@ def test_train_help_lists_config_groups(cli):
 
 
 def test_train_help_gives_every_setting_its_value_and_meaning():
-    """Issue 19 item 12: --help named the settings; their meaning is in configs/."""
+    """--help gives each setting its value and its meaning (the comment in configs/)."""
     from odenet.app import train_help
 
     text = train_help([])
@@ -312,7 +313,7 @@ def test_evaluate_chooses_the_device_as_training_does():
 
 
 def test_a_config_to_config_made_is_handed_down_as_it_is_and_a_copy_is_validated():
-    """Issue 18: validated once; a merged copy (read-only and typed like the original, but
+    """Validated once; a merged copy (read-only and typed like the original, but
     holding anything) is not taken on trust."""
     c = compose([])
     assert is_typed(c) and to_config(c) is c

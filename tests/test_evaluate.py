@@ -175,8 +175,8 @@ def test_bad_input_one_line(tmp_path, capsys, argv, needle):
 
 # ------------------------------------------------------------------ density models
 def test_a_cnf_is_measured_nfe_error_and_nll_per_tolerance(tmp_path, density_checkpoint):
-    """A CNF's ODE block is re-solved like the ODE-Net's (issue 19 item 2: was an
-    AttributeError traceback): NFE, numerical error and the test NLL at each tolerance."""
+    """A CNF's ODE block is re-solved like the ODE-Net's: NFE, numerical error and the
+    test NLL at each tolerance."""
     from odenet.cnf.data import split_points
     from odenet.tasks import DensityTask
 
@@ -216,7 +216,8 @@ def test_a_density_model_that_cannot_be_measured_is_refused(tmp_path, capsys, mo
 
 def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
         tmp_path, capsys, monkeypatch, read_only, density_checkpoint):
-    """The results were computed, then lost to an OSError traceback (issue 19 item 6)."""
+    """Refused in one line before anything is computed (not computed, then lost to an
+    OSError traceback)."""
     ck = density_checkpoint(tmp_path / "run" / "checkpoint.pt")
     read_only(ck.parent)
     monkeypatch.setattr(E, "evaluate", lambda *a, **k: pytest.fail("computed"))

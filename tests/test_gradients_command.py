@@ -133,8 +133,8 @@ def test_init_needs_out(capsys):
 
 
 def test_a_cnf_is_measured(tmp_path, density_checkpoint):
-    """A CNF's gradients by every method (issue 19 item 2: was an AttributeError
-    traceback); backprop and checkpoint give their discrete solve's gradient."""
+    """A CNF's gradients by every method; backprop and checkpoint give their discrete
+    solve's gradient."""
     ck = density_checkpoint(tmp_path / "checkpoint.pt")
     assert G.main([f"checkpoint={ck}", "batch_size=16", "tolerances=[1e-3]",
                    "reference_tol=1e-7", "threads=1"]) == 0
@@ -150,7 +150,8 @@ def test_a_cnf_is_measured(tmp_path, density_checkpoint):
 
 def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
         tmp_path, capsys, monkeypatch, read_only, density_checkpoint):
-    """The results were computed, then lost to an OSError traceback (issue 19 item 6)."""
+    """Refused in one line before anything is computed (not computed, then lost to an
+    OSError traceback)."""
     ck = density_checkpoint(tmp_path / "run" / "checkpoint.pt")
     read_only(ck.parent)
     monkeypatch.setattr(G, "measure", lambda *a, **k: pytest.fail("computed"))
@@ -161,8 +162,8 @@ def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
 
 
 def test_the_reference_solve_shows_progress(tmp_path, capsys, monkeypatch):
-    """Off a terminal, heartbeat lines count the reference solve's evaluations (it printed
-    nothing for minutes: issue 19 item 11)."""
+    """Off a terminal, heartbeat lines count the reference solve's evaluations (a silent
+    reference solve can take minutes)."""
     monkeypatch.setattr(G, "HEARTBEAT_SECONDS", 0.0)
     assert G.main(["checkpoint=init", f"out={tmp_path / 'g.json'}", "methods=[backprop]",
                    *FAST]) == 0

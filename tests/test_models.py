@@ -44,7 +44,7 @@ def test_exact_parameter_counts(name, params):
 
 @pytest.mark.parametrize("blocks,params", [(0, 132_874), (1, 206_858)])
 def test_ablation_resnets_keep_downsampling_and_head(blocks, params):
-    """Table 1's ablation rows (issue 18): no residual block, one residual block."""
+    """Table 1's ablation rows: no residual block, one residual block."""
     m = model("resnet", f"model.num_blocks={blocks}")
     assert count_parameters(m) == params == 132_874 + blocks * 73_984
     assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
@@ -141,8 +141,20 @@ def test_build_model_from_a_checkpoint_config_dict():
     x = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
-    # partial dicts work too: unset adjoint follows the model name
+    # partial dicts work too: an unset gradient follows the model name
     assert ode_blocks(build_model({"name": "odenet"}, {"rtol": 1e-2}))[0].adjoint is True
+
+
+def test_a_checkpoint_config_with_keys_the_schemas_lack_builds_with_strict_false():
+    """load_model reads checkpoints of another odenet version: keys it does not know are
+    dropped there (strict=False), refused everywhere else."""
+    from odenet.config import ConfigError
+
+    solver = {"method": "bosh3", "rtol": 1e-2, "adjoint": False, "gradient": "backprop"}
+    (blk,) = ode_blocks(build_model({"name": "rknet", "old": 1}, solver, strict=False))
+    assert (blk.method, blk.gradient) == ("bosh3", "backprop")
+    with pytest.raises(ConfigError, match="unknown key 'solver.adjoint'"):
+        build_model({"name": "rknet"}, solver)
 
 
 def test_res_downsampling_option():

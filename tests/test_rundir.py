@@ -1,4 +1,4 @@
-"""A run directory has one owner and one history (issue 11): refusals are one line, exit
+"""A run directory has one owner and one history: refusals are one line, exit
 status 2, and leave every file as it was."""
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ def test_the_interruption_hint_is_a_complete_command(cli, tmp_path, mnist_root):
 
 
 def test_the_interruption_hint_pastes_into_a_shell(cli, tmp_path, mnist_root):
-    """Issue 19 item 5: a run directory with a space, a comma, parentheses and non-ASCII
-    letters; the printed command is run by a shell, as a user pastes it."""
+    """A run directory with a space, a comma, parentheses and non-ASCII letters; the
+    printed command is run by a shell, as a user pastes it."""
     out = tmp_path / "x y (2), é"
     r = cli("train", *TINY, "model=mlp", "optim.epochs=2", f"data.root={mnist_root}",
             f"hydra.run.dir='{out}'", "train.stop_after_iters=3")
@@ -233,8 +233,8 @@ def test_heartbeat_logs_progress_without_a_terminal(caplog):
 
 
 def test_a_terminal_without_a_width_gets_the_heartbeat(monkeypatch):
-    """Issue 19 item 11: under `script -qc` the terminal reports 0 columns; tqdm drew
-    nothing and the heartbeat was off, as the bars counted as shown."""
+    """Under `script -qc` the terminal reports 0 columns, where tqdm draws nothing: the
+    heartbeat lines take over (the bars do not count as shown)."""
     import io
 
     from odenet.runlog import Bars
@@ -327,8 +327,8 @@ def _shell(command: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_an_interrupted_sweep_prints_one_command_that_resumes_all_of_it(cli, tmp_path,
                                                                        mnist_root):
-    """Issue 19 item 10: job 0 (one epoch) finishes, job 1 stops after 6 of its 8
-    iterations; the printed command continues the sweep in its own directory."""
+    """Job 0 (one epoch) finishes, job 1 stops after 6 of its 8 iterations; the printed
+    command continues the sweep in its own directory."""
     sweep = tmp_path / "sweep"
     r = cli("train", "-m", *TINY, "model=mlp", "optim.epochs=1,2", "train.stop_after_iters=6",
             f"data.root={mnist_root}", f"hydra.sweep.dir={sweep}")
@@ -347,8 +347,8 @@ def test_an_interrupted_sweep_prints_one_command_that_resumes_all_of_it(cli, tmp
 
 @pytest.mark.parametrize("when", ["at start", "as job 0 starts"])
 def test_ctrl_c_early_in_a_sweep_stops_it_in_one_line(tmp_path, mnist_root, when):
-    """Issue 19 item 6: a SIGINT while torch or Hydra load, or while job 0 sets up, was a
-    KeyboardInterrupt traceback (and once a crash in job 1)."""
+    """A SIGINT while torch or Hydra load, or while job 0 sets up: one line, no
+    KeyboardInterrupt traceback, no job 1."""
     import signal
 
     sweep = tmp_path / "sweep"
@@ -374,8 +374,8 @@ def test_ctrl_c_early_in_a_sweep_stops_it_in_one_line(tmp_path, mnist_root, when
 
 
 def test_a_full_disk_under_hydras_record_is_one_line(cli, tmp_path, mnist_root):
-    """Issue 19 item 6: Hydra's own write of .hydra/config.yaml failing (here into
-    /dev/full: "No space left on device") was an OSError traceback."""
+    """Hydra's own write of .hydra/config.yaml failing (here into /dev/full: "No space
+    left on device") is one line, no OSError traceback."""
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
     out = tmp_path / "run"
@@ -389,8 +389,8 @@ def test_a_full_disk_under_hydras_record_is_one_line(cli, tmp_path, mnist_root):
 
 
 def test_a_missing_cuda_is_refused_before_anything_is_written(cli, tmp_path, mnist_root):
-    """Issue 19 item 9: device=cuda on a machine without CUDA left .hydra/, train.log and
-    .lock behind."""
+    """device=cuda on a machine without CUDA leaves nothing behind (no .hydra/, train.log
+    or .lock)."""
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     out = tmp_path / "run"

@@ -77,7 +77,7 @@ def build_resnet(m, s=None) -> nn.Module:
 
 
 def build_odenet(m, s) -> nn.Module:
-    """ODE-Net and RK-Net: the same network; ``s.adjoint`` says how gradients are computed."""
+    """ODE-Net and RK-Net: the same network; ``s.gradient`` says how gradients are computed."""
     func = ODEFunc(m.width)
     if m.compile:
         compile_in_place(func)
@@ -120,10 +120,11 @@ def build_model(model_cfg: Any, solver_cfg: Any = None, *, strict: bool = True) 
     ``solver_cfg`` where it has an ODE block, both validated first.
 
     Both may be validated configs, DictConfigs or plain dicts (a checkpoint's ``config``);
-    ``strict=False`` drops model keys the schema no longer has (older checkpoints).
+    ``strict=False`` drops keys the schemas do not have (a checkpoint of another version).
     """
     m = model_config(model_cfg, strict=strict)
-    s = solver_config(solver_cfg or {}, m.name) if spec(m.name).ode_block else None
+    s = solver_config(solver_cfg or {}, m.name, strict=strict) if spec(m.name).ode_block \
+        else None
     return build(m, s)
 
 

@@ -128,9 +128,8 @@ class ODEBlock(nn.Module):
     PREPARED_KEPT = 8  # prepared solves kept (batch shapes x dtypes x devices x precisions)
 
     def __init__(self, func: nn.Module, t1: float = 1.0, **solver: Any):
-        """``solver``: any of SETTINGS (or ``adjoint``: true = gradient adjoint, false =
-        backprop); the rest are SolverConfig's defaults, with the adjoint as gradient
-        (``from_config`` builds a block from a validated SolverConfig)."""
+        """``solver``: any of SETTINGS; the rest are SolverConfig's defaults, with the
+        adjoint as gradient (``from_config`` builds a block from a validated SolverConfig)."""
         super().__init__()
         self.func = func
         self.register_buffer("times", torch.tensor([0.0, float(t1)]), persistent=False)
@@ -158,12 +157,9 @@ class ODEBlock(nn.Module):
     def configure(self, **settings: Any) -> ODEBlock:
         """Set solver settings (None leaves one unchanged; atol=None with rtol follows it).
         Bad values raise the solver's one-line ValueError here, not at the next solve."""
-        unknown = set(settings) - {*self.SETTINGS, "adjoint"}
+        unknown = set(settings) - set(self.SETTINGS)
         if unknown:
             raise ValueError(f"unknown solver setting(s) {sorted(unknown)}; valid: {self.SETTINGS}")
-        adjoint = settings.pop("adjoint", None)
-        if adjoint is not None:  # the older spelling of gradient
-            settings.setdefault("gradient", "adjoint" if adjoint else "backprop")
         if settings.get("rtol") is not None and settings.get("atol") is None:
             settings["atol"] = settings["rtol"]  # as in SolverConfig: atol follows rtol
         new = {**self._settings, **{k: v for k, v in settings.items() if v is not None}}

@@ -389,7 +389,7 @@ def draw_fig3c(rows: list[dict], path: Path):
     """One panel per solver (one alone: a single panel), a series per adjoint variant."""
     if not rows:
         raise NoData("no finished adjoint runs with history.jsonl: train with "
-                     f"`model={adjoint_model()} solver.adjoint=true` (a tolerance sweep "
+                     f"`model={adjoint_model()} solver.gradient=adjoint` (a tolerance sweep "
                      "spreads the points)")
     import matplotlib
 

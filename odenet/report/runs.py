@@ -364,7 +364,7 @@ SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_
 # the training levers (off: null, as in records from before them)
 RECIPE_KEYS = ("ema_decay", "solver_carry_step", "kinetic_weight", "jacobian_weight",
                "t1_jitter")
-# residual_blocks: a ResNet with fewer blocks (issue 18's ablations) is another row
+# residual_blocks: a ResNet with fewer blocks (Table 1's ablations) is another row
 GROUP_KEYS = ("model", "residual_blocks") + SOLVER_KEYS + SCALE_KEYS + RECIPE_KEYS
 
 

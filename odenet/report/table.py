@@ -8,7 +8,7 @@ row's mean is over distinct seeds and its sample std is over distinct seeds only
 (repeats are not independent seeds); the seeds column says "0 (x2)" for two runs of
 seed 0. Table 1 says per row how many seeds (n) and whether the paper's test error lies
 within [min, max] of the seeds' ("–" with one seed); a ResNet with other residual
-blocks than its own (issue 18's ablations) is a row of its own, without paper numbers.
+blocks than its own (the ablation rows) is a row of its own, without paper numbers.
 Runs that did not finish (running, failed, interrupted) are listed in a section of
 their own and never enter a mean, and so are run files that fail validation
 (odenet/record.py), by path and reason. Every path written is relative to the

@@ -1,7 +1,7 @@
 """odenet.solvers: explicit Runge-Kutta, Adams and reversible Heun ODE solvers, and LSODA
 (ODEPACK through scipy, the `lsoda` extra), with four gradient methods (backprop, adjoint,
 checkpoint, reversible; `odeint(gradient=...)`), instrumented, and call-compatible with
-torchdiffeq (see README, "Switching from torchdiffeq").
+torchdiffeq (see docs/solvers.md, "Switching from torchdiffeq").
 
     from odenet.solvers import odeint, SolveStats
     stats = SolveStats()

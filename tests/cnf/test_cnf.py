@@ -80,7 +80,8 @@ def test_adjoint_gradients_match_backprop_through_the_solver(field):
     x = datasets.sample("moons", 64, 0).double()
     grads = []
     for adjoint in (True, False):
-        model = CNF(f, adjoint=adjoint, rtol=1e-8, atol=1e-8).double().train()
+        gradient = "adjoint" if adjoint else "backprop"
+        model = CNF(f, gradient=gradient, rtol=1e-8, atol=1e-8).double().train()
         f.zero_grad()
         (-model.log_prob(x).mean()).backward()
         grads.append(torch.cat([p.grad.reshape(-1) for p in f.parameters()]))

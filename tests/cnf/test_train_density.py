@@ -26,7 +26,7 @@ def test_experiments_compose(experiment):
     c = compose([f"experiment={experiment}"])
     assert c.model.name == "cnf" and c.model.field == "hyper"
     assert c.data.name == experiment.removeprefix("cnf_") and c.optim.name == "adam"
-    assert c.solver.adjoint is True and c.solver.atol == c.solver.rtol
+    assert c.solver.gradient == "adjoint" and c.solver.atol == c.solver.rtol
     p = compose([f"experiment={experiment}", "model=planar"])
     assert p.model.name == "planar" and p.model.layers == 32
     # the same budget for both: data, batch, epochs, optimizer

@@ -1,5 +1,5 @@
 """Groups of runs (odenet/report/runs.py): the data the table, figures and claims read,
-and Table 1's ablation rows (ResNet with 0 and 1 residual blocks, issue 18)."""
+and Table 1's ablation rows (ResNet with 0 and 1 residual blocks)."""
 
 from __future__ import annotations
 

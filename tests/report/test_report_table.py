@@ -203,7 +203,7 @@ def test_runs_of_other_tasks_are_not_table1(make_run, tmp_path, capsys):
     rows, excluded = build_rows(load_runs([tmp_path / "outputs"])[0])
     assert [len(r.runs) for r in rows] == [2] and excluded == []
     assert main([str(tmp_path / "outputs"), "--out", str(tmp_path / "rep")]) == 0
-    # the density runs are in a table of their own (tests/report/test_report_issue11.py)
+    # the density runs are in a table of their own (tests/report/test_report_reading.py)
     assert "3 finished run(s) (1 of density models), 1 not finished" in capsys.readouterr().out
 
 

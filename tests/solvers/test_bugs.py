@@ -1,4 +1,5 @@
-"""The three solver bugs of issue 12, each on the exact failing cases the issue names."""
+"""Three solver bugs, each on its exact failing case: the float32 first step, the adjoint
+with a y-independent func, and a func whose output dtype differs from y0's."""
 
 import math
 

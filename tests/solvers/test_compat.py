@@ -1,4 +1,4 @@
-"""torchdiffeq's documented behaviour that odenet used to refuse (issue 12): the same call
+"""torchdiffeq's documented behaviour, as a drop-in must have it: the same call
 gives the same result (within the tolerance) and the same gradients as torchdiffeq."""
 
 import math

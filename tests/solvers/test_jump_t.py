@@ -1,4 +1,4 @@
-"""options={"jump_t": ...} (issue 19 item 14): torchdiffeq's way to name the times where f
+"""options={"jump_t": ...}: torchdiffeq's way to name the times where f
 is discontinuous. A step that would cross one ends on it (its c = 1 stages just before
 it), and the next starts with f just past it; tested against torchdiffeq 0.2.5."""
 

@@ -1,4 +1,4 @@
-"""The minimum step follows the current time (issue 19 item 3): a step is refused only
+"""The minimum step follows the current time: a step is refused only
 where it no longer moves t in the state's dtype, not below 16 eps max(|t0|, |t1|) for the
 whole solve (which refused easy float32 problems on long spans at t=0)."""
 

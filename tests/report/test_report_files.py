@@ -1,4 +1,5 @@
-"""Issue 19, items 6 and 7: where reports write, and runs found but not read."""
+"""Where reports write (a folder they cannot write is one line), and runs found but not
+read (listed with their reason, never dropped without a note)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _one_line_exit_2(code, capsys, prog):
 @pytest.mark.parametrize("where", ["read-only directory", "under a file"])
 def test_out_where_nothing_can_be_written_is_one_line(prog, where, make_run, tmp_path,
                                                       capsys, read_only):
-    """Was an OSError traceback (issue 19 item 6)."""
+    """One line naming the path, no OSError traceback."""
     make_run("ode", history=history_records())
     if where == "under a file":
         (tmp_path / "file").write_text("")
@@ -41,7 +42,7 @@ def _excluded(out):
 
 def test_an_unreadable_run_directory_is_listed_with_its_reason(make_run, tmp_path, capsys,
                                                                unreadable):
-    """It was silently missing from the table and excluded_runs.csv (issue 19 item 7)."""
+    """Listed in table.md and excluded_runs.csv with its reason, not left out unsaid."""
     make_run("a")
     unreadable(make_run("b"))
     out = tmp_path / "t"
@@ -67,7 +68,8 @@ def test_a_symlinked_run_directory_is_read_and_a_loop_is_no_hang(make_run, tmp_p
 
 
 def test_a_cut_last_history_line_of_a_finished_run_is_noted(make_run, tmp_path, capsys):
-    """fig3d lost the run's last epoch without a note (issue 19 item 7)."""
+    """fig3d says which epoch record a cut last line of history.jsonl leaves out, rather
+    than dropping it unsaid."""
     d = make_run("ode", history=history_records(epochs=2), epochs=2)
     text = (d / "history.jsonl").read_text()
     (d / "history.jsonl").write_text(text[: text.rstrip().rfind("{") + 10])  # cut the last

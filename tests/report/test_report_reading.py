@@ -1,4 +1,4 @@
-"""Reports read every run they can (issue 11): paths relative to the directory given,
+"""Reports read every run they can: paths relative to the directory given,
 the density models' own table, repeats of one seed, evaluations of a changed checkpoint
 left out, the memory fit y = a·x against the measured iteration's NFE."""
 
