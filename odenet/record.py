@@ -315,7 +315,7 @@ def add_iteration(state: dict[str, Any], values: dict) -> None:
     ``state``. None is no value: not measured at that iteration (the NFE of a model without
     an ODE block, the activations of all but the measured iteration)."""
     for f in _reduced(EpochRecord):
-        v = values[f.metadata["of"]]
+        v = values.get(f.metadata["of"])  # absent: not measured by this model
         if v is not None:
             state[f.name] = REDUCTIONS[f.metadata["reduce"]].add(state[f.name], v)
 

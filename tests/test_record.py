@@ -112,7 +112,8 @@ def test_an_epoch_is_its_iterations_reduced_as_its_fields_declare():
     assert record.epoch_values(state) == {
         "loss": 3.5 / 3, "nfe_forward_mean": 26.0, "nfe_backward_mean": None,
         "activation_mib": 5.0, "activation_block_mib": None, "activation_nfe_forward": 20,
-        "sec_per_iter": pytest.approx(0.2)}
+        "sec_per_iter": pytest.approx(0.2), "kinetic_energy": None,
+        "jacobian_frobenius": None}
     json.dumps(state)  # plain types: a checkpoint holds it mid-epoch
 
 
