@@ -315,7 +315,12 @@ def _validate_solver(s: Any, model: str) -> None:
     if s.adjoint_norm == "seminorm" and gradient != ADJOINT:
         raise ConfigError(f"solver.adjoint_norm=seminorm needs the adjoint; model={model} "
                           f"computes its gradients by {gradient}")
-    from odenet.solvers import FIXED_METHODS, gradient_refusal, method_unavailable
+    from odenet.solvers import (
+        FIXED_METHODS,
+        gradient_refusal,
+        method_unavailable,
+        tolerance_refusal,
+    )
 
     need(s.method not in FIXED_METHODS or s.step_size is not None,
          f"solver.method={s.method} is a fixed-grid method: set solver.step_size (e.g. 0.25)")
@@ -326,6 +331,10 @@ def _validate_solver(s: Any, model: str) -> None:
         raise ConfigError(f"solver.method={s.method}: {refusal}{why}")
     unavailable = method_unavailable(s.method)  # a method whose extra is not installed
     need(unavailable is None, f"solver.method={s.method}: {unavailable}")
+    # the ODE block's state is float32 (precision=bf16 too: only f runs under autocast)
+    refusal = tolerance_refusal(s.method, s.rtol, s.rtol if s.atol is None else s.atol,
+                                names=("solver.rtol", "solver.atol"))
+    need(refusal is None, str(refusal))
     return gradient
 
 

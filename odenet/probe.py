@@ -40,19 +40,38 @@ def check(cfg: ProbeSettings, positive: tuple[str, ...] = ()) -> None:
          "tolerances=[1e-1,1e-3]")
     for t in cfg.tolerances:
         need(t > 0 and math.isfinite(t), f"tolerances: {t!r} is not a positive number")
-    need(cfg.reference_tol > 0 and cfg.reference_tol * 10 < min(cfg.tolerances),
-         f"reference_tol={cfg.reference_tol!r} must be positive and at least 100x below "
-         f"the smallest tolerance ({min(cfg.tolerances):g})")
     need(cfg.dtype in ("float32", "float64"), f"dtype={cfg.dtype!r}; accepted: float32, "
          "float64")
     for name in ("method", "reference_method"):
         m = getattr(cfg, name)
         need(m is None or m in METHODS, f"{name}={m!r}; accepted: {', '.join(METHODS)}")
+    _check_resolvable(cfg)
+    need(cfg.reference_tol > 0 and cfg.reference_tol * 10 < min(cfg.tolerances),
+         f"reference_tol={cfg.reference_tol!r} must be positive and at least 100x below "
+         f"the smallest tolerance ({min(cfg.tolerances):g})")
     for name in ("max_num_steps", "repeats", *positive):
         need(getattr(cfg, name) >= 1,
              f"{name}={getattr(cfg, name)!r} must be a positive integer")
     need(cfg.threads is None or cfg.threads >= 1,
          f"threads={cfg.threads!r} must be a positive integer or null")
+
+
+def _check_resolvable(cfg: ProbeSettings) -> None:
+    """Each tolerance (rtol = atol) within what its solve's dtype resolves (before the
+    comparison with reference_tol, which would blame reference_tol instead)."""
+    import torch
+
+    from odenet.solvers import tolerance_floor, tolerance_refusal
+
+    for name, method, tols, dtype in (
+            ("tolerances", cfg.method or "dopri5", cfg.tolerances, cfg.dtype),  # null: trained
+            ("reference_tol", cfg.reference_method, [cfg.reference_tol], "float64")):
+        tols = [t for t in tols if t > 0]  # a non-positive one: refused by check
+        floor = tolerance_floor(getattr(torch, dtype))
+        for tol in tols:
+            need(tolerance_refusal(method, tol, tol, getattr(torch, dtype)) is None,
+                 f"{name}: {tol:g} is below what {dtype} resolves for {method} (eps**2 = "
+                 f"{floor:.2g}): raise it to at least {floor:.2g}")
 
 
 def _out(cfg: ProbeSettings, default_name: str) -> Path:

@@ -70,6 +70,13 @@ def test_defaults_are_the_papers_recipe():
     assert q.optim.epochs <= 6
 
 
+def test_a_tolerance_float32_resolves_or_no_tolerance_at_all_is_accepted():
+    assert compose(["solver.rtol=1e-13"]).solver.atol == 1e-13
+    assert compose(["solver.rtol=1e-20", "solver.atol=1e-6"]).solver.rtol == 1e-20
+    assert compose(["solver=rk4", "solver.rtol=1e-20"]).solver.method == "rk4"  # fixed grid
+    assert compose(["model=mlp", "solver.rtol=1e-20"]).model.name == "mlp"  # no ODE block
+
+
 def test_atol_follows_rtol_unless_set():
     assert compose(["solver.rtol=1e-2"]).solver.atol == 1e-2
     s = compose(["solver.rtol=1e-2", "solver.atol=1e-4"]).solver
@@ -142,6 +149,12 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["model=mlp", "solver.method=nosuch"], "solver.method='nosuch' is not one of"),
     (["model=mlp", "solver.rtol=-1"], "solver.rtol must be > 0"),
     (["model=resnet", "solver.gradient=nope"], "solver.gradient='nope' is not one of"),
+    # the ODE block's float32 state cannot be held to less than eps**2
+    (["solver.rtol=1e-20"], "solver.rtol=1e-20 and solver.atol=1e-20 are below what float32 "
+     "resolves (eps**2 = 1.4e-14, the least error a dopri5 step in float32 can be held to): "
+     "raise solver.rtol or solver.atol to at least 1.4e-14"),
+    (["model=rknet", "solver=tsit5", "solver.rtol=1e-15", "solver.atol=1e-16"],
+     "solver.rtol=1e-15 and solver.atol=1e-16 are below what float32 resolves"),
 ])
 def test_bad_configs_give_one_line(overrides, expected):
     with pytest.raises(Exception) as info:
@@ -191,6 +204,7 @@ def test_bad_command_lines_exit_nonzero_with_one_line(cli_popen, tmp_path):
         f"data.root={tmp_path / 'nowhere'}": "MNIST not found in",
         "seed=99999999999999999999": "seed must be in [0, 1e+12)",
         "optim.lr=1e308": "optim.lr=1e+308 is too large",
+        "solver.rtol=1e-19": "solver.rtol=1e-19 and solver.atol=1e-19 are below what float32",
     }
     procs = {arg: cli_popen("train", arg, f"hydra.run.dir={tmp_path / 'run'}")
              for arg in cases}

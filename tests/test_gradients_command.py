@@ -113,6 +113,8 @@ def test_bf16_gradients_are_measured_against_the_same_reference(tmp_path):
     ("tolerances=[0]", "tolerances: 0.0 is not a positive number"),
     ("reversible_method=dopri5", "reversible_method='dopri5' is not one of: "),
     ("dtype=float16", "dtype='float16'; accepted: float32, float64"),
+    ("tolerances=[1e-15] method=bosh3", "tolerances: 1e-15 is below what float32 resolves for "
+                                        "bosh3"),
     ("checkpoint=/nonexistent/checkpoint.pt", "checkpoint=/nonexistent/checkpoint.pt"),
     ("model=resnet", "model='resnet': checkpoint=init needs a classifier with one ODE block"),
     ("precision=fp16", "precision='fp16' is not one of: fp32, bf16"),
