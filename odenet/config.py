@@ -198,10 +198,12 @@ def resolve_solver(s: DictConfig, model: str) -> None:
         s.gradient, s.adjoint = gradient, gradient == ADJOINT
 
 
-def peak_lr(cfg: Any) -> float:
-    """optim.lr, or the recipe's rule: base_lr scaled linearly with the batch size."""
+def peak_lr(cfg: Any, batch: int | None = None) -> float:
+    """optim.lr, or the recipe's rule: base_lr scaled linearly with the batch size
+    (``batch``: the batch that runs, when the train split is smaller than data.batch_size)."""
     o = cfg.optim
-    return o.lr if o.lr is not None else o.base_lr * cfg.data.batch_size / o.base_batch_size
+    batch = cfg.data.batch_size if batch is None else batch
+    return o.lr if o.lr is not None else o.base_lr * batch / o.base_batch_size
 
 
 def as_dict(cfg: Any) -> dict:

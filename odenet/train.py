@@ -194,7 +194,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     loaders = task.loaders(cfg, device)
     model = build(cfg.model, cfg.solver).to(device)
     ipe = min(len(loaders.train), cfg.train.max_iters_per_epoch or len(loaders.train))
-    optimizer, scheduler = optim.build(cfg, model.parameters(), ipe)
+    optimizer, scheduler = optim.build(cfg, model.parameters(), ipe, running_batch(cfg, loaders))
     _resume(ck, model, optimizer, scheduler)
     runlog, metrics = _open_records(cfg, out, task, model, loaders, device, prog, ck, ipe)
     save = _Saver(out, cfg, model, optimizer, scheduler, prog, runlog)
@@ -500,21 +500,28 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         params=measure.count_parameters(model),
         residual_blocks=(cfg.model[model_spec.residual_blocks] if model_spec.residual_blocks
                          else None),
-        epochs_planned=cfg.optim.epochs, batch_size=cfg.data.batch_size,
+        epochs_planned=cfg.optim.epochs, batch_size=running_batch(cfg, loaders),
         train_size=loaders.train.n,
         # None when it is the task's full test set (the table groups by it)
         test_size=None if loaders.test.n == task.full_test_size else loaders.test.n,
         val_size=loaders.val.n if loaders.val is not None else None,
-        max_iters_per_epoch=cfg.train.max_iters_per_epoch, lr=optim.peak_lr(cfg),
+        max_iters_per_epoch=cfg.train.max_iters_per_epoch,
+        lr=optim.peak_lr(cfg, running_batch(cfg, loaders)),
         schedule=cfg.optim.schedule, device=str(device), precision=cfg.precision,
         threads=torch.get_num_threads(),
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())
 
 
+def running_batch(cfg: Any, loaders: Any) -> int:
+    """The training batch that runs: data.batch_size, or the whole train split when it
+    holds fewer samples (one batch per epoch; the recipe's lr is scaled by this one)."""
+    return min(cfg.data.batch_size, loaders.train.n)
+
+
 def _note_settings(cfg: Any, loaders: Any) -> None:
     """Say which settings the run does not use as given: solver settings of a model without
     an ODE block (a sweep may mix models; metrics.json records no solver for it), and more
-    training or test images than the data hold."""
+    training or test images than the data hold, a batch larger than the train split."""
     unused = unused_settings(cfg)
     if unused:
         log.warning("model=%s has no ODE block: %s not applied (metrics.json records no "
@@ -524,6 +531,12 @@ def _note_settings(cfg: Any, loaders: Any) -> None:
         if asked is not None and asked > loader.n:
             log.warning("data.%s_size=%d but the %s split holds %d images: using %d", split,
                         asked, split, loader.n, loader.n)
+    batch = running_batch(cfg, loaders)
+    if batch < cfg.data.batch_size:
+        scaled = ", optim.base_lr scaled by it" if cfg.optim.lr is None else ""
+        log.warning("data.batch_size=%d but the train split holds %d samples: batches of %d, "
+                    "lr %g%s", cfg.data.batch_size, batch, batch, optim.peak_lr(cfg, batch),
+                    scaled)
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

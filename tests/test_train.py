@@ -236,6 +236,22 @@ def test_settings_that_do_not_apply_are_said(compose_cfg, tmp_path, caplog):
     assert (m["train_size"], m["solver_method"]) == (60000, None)
 
 
+def test_a_batch_larger_than_the_train_split_is_the_split_and_scales_the_lr(
+        compose_cfg, tmp_path, caplog):
+    """One batch of the whole split per epoch: the recipe's lr follows the 100 samples that
+    run (0.1 x 100 / 128), not the 5000 asked for."""
+    cfg = compose_cfg(*TINY, "model=mlp", "data.train_size=100", "data.batch_size=5000",
+                      "optim.epochs=2")
+    with caplog.at_level("WARNING", logger="odenet.train"):
+        m = run(cfg, tmp_path)
+    assert ("data.batch_size=5000 but the train split holds 100 samples: batches of 100, lr "
+            "0.078125, optim.base_lr scaled by it") in [r.getMessage() for r in caplog.records]
+    assert (m["status"], m["batch_size"], m["train_size"]) == ("finished", 100, 100)
+    assert m["lr"] == pytest.approx(0.1 * 100 / 128)
+    iters = [r for r in history(tmp_path) if r["kind"] == "iter"]
+    assert [r["lr"] for r in iters] == pytest.approx([0.078125, 0.078125])
+
+
 def test_nan_loss_fails_the_run_with_a_reason(compose_cfg, tmp_path):
     m = run(compose_cfg(*TINY, "model=mlp", "optim.lr=1e30"), tmp_path)
     assert m["status"] == "failed" and "non-finite loss" in m["reason"]
