@@ -60,6 +60,7 @@ from odenet.probe import (
     open_checkpoint,
     output_path,
     recorded_checkpoint,
+    set_threads,
     warn_if_loose,
 )
 from odenet.record import CHECKPOINT_ID, GRADIENTS_FIGURE, GRADIENTS_FILE
@@ -287,14 +288,12 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
 def _open(cfg: GradientsConfig) -> tuple:
     """(device, model, its config, the checkpoint dict, its id): the checkpoint's, or an
     untrained ``model`` for checkpoint=init."""
-    import torch
 
     from odenet.runtime import resolve_device
 
     if cfg.checkpoint != INIT:
         return open_checkpoint(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     model, config = init_model(cfg.model, cfg.seed, device)
     return device, model, config, {}, None

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from odenet.errors import ConfigError, need
 from odenet.files import check_writable, os_reason
+from odenet.openmp import threads_warning
 
 
 @dataclass
@@ -99,17 +101,27 @@ def output_path(cfg: ProbeSettings, default_name: str) -> Path:
     return out
 
 
+def set_threads(threads: int | None) -> None:
+    """torch's threads (None: its default), with a warning on stderr when they exceed the
+    cores this process may use."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+        warning = threads_warning(threads)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+
+
 def open_checkpoint(cfg: ProbeSettings) -> tuple[Any, Any, dict, dict, dict | None]:
     """(device, model in eval mode, its config, the checkpoint, what identifies the file)
     for ``cfg.checkpoint``, after setting the threads; ConfigError in one line."""
-    import torch
 
     from odenet.checkpoint import CheckpointError, load_ode_model
     from odenet.files import file_id
     from odenet.runtime import resolve_device
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     path = Path(cfg.checkpoint)
     # read before loading it: the figures compare it with the checkpoint.pt they find

@@ -54,6 +54,7 @@ from typing import Any
 from odenet import record, rundir
 from odenet.errors import ConfigError
 from odenet.files import write_atomic
+from odenet.openmp import usable_cores
 from odenet.registry import MODELS, models_of
 from odenet.report.claims import measured_claims, paper_family_verdict  # noqa: F401 (its API)
 from odenet.report.figures import write_csv
@@ -154,14 +155,6 @@ def load_config(argv: list[str], plan_file: str | os.PathLike | None = None) -> 
         raise ConfigError(f"bad reproduce setting{f' {key}' if key else ''}: {msg}") from None
     _check(out)
     return out
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _check(out: ReproduceConfig) -> None:

@@ -34,6 +34,7 @@ from torch import nn
 from odenet import checkpoint, measure, optim, record, rundir
 from odenet.config import ConfigError, as_dict, to_config, unused_settings
 from odenet.models import build, measured_blocks, reset_solver_stats, solver_stats
+from odenet.openmp import threads_warning
 from odenet.registry import spec
 from odenet.runlog import Bars, Heartbeat, RunLog, epoch_records, log_epoch
 from odenet.runtime import (
@@ -277,6 +278,9 @@ def _runtime(cfg: Any) -> torch.device:
     """Threads, device and seeds of the run; the device's memory peaks start afresh."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+        warning = threads_warning(cfg.threads)
+        if warning:
+            log.warning(warning)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     return device

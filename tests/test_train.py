@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -250,6 +251,21 @@ def test_a_batch_larger_than_the_train_split_is_the_split_and_scales_the_lr(
     assert m["lr"] == pytest.approx(0.1 * 100 / 128)
     iters = [r for r in history(tmp_path) if r["kind"] == "iter"]
     assert [r["lr"] for r in iters] == pytest.approx([0.078125, 0.078125])
+
+
+def test_more_threads_than_the_process_may_use_are_said(compose_cfg, tmp_path, caplog,
+                                                       monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    cfg = compose_cfg(*TINY, "model=mlp", "threads=2", "train.stop_after_iters=1")
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level("WARNING", logger="odenet.train"):
+            run(cfg, tmp_path)
+    finally:
+        torch.set_num_threads(before)
+    assert ("threads=2 but this process may use 1 core(s): the threads take turns on them, "
+            "which slows every step; threads=1 or fewer runs faster"
+            in [r.getMessage() for r in caplog.records])
 
 
 def test_nan_loss_fails_the_run_with_a_reason(compose_cfg, tmp_path):
