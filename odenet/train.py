@@ -18,6 +18,7 @@ here: the command layer (odenet/app.py) validates the config once and calls ``ru
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from torch import nn
 
 from odenet import checkpoint, measure, optim, record, rundir
 from odenet.config import ConfigError, as_dict, to_config, unused_settings
+from odenet.files import os_reason
 from odenet.models import build, measured_blocks, reset_solver_stats, solver_stats
 from odenet.openmp import threads_warning
 from odenet.registry import spec
@@ -59,6 +61,9 @@ log = logging.getLogger("odenet.train")
 RESUMABLE_CHANGES = ("optim.epochs", "train.log_every", "train.train_eval_size",
                      "train.stop_after_iters", "train.measure_memory", "train.tensorboard",
                      "train.progress", "threads", "device", "resume", "overwrite")
+# a file the run could not write (a full disk or quota, a file too large, a read-only
+# mount): its one line says so
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 @dataclass
@@ -381,10 +386,22 @@ def _ending(e: BaseException, prog: Progress, save: _Saver, out: Path,
         reason = f"{type(e).__name__}: {e}" if isinstance(e, SolverError) else str(e)
         reason = " ".join(reason.split()) + where
         log.error("run failed: %s", reason)
-    else:  # a bug or a resource error: record it, let a sweep go on
+    elif isinstance(e, OSError):  # the machine's, not the code's: no traceback
+        verb = "cannot write " if e.errno in WRITE_ERRNOS else ""
+        reason = f"{verb}{os_reason(e)}{where}"
+        log.error("run failed: %s; kept: %s", reason, _kept(save, out))
+    else:  # a bug: record it, let a sweep go on
         reason = " ".join(f"{type(e).__name__}: {e}".split()) + where
         log.exception("run failed: %s", reason)
     return "failed", reason, None
+
+
+def _kept(save: _Saver, out: Path) -> str:
+    """What a run that failed on a file keeps, for its one line."""
+    if save.epoch == 0 or not save.path.is_file():
+        return "no checkpoint yet (a rerun starts afresh)"
+    return (f"{save.path} of epoch {save.epoch}, which continues once there is room: "
+            f"{rundir.resume_command(out)}")
 
 
 def _close(runlog: RunLog, metrics: record.Metrics, metric: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -266,6 +267,32 @@ def test_more_threads_than_the_process_may_use_are_said(compose_cfg, tmp_path, c
     assert ("threads=2 but this process may use 1 core(s): the threads take turns on them, "
             "which slows every step; threads=1 or fewer runs faster"
             in [r.getMessage() for r in caplog.records])
+
+
+def test_a_file_that_cannot_be_written_fails_the_run_in_one_line(compose_cfg, tmp_path,
+                                                                 caplog, monkeypatch):
+    """A full disk at the second epoch's checkpoint: one line naming the file and what is
+    kept (the first epoch's checkpoint, and the command that continues it), no traceback."""
+    from odenet import checkpoint
+
+    saves, real_save = [], checkpoint.save
+
+    def save(path, ck):
+        saves.append(ck["epoch"])
+        if len(saves) == 2:  # as files.write_atomic raises it
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(path, ck)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    with caplog.at_level("ERROR", logger="odenet.train"):
+        m = run(compose_cfg(*TINY, "model=mlp", "optim.epochs=3"), tmp_path)
+    ck = tmp_path / "checkpoint.pt"
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [(
+        f"run failed: cannot write {ck}: No space left on device (epoch 2, iteration 0); kept: "
+        f"{ck} of epoch 1, which continues once there is room: odenet train "
+        f"hydra.run.dir={tmp_path} resume=true", None)]
+    assert (m["status"], m["epochs"], load_checkpoint(ck)["epoch"]) == ("failed", 1, 1)
+    assert m["reason"] == f"cannot write {ck}: No space left on device (epoch 2, iteration 0)"
 
 
 def test_nan_loss_fails_the_run_with_a_reason(compose_cfg, tmp_path):
