@@ -64,6 +64,9 @@ def error_line(exc: BaseException) -> str:
         return str(exc)
     lines = [ln.strip() for ln in str(exc).splitlines()]
     first = lines[0] if lines else type(exc).__name__
+    hint = _quoting_hint(str(exc).splitlines(), exc.__cause__)
+    if hint:
+        return first + hint
     if "Available options in" in str(exc):  # e.g. model=nope
         opts, on = [], False
         for raw in str(exc).splitlines():
@@ -84,6 +87,32 @@ def error_line(exc: BaseException) -> str:
     if first.startswith("Ambiguous value") and len(lines) > 3:
         return f"{first}: sweeping needs -m (--multirun); a list is key=[a,b]"
     return first
+
+
+# Hydra's errors for an override its grammar does not take unquoted: a character its lexer
+# refuses (a caret under it on the next line), or a parse error with no other cause
+LEXER_ERROR = "LexerNoViableAltException: "
+PARSE_ERROR = re.compile(r"Error parsing override '(.+=.*)'")
+
+
+def _quoting_hint(lines: list[str], cause: BaseException | None) -> str:
+    """How to quote the override of Hydra's error ``lines`` ("" for another error), as it
+    pastes into a shell."""
+    from odenet.rundir import command_line, hydra_value
+
+    parsed = PARSE_ERROR.fullmatch(lines[0]) if lines and cause is None else None
+    if parsed:
+        override, at = parsed.group(1), ""
+    elif lines and lines[0].startswith(LEXER_ERROR) and "=" in lines[0]:
+        override = lines[0][len(LEXER_ERROR):]
+        col = lines[1].find("^") - len(LEXER_ERROR) if len(lines) > 1 else -1
+        at = f"{override[col]!r} " if 0 <= col < len(override) else ""
+    else:
+        return ""
+    key, value = override.split("=", 1)
+    quoted = command_line([f"{key}={hydra_value(value)}"])
+    return (f" ({at}needs quotes: non-ASCII letters, quotes, #, ! and parentheses are taken "
+            f"only in a quoted value; write {quoted})")
 
 
 # ------------------------------------------------------------------------- odenet train

@@ -149,6 +149,12 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["model=mlp", "solver.method=nosuch"], "solver.method='nosuch' is not one of"),
     (["model=mlp", "solver.rtol=-1"], "solver.rtol must be > 0"),
     (["model=resnet", "solver.gradient=nope"], "solver.gradient='nope' is not one of"),
+    # what Hydra's grammar takes only quoted: the refusal says how to quote it
+    (["hydra.run.dir=runs/ünï/run"], "LexerNoViableAltException: hydra.run.dir=runs/ünï/run "
+     "('ü' needs quotes: non-ASCII letters, quotes, #, ! and parentheses are taken only in a "
+     "quoted value; write \"hydra.run.dir='runs/ünï/run'\")"),
+    (["data.root=/mnt/a#b"], "('#' needs quotes: non-ASCII letters, quotes, #, ! and "
+     "parentheses are taken only in a quoted value; write \"data.root='/mnt/a#b'\")"),
     # the ODE block's float32 state cannot be held to less than eps**2
     (["solver.rtol=1e-20"], "solver.rtol=1e-20 and solver.atol=1e-20 are below what float32 "
      "resolves (eps**2 = 1.4e-14, the least error a dopri5 step in float32 can be held to): "
@@ -162,6 +168,17 @@ def test_bad_configs_give_one_line(overrides, expected):
     line = error_line(info.value)
     assert expected in line
     assert "\n" not in line
+
+
+@pytest.mark.parametrize("value", ["/tmp/ünï dir#2", "runs/x!", "it's/ü", 'say "ß"',
+                                   "ab)"])
+def test_the_quoting_a_refusal_suggests_gives_back_the_value(value):
+    import shlex
+
+    with pytest.raises(Exception) as info:
+        compose([f"data.root={value}"])
+    suggested = shlex.split(error_line(info.value).split("; write ", 1)[1][:-1])
+    assert compose(suggested).data.root == value
 
 
 def test_every_accepted_seed_seeds_the_data():
@@ -205,6 +222,7 @@ def test_bad_command_lines_exit_nonzero_with_one_line(cli_popen, tmp_path):
         "seed=99999999999999999999": "seed must be in [0, 1e+12)",
         "optim.lr=1e308": "optim.lr=1e+308 is too large",
         "solver.rtol=1e-19": "solver.rtol=1e-19 and solver.atol=1e-19 are below what float32",
+        "data.root=dätä": "('ä' needs quotes: ",
     }
     procs = {arg: cli_popen("train", arg, f"hydra.run.dir={tmp_path / 'run'}")
              for arg in cases}
