@@ -16,12 +16,14 @@ Standard library only (and PyYAML for Hydra's overrides.yaml): the reports use
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shlex
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 from odenet.errors import ConfigError
@@ -47,8 +49,13 @@ PARENT_PID = "ODENET_PARENT_PID"
 _held: dict[Path, int] = {}  # directories this process has claimed -> lock file descriptor
 
 
-def claim(out: str | os.PathLike) -> None:
-    """Lock ``out`` for this process (again: a no-op); ConfigError if another owns it."""
+IN_USE = ("run directory {out} is in use by another training (pid {pid}); wait for it or "
+          "choose another hydra.run.dir")
+
+
+def claim(out: str | os.PathLike, in_use: str = IN_USE) -> None:
+    """Lock ``out`` for this process (again: a no-op); ConfigError if another owns it,
+    ``in_use`` with the directory and the owner's pid filled in ({out}, {pid})."""
     out = Path(out).resolve()
     if out in _held:
         return
@@ -61,9 +68,7 @@ def claim(out: str | os.PathLike) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConfigError(f"run directory {out} is in use by another training (pid "
-                          f"{_owner(out) or '?'}); wait for it or choose another "
-                          "hydra.run.dir") from None
+        raise ConfigError(in_use.format(out=out, pid=_owner(out) or "?")) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _held[out] = fd
@@ -73,6 +78,16 @@ def release(out: str | os.PathLike) -> None:
     fd = _held.pop(Path(out).resolve(), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor drops the lock
+
+
+@contextlib.contextmanager
+def held(out: str | os.PathLike, in_use: str = IN_USE) -> Iterator[None]:
+    """``out`` claimed (see ``claim``) for the duration of the block."""
+    claim(out, in_use)
+    try:
+        yield
+    finally:
+        release(out)
 
 
 def is_claimed(out: str | os.PathLike) -> bool:
