@@ -413,6 +413,7 @@ class _JobLabel(logging.Filter):
 
 
 _STATUSES: list[str] = []  # statuses of the jobs run in this process
+_FAILED: list[str] = []  # the failed jobs of a sweep run in this process, for its last line
 _SWEEP: dict[str, Any] = {}  # "dir": the multirun's directory; "started": jobs trained
 
 
@@ -444,6 +445,8 @@ def _train_job(dcfg: Any) -> float | None:
         if label is not None:
             label.remove()
     _STATUSES.append(metrics["status"])
+    if hc.mode == RunMode.MULTIRUN and metrics["status"] == "failed":
+        _FAILED.append(f"job {hc.job.num} in {hc.runtime.output_dir}: {metrics['reason']}")
     if train.last_signal is not None:  # Ctrl-C / SIGTERM also ends a sweep
         raise SystemExit(128 + int(train.last_signal))
     # what a sweeper that chooses settings optimizes: the validation metric, never the
@@ -459,6 +462,7 @@ def train_main(argv: list[str] | None = None) -> int:
     rundir.defer_signals()  # before torch and Hydra load: an early Ctrl-C ends in one line
     argv = list(sys.argv[1:] if argv is None else argv)
     _STATUSES.clear()
+    _FAILED.clear()
     _SWEEP.clear()
     try:
         stop = preflight(argv) or _launch(argv)
@@ -507,6 +511,8 @@ def _launch(argv: list[str]) -> tuple[str, int]:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
-    if "failed" in _STATUSES:
-        return "", 1
+    if "failed" in _STATUSES:  # a sweep ends on its failures, not on its last epoch
+        failed = (f"{len(_FAILED)} of {len(_STATUSES)} sweep jobs failed: "
+                  + "; ".join(_FAILED)) if _FAILED else ""
+        return failed, 1
     return "", 3 if "interrupted" in _STATUSES else 0

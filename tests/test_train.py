@@ -340,6 +340,10 @@ def test_sweep_goes_on_after_a_failed_job(cli, tmp_path, mnist_root):
     assert r.returncode == 1, r.stderr  # a job failed: the sweep says so
     m0, m1 = metrics(sweep / "0"), metrics(sweep / "1")
     assert m0["status"] == "failed" and m1["status"] == "finished"
+    # its last line names the failed job, not the other one's last epoch
+    assert r.stderr.splitlines()[-1] == (
+        f"odenet train: error: 1 of 2 sweep jobs failed: job 0 in {sweep / '0'}: "
+        f"{m0['reason']}")
     assert (sweep / "1" / ".hydra" / "overrides.yaml").is_file()
     assert (sweep / "multirun.yaml").is_file()
 
