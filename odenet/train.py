@@ -591,7 +591,8 @@ def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
     try:
         ck = checkpoint.load(path)
     except checkpoint.CheckpointError as e:
-        raise ConfigError(f"resume=true: {e}") from None
+        raise ConfigError(f"resume=true: {e}; overwrite=true starts the run afresh (its "
+                          "records deleted)") from None
     missing = [k for k in ("optimizer", "scheduler", "rng", "progress") if k not in ck]
     if missing:
         raise ConfigError(f"resume=true: {path} is not a training checkpoint "

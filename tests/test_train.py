@@ -136,6 +136,21 @@ def test_checkpoint_cannot_run_code(compose_cfg, tmp_path):
         run(compose_cfg(*TINY, "model=mlp", "resume=true"), tmp_path)
 
 
+def test_a_corrupt_checkpoint_is_refused_in_whole_sentences_offering_overwrite(
+        compose_cfg, tmp_path):
+    run(compose_cfg(*TINY, "model=mlp", "train.stop_after_iters=2"), tmp_path)
+    ck = tmp_path / CHECKPOINT_FILE
+    ck.write_bytes(ck.read_bytes()[:1000])  # cut short: a zip without its directory
+    with pytest.raises(ConfigError) as info:
+        run(compose_cfg(*TINY, "model=mlp", "resume=true"), tmp_path)
+    line = str(info.value)
+    assert line.startswith(f"resume=true: {ck}: not a readable checkpoint (RuntimeError: ")
+    assert line.endswith("); overwrite=true starts the run afresh (its records deleted)")
+    # torch's first sentence whole (torch 2.14: "PytorchStreamReader failed reading zip
+    # archive: failed finding central directory"), not 200 characters ending in "file is"
+    assert "\n" not in line and "your checkpoint file is" not in line
+
+
 def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
     from odenet.data import mnist_loaders
     from odenet.tasks import ClassifyTask
