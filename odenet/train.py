@@ -267,9 +267,12 @@ def _take_over(cfg: Any, out: Path) -> tuple[dict | None, dict | None]:
             log.info("resume=true: the run in %s has finished its %d epochs; nothing to do",
                      out, done["epochs"])
             return ck, done
-        if ck is None:
-            log.warning("resume=true but there is no %s in %s: starting from scratch",
-                        checkpoint.CHECKPOINT_FILE, out)
+        if ck is None:  # what an earlier start left is not this run's (TensorBoard's steps)
+            gone = rundir.clear(out)
+            log.warning("resume=true but there is no %s in %s: starting from scratch%s",
+                        checkpoint.CHECKPOINT_FILE, out,
+                        f" (deleted what the earlier start left: {', '.join(gone)})" if gone
+                        else "")
     elif rundir.holds_run(out):
         if not cfg.overwrite:
             raise ConfigError(f"{out} already holds a run: resume=true continues it, "

@@ -151,6 +151,25 @@ def test_a_corrupt_checkpoint_is_refused_in_whole_sentences_offering_overwrite(
     assert "\n" not in line and "your checkpoint file is" not in line
 
 
+def test_resume_without_a_checkpoint_starts_afresh_without_the_old_events(
+        compose_cfg, tmp_path, caplog):
+    """Its checkpoint deleted, a run starts from scratch: TensorBoard shows each step once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny = [*TINY, "model=mlp", "train.tensorboard=true"]
+    run(compose_cfg(*tiny, "train.stop_after_iters=2"), tmp_path)
+    (tmp_path / CHECKPOINT_FILE).unlink()
+    with caplog.at_level("WARNING", logger="odenet.train"):
+        m = run(compose_cfg(*tiny, "resume=true"), tmp_path)
+    assert m["status"] == "finished"
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("iter/loss")] == [1, 2, 3, 4]
+    assert (f"resume=true but there is no checkpoint.pt in {tmp_path}: starting from scratch "
+            "(deleted what the earlier start left: metrics.json, history.jsonl, tb)"
+            in [r.getMessage() for r in caplog.records])
+
+
 def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
     from odenet.data import mnist_loaders
     from odenet.tasks import ClassifyTask
