@@ -195,11 +195,23 @@ def _devices(row: Row) -> str:
     return ", ".join(sorted({str(r.metrics.get("device")) for r in row.runs}))
 
 
+def _test_set_text(rows: Sequence[Row]) -> str:
+    """Which test images the test errors are over: the full test set unless a row says
+    otherwise (its Scale: "test n=N", a run of data.test_size=N)."""
+    sizes = sorted({row.key["test_size"] for row in rows if row.key["test_size"] is not None})
+    if not sizes:
+        return "Test error over the full test set."
+    part = f"over the first {' / '.join(f'{n:,}' for n in sizes)} test images only"
+    if len(sizes) == 1 and all(row.key["test_size"] is not None for row in rows):
+        return f"Test error {part} (Scale: test n=), not the full test set."
+    return f"Test error over the full test set, but {part} in rows whose Scale says test n=."
+
+
 def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
     w(f"From {sum(len(r.runs) for r in rows)} finished run(s) below: "
       f"{', '.join(sources)}. Mean ± sample std over distinct seeds where a row has several "
       "(the runs of one seed are averaged first; \"0 (x2)\": seed 0 run twice).\n"
-      "Test error over the full test set. Activations: bytes autograd saves for backward "
+      f"{_test_set_text(rows)} Activations: bytes autograd saves for backward "
       f"in one training iteration, whole model / the ODE block or {_blocks_text(rows)} "
       "alone (device-independent; the paper gives memory only as O(·)). s / iter: median "
       "seconds per training iteration. NFE-F/B: function evaluations per forward / "
