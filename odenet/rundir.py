@@ -205,9 +205,14 @@ def resume_sweep_command(sweep_dir: str | os.PathLike, argv: list[str]) -> str:
                          f"hydra.sweep.dir={hydra_value(str(sweep_dir))}", "resume=true"])
 
 
+# left out of a command that continues a run: train.stop_after_iters stopped the session
+# that was given it (kept, it would stop the continued one again after as many iterations)
+NOT_CONTINUED = ("resume", "overwrite", "train.stop_after_iters")
+
+
 def _without(overrides: list[str], directory_key: str) -> list[str]:
     return [o for o in overrides
-            if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite", directory_key)]
+            if o.split("=", 1)[0].lstrip("+~") not in (*NOT_CONTINUED, directory_key)]
 
 
 # what Hydra's override parser reads back unchanged without quotes (a comma would make a
