@@ -176,3 +176,21 @@ def test_the_reference_solve_shows_progress(tmp_path, capsys, monkeypatch):
     evaluations = int(lines[max(beats)].split(": ")[1].split()[0])
     nfe = json.loads((tmp_path / "g.json").read_text())["reference"]["nfe_mean"]
     assert evaluations > nfe  # the reference's and its check's, forward and backward
+
+
+@pytest.mark.parametrize("tolerances, title", [
+    ([1e-3], "(tolerance 1e-3)"), ([1e-1, 1e-4], "(tolerances 0.1, 1e-4)")])
+def test_the_figure_names_its_tolerances_and_reads_nfe_in_plain_numbers(tolerances, title):
+    rows = [{"gradient_method": m, "status": "ok", "error": e, "nfe_forward": f,
+             "nfe_backward": b, "block_activation_mib": mib}
+            for m, e, f, b, mib in (("adjoint", 0.04, 20, 22, 2.25),
+                                    ("backprop", 0.01, 26, 0, 190.0))]
+    record = {"model": "odenet", "results": rows,
+              "settings": {"methods": ["adjoint", "backprop"], "tolerances": tolerances}}
+    fig = G.draw_figure(record)
+    fig.canvas.draw()
+    assert fig._suptitle.get_text().endswith(title)
+    ticks = [t.get_text() for ax in fig.axes for minor in (False, True)
+             for t in ax.get_xticklabels(minor=minor) if t.get_text()]
+    assert "30" in ticks and "40" in ticks  # NFE 26..42: not 3x10^1, 4x10^1
+    assert not [t for t in ticks if "times" in t or "^" in t]
