@@ -42,6 +42,7 @@ from odenet.report.runs import (
     own_gradient_result,
     print_invalid,
     residual_blocks,
+    scale_label,
     solver_label,
 )
 
@@ -143,17 +144,6 @@ def _blocks_text(rows: Sequence[Row]) -> str:
     return f"the {n.pop()} residual blocks" if len(n) == 1 else "the residual blocks"
 
 
-def _scale(key: dict) -> str:
-    parts = [str(key["experiment"])] if key["experiment"] is not None else []
-    if key["epochs_planned"] is not None:
-        parts.append(f"{key['epochs_planned']} ep")
-    if key["train_size"] is not None:
-        parts.append(f"n={key['train_size']}")
-    if key["test_size"] is not None:
-        parts.append(f"test n={key['test_size']}")
-    return ", ".join(parts) or "-"
-
-
 def _title(name: str, unit: str | None = None) -> str:
     """A column's header from its metrics.json field's declaration (odenet/record.py)."""
     return record.title(record.Metrics, name) + (f" ({unit})" if unit else "")
@@ -232,7 +222,7 @@ def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
         lines.append([
             row.title,
             solver_label(row.key) if nfe else "-",
-            _scale(row.key),
+            scale_label(row.key),
             row.seeds_text,
             str(st["test_error"].n),
             _pm(st["test_error"], 100.0, 2),
@@ -268,7 +258,7 @@ def _density_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
         lines.append([
             row.title,
             solver_label(row.key) if nfe else "-",
-            _scale(row.key),
+            scale_label(row.key),
             row.seeds_text,
             _pm(st["test_nll"], digits=4),
             _pm(st["train_nll"], digits=4),
