@@ -19,7 +19,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +227,6 @@ HELP_GROUPS = ("model", "solver", "data", "optim", "experiment")
 def train_help(overrides: list[str], config_name: str = CONFIG_NAME) -> str:
     """`odenet train [overrides] --help`: the config groups, then every setting of the
     configuration those overrides compose, with its value and what configs/ says of it."""
-    import textwrap
     from importlib import resources
 
     from omegaconf import OmegaConf
@@ -244,6 +243,11 @@ def train_help(overrides: list[str], config_name: str = CONFIG_NAME) -> str:
                          if p.name.endswith(".yaml"))
         lines.append(f"  {group}: " + ", ".join(o + "*" * (o == choices.get(group))
                                                 for o in options))
+    lines += ["", "Experiment presets (experiment=NAME; configs/experiment/NAME.yaml):"]
+    lines += _described(_preset_texts(files))
+    lines += ["", "Where runs write (Hydra's settings, configs/hydra/default.yaml; a path with "
+              "non-ASCII", "letters, quotes, # or ! goes in quotes: 'hydra.run.dir=\"runs/ü\"'):"]
+    lines += _described(_hydra_settings(files))
     lines += ["", "Settings (key=value: the value here, then its meaning; "
               "`odenet train model=resnet --help` shows the ResNet's):"]
     comments = _setting_comments(files, config_name, choices)
@@ -251,17 +255,57 @@ def train_help(overrides: list[str], config_name: str = CONFIG_NAME) -> str:
         OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]))))
     schema_only = {f"+{k}": v for k, v in _flatten(OmegaConf.to_container(cfg))
                    if k not in values}  # a schema's default no YAML file writes
-    for key, value in {**values, **schema_only}.items():
-        setting = f"  {key}={_yaml_text(value)}"
-        meaning = comments.get(key, "not in configs/: the schema's default (odenet/config.py, "
-                               "odenet/registry.py); set it with " + key + "=..."
-                               if key.startswith("+") else "")
+    lines += _described(
+        (f"{key}={_yaml_text(value)}",
+         comments.get(key, "not in configs/: the schema's default (odenet/config.py, "
+                           "odenet/registry.py); set it with " + key + "=..."
+                      if key.startswith("+") else ""))
+        for key, value in {**values, **schema_only}.items())
+    return "\n".join(lines)
+
+
+def _described(items: Iterable[tuple[str, str]]) -> list[str]:
+    """Help lines: each item's name, then its meaning wrapped at column 31 (on the next
+    line when the name is longer)."""
+    import textwrap
+
+    lines = []
+    for name, meaning in items:
+        setting = f"  {name}"
         if len(setting) > 30 and meaning:
             lines.append(setting)
             setting = ""
         lines += textwrap.wrap(meaning, 100, initial_indent=f"{setting:<31}",
                                subsequent_indent=" " * 31) or [setting]
-    return "\n".join(lines)
+    return lines
+
+
+def _preset_texts(files: Any) -> list[tuple[str, str]]:
+    """Each experiment preset and the first sentence of its file's header."""
+    out = []
+    for p in sorted((files / "experiment").iterdir(), key=lambda p: p.name):
+        if p.name.endswith(".yaml"):
+            header = yaml_comments(p.read_text(encoding="utf-8"))[""]
+            first = re.match(r"(.+?\.)(\s+[A-Z]|$)", header)  # not "Fig. 3"
+            out.append((p.name[:-5], (first.group(1) if first else header).rstrip(".")))
+    return out
+
+
+HYDRA_SETTINGS = ("run.dir", "sweep.dir", "sweep.subdir")  # the ones --help shows
+
+
+def _hydra_settings(files: Any) -> list[tuple[str, str]]:
+    """hydra.run.dir and the sweep's directories, as configs/hydra/default.yaml sets them
+    (unresolved: ${now:...} is the launch time), with its comments."""
+    text = (files / "hydra" / "default.yaml").read_text(encoding="utf-8")
+    comments, values = yaml_comments(text), dict(_flatten(_yaml_load(text)))
+    return [(f"hydra.{k}={values[k]}", comments.get(k, "")) for k in HYDRA_SETTINGS]
+
+
+def _yaml_load(text: str) -> dict:
+    import yaml  # PyYAML, OmegaConf's: the values as written, interpolations unresolved
+
+    return yaml.safe_load(text)
 
 
 def _setting_comments(files: Any, config_name: str, choices: Any) -> dict[str, str]:

@@ -293,6 +293,23 @@ def test_train_help_gives_every_setting_its_value_and_meaning():
         in resnet
 
 
+def test_train_help_describes_each_preset_and_where_a_run_goes():
+    from odenet.app import train_help
+
+    text = train_help([])
+    presets = text.split("Experiment presets")[1].split("\n\n")[0].splitlines()[1:]
+    named = [ln.split()[0] for ln in presets if not ln.startswith(" " * 31)]
+    assert named == options("experiment")
+    assert all(len(ln) > 31 for ln in presets)  # each with a description on its line
+    assert "  smoke                        Seconds, for tests and a first look: 256 training " \
+        "and 200 test\n" in text
+    assert "  hydra.run.dir=outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S}_${model.name}\n" + \
+        " " * 31 + "a run's directory: its checkpoint.pt" in text
+    assert "'hydra.run.dir=\"runs/ü\"'" in text
+    assert "x0.1 at epochs 60, 100 and 140 of 160, no weight decay" in " ".join(text.split())
+    assert "140, 160 epochs" not in text and "issue" not in text
+
+
 @pytest.mark.parametrize("option", options("experiment_model"))
 def test_per_model_experiment_deltas_apply_automatically(option):
     experiment, model = option.rsplit("_", 1)
