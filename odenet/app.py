@@ -19,7 +19,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,9 @@ def error_line(exc: BaseException) -> str:
         return str(exc)
     lines = [ln.strip() for ln in str(exc).splitlines()]
     first = lines[0] if lines else type(exc).__name__
+    hint = _quoting_hint(str(exc).splitlines(), exc.__cause__)
+    if hint:
+        return first + hint
     if "Available options in" in str(exc):  # e.g. model=nope
         opts, on = [], False
         for raw in str(exc).splitlines():
@@ -84,6 +87,32 @@ def error_line(exc: BaseException) -> str:
     if first.startswith("Ambiguous value") and len(lines) > 3:
         return f"{first}: sweeping needs -m (--multirun); a list is key=[a,b]"
     return first
+
+
+# Hydra's errors for an override its grammar does not take unquoted: a character its lexer
+# refuses (a caret under it on the next line), or a parse error with no other cause
+LEXER_ERROR = "LexerNoViableAltException: "
+PARSE_ERROR = re.compile(r"Error parsing override '(.+=.*)'")
+
+
+def _quoting_hint(lines: list[str], cause: BaseException | None) -> str:
+    """How to quote the override of Hydra's error ``lines`` ("" for another error), as it
+    pastes into a shell."""
+    from odenet.rundir import command_line, hydra_value
+
+    parsed = PARSE_ERROR.fullmatch(lines[0]) if lines and cause is None else None
+    if parsed:
+        override, at = parsed.group(1), ""
+    elif lines and lines[0].startswith(LEXER_ERROR) and "=" in lines[0]:
+        override = lines[0][len(LEXER_ERROR):]
+        col = lines[1].find("^") - len(LEXER_ERROR) if len(lines) > 1 else -1
+        at = f"{override[col]!r} " if 0 <= col < len(override) else ""
+    else:
+        return ""
+    key, value = override.split("=", 1)
+    quoted = command_line([f"{key}={hydra_value(value)}"])
+    return (f" ({at}needs quotes: non-ASCII letters, quotes, #, ! and parentheses are taken "
+            f"only in a quoted value; write {quoted})")
 
 
 # ------------------------------------------------------------------------- odenet train
@@ -198,7 +227,6 @@ HELP_GROUPS = ("model", "solver", "data", "optim", "experiment")
 def train_help(overrides: list[str], config_name: str = CONFIG_NAME) -> str:
     """`odenet train [overrides] --help`: the config groups, then every setting of the
     configuration those overrides compose, with its value and what configs/ says of it."""
-    import textwrap
     from importlib import resources
 
     from omegaconf import OmegaConf
@@ -215,6 +243,11 @@ def train_help(overrides: list[str], config_name: str = CONFIG_NAME) -> str:
                          if p.name.endswith(".yaml"))
         lines.append(f"  {group}: " + ", ".join(o + "*" * (o == choices.get(group))
                                                 for o in options))
+    lines += ["", "Experiment presets (experiment=NAME; configs/experiment/NAME.yaml):"]
+    lines += _described(_preset_texts(files))
+    lines += ["", "Where runs write (Hydra's settings, configs/hydra/default.yaml; a path with "
+              "non-ASCII", "letters, quotes, # or ! goes in quotes: 'hydra.run.dir=\"runs/ü\"'):"]
+    lines += _described(_hydra_settings(files))
     lines += ["", "Settings (key=value: the value here, then its meaning; "
               "`odenet train model=resnet --help` shows the ResNet's):"]
     comments = _setting_comments(files, config_name, choices)
@@ -222,17 +255,57 @@ def train_help(overrides: list[str], config_name: str = CONFIG_NAME) -> str:
         OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]))))
     schema_only = {f"+{k}": v for k, v in _flatten(OmegaConf.to_container(cfg))
                    if k not in values}  # a schema's default no YAML file writes
-    for key, value in {**values, **schema_only}.items():
-        setting = f"  {key}={_yaml_text(value)}"
-        meaning = comments.get(key, "not in configs/: the schema's default (odenet/config.py, "
-                               "odenet/registry.py); set it with " + key + "=..."
-                               if key.startswith("+") else "")
+    lines += _described(
+        (f"{key}={_yaml_text(value)}",
+         comments.get(key, "not in configs/: the schema's default (odenet/config.py, "
+                           "odenet/registry.py); set it with " + key + "=..."
+                      if key.startswith("+") else ""))
+        for key, value in {**values, **schema_only}.items())
+    return "\n".join(lines)
+
+
+def _described(items: Iterable[tuple[str, str]]) -> list[str]:
+    """Help lines: each item's name, then its meaning wrapped at column 31 (on the next
+    line when the name is longer)."""
+    import textwrap
+
+    lines = []
+    for name, meaning in items:
+        setting = f"  {name}"
         if len(setting) > 30 and meaning:
             lines.append(setting)
             setting = ""
         lines += textwrap.wrap(meaning, 100, initial_indent=f"{setting:<31}",
                                subsequent_indent=" " * 31) or [setting]
-    return "\n".join(lines)
+    return lines
+
+
+def _preset_texts(files: Any) -> list[tuple[str, str]]:
+    """Each experiment preset and the first sentence of its file's header."""
+    out = []
+    for p in sorted((files / "experiment").iterdir(), key=lambda p: p.name):
+        if p.name.endswith(".yaml"):
+            header = yaml_comments(p.read_text(encoding="utf-8"))[""]
+            first = re.match(r"(.+?\.)(\s+[A-Z]|$)", header)  # not "Fig. 3"
+            out.append((p.name[:-5], (first.group(1) if first else header).rstrip(".")))
+    return out
+
+
+HYDRA_SETTINGS = ("run.dir", "sweep.dir", "sweep.subdir")  # the ones --help shows
+
+
+def _hydra_settings(files: Any) -> list[tuple[str, str]]:
+    """hydra.run.dir and the sweep's directories, as configs/hydra/default.yaml sets them
+    (unresolved: ${now:...} is the launch time), with its comments."""
+    text = (files / "hydra" / "default.yaml").read_text(encoding="utf-8")
+    comments, values = yaml_comments(text), dict(_flatten(_yaml_load(text)))
+    return [(f"hydra.{k}={values[k]}", comments.get(k, "")) for k in HYDRA_SETTINGS]
+
+
+def _yaml_load(text: str) -> dict:
+    import yaml  # PyYAML, OmegaConf's: the values as written, interpolations unresolved
+
+    return yaml.safe_load(text)
 
 
 def _setting_comments(files: Any, config_name: str, choices: Any) -> dict[str, str]:
@@ -384,6 +457,7 @@ class _JobLabel(logging.Filter):
 
 
 _STATUSES: list[str] = []  # statuses of the jobs run in this process
+_FAILED: list[str] = []  # the failed jobs of a sweep run in this process, for its last line
 _SWEEP: dict[str, Any] = {}  # "dir": the multirun's directory; "started": jobs trained
 
 
@@ -415,6 +489,8 @@ def _train_job(dcfg: Any) -> float | None:
         if label is not None:
             label.remove()
     _STATUSES.append(metrics["status"])
+    if hc.mode == RunMode.MULTIRUN and metrics["status"] == "failed":
+        _FAILED.append(f"job {hc.job.num} in {hc.runtime.output_dir}: {metrics['reason']}")
     if train.last_signal is not None:  # Ctrl-C / SIGTERM also ends a sweep
         raise SystemExit(128 + int(train.last_signal))
     # what a sweeper that chooses settings optimizes: the validation metric, never the
@@ -430,6 +506,7 @@ def train_main(argv: list[str] | None = None) -> int:
     rundir.defer_signals()  # before torch and Hydra load: an early Ctrl-C ends in one line
     argv = list(sys.argv[1:] if argv is None else argv)
     _STATUSES.clear()
+    _FAILED.clear()
     _SWEEP.clear()
     try:
         stop = preflight(argv) or _launch(argv)
@@ -478,6 +555,8 @@ def _launch(argv: list[str]) -> tuple[str, int]:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
-    if "failed" in _STATUSES:
-        return "", 1
+    if "failed" in _STATUSES:  # a sweep ends on its failures, not on its last epoch
+        failed = (f"{len(_FAILED)} of {len(_STATUSES)} sweep jobs failed: "
+                  + "; ".join(_FAILED)) if _FAILED else ""
+        return failed, 1
     return "", 3 if "interrupted" in _STATUSES else 0

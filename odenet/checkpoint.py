@@ -35,6 +35,15 @@ def save(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """torch's message for one line: its first sentence (a long one cut at a word)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).strip()  # torch's message has colours
+    line = text.splitlines()[0] if text else ""
+    sentence = re.match(r"(.+?[.!?])(\s|$)", line)
+    first = (sentence.group(1) if sentence else line).rstrip(".")
+    return first if len(first) <= limit else first[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The checkpoint at ``path`` as plain data."""
     path = Path(path)
@@ -43,8 +52,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, foreign or unsafe: not a checkpoint
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch's message has colours
-        first = text.splitlines()[0][:200] if text else ""
+        first = _first_sentence(str(e))
         raise CheckpointError(f"{path}: not a readable checkpoint "
                               f"({type(e).__name__}{': ' + first if first else ''})") from None
     if not isinstance(ck, dict) or any(k not in ck for k in REQUIRED):

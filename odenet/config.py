@@ -202,10 +202,12 @@ def resolve_solver(s: DictConfig, model: str) -> None:
         s.gradient = gradient
 
 
-def peak_lr(cfg: Any) -> float:
-    """optim.lr, or the recipe's rule: base_lr scaled linearly with the batch size."""
+def peak_lr(cfg: Any, batch: int | None = None) -> float:
+    """optim.lr, or the recipe's rule: base_lr scaled linearly with the batch size
+    (``batch``: the batch that runs, when the train split is smaller than data.batch_size)."""
     o = cfg.optim
-    return o.lr if o.lr is not None else o.base_lr * cfg.data.batch_size / o.base_batch_size
+    batch = cfg.data.batch_size if batch is None else batch
+    return o.lr if o.lr is not None else o.base_lr * batch / o.base_batch_size
 
 
 def as_dict(cfg: Any) -> dict:
@@ -319,7 +321,12 @@ def _validate_solver(s: Any, model: str) -> None:
     if s.adjoint_norm == "seminorm" and gradient != ADJOINT:
         raise ConfigError(f"solver.adjoint_norm=seminorm needs the adjoint; model={model} "
                           f"computes its gradients by {gradient}")
-    from odenet.solvers import FIXED_METHODS, gradient_refusal, method_unavailable
+    from odenet.solvers import (
+        FIXED_METHODS,
+        gradient_refusal,
+        method_unavailable,
+        tolerance_refusal,
+    )
 
     need(s.method not in FIXED_METHODS or s.step_size is not None,
          f"solver.method={s.method} is a fixed-grid method: set solver.step_size (e.g. 0.25)")
@@ -330,6 +337,10 @@ def _validate_solver(s: Any, model: str) -> None:
         raise ConfigError(f"solver.method={s.method}: {refusal}{why}")
     unavailable = method_unavailable(s.method)  # a method whose extra is not installed
     need(unavailable is None, f"solver.method={s.method}: {unavailable}")
+    # the ODE block's state is float32 (precision=bf16 too: only f runs under autocast)
+    refusal = tolerance_refusal(s.method, s.rtol, s.rtol if s.atol is None else s.atol,
+                                names=("solver.rtol", "solver.atol"))
+    need(refusal is None, str(refusal))
     from odenet.solvers import REGISTRY
 
     m = REGISTRY[s.method]

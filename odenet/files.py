@@ -18,7 +18,8 @@ from typing import Any
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` (str: UTF-8) to ``path`` atomically, with the usual mode (0666 less
-    the umask); creates the parent directory."""
+    the umask); creates the parent directory. An OSError names ``path`` (a full disk's
+    ENOSPC, raised by a write, names no file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = data.encode("utf-8") if isinstance(data, str) else data
@@ -30,9 +31,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     _fsync_dir(path.parent)
     return path

@@ -60,9 +60,11 @@ from odenet.probe import (
     open_checkpoint,
     output_path,
     recorded_checkpoint,
+    set_threads,
     warn_if_loose,
 )
 from odenet.record import CHECKPOINT_ID, GRADIENTS_FIGURE, GRADIENTS_FILE
+from odenet.report.runs import fmt_tol
 
 CONFIG_FILE = "gradients.yaml"
 INIT = "init"  # checkpoint=init: a freshly initialised network
@@ -304,14 +306,12 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
 def _open(cfg: GradientsConfig) -> tuple:
     """(device, model, its config, the checkpoint dict, its id): the checkpoint's, or an
     untrained ``model`` for checkpoint=init."""
-    import torch
 
     from odenet.runtime import resolve_device
 
     if cfg.checkpoint != INIT:
         return open_checkpoint(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     model, config = init_model(cfg.model, cfg.seed, device)
     return device, model, config, {}, None
@@ -472,6 +472,14 @@ def write_figure(record: dict, path: Path) -> None:
     """Error against the reference vs NFE-F+B and vs block activation memory, per method.
     Written here, not by `odenet figures`: that registry draws from run directories, this
     from one gradients.json."""
+    fig = draw_figure(record)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)  # atomically, as the JSON
+
+
+def draw_figure(record: dict):
+    """The figure of ``write_figure`` (a matplotlib Figure)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -494,19 +502,27 @@ def write_figure(record: dict, path: Path) -> None:
                     label=name, mfc="none")
     for ax, xlabel in ((ax_nfe, "NFE forward + backward"),
                        (ax_mem, "ODE block activation memory (MiB)")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axes(ax)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("relative gradient error vs float64 reference")
         ax.grid(True, which="both", alpha=0.3)
     ax_nfe.legend(fontsize=8)
+    tols = record["settings"]["tolerances"]
     fig.suptitle(f"{record['model']}: parameter-gradient error per method "
-                 f"(tolerances {', '.join(f'{t:g}' for t in record['settings']['tolerances'])})",
-                 fontsize=10)
+                 f"(tolerance{'s' if len(tols) > 1 else ''} "
+                 f"{', '.join(fmt_tol(t) for t in tols)})", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)  # atomically, as the JSON
+    return fig
+
+
+def _log_axes(ax) -> None:
+    """Log scales; x (counts, MiB) in plain numbers (30, 40, not 3x10^1, 4x10^1)."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
 
 
 def main(argv: list[str] | None = None) -> int:

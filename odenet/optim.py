@@ -15,13 +15,15 @@ __all__ = ["build", "build_ema", "lr_factor", "peak_lr", "FITTED_TO_LENGTH"]
 FITTED_TO_LENGTH = fitted_to_length()
 
 
-def build(cfg, params, iters_per_epoch: int):
-    """(optimizer, scheduler stepped once per iteration) for ``cfg.optim``."""
+def build(cfg, params, iters_per_epoch: int, batch: int | None = None):
+    """(optimizer, scheduler stepped once per iteration) for ``cfg.optim``; ``batch``: the
+    batch that runs (default data.batch_size), which the recipe's lr is scaled by."""
     o = cfg.optim
+    lr = peak_lr(cfg, batch)
     if o.name == "adam":  # configs/optim/adam.yaml (the density experiments)
-        optimizer = torch.optim.Adam(params, lr=peak_lr(cfg), weight_decay=o.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=peak_lr(cfg), momentum=o.momentum,
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum,
                                     nesterov=o.nesterov, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, iters_per_epoch, o))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from odenet.errors import ConfigError, need
 from odenet.files import check_writable, os_reason
+from odenet.openmp import threads_warning
 
 
 @dataclass
@@ -40,19 +42,38 @@ def check(cfg: ProbeSettings, positive: tuple[str, ...] = ()) -> None:
          "tolerances=[1e-1,1e-3]")
     for t in cfg.tolerances:
         need(t > 0 and math.isfinite(t), f"tolerances: {t!r} is not a positive number")
-    need(cfg.reference_tol > 0 and cfg.reference_tol * 10 < min(cfg.tolerances),
-         f"reference_tol={cfg.reference_tol!r} must be positive and at least 100x below "
-         f"the smallest tolerance ({min(cfg.tolerances):g})")
     need(cfg.dtype in ("float32", "float64"), f"dtype={cfg.dtype!r}; accepted: float32, "
          "float64")
     for name in ("method", "reference_method"):
         m = getattr(cfg, name)
         need(m is None or m in METHODS, f"{name}={m!r}; accepted: {', '.join(METHODS)}")
+    _check_resolvable(cfg)
+    need(cfg.reference_tol > 0 and cfg.reference_tol * 10 < min(cfg.tolerances),
+         f"reference_tol={cfg.reference_tol!r} must be positive and at least 100x below "
+         f"the smallest tolerance ({min(cfg.tolerances):g})")
     for name in ("max_num_steps", "repeats", *positive):
         need(getattr(cfg, name) >= 1,
              f"{name}={getattr(cfg, name)!r} must be a positive integer")
     need(cfg.threads is None or cfg.threads >= 1,
          f"threads={cfg.threads!r} must be a positive integer or null")
+
+
+def _check_resolvable(cfg: ProbeSettings) -> None:
+    """Each tolerance (rtol = atol) within what its solve's dtype resolves (before the
+    comparison with reference_tol, which would blame reference_tol instead)."""
+    import torch
+
+    from odenet.solvers import tolerance_floor, tolerance_refusal
+
+    for name, method, tols, dtype in (
+            ("tolerances", cfg.method or "dopri5", cfg.tolerances, cfg.dtype),  # null: trained
+            ("reference_tol", cfg.reference_method, [cfg.reference_tol], "float64")):
+        tols = [t for t in tols if t > 0]  # a non-positive one: refused by check
+        floor = tolerance_floor(getattr(torch, dtype))
+        for tol in tols:
+            need(tolerance_refusal(method, tol, tol, getattr(torch, dtype)) is None,
+                 f"{name}: {tol:g} is below what {dtype} resolves for {method} (eps**2 = "
+                 f"{floor:.2g}): raise it to at least {floor:.2g}")
 
 
 def _out(cfg: ProbeSettings, default_name: str) -> Path:
@@ -80,17 +101,27 @@ def output_path(cfg: ProbeSettings, default_name: str) -> Path:
     return out
 
 
+def set_threads(threads: int | None) -> None:
+    """torch's threads (None: its default), with a warning on stderr when they exceed the
+    cores this process may use."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+        warning = threads_warning(threads)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+
+
 def open_checkpoint(cfg: ProbeSettings) -> tuple[Any, Any, dict, dict, dict | None]:
     """(device, model in eval mode, its config, the checkpoint, what identifies the file)
     for ``cfg.checkpoint``, after setting the threads; ConfigError in one line."""
-    import torch
 
     from odenet.checkpoint import CheckpointError, load_ode_model
     from odenet.files import file_id
     from odenet.runtime import resolve_device
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     path = Path(cfg.checkpoint)
     # read before loading it: the figures compare it with the checkpoint.pt they find

@@ -34,6 +34,7 @@ outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import itertools
@@ -54,6 +55,7 @@ from typing import Any
 from odenet import record, rundir
 from odenet.errors import ConfigError
 from odenet.files import write_atomic
+from odenet.openmp import usable_cores
 from odenet.registry import MODELS, models_of
 from odenet.report.claims import measured_claims, paper_family_verdict  # noqa: F401 (its API)
 from odenet.report.figures import write_csv
@@ -154,14 +156,6 @@ def load_config(argv: list[str], plan_file: str | os.PathLike | None = None) -> 
         raise ConfigError(f"bad reproduce setting{f' {key}' if key else ''}: {msg}") from None
     _check(out)
     return out
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _check(out: ReproduceConfig) -> None:
@@ -942,10 +936,19 @@ def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
 
 
 # ---------------------------------------------------------------- main
+# one invocation runs a root at a time: its children's run locks, wall.csv (read at the
+# start, written at the end) and the report are its alone (ROOT/.lock, as a run's)
+ROOT_IN_USE = ("root={out} is held by another odenet reproduce (pid {pid}): wait for it to "
+               "end (tail --pid={pid} -f /dev/null) and run again, or choose another root=")
+
+
 def reproduce(cfg: ReproduceConfig, command: str, log=print) -> int:
     """Run the plan; 0 when every step completed, 1 otherwise. A signal (SIGINT, SIGTERM,
-    SIGHUP) stops the running children first, then raises Interrupted."""
-    with Children() as children:
+    SIGHUP) stops the running children first, then raises Interrupted. ConfigError when
+    another invocation holds the root (a dry run does not hold it)."""
+    cfg.root = str(Path(cfg.root or f"outputs/reproduce/{cfg.experiment}"))
+    hold = contextlib.nullcontext() if cfg.dry_run else rundir.held(cfg.root, ROOT_IN_USE)
+    with hold, Children() as children:
         return _reproduce(cfg, command, log, children)
 
 
@@ -980,8 +983,7 @@ def dry_run_line(task: Task, cfg: ReproduceConfig) -> str:
 
 
 def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> int:
-    root = Path(cfg.root or f"outputs/reproduce/{cfg.experiment}")
-    cfg.root = str(root)
+    root = Path(cfg.root)
     stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     report_dir = Path(cfg.report or f"outputs/report/{stamp}_{cfg.experiment}")
     jobs = plan_jobs(cfg, root)
@@ -1044,6 +1046,9 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["odenet", "reproduce", *argv])
     try:
         return reproduce(cfg, command)
+    except ConfigError as e:  # e.g. the root is held by another invocation
+        print(f"odenet reproduce: error: {e}", file=sys.stderr)
+        return 2
     except Interrupted as e:
         during = f" during {e.where}" if e.where else ""
         print(f"odenet reproduce: stopped by {e}{during}; to continue, run the same command "

@@ -16,12 +16,14 @@ Standard library only (and PyYAML for Hydra's overrides.yaml): the reports use
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shlex
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 from odenet.errors import ConfigError
@@ -47,8 +49,13 @@ PARENT_PID = "ODENET_PARENT_PID"
 _held: dict[Path, int] = {}  # directories this process has claimed -> lock file descriptor
 
 
-def claim(out: str | os.PathLike) -> None:
-    """Lock ``out`` for this process (again: a no-op); ConfigError if another owns it."""
+IN_USE = ("run directory {out} is in use by another training (pid {pid}); wait for it or "
+          "choose another hydra.run.dir")
+
+
+def claim(out: str | os.PathLike, in_use: str = IN_USE) -> None:
+    """Lock ``out`` for this process (again: a no-op); ConfigError if another owns it,
+    ``in_use`` with the directory and the owner's pid filled in ({out}, {pid})."""
     out = Path(out).resolve()
     if out in _held:
         return
@@ -61,9 +68,7 @@ def claim(out: str | os.PathLike) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConfigError(f"run directory {out} is in use by another training (pid "
-                          f"{_owner(out) or '?'}); wait for it or choose another "
-                          "hydra.run.dir") from None
+        raise ConfigError(in_use.format(out=out, pid=_owner(out) or "?")) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _held[out] = fd
@@ -73,6 +78,16 @@ def release(out: str | os.PathLike) -> None:
     fd = _held.pop(Path(out).resolve(), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor drops the lock
+
+
+@contextlib.contextmanager
+def held(out: str | os.PathLike, in_use: str = IN_USE) -> Iterator[None]:
+    """``out`` claimed (see ``claim``) for the duration of the block."""
+    claim(out, in_use)
+    try:
+        yield
+    finally:
+        release(out)
 
 
 def is_claimed(out: str | os.PathLike) -> bool:
@@ -190,9 +205,14 @@ def resume_sweep_command(sweep_dir: str | os.PathLike, argv: list[str]) -> str:
                          f"hydra.sweep.dir={hydra_value(str(sweep_dir))}", "resume=true"])
 
 
+# left out of a command that continues a run: train.stop_after_iters stopped the session
+# that was given it (kept, it would stop the continued one again after as many iterations)
+NOT_CONTINUED = ("resume", "overwrite", "train.stop_after_iters")
+
+
 def _without(overrides: list[str], directory_key: str) -> list[str]:
     return [o for o in overrides
-            if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite", directory_key)]
+            if o.split("=", 1)[0].lstrip("+~") not in (*NOT_CONTINUED, directory_key)]
 
 
 # what Hydra's override parser reads back unchanged without quotes (a comma would make a

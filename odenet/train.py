@@ -18,6 +18,7 @@ here: the command layer (odenet/app.py) validates the config once and calls ``ru
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from torch import nn
 
 from odenet import checkpoint, measure, optim, record, rundir
 from odenet.config import ConfigError, as_dict, to_config, unused_settings
+from odenet.files import os_reason
 from odenet.models import (
     build,
     dynamics_penalty,
@@ -40,6 +42,7 @@ from odenet.models import (
     reset_solver_stats,
     solver_stats,
 )
+from odenet.openmp import threads_warning
 from odenet.registry import ADJOINT, spec
 from odenet.runlog import Bars, Heartbeat, RunLog, epoch_records, log_epoch
 from odenet.runtime import (
@@ -64,6 +67,9 @@ log = logging.getLogger("odenet.train")
 RESUMABLE_CHANGES = ("optim.epochs", "train.log_every", "train.train_eval_size",
                      "train.stop_after_iters", "train.measure_memory", "train.tensorboard",
                      "train.progress", "threads", "device", "resume", "overwrite")
+# a file the run could not write (a full disk or quota, a file too large, a read-only
+# mount): its one line says so
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 @dataclass
@@ -189,7 +195,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     loaders = task.loaders(cfg, device)
     model = build(cfg.model, cfg.solver).to(device)
     ipe = min(len(loaders.train), cfg.train.max_iters_per_epoch or len(loaders.train))
-    optimizer, scheduler = optim.build(cfg, model.parameters(), ipe)
+    optimizer, scheduler = optim.build(cfg, model.parameters(), ipe, running_batch(cfg, loaders))
     ema = optim.build_ema(cfg, model)  # None without optim.ema_decay
     _resume(ck, model, optimizer, scheduler, ema)
     runlog, metrics = _open_records(cfg, out, task, model, loaders, device, prog, ck, ipe)
@@ -259,9 +265,12 @@ def _take_over(cfg: Any, out: Path) -> tuple[dict | None, dict | None]:
             log.info("resume=true: the run in %s has finished its %d epochs; nothing to do",
                      out, done["epochs"])
             return ck, done
-        if ck is None:
-            log.warning("resume=true but there is no %s in %s: starting from scratch",
-                        checkpoint.CHECKPOINT_FILE, out)
+        if ck is None:  # what an earlier start left is not this run's (TensorBoard's steps)
+            gone = rundir.clear(out)
+            log.warning("resume=true but there is no %s in %s: starting from scratch%s",
+                        checkpoint.CHECKPOINT_FILE, out,
+                        f" (deleted what the earlier start left: {', '.join(gone)})" if gone
+                        else "")
     elif rundir.holds_run(out):
         if not cfg.overwrite:
             raise ConfigError(f"{out} already holds a run: resume=true continues it, "
@@ -275,6 +284,9 @@ def _runtime(cfg: Any) -> torch.device:
     """Threads, device and seeds of the run; the device's memory peaks start afresh."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+        warning = threads_warning(cfg.threads)
+        if warning:
+            log.warning(warning)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     return device
@@ -380,10 +392,22 @@ def _ending(e: BaseException, prog: Progress, save: _Saver, out: Path,
         reason = f"{type(e).__name__}: {e}" if isinstance(e, SolverError) else str(e)
         reason = " ".join(reason.split()) + where
         log.error("run failed: %s", reason)
-    else:  # a bug or a resource error: record it, let a sweep go on
+    elif isinstance(e, OSError):  # the machine's, not the code's: no traceback
+        verb = "cannot write " if e.errno in WRITE_ERRNOS else ""
+        reason = f"{verb}{os_reason(e)}{where}"
+        log.error("run failed: %s; kept: %s", reason, _kept(save, out))
+    else:  # a bug: record it, let a sweep go on
         reason = " ".join(f"{type(e).__name__}: {e}".split()) + where
         log.exception("run failed: %s", reason)
     return "failed", reason, None
+
+
+def _kept(save: _Saver, out: Path) -> str:
+    """What a run that failed on a file keeps, for its one line."""
+    if save.epoch == 0 or not save.path.is_file():
+        return "no checkpoint yet (a rerun starts afresh)"
+    return (f"{save.path} of epoch {save.epoch}, which continues once there is room: "
+            f"{rundir.resume_command(out)}")
 
 
 def _close(runlog: RunLog, metrics: record.Metrics, metric: str,
@@ -511,22 +535,28 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         params=measure.count_parameters(model),
         residual_blocks=(cfg.model[model_spec.residual_blocks] if model_spec.residual_blocks
                          else None),
-        epochs_planned=cfg.optim.epochs, batch_size=cfg.data.batch_size,
+        epochs_planned=cfg.optim.epochs, batch_size=running_batch(cfg, loaders),
         train_size=loaders.train.n,
         # None when it is the task's full test set (the table groups by it)
         test_size=None if loaders.test.n == task.full_test_size else loaders.test.n,
         val_size=loaders.val.n if loaders.val is not None else None,
-        max_iters_per_epoch=cfg.train.max_iters_per_epoch, lr=optim.peak_lr(cfg),
-        ema_decay=cfg.optim.ema_decay,
+        max_iters_per_epoch=cfg.train.max_iters_per_epoch,
+        lr=optim.peak_lr(cfg, running_batch(cfg, loaders)), ema_decay=cfg.optim.ema_decay,
         schedule=cfg.optim.schedule, device=str(device), precision=cfg.precision,
         threads=torch.get_num_threads(),
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())
 
 
+def running_batch(cfg: Any, loaders: Any) -> int:
+    """The training batch that runs: data.batch_size, or the whole train split when it
+    holds fewer samples (one batch per epoch; the recipe's lr is scaled by this one)."""
+    return min(cfg.data.batch_size, loaders.train.n)
+
+
 def _note_settings(cfg: Any, loaders: Any) -> None:
     """Say which settings the run does not use as given: solver settings of a model without
     an ODE block (a sweep may mix models; metrics.json records no solver for it), and more
-    training or test images than the data hold."""
+    training or test images than the data hold, a batch larger than the train split."""
     unused = unused_settings(cfg)
     if unused:
         log.warning("model=%s has no ODE block: %s not applied (metrics.json records no "
@@ -536,6 +566,12 @@ def _note_settings(cfg: Any, loaders: Any) -> None:
         if asked is not None and asked > loader.n:
             log.warning("data.%s_size=%d but the %s split holds %d images: using %d", split,
                         asked, split, loader.n, loader.n)
+    batch = running_batch(cfg, loaders)
+    if batch < cfg.data.batch_size:
+        scaled = ", optim.base_lr scaled by it" if cfg.optim.lr is None else ""
+        log.warning("data.batch_size=%d but the train split holds %d samples: batches of %d, "
+                    "lr %g%s", cfg.data.batch_size, batch, batch, optim.peak_lr(cfg, batch),
+                    scaled)
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -569,7 +605,8 @@ def check_resume(cfg: Any, out: Path) -> dict[str, Any]:
     try:
         ck = checkpoint.load(path)
     except checkpoint.CheckpointError as e:
-        raise ConfigError(f"resume=true: {e}") from None
+        raise ConfigError(f"resume=true: {e}; overwrite=true starts the run afresh (its "
+                          "records deleted)") from None
     missing = [k for k in ("optimizer", "scheduler", "rng", "progress") if k not in ck]
     if missing:
         raise ConfigError(f"resume=true: {path} is not a training checkpoint "

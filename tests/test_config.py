@@ -70,6 +70,13 @@ def test_defaults_are_the_papers_recipe():
     assert q.optim.epochs <= 6
 
 
+def test_a_tolerance_float32_resolves_or_no_tolerance_at_all_is_accepted():
+    assert compose(["solver.rtol=1e-13"]).solver.atol == 1e-13
+    assert compose(["solver.rtol=1e-20", "solver.atol=1e-6"]).solver.rtol == 1e-20
+    assert compose(["solver=rk4", "solver.rtol=1e-20"]).solver.method == "rk4"  # fixed grid
+    assert compose(["model=mlp", "solver.rtol=1e-20"]).model.name == "mlp"  # no ODE block
+
+
 def test_atol_follows_rtol_unless_set():
     assert compose(["solver.rtol=1e-2"]).solver.atol == 1e-2
     s = compose(["solver.rtol=1e-2", "solver.atol=1e-4"]).solver
@@ -143,6 +150,18 @@ def test_mlp_and_resnet_ignore_the_solver_settings():
     (["model=mlp", "solver.method=nosuch"], "solver.method='nosuch' is not one of"),
     (["model=mlp", "solver.rtol=-1"], "solver.rtol must be > 0"),
     (["model=resnet", "solver.gradient=nope"], "solver.gradient='nope' is not one of"),
+    # what Hydra's grammar takes only quoted: the refusal says how to quote it
+    (["hydra.run.dir=runs/ünï/run"], "LexerNoViableAltException: hydra.run.dir=runs/ünï/run "
+     "('ü' needs quotes: non-ASCII letters, quotes, #, ! and parentheses are taken only in a "
+     "quoted value; write \"hydra.run.dir='runs/ünï/run'\")"),
+    (["data.root=/mnt/a#b"], "('#' needs quotes: non-ASCII letters, quotes, #, ! and "
+     "parentheses are taken only in a quoted value; write \"data.root='/mnt/a#b'\")"),
+    # the ODE block's float32 state cannot be held to less than eps**2
+    (["solver.rtol=1e-20"], "solver.rtol=1e-20 and solver.atol=1e-20 are below what float32 "
+     "resolves (eps**2 = 1.4e-14, the least error a dopri5 step in float32 can be held to): "
+     "raise solver.rtol or solver.atol to at least 1.4e-14"),
+    (["model=rknet", "solver=tsit5", "solver.rtol=1e-15", "solver.atol=1e-16"],
+     "solver.rtol=1e-15 and solver.atol=1e-16 are below what float32 resolves"),
 ])
 def test_bad_configs_give_one_line(overrides, expected):
     with pytest.raises(Exception) as info:
@@ -150,6 +169,17 @@ def test_bad_configs_give_one_line(overrides, expected):
     line = error_line(info.value)
     assert expected in line
     assert "\n" not in line
+
+
+@pytest.mark.parametrize("value", ["/tmp/ünï dir#2", "runs/x!", "it's/ü", 'say "ß"',
+                                   "ab)"])
+def test_the_quoting_a_refusal_suggests_gives_back_the_value(value):
+    import shlex
+
+    with pytest.raises(Exception) as info:
+        compose([f"data.root={value}"])
+    suggested = shlex.split(error_line(info.value).split("; write ", 1)[1][:-1])
+    assert compose(suggested).data.root == value
 
 
 def test_every_accepted_seed_seeds_the_data():
@@ -192,6 +222,8 @@ def test_bad_command_lines_exit_nonzero_with_one_line(cli_popen, tmp_path):
         f"data.root={tmp_path / 'nowhere'}": "MNIST not found in",
         "seed=99999999999999999999": "seed must be in [0, 1e+12)",
         "optim.lr=1e308": "optim.lr=1e+308 is too large",
+        "solver.rtol=1e-19": "solver.rtol=1e-19 and solver.atol=1e-19 are below what float32",
+        "data.root=dätä": "('ä' needs quotes: ",
     }
     procs = {arg: cli_popen("train", arg, f"hydra.run.dir={tmp_path / 'run'}")
              for arg in cases}
@@ -260,6 +292,23 @@ def test_train_help_gives_every_setting_its_value_and_meaning():
     resnet = train_help(["model=resnet", "optim=adam"])
     assert "  model.width=" in resnet and "  optim.lr=0.001               peak learning rate" \
         in resnet
+
+
+def test_train_help_describes_each_preset_and_where_a_run_goes():
+    from odenet.app import train_help
+
+    text = train_help([])
+    presets = text.split("Experiment presets")[1].split("\n\n")[0].splitlines()[1:]
+    named = [ln.split()[0] for ln in presets if not ln.startswith(" " * 31)]
+    assert named == options("experiment")
+    assert all(len(ln) > 31 for ln in presets)  # each with a description on its line
+    assert "  smoke                        Seconds, for tests and a first look: 256 training " \
+        "and 200 test\n" in text
+    assert "  hydra.run.dir=outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S}_${model.name}\n" + \
+        " " * 31 + "a run's directory: its checkpoint.pt" in text
+    assert "'hydra.run.dir=\"runs/ü\"'" in text
+    assert "x0.1 at epochs 60, 100 and 140 of 160, no weight decay" in " ".join(text.split())
+    assert "140, 160 epochs" not in text and "issue" not in text
 
 
 @pytest.mark.parametrize("option", options("experiment_model"))

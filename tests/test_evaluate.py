@@ -145,6 +145,10 @@ def test_out_setting(tmp_path):
     (["checkpoint=CK", "tolerances=[]"], "tolerances=[]"),
     (["checkpoint=CK", "tolerances=[1e-3]", "reference_tol=1e-4"], "reference_tol="),
     (["checkpoint=CK", "dtype=float16"], "dtype='float16'; accepted: float32, float64"),
+    (["checkpoint=CK", "tolerances=[1e-3,1e-20]"], "tolerances: 1e-20 is below what float32 "
+     "resolves for dopri5 (eps**2 = 1.4e-14): raise it to at least 1.4e-14"),
+    (["checkpoint=CK", "tolerances=[1e-3]", "reference_tol=1e-33"],
+     "reference_tol: 1e-33 is below what float64 resolves for dopri5"),
     (["checkpoint=CK", "method=nope"], "method='nope'; accepted:"),
     (["checkpoint=CK", "tolerance=1e-3"], "tolerance"),
     (["checkpoint=CK", "batch_size=abc"], "batch_size"),

@@ -35,3 +35,17 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     assert [f.name for f in tmp_path.iterdir()] == ["m.json"]
     with pytest.raises(ValueError):  # NaN is not JSON: the caller writes null
         write_json(p, {"x": float("nan")})
+
+
+@pytest.mark.parametrize("step", ["fsync", "replace"])
+def test_a_failed_write_names_the_file_it_was_writing(tmp_path, monkeypatch, step):
+    """A full disk fails the write itself, whose OSError names no file: the error names
+    the destination (not the temporary), keeping its errno."""
+    def fail(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, step, fail)
+    with pytest.raises(OSError) as info:
+        write_atomic(tmp_path / "ck.pt", b"x" * 100)
+    assert (info.value.errno, info.value.filename) == (28, str(tmp_path / "ck.pt"))
+    assert list(tmp_path.iterdir()) == []

@@ -113,6 +113,8 @@ def test_bf16_gradients_are_measured_against_the_same_reference(tmp_path):
     ("tolerances=[0]", "tolerances: 0.0 is not a positive number"),
     ("reversible_method=dopri5", "reversible_method='dopri5' is not one of: "),
     ("dtype=float16", "dtype='float16'; accepted: float32, float64"),
+    ("tolerances=[1e-15] method=bosh3", "tolerances: 1e-15 is below what float32 resolves for "
+                                        "bosh3"),
     ("checkpoint=/nonexistent/checkpoint.pt", "checkpoint=/nonexistent/checkpoint.pt"),
     ("model=resnet", "model='resnet': checkpoint=init needs a classifier with one ODE block"),
     ("precision=fp16", "precision='fp16' is not one of: fp32, bf16"),
@@ -175,3 +177,21 @@ def test_the_reference_solve_shows_progress(tmp_path, capsys, monkeypatch):
     evaluations = int(lines[max(beats)].split(": ")[1].split()[0])
     nfe = json.loads((tmp_path / "g.json").read_text())["reference"]["nfe_mean"]
     assert evaluations > nfe  # the reference's and its check's, forward and backward
+
+
+@pytest.mark.parametrize("tolerances, title", [
+    ([1e-3], "(tolerance 1e-3)"), ([1e-1, 1e-4], "(tolerances 0.1, 1e-4)")])
+def test_the_figure_names_its_tolerances_and_reads_nfe_in_plain_numbers(tolerances, title):
+    rows = [{"gradient_method": m, "status": "ok", "error": e, "nfe_forward": f,
+             "nfe_backward": b, "block_activation_mib": mib}
+            for m, e, f, b, mib in (("adjoint", 0.04, 20, 22, 2.25),
+                                    ("backprop", 0.01, 26, 0, 190.0))]
+    record = {"model": "odenet", "results": rows,
+              "settings": {"methods": ["adjoint", "backprop"], "tolerances": tolerances}}
+    fig = G.draw_figure(record)
+    fig.canvas.draw()
+    assert fig._suptitle.get_text().endswith(title)
+    ticks = [t.get_text() for ax in fig.axes for minor in (False, True)
+             for t in ax.get_xticklabels(minor=minor) if t.get_text()]
+    assert "30" in ticks and "40" in ticks  # NFE 26..42: not 3x10^1, 4x10^1
+    assert not [t for t in ticks if "times" in t or "^" in t]

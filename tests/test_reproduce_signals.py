@@ -172,6 +172,37 @@ def test_a_second_signal_reaches_each_child_once_more(tmp_path):
     assert not (tmp_path / "runs" / "table" / "rknet_seed0").exists()
 
 
+def test_a_root_is_held_by_one_invocation(tmp_path):
+    """A second reproduce into a root that one is running is refused in one line naming the
+    first (and how to wait for it), before it starts or writes anything: the first's
+    children keep their run locks, wall.csv keeps its row."""
+    root = tmp_path / "runs"
+    args = [f"root={root}", f"report={tmp_path / 'report'}", "jobs=1"]
+    first = _start(tmp_path, *args)
+    run = root / "table" / "mlp_seed0"
+    try:
+        _wait_for(run / "pid", 30, first)
+        second = _start(tmp_path, *args)
+        out, err = second.communicate(timeout=60)
+        look = _start(tmp_path, *args, "dry_run=true")  # writes nothing: not refused
+        assert look.wait(timeout=60) == 0
+        assert first.poll() is None
+        _signal(first, signal.SIGTERM, False)
+        first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=10)
+    assert (second.returncode, out) == (2, "")
+    assert err == (f"odenet reproduce: error: root={root} is held by another odenet reproduce "
+                   f"(pid {first.pid}): wait for it to end (tail --pid={first.pid} -f "
+                   "/dev/null) and run again, or choose another root=\n")
+    assert json.loads((run / "signals.json").read_text()) == [signal.SIGTERM]
+    assert sorted(p.name for p in (root / "table").iterdir()) == ["mlp_seed0"]
+    [part] = R.read_parts(root)
+    assert (part["children_started"], part["ended_by"]) == ("1", "stopped by SIGTERM")
+
+
 @pytest.mark.slow
 def test_sigterm_real_training_resumes(tmp_path, mnist_root):
     """Real `odenet train` children: SIGTERM mid-training checkpoints the run, reproduce

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -134,6 +136,40 @@ def test_checkpoint_cannot_run_code(compose_cfg, tmp_path):
         run(compose_cfg(*TINY, "model=mlp", "resume=true"), tmp_path)
 
 
+def test_a_corrupt_checkpoint_is_refused_in_whole_sentences_offering_overwrite(
+        compose_cfg, tmp_path):
+    run(compose_cfg(*TINY, "model=mlp", "train.stop_after_iters=2"), tmp_path)
+    ck = tmp_path / CHECKPOINT_FILE
+    ck.write_bytes(ck.read_bytes()[:1000])  # cut short: a zip without its directory
+    with pytest.raises(ConfigError) as info:
+        run(compose_cfg(*TINY, "model=mlp", "resume=true"), tmp_path)
+    line = str(info.value)
+    assert line.startswith(f"resume=true: {ck}: not a readable checkpoint (RuntimeError: ")
+    assert line.endswith("); overwrite=true starts the run afresh (its records deleted)")
+    # torch's first sentence whole (torch 2.14: "PytorchStreamReader failed reading zip
+    # archive: failed finding central directory"), not 200 characters ending in "file is"
+    assert "\n" not in line and "your checkpoint file is" not in line
+
+
+def test_resume_without_a_checkpoint_starts_afresh_without_the_old_events(
+        compose_cfg, tmp_path, caplog):
+    """Its checkpoint deleted, a run starts from scratch: TensorBoard shows each step once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny = [*TINY, "model=mlp", "train.tensorboard=true"]
+    run(compose_cfg(*tiny, "train.stop_after_iters=2"), tmp_path)
+    (tmp_path / CHECKPOINT_FILE).unlink()
+    with caplog.at_level("WARNING", logger="odenet.train"):
+        m = run(compose_cfg(*tiny, "resume=true"), tmp_path)
+    assert m["status"] == "finished"
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("iter/loss")] == [1, 2, 3, 4]
+    assert (f"resume=true but there is no checkpoint.pt in {tmp_path}: starting from scratch "
+            "(deleted what the earlier start left: metrics.json, history.jsonl, tb)"
+            in [r.getMessage() for r in caplog.records])
+
+
 def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
     from odenet.data import mnist_loaders
     from odenet.tasks import ClassifyTask
@@ -236,6 +272,63 @@ def test_settings_that_do_not_apply_are_said(compose_cfg, tmp_path, caplog):
     assert (m["train_size"], m["solver_method"]) == (60000, None)
 
 
+def test_a_batch_larger_than_the_train_split_is_the_split_and_scales_the_lr(
+        compose_cfg, tmp_path, caplog):
+    """One batch of the whole split per epoch: the recipe's lr follows the 100 samples that
+    run (0.1 x 100 / 128), not the 5000 asked for."""
+    cfg = compose_cfg(*TINY, "model=mlp", "data.train_size=100", "data.batch_size=5000",
+                      "optim.epochs=2")
+    with caplog.at_level("WARNING", logger="odenet.train"):
+        m = run(cfg, tmp_path)
+    assert ("data.batch_size=5000 but the train split holds 100 samples: batches of 100, lr "
+            "0.078125, optim.base_lr scaled by it") in [r.getMessage() for r in caplog.records]
+    assert (m["status"], m["batch_size"], m["train_size"]) == ("finished", 100, 100)
+    assert m["lr"] == pytest.approx(0.1 * 100 / 128)
+    iters = [r for r in history(tmp_path) if r["kind"] == "iter"]
+    assert [r["lr"] for r in iters] == pytest.approx([0.078125, 0.078125])
+
+
+def test_more_threads_than_the_process_may_use_are_said(compose_cfg, tmp_path, caplog,
+                                                       monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    cfg = compose_cfg(*TINY, "model=mlp", "threads=2", "train.stop_after_iters=1")
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level("WARNING", logger="odenet.train"):
+            run(cfg, tmp_path)
+    finally:
+        torch.set_num_threads(before)
+    assert ("threads=2 but this process may use 1 core(s): the threads take turns on them, "
+            "which slows every step; threads=1 or fewer runs faster"
+            in [r.getMessage() for r in caplog.records])
+
+
+def test_a_file_that_cannot_be_written_fails_the_run_in_one_line(compose_cfg, tmp_path,
+                                                                 caplog, monkeypatch):
+    """A full disk at the second epoch's checkpoint: one line naming the file and what is
+    kept (the first epoch's checkpoint, and the command that continues it), no traceback."""
+    from odenet import checkpoint
+
+    saves, real_save = [], checkpoint.save
+
+    def save(path, ck):
+        saves.append(ck["epoch"])
+        if len(saves) == 2:  # as files.write_atomic raises it
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(path, ck)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    with caplog.at_level("ERROR", logger="odenet.train"):
+        m = run(compose_cfg(*TINY, "model=mlp", "optim.epochs=3"), tmp_path)
+    ck = tmp_path / "checkpoint.pt"
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [(
+        f"run failed: cannot write {ck}: No space left on device (epoch 2, iteration 0); kept: "
+        f"{ck} of epoch 1, which continues once there is room: odenet train "
+        f"hydra.run.dir={tmp_path} resume=true", None)]
+    assert (m["status"], m["epochs"], load_checkpoint(ck)["epoch"]) == ("failed", 1, 1)
+    assert m["reason"] == f"cannot write {ck}: No space left on device (epoch 2, iteration 0)"
+
+
 def test_nan_loss_fails_the_run_with_a_reason(compose_cfg, tmp_path):
     m = run(compose_cfg(*TINY, "model=mlp", "optim.lr=1e30"), tmp_path)
     assert m["status"] == "failed" and "non-finite loss" in m["reason"]
@@ -281,6 +374,10 @@ def test_sweep_goes_on_after_a_failed_job(cli, tmp_path, mnist_root):
     assert r.returncode == 1, r.stderr  # a job failed: the sweep says so
     m0, m1 = metrics(sweep / "0"), metrics(sweep / "1")
     assert m0["status"] == "failed" and m1["status"] == "finished"
+    # its last line names the failed job, not the other one's last epoch
+    assert r.stderr.splitlines()[-1] == (
+        f"odenet train: error: 1 of 2 sweep jobs failed: job 0 in {sweep / '0'}: "
+        f"{m0['reason']}")
     assert (sweep / "1" / ".hydra" / "overrides.yaml").is_file()
     assert (sweep / "multirun.yaml").is_file()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from odenet.report.runs import (
     num,
     recipe_label,
     residual_blocks,
+    scale_label,
     solver_label,
 )
 
@@ -55,6 +57,9 @@ SERIES = {ADJOINT: " (adjoint)", BACKPROP: " (backprop through solver)",
           CHECKPOINT: " (checkpointed steps)", REVERSIBLE: " (reversible solver)",
           "blocks": " (x = residual blocks)"}
 MARKERS = {ADJOINT: "o", BACKPROP: "^", CHECKPOINT: "D", REVERSIBLE: "v", "blocks": "s"}
+# one marker per series where series may sit on the same points (fig3c's variants, fig3d's
+# groups): hollow and of other shapes, each stays visible on top of another
+MARKER_CYCLE = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 class NoData(Exception):
@@ -74,6 +79,15 @@ def group_label(g: Group) -> str:
     if all(s is None for s in g.seeds):
         return solver_label(g.key)
     return f"{solver_label(g.key)} seed{'s' if g.n_seeds > 1 else ''} {g.seeds_text}"
+
+
+def fig3d_label(g: Group) -> str:
+    """A group's label in fig3d: the model, solver, scale and seeds ('ODE-Net dopri5
+    tol=1e-3 adjoint, quick, 1 ep, seed 0'): the same solver at another scale (smoke,
+    custom, quick) reads apart."""
+    seeds = "" if all(s is None for s in g.seeds) else \
+        f", seed{'s' if g.n_seeds > 1 else ''} {g.seeds_text}"
+    return f"{g.title} {solver_label(g.key)}, {scale_label(g.key)}{seeds}"
 
 
 def _dir(run: Run) -> str:
@@ -176,7 +190,7 @@ def fig3d_rows(runs: Sequence[Run]) -> list[dict]:
     for run in runs:
         if not (run.finished and run.has_ode_block):
             continue
-        label, group = _run_label(run), group_label(of[run.dir])
+        label, group = _run_label(run), fig3d_label(of[run.dir])
         iters = [it for it in run.iters() if num(it.get("nfe_forward")) is not None]
         first_epoch = min((num(it.get("epoch")) for it in iters
                            if num(it.get("epoch")) is not None), default=None)
@@ -410,11 +424,7 @@ def draw_fig3c(rows: list[dict], path: Path):
         ratio = nfe_ratio(srows)
         ax.set_title(f"{solver}: NFE-B / NFE-F = {ratio:.2f}" if ratio else solver,
                      fontsize=10)
-        for variant, rs in group_by(srows, "variant").items():
-            sizes = [12 + 40 * math.sqrt(r["iterations"] / max(x["iterations"] for x in rs))
-                     for r in rs]
-            ax.scatter([r["nfe_forward"] for r in rs], [r["nfe_backward"] for r in rs],
-                       s=sizes, alpha=0.6, label=f"{variant} (measured)")
+        _draw_variants(ax, group_by(srows, "variant"))
         ax.plot([0, xmax], [0, xmax / 2], "--", color="gray", label="paper: NFE-B = NFE-F / 2")
         ax.plot([0, xmax], [0, xmax], ":", color="black", label="NFE-B = NFE-F")
         ax.set_xlabel("NFE forward (evaluations per forward pass)", fontsize=9)
@@ -426,6 +436,24 @@ def draw_fig3c(rows: list[dict], path: Path):
         ax.set_visible(False)
     _save(fig, path)
     return fig
+
+
+def _draw_variants(ax, variants: dict[str, list[dict]]) -> None:
+    """fig3c's series of one panel, hollow, a colour and shape each; a variant on exactly
+    the points of an earlier one (the default norm and the seminorm often are) is drawn
+    larger around them, and its legend entry says so."""
+    seen: dict[frozenset, str] = {}
+    for i, ((variant, rs), marker) in enumerate(zip(variants.items(),
+                                                    itertools.cycle(MARKER_CYCLE))):
+        same = seen.setdefault(frozenset((r["nfe_forward"], r["nfe_backward"]) for r in rs),
+                               variant)
+        grow = 1.0 if same == variant else 2.5
+        most = max(r["iterations"] for r in rs)
+        ax.scatter([r["nfe_forward"] for r in rs], [r["nfe_backward"] for r in rs],
+                   s=[grow * (12 + 40 * math.sqrt(r["iterations"] / most)) for r in rs],
+                   marker=marker, facecolors="none", edgecolors=f"C{i}", linewidths=1.2,
+                   label=f"{variant} (measured)"
+                   + ("" if same == variant else f": the same points as {same}"))
 
 
 def moving_mean(ys: Sequence[float], window: int) -> list[float]:
@@ -444,36 +472,48 @@ def draw_fig3d(rows: list[dict], path: Path):
     if not rows:
         raise NoData("no finished runs of a model with an ODE block with history.jsonl")
     fig, ax = _new_figure("Fig. 3d: NFE forward during training")
-    for group, grs in group_by(rows, "group").items():
-        color, label = None, group
+    by_group = sorted(group_by(rows, "group").items())
+    for (group, grs), color, marker in zip(by_group, distinct_colors(len(by_group)),
+                                           itertools.cycle(MARKER_CYCLE)):
+        label = group
         for _, rs in group_by(grs, "run_dir").items():
-            color = _draw_run_nfe(ax, rs, color, label)
+            _draw_run_nfe(ax, rs, color, marker, label)
             label = None  # the group's label once
     ax.set_xlabel("training epoch (line: iterations, moving mean over 0.1 epoch; "
-                  "dots: epoch mean)", fontsize=9)
+                  "markers: epoch mean)", fontsize=9)
     ax.set_ylabel("NFE forward (function evaluations per forward pass)")
     ax.set_xlim(left=0)
-    ax.legend(fontsize=7)
+    # below the axes, where it covers no data; the figure grows with its lines
+    fig.set_figheight(4.6 + 0.16 * len(by_group))
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=7)
     _save(fig, path)
     return fig
 
 
-def _draw_run_nfe(ax, rs: list[dict], color, label):
-    """One run of fig3d: its iterations' moving mean and its epoch means; its colour."""
+def distinct_colors(n: int) -> list:
+    """``n`` colours, no two alike: matplotlib's 10 (n <= 10), its 20 (n <= 20), else
+    ``n`` samples of a rainbow map."""
+    from matplotlib import colormaps
+
+    if n <= 20:
+        return list(colormaps["tab10" if n <= 10 else "tab20"].colors[:n])
+    return [colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+
+def _draw_run_nfe(ax, rs: list[dict], color, marker: str, label) -> None:
+    """One run of fig3d: its iterations' moving mean and its epoch means."""
     it = [r for r in rs if r["kind"] == "iter"]
     ep = [r for r in rs if r["kind"] == "epoch"]
     if it:
         n_epochs = max(1, math.ceil(max(r["epoch"] for r in it)))
         window = max(1, round(len(it) / n_epochs / 10))  # a tenth of an epoch
-        color = ax.plot([r["epoch"] for r in it],
-                        moving_mean([r["nfe_forward"] for r in it], window), "-",
-                        lw=0.8, alpha=0.6, color=color)[0].get_color()
+        ax.plot([r["epoch"] for r in it], moving_mean([r["nfe_forward"] for r in it], window),
+                "-", lw=0.8, alpha=0.6, color=color)
     if ep:
-        ax.plot([r["epoch"] for r in ep], [r["nfe_forward"] for r in ep], "o",
-                color=color, label=label)
+        ax.plot([r["epoch"] for r in ep], [r["nfe_forward"] for r in ep], marker,
+                color=color, mfc="none", label=label)
     elif it and label:
         ax.lines[-1].set_label(label)
-    return color
 
 
 def draw_tradeoff(rows: list[dict], path: Path):

@@ -87,6 +87,18 @@ def compare(new: dict, ref: dict, bands: dict) -> list[str]:
     return out
 
 
+def _show(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else repr(v)
+
+
+def band_lines(new: dict, ref: dict, bands: dict) -> list[str]:
+    """Every metric of ``new`` against its band around ``ref``, each with its verdict."""
+    return [f"{key} = {_show(new.get(key))}, reference {_show(ref.get(key))} "
+            f"({_band_text(band)}): "
+            f"{'ok' if within(new.get(key), ref.get(key), band) else 'OUTSIDE'}"
+            for key, band in bands.items()]
+
+
 def load_reference(path: Path = REFERENCE) -> dict:
     try:
         ref = json.loads(path.read_text())
@@ -125,13 +137,18 @@ def run_models(models, out_dir: Path) -> dict[str, dict]:
     return got
 
 
-def check(models, reference: dict, out_dir: Path) -> dict[str, list[str]]:
-    """{model: violations} for fresh runs of ``models`` against ``reference``."""
+def fresh_runs(models, reference: dict, out_dir: Path) -> dict[str, dict]:
+    """{model: metrics} of fresh runs of ``models``, each of which ``reference`` has."""
     unknown = [m for m in models if m not in reference["models"]]
     if unknown:
         raise ReportError(f"no reference for model(s) {', '.join(unknown)}; the reference "
                           f"has {', '.join(reference['models'])}")
-    got = run_models(models, out_dir)
+    return run_models(models, out_dir)
+
+
+def check(models, reference: dict, out_dir: Path) -> dict[str, list[str]]:
+    """{model: violations} for fresh runs of ``models`` against ``reference``."""
+    got = fresh_runs(models, reference, out_dir)
     return {m: compare(got[m], reference["models"][m], reference["bands"]) for m in models}
 
 
@@ -171,15 +188,24 @@ def main(argv: list[str] | None = None) -> int:
                 write_atomic(REFERENCE, json.dumps(ref, indent=1) + "\n")
                 print(f"wrote {REFERENCE} for {', '.join(models)}")
                 return 0
-            result = check(models, load_reference(), out)
+            reference = load_reference()
+            got = fresh_runs(models, reference, out)
         except ReportError as e:
             print(f"regression: error: {e}", file=sys.stderr)
             return 2
+    return print_verdicts(got, reference)
+
+
+def print_verdicts(got: dict[str, dict], reference: dict) -> int:
+    """Each model's verdict, then each metric against its band; 1 when any failed."""
     failed = 0
-    for m, problems in result.items():
+    for m, new in got.items():
+        ref, bands = reference["models"][m], reference["bands"]
+        problems = compare(new, ref, bands)
         print(f"{m}: {'ok' if not problems else 'FAILED'}")
-        for p in problems:
-            print(f"  {p}")
+        status = [p for p in problems if p.startswith("status ")]
+        for line in status or band_lines(new, ref, bands):
+            print(f"  {line}")
         failed += bool(problems)
     return 1 if failed else 0
 

@@ -278,6 +278,20 @@ def fmt_tol(x) -> str:
     return f"{mant}e{int(exp)}"
 
 
+def scale_label(key: dict) -> str:
+    """A group key's scale (SCALE_KEYS) in short: 'quick, 1 ep, n=256, test n=100'."""
+    parts = [str(key["experiment"])] if key.get("experiment") is not None else []
+    if key.get("epochs_planned") is not None:
+        parts.append(f"{key['epochs_planned']} ep")
+    if key.get("train_size") is not None:
+        parts.append(f"n={key['train_size']}")
+    if key.get("test_size") is not None:
+        parts.append(f"test n={key['test_size']}")
+    if recipe_label(key):  # the training levers
+        parts.append(recipe_label(key))
+    return ", ".join(parts) or "-"
+
+
 def solver_label(m: dict) -> str:
     """A short human label of a run's solver settings, e.g. 'dopri5 tol=1e-3 adjoint'."""
     method = m.get("solver_method") or "?"

@@ -41,8 +41,8 @@ from odenet.report.runs import (
     load_runs,
     own_gradient_result,
     print_invalid,
-    recipe_label,
     residual_blocks,
+    scale_label,
     solver_label,
 )
 
@@ -144,19 +144,6 @@ def _blocks_text(rows: Sequence[Row]) -> str:
     return f"the {n.pop()} residual blocks" if len(n) == 1 else "the residual blocks"
 
 
-def _scale(key: dict) -> str:
-    parts = [str(key["experiment"])] if key["experiment"] is not None else []
-    if key["epochs_planned"] is not None:
-        parts.append(f"{key['epochs_planned']} ep")
-    if key["train_size"] is not None:
-        parts.append(f"n={key['train_size']}")
-    if key["test_size"] is not None:
-        parts.append(f"test n={key['test_size']}")
-    if recipe_label(key):
-        parts.append(recipe_label(key))
-    return ", ".join(parts) or "-"
-
-
 def _title(name: str, unit: str | None = None) -> str:
     """A column's header from its metrics.json field's declaration (odenet/record.py)."""
     return record.title(record.Metrics, name) + (f" ({unit})" if unit else "")
@@ -198,11 +185,23 @@ def _devices(row: Row) -> str:
     return ", ".join(sorted({str(r.metrics.get("device")) for r in row.runs}))
 
 
+def _test_set_text(rows: Sequence[Row]) -> str:
+    """Which test images the test errors are over: the full test set unless a row says
+    otherwise (its Scale: "test n=N", a run of data.test_size=N)."""
+    sizes = sorted({row.key["test_size"] for row in rows if row.key["test_size"] is not None})
+    if not sizes:
+        return "Test error over the full test set."
+    part = f"over the first {' / '.join(f'{n:,}' for n in sizes)} test images only"
+    if len(sizes) == 1 and all(row.key["test_size"] is not None for row in rows):
+        return f"Test error {part} (Scale: test n=), not the full test set."
+    return f"Test error over the full test set, but {part} in rows whose Scale says test n=."
+
+
 def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
     w(f"From {sum(len(r.runs) for r in rows)} finished run(s) below: "
       f"{', '.join(sources)}. Mean ± sample std over distinct seeds where a row has several "
       "(the runs of one seed are averaged first; \"0 (x2)\": seed 0 run twice).\n"
-      "Test error over the full test set. Activations: bytes autograd saves for backward "
+      f"{_test_set_text(rows)} Activations: bytes autograd saves for backward "
       f"in one training iteration, whole model / the ODE block or {_blocks_text(rows)} "
       "alone (device-independent; the paper gives memory only as O(·)). s / iter: median "
       "seconds per training iteration. NFE-F/B: function evaluations per forward / "
@@ -223,7 +222,7 @@ def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
         lines.append([
             row.title,
             solver_label(row.key) if nfe else "-",
-            _scale(row.key),
+            scale_label(row.key),
             row.seeds_text,
             str(st["test_error"].n),
             _pm(st["test_error"], 100.0, 2),
@@ -259,7 +258,7 @@ def _density_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
         lines.append([
             row.title,
             solver_label(row.key) if nfe else "-",
-            _scale(row.key),
+            scale_label(row.key),
             row.seeds_text,
             _pm(st["test_nll"], digits=4),
             _pm(st["train_nll"], digits=4),

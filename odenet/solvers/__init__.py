@@ -14,7 +14,15 @@ family plugs in); step-size controllers in controllers.py.
 
 from .controllers import BoundedController, IController, PIController, StepCarry
 from .events import odeint_event
-from .odeint import DEFAULT_MAX_NUM_STEPS, GRADIENTS, odeint, odeint_adjoint
+from .odeint import (
+    DEFAULT_MAX_NUM_STEPS,
+    GRADIENTS,
+    dtype_refusal,
+    odeint,
+    odeint_adjoint,
+    tolerance_floor,
+    tolerance_refusal,
+)
 from .registry import (
                        ADAPTIVE_METHODS,
                        ADJOINT_ONLY_METHODS,
@@ -34,4 +42,5 @@ __all__ = ["odeint", "odeint_adjoint", "odeint_event", "SolveStats", "SolverErro
            "FIXED_METHODS", "ADAPTIVE_METHODS", "TABLEAUS", "REGISTRY", "DEFAULT_MAX_NUM_STEPS",
            "IController", "PIController", "BoundedController", "GRADIENTS", "RK_METHODS",
            "REVERSIBLE_METHODS", "ADJOINT_ONLY_METHODS", "gradient_refusal",
-           "method_unavailable", "SolveSpec", "PreparedSolve", "prepare", "StepCarry"]
+           "method_unavailable", "SolveSpec", "PreparedSolve", "prepare", "dtype_refusal",
+           "tolerance_floor", "tolerance_refusal", "StepCarry"]

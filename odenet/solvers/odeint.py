@@ -65,6 +65,9 @@ ODEPACK_OPTIONS: dict[str, Any] = {
     "last_step": "clamp",  # steps never pass t[-1] (ODEPACK's tcrit); "overshoot" is refused
 }
 ADJOINT_OPTIONS = ("norm", "rtol", "atol", "method", "options", "carry_step")
+# the dtypes an adaptive step control runs in: it works in the state's dtype (the odepack
+# family excepted: scipy's LSODA runs in float64 whatever the state)
+STEP_CONTROL_DTYPES = (torch.float32, torch.float64)
 NORMS = ("default", "seminorm")
 
 Func = Callable[[torch.Tensor, Any], Any]
@@ -343,6 +346,59 @@ def _validate_state(y0, name: str = "y0") -> None:
         raise ValueError(f"{name} contains NaN or Inf; the initial value must be finite")
 
 
+def controls_steps_in_state_dtype(method: Method) -> bool:
+    return method.adaptive and method.family != "odepack"
+
+
+def dtype_refusal(name: str, dtype: torch.dtype) -> str | None:
+    """Why method `name` cannot solve a state of `dtype` (None: it can). Adaptive step
+    control in float16 or bfloat16 cannot resolve its own steps: t moves by 1/1024 (1/128)
+    at t=1, the error norm overflows or rounds to 0."""
+    if not controls_steps_in_state_dtype(REGISTRY[name]) or dtype in STEP_CONTROL_DTYPES:
+        return None
+    kind = str(dtype).replace("torch.", "")
+    return (f"method {name!r} controls its steps in the state's dtype, and {kind} cannot "
+            "resolve them: solve a float32 (or float64) y0 and run func under torch.autocast "
+            "(as odenet's precision=bf16 does), or use a fixed-grid method")
+
+
+def tolerance_floor(dtype: torch.dtype) -> float:
+    """The smallest tolerance an adaptive step in `dtype` can be held to, eps**2 (float32
+    1.4e-14, float64 4.9e-32): a step is no shorter than a few eps of t, and its error
+    estimate resolves no better than eps times the step. Below it, the error norm of the
+    first-step estimate overflows (a NaN step) or the steps shrink until they stall."""
+    return torch.finfo(dtype).eps ** 2
+
+
+def tolerance_refusal(name: str, rtol, atol, dtype: torch.dtype = torch.float32,
+                      names: tuple[str, str] = ("rtol", "atol")) -> str | None:
+    """Why method `name` cannot hold a `dtype` state to rtol and atol (numbers, or tensors
+    per element): both below `tolerance_floor(dtype)` somewhere (None: it can). `names`:
+    how the message calls them (e.g. the config's solver.rtol, solver.atol)."""
+    if not controls_steps_in_state_dtype(REGISTRY[name]):
+        return None  # a fixed grid uses no tolerance; LSODA checks its own
+    floor = tolerance_floor(dtype)
+    below = (torch.as_tensor(rtol) < floor) & (torch.as_tensor(atol) < floor)  # per element
+    if not bool(below.any()):
+        return None
+
+    def show(v):  # a number, or a tensor's smallest
+        return f"{v:g}" if isinstance(v, (int, float)) else f"{float(v.min()):g} (min)"
+
+    kind = str(dtype).replace("torch.", "")
+    return (f"{names[0]}={show(rtol)} and {names[1]}={show(atol)} are below what {kind} "
+            f"resolves (eps**2 = {floor:.2g}, the least error a {name} step in {kind} can be "
+            f"held to): raise {names[0]} or {names[1]} to at least {floor:.2g}")
+
+
+def _check_tolerances(name: str, rtol, atol, dtype: torch.dtype,
+                      names: tuple[str, str] = ("rtol", "atol")) -> None:
+    refusal = tolerance_refusal(name, rtol, atol, dtype, names)
+    if refusal is not None:
+        wider = ", or solve in float64" if dtype != torch.float64 else ""
+        raise ValueError(refusal + wider)
+
+
 def validate(func, y0, t, method, rtol, atol, options) -> Problem:
     if not callable(func):
         raise ValueError(f"func must be callable as func(t, y), got {type(func).__name__}")
@@ -384,8 +440,12 @@ def validate(func, y0, t, method, rtol, atol, options) -> Problem:
     if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
         raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times}")
 
+    refusal = dtype_refusal(method, like.dtype)
+    if refusal is not None:
+        raise ValueError(f"y0 is {str(like.dtype).replace('torch.', '')}: {refusal}")
     rtol = _tolerance("rtol", rtol, shapes, is_tuple, like)
     atol = _tolerance("atol", atol, shapes, is_tuple, like)
+    _check_tolerances(method, rtol, atol, like.dtype)
     opts = _validate_options(REGISTRY[method], options)
     return Problem(func, y0, t_tensor, times, REGISTRY[method], rtol, atol, opts, shapes,
                    is_tuple)
@@ -574,11 +634,14 @@ def _validate_adjoint_options(adjoint_options: dict | None, problem: Problem) ->
         return _tolerance(f"adjoint_options['{key}']", adjoint_options[key], problem.shapes,
                           problem.is_tuple, problem.y0)
 
+    rtol, atol = tolerance("rtol"), tolerance("atol")
+    _check_tolerances(name, rtol, atol, problem.dtype,
+                      ("adjoint_options['rtol']", "adjoint_options['atol']"))
     return {
         "norm": norm,
         "method": REGISTRY[name],
-        "rtol": tolerance("rtol"),
-        "atol": tolerance("atol"),
+        "rtol": rtol,
+        "atol": atol,
         "options": _validate_options(REGISTRY[name], options),
     }
 

@@ -71,8 +71,10 @@ class SolveSpec:
         if self.step_size is not None and method.adaptive:
             raise ValueError(f"step_size is for fixed-grid methods, got step_size="
                              f"{self.step_size!r} with the adaptive method {self.method!r}")
-        validate(lambda t, y: y, torch.zeros(1), [0.0, 1.0], self.method, self.rtol,
-                 self.atol, self.odeint_options())  # the options, as odeint checks them
+        # the options, as odeint checks them; the state's dtype is prepare()'s to check (a
+        # tolerance float32 cannot resolve may suit float64)
+        validate(lambda t, y: y, torch.zeros(1, dtype=torch.float64), [0.0, 1.0], self.method,
+                 self.rtol, self.atol, self.odeint_options())
 
     def odeint_options(self) -> dict[str, Any]:
         """The `options` of odeint for these settings."""

@@ -93,8 +93,9 @@ def test_reproduce_keeps_the_names():
 def test_fig3d_one_colour_and_one_label_per_group(seeds3, tmp_path):
     _, runs = seeds3
     rows = F.fig3d_rows(runs)
-    assert {r["group"] for r in rows} == {"dopri5 tol=1e-3 adjoint seeds 0, 1, 2"}
+    group = "ODE-Net dopri5 tol=1e-3 adjoint, quick, 2 ep, n=60000, seeds 0, 1, 2"
+    assert {r["group"] for r in rows} == {group}
     assert {r["label"] for r in rows} == {f"dopri5 tol=1e-3 adjoint seed {s}" for s in range(3)}
     ax = F.draw_fig3d(rows, tmp_path / "fig3d.png").axes[0]
-    assert ax.get_legend_handles_labels()[1] == ["dopri5 tol=1e-3 adjoint seeds 0, 1, 2"]
+    assert ax.get_legend_handles_labels()[1] == [group]
     assert len({line.get_color() for line in ax.lines}) == 1

@@ -80,6 +80,46 @@ def test_fig3c_one_panel_per_solver_with_its_ratio(make_run, tmp_path):
     assert titles == ["dopri5: NFE-B / NFE-F = 0.90", "lsoda: NFE-B / NFE-F = 0.50"]
 
 
+def test_fig3c_variants_on_the_same_points_stay_visible_and_say_so(make_run, tmp_path):
+    hist = history_records(nfe_f=(20, 26), nfe_b=(26, 32))
+    make_run("default", history=hist)
+    make_run("semi", solver_adjoint_norm="seminorm", history=hist)
+    fig = F.draw_fig3c(F.fig3c_rows(load_runs([tmp_path / "outputs"])[0]), tmp_path / "c.png")
+    ax = fig.axes[0]
+    assert ax.get_legend_handles_labels()[1][:2] == [
+        "dopri5 adjoint (measured)",
+        "dopri5 adjoint, seminorm (measured): the same points as dopri5 adjoint"]
+    default, semi = ax.collections[:2]
+    assert default.get_offsets().tolist() == semi.get_offsets().tolist()
+    # hollow, other colours and shapes, the later one larger: neither hides the other
+    assert len(default.get_facecolors()) == len(semi.get_facecolors()) == 0
+    assert tuple(default.get_edgecolors()[0]) != tuple(semi.get_edgecolors()[0])
+    assert default.get_paths()[0] != semi.get_paths()[0]
+    assert min(semi.get_sizes()) > max(default.get_sizes())
+
+
+def test_fig3d_twelve_groups_in_twelve_colours_labels_apart_legend_off_the_data(
+        make_run, tmp_path):
+    for i, (exp, tol) in enumerate((e, t) for e in ("smoke", "custom", "quick", "table1")
+                                   for t in (1e-1, 1e-2, 1e-3)):
+        make_run(f"r{i}", experiment=exp, solver_rtol=tol, solver_atol=tol,
+                 history=history_records(nfe_f=(20 + i,), nfe_b=(26,)))
+    rows = F.fig3d_rows(load_runs([tmp_path / "outputs"])[0])
+    labels = {r["group"] for r in rows}
+    assert len(labels) == 12 and "ODE-Net dopri5 tol=1e-3 adjoint, smoke, 2 ep, n=60000, " \
+        "seed 0" in labels
+    fig = F.draw_fig3d(rows, tmp_path / "d.png")
+    ax = fig.axes[0]
+    dots = [line for line in ax.lines if line.get_label() in labels]
+    assert len(dots) == 12
+    assert len({(tuple(d.get_color()), d.get_marker()) for d in dots}) == 12
+    assert len({tuple(d.get_color()) for d in dots}) == 12  # no colour twice
+    fig.canvas.draw()
+    legend, box = fig.legends[0], ax.get_window_extent()
+    assert not legend.get_window_extent().overlaps(box)  # it covers no data
+    assert sorted(t.get_text() for t in legend.get_texts()) == sorted(labels)
+
+
 def test_fig3d_rows_positions(runs):
     rows = [r for r in F.fig3d_rows(runs) if r["run_dir"].endswith("ode_adj")]
     it = [r for r in rows if r["kind"] == "iter"]

@@ -158,6 +158,22 @@ def test_non_numeric_test_error_is_invalid_not_dropped(make_run, tmp_path):
         (bad / "metrics.json", "invalid metrics.json: test_error = 'n/a' is not float or null")]
 
 
+@pytest.mark.parametrize("sizes, says", [
+    ((None, None), "Test error over the full test set. "),
+    ((100, 100), "Test error over the first 100 test images only (Scale: test n=), not the "
+                 "full test set. "),
+    ((None, 2500), "Test error over the full test set, but over the first 2,500 test images "
+                   "only in rows whose Scale says test n=. "),
+])
+def test_the_table_says_which_test_images_its_errors_are_over(make_run, tmp_path, sizes,
+                                                               says):
+    for i, size in enumerate(sizes):
+        make_run(f"r{i}", model=("mlp", "resnet")[i], test_size=size)
+    res = write_table(load_runs([tmp_path / "outputs"])[0], tmp_path / "rep", ["outputs"])
+    md = res["md"].read_text()
+    assert says in md and md.count("Test error over") == 1
+
+
 def test_seeds_with_different_scale_are_not_averaged(make_run, tmp_path):
     make_run("a", epochs_planned=2, epochs=2, test_error=0.01)
     make_run("b", epochs_planned=160, epochs=160, test_error=0.004)

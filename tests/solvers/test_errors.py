@@ -122,3 +122,55 @@ def test_no_sliver_step_before_the_end():
     odeint(decay, Y0.double(), torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=1.0,
            atol=1.0, options={"first_step": 1.0 - 1e-15}, stats=stats)
     assert stats.steps_accepted == 1
+
+
+def _counting(calls):
+    def f(t, y):
+        calls.append(t)
+        return -y
+    return f
+
+
+@pytest.mark.parametrize("y0, kwargs, message", [
+    # below eps**2 of the state's dtype: the first-step norm overflowed (a NaN step), or
+    # the steps shrank until max_num_steps ran out, blamed on stiffness
+    (torch.ones(3), {"rtol": 1e-20, "atol": 1e-20},
+     "rtol=1e-20 and atol=1e-20 are below what float32 resolves (eps**2 = 1.4e-14, the least "
+     "error a dopri5 step in float32 can be held to): raise rtol or atol to at least 1.4e-14, "
+     "or solve in float64"),
+    (torch.full((2, 2), 7.0), {"rtol": 1e-15, "atol": 1e-17, "method": "bosh3"},
+     "rtol=1e-15 and atol=1e-17 are below what float32 resolves"),
+    (torch.ones(3), {"rtol": torch.tensor([1e-3, 1e-16, 1e-3]), "atol": 1e-16},
+     "rtol=1e-16 (min) and atol=1e-16 are below what float32 resolves"),
+    (torch.ones(3).double(), {"rtol": 1e-33, "atol": 1e-40, "method": "tsit5"},
+     "rtol=1e-33 and atol=1e-40 are below what float64 resolves (eps**2 = 4.9e-32, the least "
+     "error a tsit5 step in float64 can be held to): raise rtol or atol to at least 4.9e-32"),
+    (torch.ones(3), {"rtol": 1e-3, "atol": 1e-3, "adjoint_params": (), "adjoint": True,
+                     "adjoint_options": {"rtol": 1e-16, "atol": 1e-18}},
+     "adjoint_options['rtol']=1e-16 and adjoint_options['atol']=1e-18 are below what float32"),
+    # float16/bfloat16: steps and errors the dtype cannot resolve (NaN steps, underflow)
+    (torch.ones(3).half(), {},
+     "y0 is float16: method 'dopri5' controls its steps in the state's dtype, and float16 "
+     "cannot resolve them: solve a float32 (or float64) y0 and run func under torch.autocast "
+     "(as odenet's precision=bf16 does), or use a fixed-grid method"),
+    (torch.ones(2, 3).bfloat16(), {"rtol": 1e-2, "atol": 1e-2, "method": "adaptive_heun"},
+     "y0 is bfloat16: method 'adaptive_heun' controls its steps in the state's dtype"),
+    ((torch.ones(2).half(), torch.ones(1).half()), {"method": "adaptive_reversible_heun"},
+     "y0 is float16: method 'adaptive_reversible_heun'"),
+])
+def test_what_the_dtype_cannot_resolve_is_refused_before_any_evaluation(y0, kwargs, message):
+    calls = []
+    with pytest.raises(ValueError) as info:
+        odeint(_counting(calls), y0, torch.tensor([0.0, 1.0]), **kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert calls == []
+
+
+def test_tolerances_and_dtypes_the_step_control_does_not_use_still_solve():
+    """Tolerances are unused on a fixed grid, and LSODA runs in float64: as before."""
+    ys = odeint(decay, torch.ones(2).half(), T, method="rk4", rtol=1e-30, atol=1e-30)
+    assert ys.dtype == torch.float16 and abs(float(ys[-1, 0]) - math.exp(-1)) < 0.01
+    ys = odeint(decay, torch.ones(2, dtype=torch.float64), T, rtol=1e-20, atol=1e-20)
+    assert abs(float(ys[-1, 0]) - math.exp(-1)) < 1e-14
+    ys = odeint(decay, torch.ones(2), T, rtol=1e-20, atol=1e-3)  # atol alone resolves
+    assert abs(float(ys[-1, 0]) - math.exp(-1)) < 1e-3

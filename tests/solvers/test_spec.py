@@ -76,3 +76,15 @@ def test_prepared_solve_refuses_another_state():
         solve(torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"got a torch.float64 tensor of shape \(3,\)"):
         solve(torch.zeros(3, dtype=torch.float64))
+
+
+def test_a_tolerance_is_checked_against_the_prepared_state_dtype():
+    """A spec holds no dtype: a tolerance float32 cannot resolve is refused by prepare for
+    a float32 state and kept for a float64 one."""
+    spec = SolveSpec(rtol=1e-18, atol=1e-18, gradient="backprop")
+    with pytest.raises(ValueError, match=r"rtol=1e-18 and atol=1e-18 are below what float32 "):
+        prepare(spec, Field(), torch.ones(3), torch.tensor([0.0, 1.0]))
+    solve = prepare(spec, Field(), torch.ones(3, dtype=torch.float64), torch.tensor([0.0, 1.0]))
+    assert solve(torch.ones(3, dtype=torch.float64)).shape == (2, 3)
+    with pytest.raises(ValueError, match="y0 is bfloat16: method 'dopri5' controls its steps"):
+        prepare(SolveSpec(), Field(), torch.ones(3).bfloat16(), torch.tensor([0.0, 1.0]))
