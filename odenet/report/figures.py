@@ -528,8 +528,8 @@ def draw_tradeoff(rows: list[dict], path: Path):
 
     fig = Figure(figsize=(11, 4.6), dpi=120, layout="constrained")
     err_ax, nfe_ax = fig.subplots(1, 2)
-    fig.suptitle("Accuracy per CPU time, and evaluations per iteration, by recipe",
-                 fontsize=11)
+    err_ax.set_title("Validation error per CPU time, by recipe", fontsize=11)
+    nfe_ax.set_title("Evaluations per training iteration", fontsize=11)
     for recipe, rs in group_by(rows, "recipe").items():
         color = None
         for _, run in group_by(rs, "run_dir").items():
@@ -552,7 +552,7 @@ def draw_tradeoff(rows: list[dict], path: Path):
         axis.set_major_formatter(FormatStrFormatter("%g"))
         axis.set_minor_formatter(FormatStrFormatter("%g"))
     err_ax.legend(fontsize=7)
-    nfe_ax.set_xlabel("epoch")
+    nfe_ax.set_xlabel("epoch (from 1)")
     nfe_ax.set_ylabel("NFE per iteration (solid: forward, dashed: backward)")
     for ax in (err_ax, nfe_ax):
         ax.grid(True, alpha=0.3, which="both")

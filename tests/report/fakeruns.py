@@ -38,9 +38,10 @@ def metrics_record(**over) -> dict:
 
 
 def history_records(epochs: int = 2, iters: int = 3, nfe_f=(20, 26), nfe_b=(26, 32),
-                    first_epoch: int = 0) -> list[dict]:
+                    first_epoch: int = 0, val_error=None, ema_val_error=None) -> list[dict]:
     """`iters` iteration records per epoch (NFE-F/B alternating between the two values
-    given) and one epoch record per epoch."""
+    given) and one epoch record per epoch (``val_error``, ``ema_val_error``: one value
+    per epoch, or None)."""
     recs = []
     step = 0
     for e in range(first_epoch, first_epoch + epochs):
@@ -54,7 +55,10 @@ def history_records(epochs: int = 2, iters: int = 3, nfe_f=(20, 26), nfe_b=(26, 
                                 nfe_forward_mean=20.0 + 2 * (e - first_epoch),
                                 nfe_backward_mean=26.0, activation_mib=40.0,
                                 activation_block_mib=2.25, rss_peak_mib=900.0,
-                                seconds=100.0))
+                                seconds=100.0, train_seconds=90.0,
+                                val_error=val_error[e - first_epoch] if val_error else None,
+                                ema_val_error=(ema_val_error[e - first_epoch]
+                                               if ema_val_error else None)))
     return recs
 
 

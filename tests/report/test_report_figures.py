@@ -32,8 +32,10 @@ def _png_size(path):
 @pytest.fixture
 def runs(make_run, tmp_path):
     make_run("ode_adj", history=history_records(epochs=2, iters=4, nfe_f=(20, 26),
-                                                nfe_b=(26, 32), first_epoch=1),
-             evaluation=evaluation_record())
+                                                nfe_b=(26, 32), first_epoch=1,
+                                                val_error=(0.02, 0.01),
+                                                ema_val_error=(0.015, 0.008)),
+             evaluation=evaluation_record(), val_size=10000, ema_decay=0.999, threads=2)
     make_run("ode_semi", solver_adjoint_norm="seminorm", solver_rtol=1e-2, solver_atol=1e-2,
              history=history_records(epochs=1, iters=2, nfe_f=(14,), nfe_b=(8,)))
     make_run("rk_20", model="rknet", solver_adjoint=False, nfe_forward_mean=20.0,
@@ -56,6 +58,15 @@ def test_fig3ab_rows(runs):
     assert [r["relative_cpu_time"] for r in rows] == pytest.approx([1.0, 1.4, 2.2, 3.4])
     assert [r["relative_block_time"] for r in rows] == pytest.approx([1.0, 1.4, 2.2, 3.4])
     assert rows[0]["rtol"] == pytest.approx(0.1)
+
+
+def test_tradeoff_rows_are_the_validation_error_per_training_core_second(runs):
+    rows = F.tradeoff_rows(runs)  # the one run with a validation split
+    assert [r["epoch"] for r in rows] == [2, 3]  # its epochs 1 and 2, counted from 1
+    assert [r["val_error"] for r in rows] == [0.015, 0.008]  # the average's: it kept one
+    assert [r["core_seconds"] for r in rows] == [180.0, 360.0]  # 90 s x 2 threads, summed
+    assert [r["forward_equivalents"] for r in rows] == [20 + 3 * 26, 22 + 3 * 26]
+    assert rows[0]["recipe"].startswith("odenet dopri5") and "EMA 0.999" in rows[0]["recipe"]
 
 
 def test_fig3c_rows_count_iterations_of_adjoint_runs_only(runs):
