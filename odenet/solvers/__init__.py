@@ -13,6 +13,7 @@ family plugs in); step-size controllers in controllers.py.
 """
 
 from .controllers import BoundedController, IController, PIController
+from .device import TRAFFIC
 from .events import odeint_event
 from .odeint import DEFAULT_MAX_NUM_STEPS, GRADIENTS, odeint, odeint_adjoint
 from .registry import (
@@ -26,6 +27,7 @@ from .registry import (
                        gradient_refusal,
                        method_unavailable,
 )
+from .rk import release_buffers
 from .spec import PreparedSolve, SolveSpec, prepare
 from .stats import SolverError, SolveStats
 from .tableaus import TABLEAUS
@@ -34,4 +36,5 @@ __all__ = ["odeint", "odeint_adjoint", "odeint_event", "SolveStats", "SolverErro
            "FIXED_METHODS", "ADAPTIVE_METHODS", "TABLEAUS", "REGISTRY", "DEFAULT_MAX_NUM_STEPS",
            "IController", "PIController", "BoundedController", "GRADIENTS", "RK_METHODS",
            "REVERSIBLE_METHODS", "ADJOINT_ONLY_METHODS", "gradient_refusal",
-           "method_unavailable", "SolveSpec", "PreparedSolve", "prepare"]
+           "method_unavailable", "SolveSpec", "PreparedSolve", "prepare", "release_buffers",
+           "TRAFFIC"]
