@@ -38,6 +38,12 @@ def read(x) -> float:
     return float(x)
 
 
+def read_all(tensors: Sequence[torch.Tensor]) -> list[float]:
+    """float() of each of ``tensors`` (numbers of one element), in one read: one sync."""
+    TRAFFIC.reads += 1
+    return torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).tolist()
+
+
 def upload(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``values`` as a 1-D tensor on ``device``: on the CPU torch.tensor; elsewhere from
     pinned memory without waiting for the device (torch's host allocator keeps the pinned
