@@ -45,7 +45,16 @@ class Counted(torch.nn.Module):
         return self.func(t, y)
 
 
-def machine() -> dict[str, object]:
+def sync_of(device) -> Callable[[], None]:
+    """Waits for ``device``'s queued work (``cuda:N`` itself, not the current GPU); a
+    no-op on a CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return lambda: None
+    return lambda: torch.cuda.synchronize(device)
+
+
+def machine(device=None) -> dict[str, object]:
     info: dict[str, object] = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
@@ -62,8 +71,9 @@ def machine() -> dict[str, object]:
         info["torchdiffeq"] = getattr(torchdiffeq, "__version__", "?")
     except ImportError:
         pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+    if torch.cuda.is_available():  # the GPU benched, else the current one
+        cuda = device is not None and torch.device(device).type == "cuda"
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device) if cuda else None)
     return info
 
 
