@@ -589,3 +589,19 @@ def test_a_second_cuda_run_in_the_process_is_not_inflated(compose_cfg, tmp_path)
     assert b["cuda_train_peak_mib"] == pytest.approx(a["cuda_train_peak_mib"], rel=0.01)
     assert b["cuda_eval_peak_mib"] == pytest.approx(a["cuda_eval_peak_mib"], rel=0.01)
     assert a["cuda_train_peak_mib"] < rk["cuda_train_peak_mib"]
+
+
+def test_a_cpu_run_on_a_gpu_machine_leaves_cuda_alone(compose_cfg, tmp_path, monkeypatch):
+    """device=cpu where torch sees a GPU: nothing of the run (RNG states in its checkpoint,
+    memory peaks, arithmetic flags) initializes CUDA."""
+    def initialize():
+        raise AssertionError("CUDA initialized by a CPU run")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", initialize)
+    m = run(compose_cfg(*TINY, "model=odenet", "device=cpu", "train.max_iters_per_epoch=1"),
+            tmp_path)
+    assert m["status"] == "finished", m["reason"]
+    assert "cuda" not in load_checkpoint(tmp_path / CHECKPOINT_FILE)["rng"]
