@@ -45,11 +45,11 @@ def read_all(tensors: Sequence[torch.Tensor]) -> list[float]:
 
 
 def upload(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``values`` as a 1-D tensor on ``device``: on the CPU torch.tensor; elsewhere from
-    pinned memory without waiting for the device (torch's host allocator keeps the pinned
-    block until the copy has run)."""
+    """``values`` as a 1-D tensor on ``device``: on a GPU from pinned memory without
+    waiting for it (torch's host allocator keeps the pinned block until the copy has run);
+    elsewhere torch.tensor."""
     TRAFFIC.uploads += 1
-    if device.type == "cpu":
+    if device.type != "cuda":
         return torch.tensor(values, dtype=dtype, device=device)
     host = torch.tensor(values, dtype=dtype, pin_memory=True)
     return host.to(device, non_blocking=True)
