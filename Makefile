@@ -47,7 +47,7 @@ train: $(VENV) $(DATA)  ## one run, e.g. make train ARGS="model=odenet solver.rt
 sweep: $(VENV) $(DATA)  ## tolerance sweep (Hydra multirun), see scripts/sweep_tolerances.sh
 	bash scripts/sweep_tolerances.sh $(ARGS)
 
-reproduce: $(VENV) $(DATA)  ## Table 1 + Figure 3 at quick scale (one 1-thread job per core; odenet reproduce --help)
+reproduce: $(VENV) $(DATA)  ## Table 1 + Figure 3 at quick scale (one 1-thread job per core, or per GPU on CUDA; odenet reproduce --help)
 	.venv/bin/odenet reproduce experiment=quick $(ARGS)
 
 bench: $(VENV) $(DATA)  ## the fast path vs today's fp32 vs the torchdiffeq reference, with issue 17's floors
