@@ -234,7 +234,6 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                         raise Stop(f"train.stop_after_iters={session_iters} reached")
                     sig.check("received")
                 batch_bar.close()
-                peaks.stop("train")
                 # ---- the epoch's end: evaluate, record, checkpoint
                 erec = _epoch_record(cfg, task, model, loaders, optimizer, device, prog, bars,
                                      sig, peaks)
@@ -347,6 +346,7 @@ def _epoch_record(cfg: Any, task: Task, model: nn.Module, loaders: Any, optimize
     without a train_eval split), test NFE and time, memory peaks, the learning rate and
     the epoch's clocks."""
     train_seconds = prog.epoch_elapsed()
+    peaks.stop("train")  # the epoch's training ends here; its evaluation starts
     splits = {"test": loaders.test, "train": loaders.train_eval, "val": loaders.val}
     ev = {}
     peaks.start()
