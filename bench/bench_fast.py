@@ -29,7 +29,7 @@ import torch
 
 from odenet.data import load_mnist
 from odenet.models import build_model, reset_solver_stats, solver_stats
-from odenet.runtime import autocast
+from odenet.runtime import autocast, set_exact_math
 
 from .bench_training import (
     TOL,
@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
+    set_exact_math()  # fp32 as training runs it: IEEE float32, not TF32
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     tdq = require_torchdiffeq()
@@ -159,11 +160,11 @@ def main(argv=None) -> int:
         cases[name]["ratios"] = ratios(name, cases[name])
         print(f"  {name} done", flush=True)
     fast = f"precision={args.precision}" + (", model.compile=true" if args.compile else "")
-    print(f"machine: {machine()}  device: {args.device}  fast side: {fast}")
+    print(f"machine: {machine(args.device)}  device: {args.device}  fast side: {fast}")
     print("\n".join(report(cases)))
     misses = [(n, a) for n, c in cases.items() for a, r in c["ratios"].items()
               if (n, a) in FLOORS and r > FLOORS[(n, a)]]
-    result = {"machine": machine(), "device": args.device, "fast": fast, "cases": cases,
+    result = {"machine": machine(args.device), "device": args.device, "fast": fast, "cases": cases,
               "floors": {f"{n}/{a}": v for (n, a), v in FLOORS.items()},
               "misses": [f"{n}/{a}" for n, a in misses]}
     print(f"wrote {write_json('fast', result, args.out)}")

@@ -32,9 +32,10 @@ import torch
 
 from odenet.measure import ActivationMeter
 from odenet.models.blocks import ODEFunc
+from odenet.runtime import set_exact_math
 from odenet.solvers import SolveStats, odeint
 
-from .common import interleaved, machine, write_json
+from .common import interleaved, machine, sync_of, write_json
 
 SHAPE = (128, 64, 6, 6)
 TOL = 1e-3
@@ -65,21 +66,21 @@ def run(device: str, repeats: int, tol: float = TOL) -> dict:
         with ActivationMeter(func) as meter:
             y = odeint(func, x.detach().requires_grad_(), t, method=method, rtol=tol,
                        atol=tol, gradient=gradient, stats=stats)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
+        if cuda:  # of this GPU (cuda:N), not the current one
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
         y[-1].square().mean().backward()
         del y
         result[name] = {"method": method, "gradient": gradient,
                         "nfe_forward": stats.nfe_forward, "nfe_backward": stats.nfe_backward,
                         "steps": stats.steps_accepted, "activation_mib": meter.total_mib}
         if cuda:  # what backward adds on top of the held graph
-            result[name]["backward_peak_extra_mib"] = (torch.cuda.max_memory_allocated()
-                                                       - base) / MIB
+            result[name]["backward_peak_extra_mib"] = (
+                torch.cuda.max_memory_allocated(device) - base) / MIB
     times = interleaved({name: (lambda m=m, g=g: step(m, g)) for name, m, g in CASES},
                         repeats, warmup=1,
-                        sync=torch.cuda.synchronize if cuda else (lambda: None))
+                        sync=sync_of(device))
     for name in result:
         result[name]["seconds"] = times[name]
     return result
@@ -162,7 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
-    print(f"machine: {machine()}")
+    set_exact_math()  # fp32 as training runs it: IEEE float32, not TF32
+    print(f"machine: {machine(args.device)}")
     train = None
     if args.training:
         train = training(args.device, args.iters)
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
     for c in checks:
         print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['floor']}: {c['value']:.3f} "
               f"(limit {c['limit']:g})")
-    payload = {"machine": machine(), "device": args.device, "shape": SHAPE,
+    payload = {"machine": machine(args.device), "device": args.device, "shape": SHAPE,
                "tolerances": args.tolerances,
                "methods": {f"{tol:g}": rows for tol, rows in by_tol.items()},
                "training": train,

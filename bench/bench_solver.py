@@ -20,9 +20,10 @@ import copy
 import torch
 
 from odenet.models.blocks import ODEFunc
+from odenet.runtime import set_exact_math
 from odenet.solvers import SolveStats, odeint
 
-from .common import Counted, interleaved, machine, require_torchdiffeq, write_json
+from .common import Counted, interleaved, machine, require_torchdiffeq, sync_of, write_json
 
 SHAPE = (128, 64, 6, 6)
 TOL = 1e-3
@@ -147,8 +148,7 @@ def block(tdq, device, repeats):
     }
 
 
-def _sync(device):
-    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+_sync = sync_of  # the benches' name for it
 
 
 def main(argv=None) -> int:
@@ -157,8 +157,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
+    set_exact_math()  # fp32 as training runs it: IEEE float32, not TF32
     tdq = require_torchdiffeq()
-    result = {"machine": machine(), "device": args.device,
+    result = {"machine": machine(args.device), "device": args.device,
               "bookkeeping": bookkeeping(tdq, args.device, args.repeats),
               "block": block(tdq, args.device, max(5, args.repeats // 2))}
     bk, blk = result["bookkeeping"], result["block"]

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 from odenet.data import load_mnist
 from odenet.models import build_model, reset_solver_stats, solver_stats
-from odenet.runtime import autocast
+from odenet.runtime import autocast, set_exact_math
 
 from . import bench_solver
-from .common import Counted, interleaved, machine, require_torchdiffeq, write_json
+from .common import Counted, interleaved, machine, require_torchdiffeq, sync_of, write_json
 
 TOL = 1e-3
 
@@ -43,7 +43,11 @@ class TorchdiffeqBlock(torch.nn.Module):
         super().__init__()
         self.func = Counted(func)
         self.adjoint, self.norm, self.tdq = adjoint, norm, tdq
-        self.register_buffer("times", torch.tensor([0.0, 1.0]), persistent=False)
+        # made after the network moved to its device: the times go there too (torchdiffeq
+        # would otherwise read them from the host at every step)
+        device = next(func.parameters()).device
+        self.register_buffer("times", torch.tensor([0.0, 1.0], device=device),
+                             persistent=False)
 
     def forward(self, x):
         if self.adjoint and torch.is_grad_enabled():
@@ -191,8 +195,7 @@ def _mean(pairs):
     return (sum(p[0] for p in pairs) / n, sum(p[1] for p in pairs) / n)
 
 
-def _sync(device):
-    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+_sync = sync_of  # the benches' name for it
 
 
 # Kinds of work in a profile, matched on the op name (first match wins); aten ops that
@@ -297,6 +300,7 @@ def main(argv=None) -> int:
                         help="also time one whole epoch of ODE-Net and RK-Net (~25 min on CPU)")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
+    set_exact_math()  # fp32 as training runs it: IEEE float32, not TF32
     tdq = require_torchdiffeq()
     batches = training_batches(args.device, 8)
     true_grad = true_gradient(batches[0], args.device)
@@ -308,9 +312,9 @@ def main(argv=None) -> int:
         cases["test_forward_1000_compiled"] = test_forward_case(
             tdq, args.device, max(5, args.iters // 2), compiled=True)
     solver = bench_solver.bookkeeping(tdq, args.device, 20)
-    result = {"machine": machine(), "device": args.device, "cases": cases,
+    result = {"machine": machine(args.device), "device": args.device, "cases": cases,
               "solver_alone": solver}
-    print(f"machine: {machine()}  device: {args.device}")
+    print(f"machine: {machine(args.device)}  device: {args.device}")
     print(f"{'case':26s} {'odenet s':>9s} {'tdq s':>9s} {'ratio':>6s}  "
           f"{'NFE-F/B odenet | torchdiffeq':30s} grad error odenet | torchdiffeq")
     for name, c in cases.items():

@@ -45,6 +45,15 @@ class Counted(torch.nn.Module):
         return self.func(t, y)
 
 
+def sync_of(device) -> Callable[[], None]:
+    """Waits for ``device``'s queued work (``cuda:N`` itself, not the current GPU); a
+    no-op on a CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return lambda: None
+    return lambda: torch.cuda.synchronize(device)
+
+
 def cpu_kind() -> str:
     """The CPU's model and the vector units that set training speed, e.g. 'AMD EPYC
     (AVX2, AVX-512, AVX-512 BF16; no AMX)': from /proc/cpuinfo (Linux), else the platform."""
@@ -62,7 +71,7 @@ def cpu_kind() -> str:
     return f"{fields.get('model name', '?')} ({', '.join(units)}{amx})"
 
 
-def machine() -> dict[str, object]:
+def machine(device=None) -> dict[str, object]:
     info: dict[str, object] = {
         "cpu": cpu_kind(),
         "cores": os.cpu_count(),
@@ -79,8 +88,9 @@ def machine() -> dict[str, object]:
         info["torchdiffeq"] = getattr(torchdiffeq, "__version__", "?")
     except ImportError:
         pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+    if torch.cuda.is_available():  # the GPU benched, else the current one
+        cuda = device is not None and torch.device(device).type == "cuda"
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device) if cuda else None)
     return info
 
 

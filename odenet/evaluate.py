@@ -102,6 +102,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     """Run the evaluation; returns the record written to evaluation.json."""
     import torch
 
+    from odenet.runtime import float32_math
     from odenet.tasks import task_of
 
     device, model, config, ck, ckpt_id = open_checkpoint(cfg)
@@ -138,6 +139,7 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
                          "adjoint": trained["gradient"] == "adjoint"},
         "settings": asdict(cfg),
         "device": str(device),
+        "float32_math": float32_math(),  # set by open_checkpoint: IEEE, never TF32
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "test_images": n_test,
@@ -245,6 +247,7 @@ def _measure_tolerance(model, task, batches, h0s, ref, dtype, repeats: int) -> d
             ta = time.perf_counter()
             model.ode_input(x.to(dtype))  # timed as part of the forward pass;
             h0 = h0.to(dtype)             # the solve starts from the cached h(0)
+            synchronize(device)           # its GPU work is not the block's
             tb = time.perf_counter()
             h1 = block(h0)
             synchronize(device)

@@ -252,6 +252,7 @@ def _as(batch, dtype):
 def measure(cfg: GradientsConfig, log=print) -> dict:
     import torch
 
+    from odenet.runtime import float32_math
     from odenet.tasks import task_of
 
     device, model, config, ck, ckpt_id = _open(cfg)
@@ -286,6 +287,7 @@ def measure(cfg: GradientsConfig, log=print) -> dict:
                                                   "adjoint_norm", "step_size")},
         "settings": asdict(cfg),
         "device": str(device),
+        "float32_math": float32_math(),  # set by open_checkpoint: IEEE, never TF32
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "images": sum(len(b[0]) for b in batches),  # a density model's: points
@@ -307,12 +309,13 @@ def _open(cfg: GradientsConfig) -> tuple:
     """(device, model, its config, the checkpoint dict, its id): the checkpoint's, or an
     untrained ``model`` for checkpoint=init."""
 
-    from odenet.runtime import resolve_device
+    from odenet.runtime import resolve_device, set_exact_math
 
     if cfg.checkpoint != INIT:
         return open_checkpoint(cfg)
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    set_exact_math()  # as open_checkpoint
     model, config = init_model(cfg.model, cfg.seed, device)
     return device, model, config, {}, None
 

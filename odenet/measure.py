@@ -5,7 +5,9 @@
   parameters left out; over the whole model and over chosen blocks alone. Device
   independent: the number that shows O(1) (adjoint) vs O(NFE) (backprop through the
   solver) memory.
-- ``cuda_peak_mib`` / ``rss_peak_mib``: what the allocator / the OS saw at peak.
+- ``DevicePeak``: the CUDA allocator's peak over the run, and over each stretch of it
+  (an epoch's training, its evaluation) above what was allocated when it began: on a GPU
+  the number that shows what backward needs; ``rss_peak_mib``: what the OS saw at peak.
 - ``Timer`` and ``median``: wall-clock seconds, synchronized on CUDA.
 """
 
@@ -20,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from odenet.solvers import release_buffers
 
 MIB = float(1 << 20)
 
@@ -143,10 +147,49 @@ def reset_rss_peak() -> bool:
         return False
 
 
-def cuda_peak_mib(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / MIB
+class DevicePeak:
+    """The CUDA allocator's peaks of one run on ``device`` (every value None elsewhere).
+
+        peaks = DevicePeak(device)     # the run's peak starts here
+        peaks.start(); train(); peaks.stop("train")
+        peaks.mib["train"]             # the stretch's peak above what it started with
+        peaks.overall_mib              # the run's peak so far, all of it
+
+    A stretch starts without the solver's kept buffers (``release_buffers``), so those it
+    uses count in it; what was allocated when it started (weights, optimizer state, a
+    dataset kept on the device) does not. Host-side calls only: no sync.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self.mib: dict[str, float | None] = {}
+        self._overall, self._base = 0, 0
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def start(self) -> None:
+        if self.cuda:
+            release_buffers()
+            self._fold()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+
+    def stop(self, name: str) -> float | None:
+        if self.cuda:
+            self._fold()
+            peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        self.mib[name] = peak / MIB if self.cuda else None
+        return self.mib[name]
+
+    def _fold(self) -> None:
+        self._overall = max(self._overall, torch.cuda.max_memory_allocated(self.device))
+
+    @property
+    def overall_mib(self) -> float | None:
+        if not self.cuda:
+            return None
+        self._fold()
+        return self._overall / MIB
 
 
 def synchronize(device: torch.device) -> None:

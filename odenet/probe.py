@@ -115,14 +115,16 @@ def set_threads(threads: int | None) -> None:
 
 def open_checkpoint(cfg: ProbeSettings) -> tuple[Any, Any, dict, dict, dict | None]:
     """(device, model in eval mode, its config, the checkpoint, what identifies the file)
-    for ``cfg.checkpoint``, after setting the threads; ConfigError in one line."""
+    for ``cfg.checkpoint``, after setting the threads and IEEE float32 arithmetic
+    (runtime.set_exact_math); ConfigError in one line."""
 
     from odenet.checkpoint import CheckpointError, load_ode_model
     from odenet.files import file_id
-    from odenet.runtime import resolve_device
+    from odenet.runtime import resolve_device, set_exact_math
 
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    set_exact_math()  # float32 errors measured in IEEE float32, not with a TF32 floor
     path = Path(cfg.checkpoint)
     # read before loading it: the figures compare it with the checkpoint.pt they find
     try:

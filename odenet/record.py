@@ -81,6 +81,12 @@ def _f(kind: str, doc: str, unit: str = "", task: str | None = None, *, reduce: 
         "title": title})
 
 
+# measure.DevicePeak's stretches (null on a CPU, where activation_mib is the measure)
+_TRAIN_PEAK = ("CUDA memory the epoch's training iterations needed at peak, above what was "
+               "allocated before them (weights, optimizer state, data on the device)")
+_EVAL_PEAK = "CUDA memory the epoch's evaluation passes needed at peak, likewise"
+
+
 @dataclass
 class Metrics:
     """metrics.json. Fractions in [0, 1]; NFE: function evaluations per solve."""
@@ -151,7 +157,11 @@ class Metrics:
     activation_nfe_forward: int | None = _f(MEASURE, "NFE-F of the iteration whose "
                                             "activations were measured", "evaluations",
                                             reduce=LAST)
-    cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB", reduce=LAST)
+    cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak of the run", "MiB",
+                                     reduce=LAST)
+    cuda_train_peak_mib: float | None = _f(MEASURE, _TRAIN_PEAK, "MiB", reduce=LAST,
+                                           title="GPU train peak")
+    cuda_eval_peak_mib: float | None = _f(MEASURE, _EVAL_PEAK, "MiB", reduce=LAST)
     rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB", reduce=LAST)
     sec_per_iter: float | None = _f(MEASURE, "median training iteration", "s", reduce=LAST,
                                     title="s / iter")
@@ -170,6 +180,9 @@ class Metrics:
     device: str | None = _f(SETTING, "torch device", title="Device")
     precision: str = _f(SETTING, "fp32 | bf16: the network layers' compute dtype",
                         default="fp32")
+    float32_math: str | None = _f(INFO, "ieee | tf32: what float32 convolutions and matmuls "
+                                  "ran as on a GPU (runtime.set_exact_math); null: before "
+                                  "it was recorded")
     threads: int | None = _f(INFO, "torch threads")
     torch_version: str | None = _f(INFO, "torch.__version__")
     git_commit: str | None = _f(INFO, "odenet's commit, when run from a git checkout")
@@ -232,7 +245,9 @@ class EpochRecord:
                                             "evaluations", reduce=LAST,
                                             of="activation_nfe_forward")
     rss_peak_mib: float | None = _f(MEASURE, "process resident-set peak", "MiB")
-    cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak", "MiB")
+    cuda_peak_mib: float | None = _f(MEASURE, "CUDA allocator peak of the run so far", "MiB")
+    cuda_train_peak_mib: float | None = _f(MEASURE, _TRAIN_PEAK, "MiB")
+    cuda_eval_peak_mib: float | None = _f(MEASURE, _EVAL_PEAK, "MiB")
     loss: float | None = _f(MEASURE, "mean training loss", reduce=MEAN, of="loss")
     kinetic_energy: float | None = _f(MEASURE, "mean kinetic energy of the training solves",
                                       reduce=MEAN, of="kinetic_energy")

@@ -22,10 +22,11 @@ Each invocation that runs the plan appends its wall time to ``ROOT/wall.csv`` (s
 end, seconds, how it ended), so a reproduction resumed across sessions reports its
 parts and their sum.
 
-The children run ``jobs`` at once (default: one per usable core), each with ``threads=T``
-(default 1), the trainings in the plan's order (the longest first); each child's output
-goes to its run directory (train.out, evaluate.out, gradients.out); the terminal shows a
-line per child and one progress line with the time left.
+The children run ``jobs`` at once (default: one per usable core; where the trainings run
+on CUDA, ``jobs_per_gpu`` per GPU, each child on the GPU running the fewest), each with
+``threads=T`` (default 1), the trainings in the plan's order (the longest first); each
+child's output goes to its run directory (train.out, evaluate.out, gradients.out); the
+terminal shows a line per child and one progress line with the time left.
 
 Ctrl-C or SIGTERM: every running child gets the signal (once) and checkpoints, reproduce
 starts nothing more, waits for them, says how to continue and exits 130 / 143; no child
@@ -127,7 +128,8 @@ class ReproduceConfig:
     dry_run: bool = False
     sweeps: bool = True
     train_args: list[str] = field(default_factory=list)
-    jobs: int | None = None  # children at once; None: the cores this process may use
+    jobs: int | None = None  # children at once; None: per GPU (on CUDA) or per usable core
+    jobs_per_gpu: int = 1  # children at once per GPU when the trainings run on CUDA
     threads: int | None = 1  # threads=T of each child; None: the child's own default
     plans: dict[str, Plan] = field(default_factory=dict)
 
@@ -166,6 +168,9 @@ def _check(out: ReproduceConfig) -> None:
             raise ConfigError(f"{key}={v}: must be a positive integer or null (jobs: "
                               f"{usable_cores()}, the cores this process may use; threads: "
                               "the child's own default)")
+    if out.jobs_per_gpu < 1:
+        raise ConfigError(f"jobs_per_gpu={out.jobs_per_gpu}: must be a positive integer "
+                          "(children at once on each GPU)")
     if out.experiment not in out.plans:
         raise ConfigError(f"experiment={out.experiment!r} has no plan; accepted: "
                           f"{', '.join(out.plans)} (configs/{PLAN_FILE})")
@@ -186,6 +191,63 @@ def _check(out: ReproduceConfig) -> None:
     if dup:
         raise ConfigError(f"plan {out.experiment!r}: Table 1 row names must differ; "
                           f"repeated: {', '.join(dup)}")
+
+
+def training_device(cfg: ReproduceConfig) -> str:
+    """The device the trainings ask for: the last device= of the plan's train_overrides
+    and train_args, else the trainings' default, auto."""
+    plan = cfg.plans[cfg.experiment]
+    device = "auto"
+    for arg in [*plan.train_overrides, *cfg.train_args]:
+        if arg.startswith("device="):
+            device = arg.split("=", 1)[1]
+    return device
+
+
+def child_gpus(cfg: ReproduceConfig) -> list[str | None]:
+    """The GPUs the children train on, as each child's CUDA_VISIBLE_DEVICES names them:
+    [] on the CPU; [None] for one GPU (the child's own device= picks it); else one name
+    per GPU this process sees (its own CUDA_VISIBLE_DEVICES, if set, names them)."""
+    device = training_device(cfg)
+    if device == "cpu":
+        return []
+    import torch
+
+    if not torch.cuda.is_available():  # auto: the CPU; cuda: each child says it is missing
+        return []
+    count = torch.cuda.device_count()
+    if device.startswith("cuda:") or count == 1:
+        return [None]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = visible.split(",")[:count] if visible else [str(i) for i in range(count)]
+    return [name.strip() for name in names]
+
+
+def job_count(cfg: ReproduceConfig, gpus: list[str | None]) -> int:
+    """Children at once: jobs=, else jobs_per_gpu per GPU on CUDA (several trainings on
+    one GPU contend: their seconds per iteration would measure it), else one per core."""
+    return cfg.jobs or (len(gpus) * cfg.jobs_per_gpu if gpus else usable_cores())
+
+
+class GpuSlots:
+    """Which GPU the next child gets: the one running the fewest children."""
+
+    def __init__(self, gpus: list[str | None]):
+        self.running: dict[str | None, int] = {g: 0 for g in gpus}
+        self.of: dict[Any, str | None] = {}
+
+    def take(self, task: Any) -> dict[str, str]:
+        """The environment the task's child starts with (CUDA_VISIBLE_DEVICES, or none)."""
+        if not self.running:
+            return {}
+        gpu = min(self.running, key=self.running.__getitem__)
+        self.running[gpu] += 1
+        self.of[task] = gpu
+        return {} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu}
+
+    def give_back(self, task: Any) -> None:
+        if task in self.of:
+            self.running[self.of.pop(task)] -= 1
 
 
 def sweep_seeds(sw: SweepPlan, seeds: list[int]) -> list[int]:
@@ -450,8 +512,9 @@ class Children:
         if not self.busy:  # no child runs (e.g. writing the report): stop now
             raise Interrupted(self.received[0])
 
-    def start(self, task: Task, cmd: list[str]) -> None:
-        """Starts the task's child, its output appended to task.log; OSError if it cannot."""
+    def start(self, task: Task, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        """Starts the task's child, its output appended to task.log, ``env`` added to its
+        environment; OSError if it cannot."""
         task.log.parent.mkdir(parents=True, exist_ok=True)
         f = open(task.log, "a", encoding="utf-8")  # noqa: SIM115 (closed in exited/reap)
         try:
@@ -460,7 +523,7 @@ class Children:
             # start_new_session: its own process group (see the class), portable to 3.10;
             # only when reproduce passes signals on (else the terminal's must reach it)
             # PARENT_PID: the child stops (and checkpoints) should reproduce die unseen
-            env = {**os.environ, rundir.PARENT_PID: str(os.getpid())}
+            env = {**os.environ, **(env or {}), rundir.PARENT_PID: str(os.getpid())}
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f,
                                     stderr=subprocess.STDOUT, env=env,
                                     start_new_session=bool(self._old))
@@ -667,8 +730,9 @@ class Schedule:
     signal starts nothing more and waits for the running children."""
 
     def __init__(self, cfg: ReproduceConfig, tasks: list[Task], jobs: int,
-                 children: Children, show: Show) -> None:
+                 children: Children, show: Show, gpus: list[str | None] = ()) -> None:
         self.cfg, self.tasks, self.jobs, self.children, self.show = cfg, tasks, jobs, children, show
+        self.gpus = GpuSlots(list(gpus))
         self.state = {t: LEFT for t in tasks}
         self.training = {t.job.dir: t for t in tasks if t.kind == TRAIN}
         self.failures: list[str] = []
@@ -724,8 +788,9 @@ class Schedule:
                 continue
             cmd = task_command(task, self.cfg)
             try:
-                self.children.start(task, cmd)
+                self.children.start(task, cmd, self.gpus.take(task))
             except OSError as e:
+                self.gpus.give_back(task)
                 self._fail(task, f"{task.label}: cannot start {cmd[0]}: {e}")
                 continue
             self.state[task], self._started[task] = RUNNING, time.monotonic()
@@ -739,6 +804,7 @@ class Schedule:
         self.show.line(f"FAILED: {why}")
 
     def _ended(self, task: Task, rc: int) -> None:
+        self.gpus.give_back(task)
         took = time.monotonic() - self._started.pop(task)
         self.seconds[task.kind] = self.seconds.get(task.kind, 0.0) + took
         why = task_failure(task, rc, self.cfg)
@@ -952,13 +1018,17 @@ def reproduce(cfg: ReproduceConfig, command: str, log=print) -> int:
         return _reproduce(cfg, command, log, children)
 
 
-def plan_lines(cfg: ReproduceConfig, tasks: list[Task], jobs: int) -> list[str]:
+def plan_lines(cfg: ReproduceConfig, tasks: list[Task], jobs: int,
+               gpus: list[str | None] = ()) -> list[str]:
     """How the plan runs: its jobs and threads, the order, where the children write."""
     plan = cfg.plans[cfg.experiment]
     trainings = [t for t in tasks if t.kind == TRAIN]
     done = sum(t.job.finished for t in trainings)
-    cores = usable_cores()
-    why = f"jobs={cfg.jobs}" if cfg.jobs else f"one per core: {cores} usable"
+    why = (f"jobs={cfg.jobs}" if cfg.jobs
+           else f"{cfg.jobs_per_gpu} per GPU: {len(gpus)} GPU(s)" if gpus
+           else f"one per core: {usable_cores()} usable")
+    if len(gpus) > 1:
+        why += "; each child on the GPU running the fewest, by CUDA_VISIBLE_DEVICES"
     threads = f"threads={cfg.threads}" if cfg.threads else "the child's own threads"
     rows = list(plan.models) + [v.name for v in plan.variants]
     first = [r for r in plan.order if r in rows]
@@ -988,8 +1058,9 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
     report_dir = Path(cfg.report or f"outputs/report/{stamp}_{cfg.experiment}")
     jobs = plan_jobs(cfg, root)
     tasks = plan_tasks(cfg, jobs)
-    n = cfg.jobs or usable_cores()
-    for line in plan_lines(cfg, tasks, n):
+    gpus = child_gpus(cfg)
+    n = job_count(cfg, gpus)
+    for line in plan_lines(cfg, tasks, n, gpus):
         log(line)
     if cfg.dry_run:
         for k, task in enumerate(tasks, 1):
@@ -1004,7 +1075,7 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, children: Children) -> i
         return 1
     t0, started = time.perf_counter(), _utc_now()
     show = Show(log, tty=log is print and sys.stdout.isatty())
-    schedule = Schedule(cfg, tasks, n, children, show)
+    schedule = Schedule(cfg, tasks, n, children, show, gpus)
     ended_by = "an error"
     try:
         schedule.run()

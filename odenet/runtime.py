@@ -1,5 +1,6 @@
 """The process a run lives in: its seeds and RNG states (a checkpoint keeps them, so that
-a resumed run continues exactly), its device and the code's version."""
+a resumed run continues exactly), its device, its float arithmetic and the code's
+version."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def rng_state() -> dict[str, Any]:
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # a CPU run leaves CUDA be
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -42,8 +43,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
                          n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized():
+        # one state per GPU of the machine that saved it: it may have had more than this one
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,11 +77,15 @@ def git_commit() -> str | None:
 
 
 def has_bf16_units(device: torch.device) -> bool:
-    """Whether bf16 layers run on bf16 arithmetic here: a CUDA GPU that supports bf16, or
-    a CPU oneDNN runs bf16 on (AVX-512 or AMX). Without them (e.g. an AVX2-only CPU)
-    bf16 is emulated: a ResNet iteration measured ~13x slower than fp32 (2026-12-02)."""
+    """Whether bf16 layers run on bf16 arithmetic on ``device``: a GPU of compute
+    capability 8.0 or more (Ampere and newer; ``cuda:N`` is asked about, not the current
+    GPU), or a CPU oneDNN runs bf16 on (AVX-512 or AMX). Without them bf16 is emulated:
+    a ResNet iteration measured ~13x slower than fp32 on an AVX2-only CPU (2026-12-02);
+    torch.cuda.is_bf16_supported() counts emulation (V100, T4) as support."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        if torch.version.hip:  # AMD: capabilities are not NVIDIA's; torch's own answer
+            return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch without the query: assume emulation
@@ -90,6 +97,30 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if has_bf16_units(device) else "fp32"
+
+
+def set_exact_math() -> str:
+    """Float32 convolutions (cuDNN) and matmuls (cuBLAS) in IEEE float32, and deterministic
+    cuDNN algorithms. torch's default lets cuDNN run float32 convolutions as TF32 on Ampere
+    and newer GPUs: fp32 results, and the float32 errors of evaluate and gradients, would
+    have a TF32 floor. ``precision=bf16`` runs the layers autocast covers in bf16; all else
+    stays IEEE float32. Deterministic algorithms: a resumed run repeats an uninterrupted
+    one. Nothing changes on a CPU. Returns ``float32_math()`` (metrics.json records it)."""
+    torch.backends.cudnn.allow_tf32 = False  # the older flags: torch 2.1 to today read them
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return float32_math()
+
+
+def float32_math() -> str:
+    """What float32 convolutions and matmuls run as on a GPU: "ieee" or "tf32"."""
+    b = torch.backends
+    try:
+        tf32 = b.cudnn.allow_tf32 or b.cuda.matmul.allow_tf32
+    except RuntimeError:  # someone set torch's newer per-operator flags: read those
+        tf32 = "tf32" in (b.cudnn.conv.fp32_precision, b.cuda.matmul.fp32_precision)
+    return "tf32" if tf32 else "ieee"
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

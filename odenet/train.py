@@ -47,15 +47,19 @@ from odenet.registry import ADJOINT, spec
 from odenet.runlog import Bars, Heartbeat, RunLog, epoch_records, log_epoch
 from odenet.runtime import (
     autocast,
+    float32_math,
     git_commit,
+    has_bf16_units,
     resolve_device,
     resolve_precision,
     rng_state,
     seed_everything,
+    set_exact_math,
     set_rng_state,
 )
 from odenet.schedules import SCHEDULES
-from odenet.solvers import FIXED_METHODS, SolverError
+from odenet.solvers import FIXED_METHODS, SolverError, release_buffers
+from odenet.solvers.device import read_all
 from odenet.tasks import TASKS, Task
 
 log = logging.getLogger("odenet.train")
@@ -169,9 +173,11 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"run directory {out}: {e.strerror or e}") from None
     rundir.claim(out)  # one owner: a second training into out is refused here
+    release_buffers()  # the solver's kept buffers are the run's: none inherited, none left
     try:
         return _run(cfg, out)
     finally:
+        release_buffers()
         rundir.release(out)
 
 
@@ -199,6 +205,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
     ema = optim.build_ema(cfg, model)  # None without optim.ema_decay
     _resume(ck, model, optimizer, scheduler, ema)
     runlog, metrics = _open_records(cfg, out, task, model, loaders, device, prog, ck, ipe)
+    peaks = measure.DevicePeak(device)  # this run's, not an earlier run's in the process
     save = _Saver(out, cfg, model, optimizer, scheduler, prog, runlog, ema)
     blocks, epochs = measured_blocks(model), cfg.optim.epochs
     status, reason, signum, session_iters = "running", None, None, 0
@@ -211,6 +218,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                 prog.start_epoch()
                 batch_bar = bars.batches(ipe, prog.batch, prog.epoch)
                 census = cfg.train.measure_memory  # the epoch's first iteration of a session
+                peaks.start()
                 while prog.batch < ipe:
                     step = train_step(task, model, optimizer, loaders.train.batch(prog.batch),
                                       device, blocks if census else None, cfg.precision)
@@ -232,7 +240,7 @@ def _run(cfg: Any, out: Path) -> dict[str, Any]:
                 batch_bar.close()
                 # ---- the epoch's end: evaluate, record, checkpoint
                 erec = _epoch_record(cfg, task, (model, ema), loaders, optimizer, device,
-                                     prog, bars, sig)
+                                     prog, bars, sig, peaks)
                 runlog.epoch(erec, metrics.task, prog.step)
                 prog.next_epoch()
                 save()
@@ -288,6 +296,10 @@ def _runtime(cfg: Any) -> torch.device:
         if warning:
             log.warning(warning)
     device = resolve_device(cfg.device)
+    set_exact_math()  # fp32 is IEEE float32, not TF32; a resumed run repeats itself
+    if cfg.precision == "bf16" and not has_bf16_units(device):
+        log.warning("precision=bf16 on %s, which has no bf16 units: emulated, slower than "
+                    "fp32 (precision=auto picks fp32 here)", device)
     seed_everything(cfg.seed)
     return device
 
@@ -297,8 +309,6 @@ def _open_records(cfg: Any, out: Path, task: Task, model: nn.Module, loaders: An
                   ipe: int) -> tuple[RunLog, record.Metrics]:
     """The run's RunLog (history truncated to the checkpoint's) and its first metrics.json
     (a resumed run's: its epochs so far, each folded in as a new one would be)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     measure.reset_rss_peak()  # this run's peak, not an earlier job's in the same process
     runlog = RunLog(out, cfg.train.tensorboard, (prog.history_bytes, prog.step) if ck else None)
     metrics = _new_metrics(cfg, task, model, loaders, device)
@@ -341,18 +351,20 @@ class _Saver:
 
 def _epoch_record(cfg: Any, task: Task, models: tuple[nn.Module, nn.Module | None],
                   loaders: Any, optimizer: Any, device: torch.device, prog: Progress,
-                  bars: Bars, sig: _Signals) -> record.EpochRecord:
+                  bars: Bars, sig: _Signals, peaks: measure.DevicePeak) -> record.EpochRecord:
     """The epoch's record: the fields its iterations make (``prog.reduced``), and those
     measured at its end: every split's metric (the train metric from the iterations' sums
     without a train_eval split; the weights' moving average on test and val too, where
     the run keeps one), test NFE and time, memory peaks, the learning rate and the
     epoch's clocks."""
     train_seconds = prog.epoch_elapsed()
+    peaks.stop("train")  # the epoch's training ends here; its evaluation starts
     model, ema = models
     splits = {"test": (model, loaders.test), "train": (model, loaders.train_eval),
               "val": (model, loaders.val), "ema_test": (ema, loaders.test),
               "ema_val": (ema, loaders.val)}
     ev = {}
+    peaks.start()
     for name, (net, loader) in splits.items():
         if net is not None and loader is not None:
             bar = bars.eval(len(loader), name)
@@ -360,6 +372,7 @@ def _epoch_record(cfg: Any, task: Task, models: tuple[nn.Module, nn.Module | Non
                 task, net, loader, device, bar=bar, precision=cfg.precision,
                 check=lambda n=name: sig.check(f"received during {n} evaluation"))
             bar.close()
+    peaks.stop("eval")
     end = {f"{name}_{task.metric}": e["value"] for name, e in ev.items()}
     if "train" not in ev:
         end[f"train_{task.metric}"] = task.reduce(prog.sums)
@@ -367,7 +380,8 @@ def _epoch_record(cfg: Any, task: Task, models: tuple[nn.Module, nn.Module | Non
         epoch=prog.epoch, **record.epoch_values(prog.reduced), **end,
         test_nfe_forward_mean=ev["test"]["nfe_forward_mean"],
         sec_per_test_batch=measure.median(ev["test"]["times"]),
-        rss_peak_mib=measure.rss_peak_mib(), cuda_peak_mib=measure.cuda_peak_mib(device),
+        rss_peak_mib=measure.rss_peak_mib(), cuda_peak_mib=peaks.overall_mib,
+        cuda_train_peak_mib=peaks.mib["train"], cuda_eval_peak_mib=peaks.mib["eval"],
         lr=optimizer.param_groups[0]["lr"], train_seconds=train_seconds,
         seconds=prog.epoch_elapsed())
 
@@ -470,21 +484,50 @@ def train_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, b
                 loss, sums = task.train_loss(model, batch)
         penalty, penalties = dynamics_penalty(model)
         fwd = solver_stats(model) or {}
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise Failure(f"non-finite loss ({loss_value}): lower optim.lr or the tolerance")
         optimizer.zero_grad(set_to_none=True)
-        (loss if penalty is None else loss + penalty).backward()
+        _backward(loss if penalty is None else loss + penalty)
         optimizer.step()
         bwd = solver_stats(model) or {}
+    # read after the timer's sync, all at once: nothing waits for the device before backward
+    loss_value, sums, penalties = _read(loss, sums, penalties)
+    if not math.isfinite(loss_value):  # its step is taken, but the run stops unsaved
+        raise Failure(_non_finite(loss_value))
     return Step(
-        loss=loss_value, sums={k: float(v) for k, v in sums.items()}, seconds=timer.seconds,
+        loss=loss_value, sums=sums, seconds=timer.seconds,
         lr=lr, nfe_forward=fwd.get("nfe_forward"), nfe_backward=bwd.get("nfe_backward"),
         steps_accepted=fwd.get("steps_accepted"), steps_rejected=fwd.get("steps_rejected"),
         activation_mib=meter.total_mib if counted else None,
         activation_block_mib=meter.block_mib if counted else None,
         activation_nfe_forward=fwd.get("nfe_forward") if counted else None,
         sample_seconds=None if counted else timer.seconds, **penalties)
+
+
+def _read(loss: torch.Tensor, sums: dict, penalties: dict
+          ) -> tuple[float, dict[str, float], dict[str, float | None]]:
+    """The loss, the task's sums and the dynamics penalties (None: not computed) as
+    numbers, read from the device at once (one sync)."""
+    names = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
+    measured = [k for k, v in penalties.items() if v is not None]
+    loss_value, *values = read_all([loss, *(sums[k] for k in names),
+                                    *(penalties[k] for k in measured)])
+    read = dict(zip(names + measured, values))
+    sums = {k: float(read.get(k, v)) for k, v in sums.items()}
+    return loss_value, sums, {k: read.get(k) for k in penalties}
+
+
+def _backward(loss: torch.Tensor) -> None:
+    """loss.backward(); a backward solve that fails on a non-finite loss says so."""
+    try:
+        loss.backward()
+    except SolverError:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise Failure(_non_finite(value)) from None
+        raise
+
+
+def _non_finite(loss_value: float) -> str:
+    return f"non-finite loss ({loss_value}): lower optim.lr or the tolerance"
 
 
 @torch.no_grad()
@@ -543,7 +586,7 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         max_iters_per_epoch=cfg.train.max_iters_per_epoch,
         lr=optim.peak_lr(cfg, running_batch(cfg, loaders)), ema_decay=cfg.optim.ema_decay,
         schedule=cfg.optim.schedule, device=str(device), precision=cfg.precision,
-        threads=torch.get_num_threads(),
+        float32_math=float32_math(), threads=torch.get_num_threads(),
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())
 
 

@@ -179,6 +179,21 @@ def test_augmentation_shifts_and_normalization(mnist_root):
     assert torch.allclose(xn, (xa - D.MEAN) / D.STD)
 
 
+def test_crop_offsets_live_with_the_images():
+    """Images kept on the device (a GPU run's default): the epoch's crop offsets are put
+    there once, as its order, not copied from the host for every batch. ("meta" stands in
+    for the GPU: no data, the same placement.)"""
+    images = torch.zeros(64, 28, 28, dtype=torch.uint8)
+    labels = torch.zeros(64, dtype=torch.int64)
+    b = D.MnistBatches(images, labels, 16, shuffle=True, augment=True, device="meta",
+                       on_device=True)
+    assert b.offsets.device.type == "meta" and b.order.device.type == "meta"
+    b.set_epoch(1)
+    assert b.offsets.device.type == "meta"
+    x, y = b.batch(0)
+    assert x.shape == (16, 1, 28, 28) and x.device.type == "meta"
+
+
 def test_importing_data_loads_neither_torch_nor_hydra_nor_cnf():
     """`odenet data` and the trainer's preflight import odenet.data cheaply; cnf sits above it."""
     import subprocess

@@ -278,6 +278,7 @@ def test_dynamics_penalty_is_the_weighted_sum_and_is_cleared():
     model(x)
     total, values = dynamics_penalty(model)
     assert set(values) == {"kinetic_energy", "jacobian_frobenius"}
+    values = {k: float(v) for k, v in values.items()}  # detached tensors: read after backward
     assert values["kinetic_energy"] > 0 and values["jacobian_frobenius"] > 0
     assert float(total.detach()) == pytest.approx(0.5 * values["kinetic_energy"]
                                          + 0.25 * values["jacobian_frobenius"], rel=1e-12)

@@ -240,3 +240,35 @@ def test_the_recorded_checkpoint_is_relative_to_the_result(tmp_path):
     assert recorded_checkpoint(cfg, "evaluation.json") == "../run/checkpoint.pt"
     cfg = E.EvaluateConfig(checkpoint=str(ck))
     assert recorded_checkpoint(cfg, "evaluation.json") == "checkpoint.pt"
+
+
+def test_the_block_is_timed_after_the_downsampling_is_done(monkeypatch):
+    """On a GPU a layer's call returns before its kernels have run: block_seconds starts
+    after a sync, so the downsampling's GPU time is not the block's."""
+    from odenet import measure
+    from odenet.tasks import ClassifyTask
+
+    torch.manual_seed(0)
+    model = build_model({"name": "odenet"}, {"method": "dopri5", "rtol": 1e-3}).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        h0 = model.ode_input(x)
+        ref = model.ode_block(h0).double()
+    events: list[str] = []
+    monkeypatch.setattr(measure, "synchronize", lambda device: events.append("sync"))
+    downsampling = model.ode_input
+    monkeypatch.setattr(model, "ode_input", lambda x: events.append("input") or downsampling(x))
+    model.ode_block.register_forward_pre_hook(lambda *a: events.append("block"))
+    with torch.no_grad():
+        row = E._measure_tolerance(model, ClassifyTask(), [(x, torch.zeros(4, dtype=torch.long))],
+                                   [h0], ref, torch.float32, 1)
+    last = len(events) - 1 - events[::-1].index("input")
+    assert events[last:] == ["input", "sync", "block", "sync", "sync"]
+    assert row["block_seconds"] > 0 and row["numerical_error"] < 1e-2
+
+
+def test_the_float32_side_runs_ieee_float32(evaluated):
+    """No TF32 floor under the float32 errors (runtime.set_exact_math), and it is said."""
+    _, ev = evaluated
+    assert ev["float32_math"] == "ieee"
+    assert torch.backends.cudnn.allow_tf32 is False

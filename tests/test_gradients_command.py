@@ -67,6 +67,13 @@ def test_json_next_to_checkpoint_with_every_method_and_the_figure(measured):
     assert r["adjoint"]["block_activation_mib"] < r["backprop"]["block_activation_mib"]
 
 
+def test_the_float32_errors_are_measured_in_ieee_float32(measured):
+    """No TF32 floor under the float32 errors (runtime.set_exact_math), and it is said."""
+    import torch
+
+    assert measured[1]["float32_math"] == "ieee" and torch.backends.cudnn.allow_tf32 is False
+
+
 def test_checkpoint_and_reversible_are_exact_discrete_gradients(measured):
     r = rows(measured[1])
     assert r["backprop"]["error_vs_discrete"] == 0.0  # it is the discrete gradient

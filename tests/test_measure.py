@@ -118,3 +118,44 @@ def test_timer_median_and_rss():
     assert t.seconds > 0
     assert median([3.0, 1.0, 2.0]) == 2.0 and median([]) is None
     assert 10 < rss_peak_mib() < 100_000
+
+
+def test_device_peaks_are_the_runs_and_each_stretchs(monkeypatch):
+    """DevicePeak on a GPU (torch.cuda's allocator statistics faked): a stretch's peak is
+    what it needed above what it started with (weights, optimizer state, a dataset on the
+    device), and starts without the solver's kept buffers; the run's peak is all of it,
+    not an earlier run's. On a CPU every value is None."""
+    from odenet import measure
+    from odenet.solvers import rk
+
+    alloc = {"now": 0, "peak": 0}
+
+    def allocate(mib):
+        alloc["now"] += int(mib * MIB)
+        alloc["peak"] = max(alloc["peak"], alloc["now"])
+
+    def reset(device=None):
+        alloc["peak"] = alloc["now"]
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: alloc["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: alloc["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    allocate(900)
+    allocate(-900)  # an earlier run's peak in this process
+    peaks = measure.DevicePeak(torch.device("cuda"))
+    allocate(100)  # weights, data on the device
+    rk._POOL["kept"] = [("kept", [])]  # an earlier solve's buffers
+    peaks.start()
+    assert rk._POOL == {}
+    allocate(60)  # forward
+    allocate(-60)  # backward done
+    assert peaks.stop("train") == pytest.approx(60)
+    peaks.start()
+    allocate(250)  # evaluation at batch 1000
+    allocate(-250)
+    assert peaks.stop("eval") == pytest.approx(250)
+    assert peaks.mib == pytest.approx({"train": 60, "eval": 250})
+    assert peaks.overall_mib == pytest.approx(350)
+    cpu = measure.DevicePeak(torch.device("cpu"))
+    cpu.start()
+    assert cpu.stop("train") is None and cpu.overall_mib is None

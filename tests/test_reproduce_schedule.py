@@ -31,7 +31,8 @@ STANDIN = textwrap.dedent('''
     def event(what):
         with open(os.environ["EVENTS"], "a") as f:
             f.write(json.dumps({"what": what, "cmd": args[0], "run": Path(where).name,
-                                "args": args, "t": time.time(), "pid": os.getpid()}) + "\\n")
+                                "args": args, "t": time.time(), "pid": os.getpid(),
+                                "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
 
     event("start")
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0.8")))  # long enough to overlap
@@ -135,6 +136,73 @@ def test_n_children_at_once_work_after_its_training_report_last(standin, jobs):
     progress = [x for x in lines if x.startswith("progress after")]
     assert f"0 done, {jobs} running, {19 - jobs} left" in progress[0]
     assert "19 done, 0 running, 0 left; time left ~0s" in progress[-1]
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """A machine whose torch sees `n` CUDA GPUs (torch.cuda's queries patched)."""
+    import torch
+
+    def make(n: int, visible: str | None = None):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    return make
+
+
+def test_on_gpus_one_job_per_gpu_or_the_number_asked(tmp_path, monkeypatch, gpus):
+    """Trainings on CUDA (device=auto on a GPU machine): one child per GPU, or jobs_per_gpu
+    each, not one per CPU core; the trainings' device= decides (cpu, cuda:N)."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN)
+    monkeypatch.setattr(R, "usable_cores", lambda: 16)
+
+    def jobs(*over):
+        cfg = R.load_config(list(over), plan_file=plan)
+        gpu_names = R.child_gpus(cfg)
+        return R.job_count(cfg, gpu_names), gpu_names
+
+    gpus(4)
+    assert jobs() == (4, ["0", "1", "2", "3"])
+    assert jobs("jobs_per_gpu=2") == (8, ["0", "1", "2", "3"])
+    assert jobs("jobs=3")[0] == 3
+    assert jobs("train_args=[device=cpu]") == (16, [])
+    assert jobs("train_args=[device=cuda:2]") == (1, [None])  # the child picks cuda:2
+    gpus(2, visible="5,7")  # this process sees two: the children get their names
+    assert jobs() == (2, ["5", "7"])
+    gpus(1)
+    assert jobs() == (1, [None])
+    gpus(0)
+    assert jobs() == (16, [])
+    with pytest.raises(R.ConfigError, match="jobs_per_gpu=0: must be a positive integer"):
+        R.load_config(["jobs_per_gpu=0"], plan_file=plan)
+
+
+def test_each_child_gets_the_least_busy_gpu(standin, gpus):
+    """Two GPUs: two children at once, never two on one GPU (CUDA_VISIBLE_DEVICES)."""
+    run, events, _ = standin
+    gpus(2)
+    rc, lines = run("sweeps=false")
+    assert rc == 0, lines
+    assert "2 job(s) at once (1 per GPU: 2 GPU(s); each child on the GPU running the " \
+           "fewest, by CUDA_VISIBLE_DEVICES)" in lines[1]
+    ev = sorted(events(), key=lambda e: e["t"])
+    assert _most_at_once(ev) == 2 and {e["gpu"] for e in ev} == {"0", "1"}
+    running: dict[int, str] = {}
+    for e in ev:
+        if e["what"] == "start":
+            assert e["gpu"] not in running.values()
+            running[e["pid"]] = e["gpu"]
+        else:
+            running.pop(e["pid"])
+    slots = R.GpuSlots(["0", "1"])
+    assert [slots.take(t) for t in "abc"] == [{"CUDA_VISIBLE_DEVICES": g} for g in "010"]
+    slots.give_back("b")
+    assert slots.take("d") == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert R.GpuSlots([None]).take("a") == {} and R.GpuSlots([]).take("a") == {}
 
 
 def test_a_dead_job_is_reported_its_work_skipped_and_rerun(standin, monkeypatch):

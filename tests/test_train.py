@@ -570,3 +570,118 @@ def test_a_typed_config_is_not_validated_again(compose_cfg, tmp_path, monkeypatc
     assert run(cfg, tmp_path)["status"] == "finished"
     with pytest.raises(AssertionError, match="validated again"):
         run(OmegaConf.to_container(cfg), tmp_path / "plain")
+
+
+# ---------------------------------------------------------------- the device's side
+def _counted_step(name: str, monkeypatch) -> tuple[dict, dict, dict]:
+    """The second train_step of `name` on a random batch (the first prepares the ODE
+    block's solve, validating it once): (reads when backward began, reads in all, the
+    block's stats); reads: TRAFFIC's (the code's hook) and torch's own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from odenet.models import solver_stats
+    from odenet.solvers import TRAFFIC
+    from odenet.tasks import ClassifyTask
+    from odenet.train import train_step
+
+    class Reads(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Reads.n += str(func) == "aten._local_scalar_dense.default"
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = build_model({"name": name}, {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batch = (torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    at_backward, backward = {}, torch.Tensor.backward
+
+    def snapshot(self, *a, **k):
+        at_backward.update(hook=TRAFFIC.reads - start, torch=Reads.n)
+        return backward(self, *a, **k)
+
+    train_step(ClassifyTask(), model, opt, batch, torch.device("cpu"))  # the block prepared
+    monkeypatch.setattr(torch.Tensor, "backward", snapshot)
+    start = TRAFFIC.reads
+    with Reads():
+        step = train_step(ClassifyTask(), model, opt, batch, torch.device("cpu"))
+    assert math.isfinite(step.loss) and step.sums["count"] == 8
+    return at_backward, {"hook": TRAFFIC.reads - start, "torch": Reads.n}, \
+        solver_stats(model) or {}
+
+
+def test_the_iteration_reads_nothing_from_the_device_before_backward(monkeypatch):
+    """A read waits for the GPU's queue: before backward only the solver's own (one per
+    step attempt and a few per solve, tests/solvers/test_device.py), none in a model
+    without one; the loss and the task's sums are read once, after the step."""
+    before, total, _ = _counted_step("mlp", monkeypatch)
+    assert before == {"hook": 0, "torch": 0} and total == {"hook": 1, "torch": 0}
+    before, total, st = _counted_step("odenet", monkeypatch)
+    forward = st["steps_accepted"] + st["steps_rejected"] + 4
+    backward = st["steps_accepted_backward"] + st["steps_rejected_backward"] + 4
+    assert before == {"hook": forward, "torch": forward}
+    assert total == {"hook": forward + backward + 1, "torch": forward + backward}
+
+
+def test_a_non_finite_loss_that_breaks_the_backward_solve_is_named(compose_cfg, tmp_path,
+                                                                    monkeypatch):
+    """The loss is read after backward: an adjoint solve that fails on its NaN gradients
+    still ends the run as a non-finite loss, not as the solver's error."""
+    from odenet.tasks import ClassifyTask
+
+    monkeypatch.setattr(ClassifyTask, "loss", lambda self, out, batch: torch.nn.functional
+                        .cross_entropy(out, batch[1]) * float("nan"))
+    m = run(compose_cfg(*TINY, "model=odenet", "train.max_iters_per_epoch=1"), tmp_path)
+    assert m["status"] == "failed" and m["reason"].startswith("non-finite loss (nan)")
+
+
+def test_a_second_run_in_the_process_measures_its_own_memory(compose_cfg, tmp_path):
+    """The solver's kept buffers are a run's (none inherited, none left behind), so a second
+    run in one process (gpu_check, a sweep's basic launcher) measures what the first did:
+    on a CPU the activation census, the GPU peaks null. fp32 ran as IEEE float32."""
+    from odenet.solvers import release_buffers
+
+    cfg = compose_cfg(*TINY, "model=odenet", "train.max_iters_per_epoch=2")
+    a = run(cfg, tmp_path / "a")
+    assert release_buffers() == 0  # nothing kept after the run
+    b = run(cfg, tmp_path / "b")
+    for m in (a, b):
+        assert m["status"] == "finished" and m["float32_math"] == "ieee"
+        assert m["cuda_train_peak_mib"] is None and m["cuda_eval_peak_mib"] is None
+    assert a["activation_mib"] == b["activation_mib"] > 0
+    assert a["activation_block_mib"] == b["activation_block_mib"]
+    epoch = [h for h in history(tmp_path / "b") if h["kind"] == "epoch"][0]
+    assert epoch["cuda_train_peak_mib"] is None and epoch["cuda_peak_mib"] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_second_cuda_run_in_the_process_is_not_inflated(compose_cfg, tmp_path):
+    """On a GPU: the training and evaluation peaks of a second run equal the first's; the
+    adjoint's training peak lies below backprop's (O(1) against O(NFE))."""
+    over = (*TINY, "train.max_iters_per_epoch=2", "device=cuda")
+    a = run(compose_cfg(*over, "model=odenet"), tmp_path / "a")
+    b = run(compose_cfg(*over, "model=odenet"), tmp_path / "b")
+    rk = run(compose_cfg(*over, "model=rknet"), tmp_path / "rk")
+    for m in (a, b, rk):
+        assert m["status"] == "finished" and m["float32_math"] == "ieee"
+        assert 0 < m["cuda_train_peak_mib"] <= m["cuda_peak_mib"]
+    assert b["cuda_train_peak_mib"] == pytest.approx(a["cuda_train_peak_mib"], rel=0.01)
+    assert b["cuda_eval_peak_mib"] == pytest.approx(a["cuda_eval_peak_mib"], rel=0.01)
+    assert a["cuda_train_peak_mib"] < rk["cuda_train_peak_mib"]
+
+
+def test_a_cpu_run_on_a_gpu_machine_leaves_cuda_alone(compose_cfg, tmp_path, monkeypatch):
+    """device=cpu where torch sees a GPU: nothing of the run (RNG states in its checkpoint,
+    memory peaks, arithmetic flags) initializes CUDA."""
+    def initialize():
+        raise AssertionError("CUDA initialized by a CPU run")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", initialize)
+    m = run(compose_cfg(*TINY, "model=odenet", "device=cpu", "train.max_iters_per_epoch=1"),
+            tmp_path)
+    assert m["status"] == "finished", m["reason"]
+    assert "cuda" not in load_checkpoint(tmp_path / CHECKPOINT_FILE)["rng"]

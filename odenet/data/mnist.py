@@ -261,7 +261,9 @@ class MnistBatches(Batches):
 
         if self.augment:
             span = 2 * self.padding + 1
-            self.offsets = torch.randint(0, span, (self.n, 2), generator=g)
+            # kept where the images are, as the order: no copy per batch
+            offsets = torch.randint(0, span, (self.n, 2), generator=g)
+            self.offsets = offsets.to(self.tensors[0].device)
         else:
             self.offsets = None
 

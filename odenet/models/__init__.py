@@ -152,15 +152,16 @@ def reset_solver_stats(model: nn.Module) -> None:
         b.stats.reset()
 
 
-def dynamics_penalty(model: nn.Module) -> tuple[Any, dict[str, float | None]]:
+def dynamics_penalty(model: nn.Module) -> tuple[Any, dict[str, Any]]:
     """(the weighted penalties of the ODE blocks' last training solves, to add to the loss:
-    None without any; their unweighted integrals by name, batch means), each block's then
+    None without any; their unweighted integrals by name, batch means as detached tensors:
+    None where not computed), each block's then
     cleared so that a solve without them (evaluation) adds nothing."""
     total, values = None, {}
     for b in ode_blocks(model):
         if b.penalty is not None:
             total = b.penalty if total is None else total + b.penalty
-            values.update({k: None if v is None else float(v) for k, v in b.penalties.items()})
+            values.update(b.penalties)
         b.penalty, b.penalties = None, {}
     return total, values
 

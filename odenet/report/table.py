@@ -50,7 +50,8 @@ from odenet.report.runs import (
 # stay put when the record gains a field; the density runs' NLLs are not Table 1's).
 AVERAGED = ("test_error", "train_error", "params", "nfe_forward_mean", "nfe_backward_mean",
             "activation_mib", "activation_block_mib", "cuda_peak_mib", "rss_peak_mib",
-            "sec_per_iter", "sec_per_test_batch", "epochs", "wall_seconds")
+            "sec_per_iter", "sec_per_test_batch", "epochs", "wall_seconds",
+            "cuda_train_peak_mib", "cuda_eval_peak_mib")
 # The density table's measures, in table_density.csv order
 DENSITY_AVERAGED = ("test_nll", "train_nll", "params", "nfe_forward_mean",
                     "nfe_backward_mean", "activation_mib", "sec_per_iter", "epochs",
@@ -156,7 +157,8 @@ def _with_unit(name: str) -> str:
 
 MD_HEADER = ("Model", "Solver", "Scale", "Seeds", "n", _title("test_error", "%"),
              "Paper (%)", "Paper in seed range", _title("params"), "Paper params",
-             "Activations (MiB): model / block", "Paper memory", _title("sec_per_iter"),
+             "Activations (MiB): model / block", _title("cuda_train_peak_mib", "MiB"),
+             "Paper memory", _title("sec_per_iter"),
              _title("sec_per_test_batch"), "Paper time", _title("nfe_forward_mean"),
              _title("nfe_backward_mean"), "Gradient error", _title("device"))
 DENSITY_MD_HEADER = ("Model", "Solver", "Scale", "Seeds", _with_unit("test_nll"),
@@ -203,7 +205,9 @@ def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
       "(the runs of one seed are averaged first; \"0 (x2)\": seed 0 run twice).\n"
       f"{_test_set_text(rows)} Activations: bytes autograd saves for backward "
       f"in one training iteration, whole model / the ODE block or {_blocks_text(rows)} "
-      "alone (device-independent; the paper gives memory only as O(·)). s / iter: median "
+      "alone (device-independent; the paper gives memory only as O(·)). GPU train peak: "
+      "CUDA memory a training iteration needed at peak above the weights, optimizer state "
+      "and data it started with, the last epoch's ('-' on a CPU). s / iter: median "
       "seconds per training iteration. NFE-F/B: function evaluations per forward / "
       "backward pass, mean over the last epoch. Gradient error: relative L2 error of all "
       "parameter gradients of the trained net, by its own gradient method, solver and "
@@ -231,6 +235,7 @@ def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
             _params(st["params"]),
             f"{p.params / 1e6:.2f} M" if p else "-",
             f"{_mib(st['activation_mib'])} / {_mib(st['activation_block_mib'])}",
+            _mib(st["cuda_train_peak_mib"]),
             p.memory if p else "-",
             _pm(st["sec_per_iter"], digits=3),
             _pm(st["sec_per_test_batch"], digits=3),

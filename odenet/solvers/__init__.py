@@ -13,6 +13,7 @@ family plugs in); step-size controllers in controllers.py.
 """
 
 from .controllers import BoundedController, IController, PIController, StepCarry
+from .device import TRAFFIC
 from .events import odeint_event
 from .odeint import (
     DEFAULT_MAX_NUM_STEPS,
@@ -34,6 +35,7 @@ from .registry import (
                        gradient_refusal,
                        method_unavailable,
 )
+from .rk import release_buffers
 from .spec import PreparedSolve, SolveSpec, prepare
 from .stats import SolverError, SolveStats
 from .tableaus import TABLEAUS
@@ -43,4 +45,4 @@ __all__ = ["odeint", "odeint_adjoint", "odeint_event", "SolveStats", "SolverErro
            "IController", "PIController", "BoundedController", "GRADIENTS", "RK_METHODS",
            "REVERSIBLE_METHODS", "ADJOINT_ONLY_METHODS", "gradient_refusal",
            "method_unavailable", "SolveSpec", "PreparedSolve", "prepare", "dtype_refusal",
-           "tolerance_floor", "tolerance_refusal", "StepCarry"]
+           "tolerance_floor", "tolerance_refusal", "StepCarry", "release_buffers", "TRAFFIC"]

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from .device import read
 from .odeint import Problem
 from .registry import family_solve
 from .rk import Tally
@@ -153,8 +154,8 @@ def _backward_norm(problem: Problem, norm, n: int, params):
         fwd = problem.norm
 
         def mixed(s):
-            parts = [float(fwd(s[:n])), float(fwd(s[n:2 * n]))]
-            parts += [float(torch.linalg.vector_norm(s[sl])) / math.sqrt(sl.stop - sl.start)
+            parts = [read(fwd(s[:n])), read(fwd(s[n:2 * n]))]
+            parts += [read(torch.linalg.vector_norm(s[sl])) / math.sqrt(sl.stop - sl.start)
                       for sl in keep]
             return max(parts)
         return mixed

@@ -19,6 +19,7 @@ import torch
 
 from . import rk
 from .adaptive import drive
+from .device import read
 from .odeint import odeint, validate
 from .stats import SolverError, SolveStats
 
@@ -75,7 +76,7 @@ def _find_event(problem, event, direction: float, stats: SolveStats) -> float:
                          problem.norm or [slice(0, problem.y0.numel())])
         try:
             t0 = problem.times[0]
-            if float(event(problem.time(t0), problem.y0)) <= 0:
+            if read(event(problem.time(t0), problem.y0)) <= 0:
                 return t0
             stepping = _EventStepping(st, problem, event, direction)
             drive(stepping, t0, direction, problem.dtype, problem.options, tally)
@@ -113,7 +114,7 @@ class _EventStepping:
         return self.st.error_ratio(self.y, self.y1, self.ks, dt, p.rtol, p.atol)
 
     def accept(self, t, dt, t1, jump) -> bool:
-        if float(self.event(self.problem.time(t1), self.y1)) <= 0:
+        if read(self.event(self.problem.time(t1), self.y1)) <= 0:
             self.t_event = _bisect(self.st, self.event, self.problem, t, self.y, self.ks, dt)
             return True
         self.y = self.y1
@@ -133,7 +134,7 @@ def _bisect(st, event, problem, t, y, ks, dt) -> float:
         if mid in (lo, hi):
             break
         y_mid = st.dense(y, ks, dt, mid, None)
-        if float(event(problem.time(t + mid * dt), y_mid)) > 0:
+        if read(event(problem.time(t + mid * dt), y_mid)) > 0:
             lo = mid
         else:
             hi = mid

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import torch
 
+from .device import read
 from .rk import Tally, _combine, _where, fixed_grid
 from .stats import SolverError
 
@@ -78,7 +79,7 @@ def solve(fn, y0: torch.Tensor, times: list[float], method, rtol, atol, options:
                 y = _combine(y, fs, bashforth_weights(nodes), h)
             tally.accepted += 1
         ys.append(y)
-        if not bool(torch.isfinite(y).all()):
+        if not read(torch.isfinite(y).all()):
             raise SolverError(
                 f"the state became NaN/Inf {_where(tb, step_size or abs(tb - ta), tally)}: "
                 "use a smaller step_size or an adaptive method")

@@ -190,7 +190,9 @@ class Problem:
         return self.method.tableau
 
     def time(self, t: float) -> torch.Tensor:
-        return torch.tensor(t, dtype=self.dtype, device=self.device)
+        """t as func sees it: a 0-dim tensor of the state's dtype, made on its device by a
+        fill (no copy, so no sync on a GPU; device.py); the value of torch.tensor(t, dtype)."""
+        return torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
 
     def split(self, flat: torch.Tensor):
         """The flat state as the user's y: a tensor, or a tuple of views."""
@@ -436,6 +438,10 @@ def validate(func, y0, t, method, rtol, atol, options) -> Problem:
     times = [float(v) for v in t_tensor.detach().cpu().tolist()]
     if not all(math.isfinite(v) for v in times):
         raise ValueError(f"t must be finite, got {times}")
+    big = torch.finfo(like.dtype).max  # func sees t in y0's dtype
+    if any(abs(v) > big for v in times):
+        raise ValueError(f"t must lie within {like.dtype}'s range (|t| <= {big:.6g}), the "
+                         f"dtype func sees t in, got {times}")
     steps = [b - a for a, b in zip(times, times[1:])]
     if not (all(s > 0 for s in steps) or all(s < 0 for s in steps)):
         raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times}")

@@ -24,7 +24,9 @@ Arithmetic: scipy works on a float64 numpy vector on the CPU. Each evaluation co
 state to y0's dtype and device for func (a copy: scipy reuses its array) and func's output
 back to float64 on the CPU; every call of func is counted in the tally, the evaluations
 LSODA spends on Jacobians included. Accepted steps are counted; ODEPACK reports no
-rejected steps, so `steps_rejected` stays 0.
+rejected steps, so `steps_rejected` stays 0. With the state on a GPU each evaluation also
+costs two copies of the state and waits for the device: a solve says so (a RuntimeWarning,
+`off_host_cost`).
 
 Stiffness: while LSODA runs BDF it solves the implicit step equations by a Newton
 iteration with a Jacobian it builds by finite differences. For an ODE-Net the state is a
@@ -76,6 +78,8 @@ def solve(fn, y0: torch.Tensor, times: list[float], method, rtol, atol, options:
         raise ValueError(f"method {method.name!r} uses ODEPACK's own error norm: a callable "
                          "norm is not supported")
     dtype, device, n = y0.dtype, y0.device, y0.numel()
+    if device.type != "cpu":
+        warnings.warn(off_host_cost(method.name, device), RuntimeWarning, stacklevel=2)
     t0, t_end = times[0], times[-1]
     direction = 1.0 if t_end > t0 else -1.0
     rtol_np, atol_np = _tolerances(np, rtol, atol, norm, n)
@@ -147,6 +151,13 @@ def solve(fn, y0: torch.Tensor, times: list[float], method, rtol, atol, options:
             ys[k].copy_(torch.from_numpy(value))
             k += 1
     return ys
+
+
+def off_host_cost(name: str, device: torch.device) -> str:
+    """What a solve with the state on ``device`` (not the CPU) costs: said once per place."""
+    return (f"method {name!r} solves on the CPU (scipy, float64): with the state on {device} "
+            "every evaluation copies the whole state to the host and back (2 copies and 3 "
+            "device syncs per evaluation); solve on the CPU, or use a Runge-Kutta method")
 
 
 def _lsoda(name: str):

@@ -40,6 +40,7 @@ from types import SimpleNamespace
 import torch
 
 from .adaptive import drive
+from .device import read, upload
 from .rk import Tally, _initial_step, _where, fixed_grid
 from .stats import SolverError, SolveStats
 
@@ -75,13 +76,24 @@ class _Probe:
         return self.fn(t, y)
 
 
-def _rms(norm, n: int):
-    """Max over the state's channels (slices) of the RMS norm, or the user's callable."""
+def _rms(norm, like: torch.Tensor):
+    """Max over the state's channels (slices) of the RMS norm, as a float, or the user's
+    callable. Several channels (the adjoint's [z, a, g]) are reduced on the device and read
+    once: float64 norms over float64 roots, the same numbers as dividing each float() on
+    the host."""
     if callable(norm):
         return norm
-    channels = norm if norm is not None else [slice(0, n)]
-    return lambda x: max(float(torch.linalg.vector_norm(x[sl])) / math.sqrt(sl.stop - sl.start)
-                         for sl in channels)
+    channels = norm if norm is not None else [slice(0, like.numel())]
+    if len(channels) == 1:
+        sl, root = channels[0], math.sqrt(channels[0].stop - channels[0].start)
+        return lambda x: read(torch.linalg.vector_norm(x[sl])) / root
+    roots = upload([math.sqrt(sl.stop - sl.start) for sl in channels], torch.float64,
+                   like.device)
+
+    def rms(x):
+        norms = torch.stack([torch.linalg.vector_norm(x[sl]) for sl in channels])
+        return read((norms.to(torch.float64) / roots).max())
+    return rms
 
 
 def solve(fn, y0: torch.Tensor, times: list[float], method, rtol, atol, options: dict,
@@ -109,7 +121,7 @@ def integrate(fn, y0, times, method, rtol, atol, options, tally, norm=None, path
                 path.out_nodes.append(len(path.steps))
         if output:
             ys.append(y1)
-            if not bool(torch.isfinite(y1).all()):
+            if not read(torch.isfinite(y1).all()):
                 raise SolverError(f"the state became NaN/Inf {_where(t1, abs(dt), tally)}: "
                                   "use smaller steps (see the reversible Heun stability caveat)")
 
@@ -151,7 +163,7 @@ class _HeunStepping:
         self.goal = f" (integrating to t={times[-1]:.6g})"
         # a callable norm gets h * err / scale (torchdiffeq's convention, as rk.py)
         self.user_norm = callable(norm)
-        self.norm = _rms(norm, y0.numel())
+        self.norm = _rms(norm, y0)
         self.y, self.yh, self.next_out = y0, y0, 1
 
     def first_step(self) -> float:
@@ -170,7 +182,7 @@ class _HeunStepping:
             scale.add_(self.atol)
             err = (f1.detach() - f.detach()).mul_(0.5).div_(scale)
             h = abs(dt)
-            return float(self.norm(err.mul_(h))) if self.user_norm else float(self.norm(err)) * h
+            return read(self.norm(err.mul_(h))) if self.user_norm else self.norm(err) * h
 
     def accept(self, t, dt, t1, jump) -> bool:
         y1, yh1, f1 = self.step

@@ -8,7 +8,9 @@ The state is a flat 1-D tensor. Two storage modes, chosen by whether autograd re
 - grad (RK-Net, backprop through the solver): stages are kept as a list and combined
   with `torch.add(..., alpha=)`, which saves nothing extra for backward, so the graph
   holds only what `func` itself saves.
-The only device-to-host sync per step is the accept/reject decision (adaptive methods).
+The only device-to-host sync per step is the accept/reject decision (adaptive methods):
+every number the core reads from a tensor goes through `device.read`, and func's times
+are made on the device (device.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from .adaptive import drive, just_past, where
+from .device import read, upload
 from .stats import SolverError
 from .tableaus import Tableau
 
@@ -157,15 +160,15 @@ class _Stepper:
             scale.mul_(rtol).add_(atol)  # rtol, atol: numbers or per-element tensors
             err.div_(scale)
             if self.user_norm is not None:  # torchdiffeq's convention: norm(h * err / scale)
-                return float(self.user_norm(err.mul_(h)))
-            return float(self.norm(err)) * abs(h)  # the one host sync of a step
+                return read(self.user_norm(err.mul_(h)))
+            return read(self.norm(err)) * abs(h)  # the one host sync of a step
 
     # --- outputs ----------------------------------------------------------------
     def dense(self, y, ks, h, theta, out):
         """y(t + theta h) from the accepted step's stages; `out` is the row to fill."""
         weights = self.tab.interp(theta)
         if self.inplace:
-            w = torch.tensor(weights, dtype=y.dtype, device=y.device)
+            w = upload(weights, y.dtype, y.device)  # no sync on a GPU
             return torch.addmv(y, self.K.T, w, alpha=h, out=out)
         return _combine(y, ks, weights, h)
 
@@ -190,6 +193,14 @@ def _acquire_workspace(stages: int, y0: torch.Tensor):
     n = y0.numel()
     bufs = [y0.new_empty(stages, n)] + [y0.new_empty(n) for _ in range(5)]
     return key, bufs
+
+
+def release_buffers() -> int:
+    """Drops the buffers kept for the next solves (a training run calls it at its start
+    and end, so a run neither inherits nor leaves them); returns how many sets it held."""
+    held = sum(len(free) for free in _POOL.values())
+    _POOL.clear()
+    return held
 
 
 def _release_workspace(workspace) -> None:
@@ -274,7 +285,7 @@ def _fixed(st: _Stepper, y0, times, rtol, atol, options, ys, emit, trace=None):
             emit(i).copy_(y)
         else:
             ys.append(y)
-        if not bool(torch.isfinite(y).all()):
+        if not read(torch.isfinite(y).all()):
             raise SolverError(
                 f"the state became NaN/Inf {_where(tb, step_size or abs(tb - ta), st.tally)}: "
                 "use a smaller step_size or an adaptive method")
@@ -285,13 +296,13 @@ def _initial_step(st: _Stepper, t0, y0, f0, rtol, atol, direction) -> float:
     """Hairer & Wanner (II.4): a first step from the scale of y0, f0 and one probe of f."""
     with torch.no_grad():
         scale = y0.detach().abs() * rtol + atol
-        d0 = float(st.norm(y0.detach() / scale))
-        d1 = float(st.norm(f0.detach() / scale))
+        d0 = read(st.norm(y0.detach() / scale))
+        d1 = read(st.norm(f0.detach() / scale))
         h0 = (FIRST_STEP_FALLBACK if (d0 < FIRST_STEP_SMALL or d1 < FIRST_STEP_SMALL)
               else FIRST_STEP_FRACTION * d0 / d1)
         y_probe = y0.detach() + direction * h0 * f0.detach()
         f_probe = st.eval(t0 + direction * h0, y_probe)
-        d2 = float(st.norm((f_probe - f0.detach()) / scale)) / h0
+        d2 = read(st.norm((f_probe - f0.detach()) / scale)) / h0
     if max(d1, d2) <= FIRST_STEP_FLAT:
         h1 = max(FIRST_STEP_FALLBACK, h0 * FIRST_STEP_FLAT_SHRINK)
     else:
@@ -324,7 +335,7 @@ class _RKStepping:
         self.next_jump, self.next_out = 0, 1
         self.y, self.t_first = y0, t0  # t_first: where the step's first stage is evaluated
         self.k1 = st.first_stage(t0, y0)
-        if not bool(torch.isfinite(self.k1).all()):
+        if not read(torch.isfinite(self.k1).all()):
             raise SolverError(f"func returned NaN/Inf at the initial state (t={t0:.6g}): "
                               "check the initial value and the function")
 

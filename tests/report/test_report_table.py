@@ -65,8 +65,9 @@ def test_markdown_has_ours_beside_the_papers(tmp_path, four_models):
     assert cells[6] == "0.42"                      # paper's ODE-Net
     assert cells[7] == "no (1.00–2.00)"            # 0.42 % not within the seeds' range
     assert cells[8] == "208,266" and cells[9] == "0.22 M"
-    assert cells[10] == "40.0 ± 0.0 / 2.25 ± 0.00" and cells[11] == "O(1)"
-    assert cells[15] == "20.0 ± 0.0" and cells[16] == "26.0 ± 0.0"
+    assert cells[10] == "40.0 ± 0.0 / 2.25 ± 0.00" and cells[12] == "O(1)"
+    assert cells[11] == "-"  # the GPU's training peak: none on the CPU
+    assert cells[16] == "20.0 ± 0.0" and cells[17] == "26.0 ± 0.0"
     rk = next(line for line in lines if line.startswith("| RK-Net |"))
     assert "| 0.47 |" in rk and "O(L~)" in rk and "183.0" in rk
     mlp = next(line for line in lines if line.startswith("| 1-layer MLP |"))
@@ -80,6 +81,26 @@ def test_markdown_has_ours_beside_the_papers(tmp_path, four_models):
     assert "90.00" not in md and "ode_failed" not in md.split("## Runs not in")[0]
 
 
+def test_the_gpu_training_peak_has_its_column(tmp_path, make_run):
+    """On a GPU the training peak shows what the activation census shows on a CPU: the
+    adjoint's O(1) against backprop's O(NFE)."""
+    make_run("ode", device="cuda", cuda_train_peak_mib=21.5, cuda_eval_peak_mib=180.0)
+    make_run("rk", model="rknet", solver_adjoint=False, device="cuda",
+             cuda_train_peak_mib=412.0, cuda_eval_peak_mib=180.0)
+    res = write_table(load_runs([tmp_path / "outputs"])[0], tmp_path / "rep")
+    lines = res["md"].read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Model |"))
+    assert "| Activations (MiB): model / block | GPU train peak (MiB) | Paper memory |" \
+        in header
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in lines if line.startswith(("| ODE-Net |", "| RK-Net |"))}
+    assert cells["ODE-Net"][11:13] == ["21.5", "O(1)"]
+    assert cells["RK-Net"][11:13] == ["412.0", "O(L~)"]
+    csv_rows = {r["model"]: r for r in _csv(res["csv"])}
+    assert float(csv_rows["odenet"]["cuda_train_peak_mib_mean"]) == 21.5
+    assert float(csv_rows["rknet"]["cuda_eval_peak_mib_mean"]) == 180.0
+
+
 def test_csv_content(tmp_path, four_models):
     res = write_table(load_runs([tmp_path / "outputs"])[0], tmp_path / "rep")
     rows = _csv(res["csv"])
@@ -89,7 +110,7 @@ def test_csv_content(tmp_path, four_models):
     assert float(ode["test_error_mean"]) == pytest.approx(0.015)
     assert float(ode["test_error_std"]) == pytest.approx(0.0070710678)
     assert float(ode["paper_test_error"]) == 0.0042 and ode["paper_memory"] == "O(1)"
-    assert ode["cuda_peak_mib_mean"] == ""
+    assert ode["cuda_peak_mib_mean"] == "" and ode["cuda_train_peak_mib_mean"] == ""
     single = [r for r in rows if r["model"] == "odenet" and r["solver_rtol"] == "0.1"][0]
     assert single["n_runs"] == "1" and single["test_error_std"] == ""
     excl = _csv(res["excluded_csv"])

@@ -378,7 +378,8 @@ def test_cuda_state_stays_on_the_device():
         seen.add(y.device.type)
         return func(t, y)
 
-    ys = odeint(f, y0.cuda(), torch.tensor([0.0, 1.0], dtype=F64), method="lsoda", rtol=1e-8,
-                atol=1e-8)
+    with pytest.warns(RuntimeWarning, match="copies the whole state to the host and back"):
+        ys = odeint(f, y0.cuda(), torch.tensor([0.0, 1.0], dtype=F64), method="lsoda",
+                    rtol=1e-8, atol=1e-8)
     assert ys.device.type == "cuda" and seen == {"cuda"}
     assert torch.allclose(ys[-1].cpu(), solution(torch.tensor(1.0, dtype=F64)), atol=1e-6)
