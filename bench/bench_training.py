@@ -78,7 +78,8 @@ def _pair(adjoint: bool, norm: str, tdq, device, last_step: str = "overshoot",
     compiled: odenet's is then torch.compile'd (model.compile=true)."""
     torch.manual_seed(0)
     model = {"name": "odenet" if adjoint else "rknet"}
-    solver = {"method": "dopri5", "rtol": TOL, "atol": TOL, "adjoint": adjoint,
+    solver = {"method": "dopri5", "rtol": TOL, "atol": TOL,
+              "gradient": "adjoint" if adjoint else "backprop",
               "adjoint_norm": norm, "last_step": last_step}
     ours = build_model(model, solver).to(device)
     ref = copy.deepcopy(ours)
