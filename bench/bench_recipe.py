@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         procs = {name: train(args.model, o, args.iters, d) for name, (d, o) in runs.items()}
         for name, p in procs.items():
             err = p.communicate()[1]
-            if p.returncode not in (0, 130, 143) or not (runs[name][0] / "history.jsonl").exists():
+            if p.returncode != 3 or not (runs[name][0] / "history.jsonl").exists():  # 3: stopped
                 print(f"bench_recipe: the {name} training failed:\n{err[-2000:]}",
                       file=sys.stderr)
                 return 1
