@@ -27,3 +27,14 @@ def time_dependent(dtype=torch.float64):
 
 PROBLEMS = {"decay": decay, "linear": linear, "time_dependent": time_dependent}
 
+
+class Field(torch.nn.Module):
+    """A small time-dependent nonlinear field with parameters (float64), for gradient tests."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(3, 3, generator=g, dtype=torch.float64) / 2)
+
+    def forward(self, t, y):
+        return torch.tanh(y @ self.w) * torch.cos(t) - 0.1 * y

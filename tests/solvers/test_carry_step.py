@@ -14,7 +14,7 @@ from odenet.models.blocks import ODEBlock
 from odenet.solvers import SolveSpec, SolveStats, StepCarry, adaptive, odeint, prepare, rk
 from odenet.solvers.odeint import ADAPTIVE_OPTIONS
 
-from .problems import PROBLEMS
+from .problems import PROBLEMS, Field
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 
@@ -167,16 +167,6 @@ def test_the_carry_stays_within_max_step(steps):
     assert all(c[3] <= 0.05 for c in steps)
 
 
-class _Field(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = torch.nn.Parameter(torch.randn(3, 3, generator=g, dtype=torch.float64) / 2)
-
-    def forward(self, t, y):
-        return torch.tanh(y @ self.w) * torch.cos(t) - 0.1 * y
-
-
 def _adjoint_grads(func, y0, options=None, adjoint_options=None, between=None):
     """Outputs and gradients of an adjoint solve; ``between()`` runs after its forward
     solve, before its backward."""
@@ -192,7 +182,7 @@ def _adjoint_grads(func, y0, options=None, adjoint_options=None, between=None):
 
 
 def test_the_adjoints_backward_solve_carries_its_own_step(steps):
-    func, y0 = _Field(), torch.tensor([[0.3, -0.2, 1.0], [1.0, 0.5, -0.7]], dtype=torch.float64)
+    func, y0 = Field(), torch.tensor([[0.3, -0.2, 1.0], [1.0, 0.5, -0.7]], dtype=torch.float64)
     ref = _adjoint_grads(func, y0)
     fwd, back = StepCarry(), StepCarry(0.123)
     for _ in range(2):
@@ -217,7 +207,7 @@ def test_the_adjoints_backward_solve_carries_its_own_step(steps):
 
 
 def test_a_prepared_solve_carries_forward_and_backward_apart(steps):
-    func, y0 = _Field(), torch.tensor([[0.3, -0.2, 1.0]], dtype=torch.float64)
+    func, y0 = Field(), torch.tensor([[0.3, -0.2, 1.0]], dtype=torch.float64)
     spec = SolveSpec(rtol=1e-7, atol=1e-7, gradient="adjoint", carry_step=True)
     shared = (StepCarry(), StepCarry())
     solve = prepare(spec, func, y0, T, carry=shared)
@@ -254,7 +244,7 @@ def test_bad_carries_are_one_line_value_errors(options, message):
      "step"),
 ])
 def test_bad_backward_carries_are_one_line_value_errors(adjoint_options, message):
-    func, y0 = _Field(), torch.ones(1, 3, dtype=torch.float64)
+    func, y0 = Field(), torch.ones(1, 3, dtype=torch.float64)
     with pytest.raises(ValueError) as info:
         odeint(func, y0, T, gradient="adjoint", adjoint_params=tuple(func.parameters()),
                adjoint_options=adjoint_options)

@@ -7,15 +7,7 @@ import torch
 
 from odenet.solvers import SolveSpec, SolveStats, odeint, prepare
 
-
-class Field(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = torch.nn.Parameter(torch.randn(3, 3, generator=g, dtype=torch.float64) / 2)
-
-    def forward(self, t, y):
-        return torch.tanh(y @ self.w) * torch.cos(t) - 0.1 * y
+from .problems import Field
 
 
 def _solve(call, func, y0):
