@@ -4,7 +4,7 @@ VENV    := .venv/.installed
 DATA    := data/MNIST/raw/.verified
 ARGS    ?=
 # tests: idle OpenMP threads sleep (pytest and the CLI runs it starts share the cores);
-# `odenet` and the benches choose by the machine's load (odenet/openmp.py)
+# `odenet` and the benches choose by the machine's load (odenet/training/openmp.py)
 TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
 .DEFAULT_GOAL := help

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from odenet.models import build_model
-from odenet.runtime import autocast
+from odenet.training.runtime import autocast
 
 from .bench_training import training_batches
 from .common import machine, write_json

@@ -29,7 +29,7 @@ import torch
 
 from odenet.data import load_mnist
 from odenet.models import build_model, reset_solver_stats, solver_stats
-from odenet.runtime import autocast, set_exact_math
+from odenet.training.runtime import autocast, set_exact_math
 
 from .bench_training import (
     TOL,

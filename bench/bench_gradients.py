@@ -1,6 +1,6 @@
 """The ODE-Net block (the paper's conv ODE function, batch 128, random weights) trained one
 step with each gradient method of odenet.solvers: seconds for forward + backward, NFE-F/B,
-activation MiB (what autograd saves in the forward, odenet.measure.ActivationMeter) and,
+activation MiB (what autograd saves in the forward, odenet.training.measure.ActivationMeter) and,
 on CUDA, the peak memory allocated through forward + backward.
 
 The methods at rtol = atol = τ for τ in --tolerances (1e-3 is the recipe's), t = [0, 1]:
@@ -30,10 +30,10 @@ import argparse
 
 import torch
 
-from odenet.measure import ActivationMeter
 from odenet.models.blocks import ODEFunc
-from odenet.runtime import set_exact_math
 from odenet.solvers import SolveStats, odeint
+from odenet.training.measure import ActivationMeter
+from odenet.training.runtime import set_exact_math
 
 from .common import interleaved, machine, sync_of, write_json
 

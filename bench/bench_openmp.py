@@ -2,7 +2,7 @@
 alone and with a second identical training running at the same time.
 
 Each measurement is a fresh process: OpenMP reads the policy once, when torch loads it.
-The numbers behind odenet/openmp.py's choice.
+The numbers behind odenet/training/openmp.py's choice.
 
     python -m bench.bench_openmp [--iters 6]
 """

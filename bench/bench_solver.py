@@ -20,8 +20,8 @@ import copy
 import torch
 
 from odenet.models.blocks import ODEFunc
-from odenet.runtime import set_exact_math
 from odenet.solvers import SolveStats, odeint
+from odenet.training.runtime import set_exact_math
 
 from .common import Counted, interleaved, machine, require_torchdiffeq, sync_of, write_json
 

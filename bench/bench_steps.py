@@ -11,8 +11,8 @@ import argparse
 import torch
 
 import odenet.solvers.rk as rk
-from odenet.checkpoint import load_model
-from odenet.runtime import autocast
+from odenet.training.checkpoint_file import load_model
+from odenet.training.runtime import autocast
 
 from .bench_training import training_batches
 

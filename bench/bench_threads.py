@@ -29,7 +29,7 @@ def child(iters: int, threads: int, precision: str) -> None:
     import torch.nn.functional as F
 
     from odenet.models import build_model
-    from odenet.runtime import autocast
+    from odenet.training.runtime import autocast
 
     from .bench_training import training_batches
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=8)
     # auto: bf16 where the CPU has bf16 units; on an AVX2-only CPU emulated bf16 is ~13x
-    # slower than fp32 and would measure the emulation (odenet.runtime.resolve_precision)
+    # slower than fp32 and would measure the emulation (odenet.training.runtime.resolve_precision)
     parser.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"))
     parser.add_argument("--load", type=int, default=1, help="spinning processes when loaded")
     parser.add_argument("--repeats", type=int, default=2, help="each case, alternating")
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     if args.precision == "auto":
         import torch
 
-        from odenet.runtime import resolve_precision
+        from odenet.training.runtime import resolve_precision
 
         args.precision = resolve_precision("auto", torch.device("cpu"))
     if args.child:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from odenet.data import load_mnist
 from odenet.models import build_model, reset_solver_stats, solver_stats
-from odenet.runtime import autocast, set_exact_math
+from odenet.training.runtime import autocast, set_exact_math
 
 from . import bench_solver
 from .common import Counted, interleaved, machine, require_torchdiffeq, sync_of, write_json
@@ -105,7 +105,7 @@ def read_nfe(model) -> int:
 
 class Trainer:
     """One model, its optimizer and its own pass over the shared batches; ``precision``
-    as the trainer's (odenet.runtime.autocast around the forward and the loss)."""
+    as the trainer's (odenet.training.runtime.autocast around the forward and the loss)."""
 
     def __init__(self, model, batches, precision: str = "fp32"):
         self.model, self.batches, self.precision = model, batches, precision

@@ -78,7 +78,7 @@ def machine(device=None) -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        # chosen by odenet/openmp.py on import of bench/ (as `odenet train` does)
+        # chosen by odenet/training/openmp.py on import of bench/ (as `odenet train` does)
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
     }

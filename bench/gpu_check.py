@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-from odenet.registry import CLASSIFY, models_of
-from odenet.runtime import has_bf16_units, set_exact_math
+from odenet.config.model_registry import CLASSIFY, models_of
+from odenet.training.runtime import has_bf16_units, set_exact_math
 
 from .common import machine, write_json
 
@@ -91,8 +91,8 @@ def training_steps(quick: bool) -> list[tuple[str, list[str]]]:
 
 def _train(overrides: list[str], device: torch.device, run_dir: Path) -> dict:
     """One `odenet train` run in this process (the Python API: compose, then run)."""
-    from odenet.app import compose
-    from odenet.train import run
+    from odenet.cli.app import compose
+    from odenet.training.trainer import run
 
     threads = torch.get_num_threads()
     try:
@@ -127,7 +127,7 @@ def resume_step(overrides: list[str], device: torch.device, run_dir: Path,
                 reference: Path) -> dict:
     """The run of ``overrides`` stopped after one iteration, then resumed (resume=true):
     ok when it ends with the weights and test error of the uninterrupted ``reference``."""
-    from odenet.checkpoint import CHECKPOINT_FILE, load
+    from odenet.training.checkpoint_file import CHECKPOINT_FILE, load
 
     stopped = _train([*overrides, "train.stop_after_iters=1"], device, run_dir)
     m = _train([*overrides, "resume=true"], device, run_dir)
@@ -226,8 +226,7 @@ NO_MNIST = ("cnf/moons", "bench/solver_alone")
 
 def all_steps(device: torch.device, quick: bool, runs: Path) -> list[tuple[str, Callable]]:
     """Every step in order: the trainings, the resume, evaluate and gradients, the benches."""
-    from odenet import evaluate, gradients
-
+    from odenet.analysis import evaluate, gradients
     def where(name: str) -> Path:
         return runs / name.replace("/", "_")
 

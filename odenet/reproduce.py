@@ -53,13 +53,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from odenet import record, rundir
-from odenet.errors import ConfigError
-from odenet.files import write_atomic
-from odenet.openmp import usable_cores
-from odenet.registry import MODELS, models_of
+from odenet.config.errors import ConfigError
+from odenet.config.model_registry import MODELS, models_of
 from odenet.report.claims import measured_claims, paper_family_verdict  # noqa: F401 (its API)
-from odenet.report.figures import write_csv
+from odenet.report.mnist_figures import write_csv
 from odenet.report.runs import (
     EVALUATION,
     METRICS,
@@ -67,6 +64,10 @@ from odenet.report.runs import (
     adjoint_model,
     fmt_tol,
 )
+from odenet.run import directory as rundir
+from odenet.run import record
+from odenet.run.files import write_atomic
+from odenet.training.openmp import usable_cores
 
 PLAN_FILE = "reproduce.yaml"
 
@@ -343,7 +344,7 @@ def odenet_command() -> list[str]:
     exe = Path(sys.executable).with_name("odenet")
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-c", "import sys; from odenet.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from odenet.cli.main import main; sys.exit(main())"]
 
 
 def train_command(job: Job) -> list[str]:
@@ -695,7 +696,7 @@ class Show:
         if tty:
             from tqdm import tqdm
 
-            from odenet.runlog import terminal_columns
+            from odenet.training.progress import terminal_columns
 
             cols = terminal_columns(sys.stdout)  # 0: a terminal of unknown size (nrows
             # given too: tqdm hides a bar beyond a height it cannot read)
@@ -934,7 +935,7 @@ def _utc_now() -> _dt.datetime:
 def write_report(cfg: ReproduceConfig, jobs: list[Job], report_dir: Path,
                  command: str, timings: dict[str, float], failures: list[str]) -> Path:
     """table + figures + report.md in report_dir; returns report.md's path."""
-    from odenet.figures import of_task
+    from odenet.report.figure_registry import of_task
     from odenet.report.runs import load_runs
     from odenet.report.table import write_table
 

@@ -26,7 +26,7 @@ def mnist_root() -> Path:
 @pytest.fixture
 def compose_cfg(mnist_root):
     """compose(overrides) with data.root pointing at the prepared data."""
-    from odenet.app import compose
+    from odenet.cli.app import compose
 
     def make(*overrides: str):
         return compose([f"data.root={mnist_root}", *overrides])
@@ -119,7 +119,7 @@ def cli():
     ``env``: variables added to the environment."""
 
     def run(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
-        return subprocess.run([sys.executable, "-m", "odenet.cli", *args], cwd=cwd or REPO,
+        return subprocess.run([sys.executable, "-m", "odenet.cli.main", *args], cwd=cwd or REPO,
                               capture_output=True, text=True, timeout=timeout,
                               env={**_env(), **(env or {})})
 
@@ -132,7 +132,7 @@ def cli_popen():
     procs: list[subprocess.Popen] = []
 
     def start(*args: str, cwd: Path | None = None) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-m", "odenet.cli", *args], cwd=cwd or REPO,
+        p = subprocess.Popen([sys.executable, "-m", "odenet.cli.main", *args], cwd=cwd or REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env())
         procs.append(p)

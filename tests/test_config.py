@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from odenet.app import compose, error_line
-from odenet.config import Config, ConfigError, is_typed, model_config, to_config
-from odenet.record import CLASSIFY
-from odenet.registry import MODELS, models_of
+from odenet.cli.app import compose, error_line
+from odenet.config.model_registry import MODELS, models_of
+from odenet.config.schema import Config, ConfigError, is_typed, model_config, to_config
+from odenet.run.record import CLASSIFY
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("model", "solver", "data", "optim", "experiment")
@@ -97,7 +97,7 @@ def test_rknet_is_odenet_without_the_adjoint():
 
 
 def test_mlp_and_resnet_ignore_the_solver_settings():
-    from odenet.config import unused_settings
+    from odenet.config.schema import unused_settings
 
     assert compose(["model=resnet", "solver.gradient=backprop"]).model.name == "resnet"
     # valid, but not applying (sweeps mix models): the trainer says so
@@ -183,7 +183,7 @@ def test_the_quoting_a_refusal_suggests_gives_back_the_value(value):
 
 
 def test_every_accepted_seed_seeds_the_data():
-    from odenet.config import SEED_LIMIT
+    from odenet.config.schema import SEED_LIMIT
     from odenet.data.batches import epoch_generator
 
     assert compose([f"seed={SEED_LIMIT - 1}"]).seed == SEED_LIMIT - 1
@@ -249,14 +249,13 @@ def test_cli_dispatcher(cli):
 
 
 def test_dispatch_table_is_lazy_and_complete():
-    from odenet import cli
-
-    assert cli.COMMANDS["evaluate"][0] == "odenet.evaluate:main"
-    assert cli.COMMANDS["gradients"][0] == "odenet.gradients:main"
+    from odenet.cli.main import main as cli
+    assert cli.COMMANDS["evaluate"][0] == "odenet.analysis.evaluate:main"
+    assert cli.COMMANDS["gradients"][0] == "odenet.analysis.gradients:main"
     assert cli.COMMANDS["table"][0] == "odenet.report.table:main"
-    assert cli.COMMANDS["figures"][0] == "odenet.figures:main"
+    assert cli.COMMANDS["figures"][0] == "odenet.report.figure_registry:main"
     assert cli.COMMANDS["reproduce"][0] == "odenet.reproduce:main"
-    assert cli.COMMANDS["train"][0] == "odenet.app:train_main"
+    assert cli.COMMANDS["train"][0] == "odenet.cli.app:train_main"
     assert cli.COMMANDS["data"][0] == "odenet.data:main"
     src = Path(cli.__file__).read_text()  # commands are imported only when they run
     assert "import torch" not in src and "import hydra" not in src
@@ -272,7 +271,7 @@ def test_train_help_lists_config_groups(cli):
 
 def test_train_help_gives_every_setting_its_value_and_meaning():
     """--help gives each setting its value and its meaning (the comment in configs/)."""
-    from odenet.app import train_help
+    from odenet.cli.app import train_help
 
     text = train_help([])
     assert "  solver.rtol=0.001            relative tolerance of the adaptive step control" in text
@@ -295,7 +294,7 @@ def test_train_help_gives_every_setting_its_value_and_meaning():
 
 
 def test_train_help_describes_each_preset_and_where_a_run_goes():
-    from odenet.app import train_help
+    from odenet.cli.app import train_help
 
     text = train_help([])
     presets = text.split("Experiment presets")[1].split("\n\n")[0].splitlines()[1:]
@@ -355,7 +354,7 @@ def test_version_and_no_shell_completion(cli):
 
 
 def test_evaluate_chooses_the_device_as_training_does():
-    from odenet.evaluate import EvaluateConfig
+    from odenet.analysis.evaluate import EvaluateConfig
 
     assert EvaluateConfig().device == "auto"
     assert OmegaConf.load(CONFIGS / "evaluate.yaml").device == "auto"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from odenet import data as D
-from odenet.app import compose
+from odenet.cli.app import compose
 from odenet.data import prepare as P
 
 

@@ -20,7 +20,7 @@ import odenet.data.mnist as M
 from odenet import data as D
 from odenet.cnf.data import toy_loaders
 from odenet.cnf.datasets import sample
-from odenet.errors import ConfigError
+from odenet.config.errors import ConfigError
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from odenet.app import compose
-from odenet.config import ConfigError
+from odenet.cli.app import compose
+from odenet.config.schema import ConfigError
 from odenet.models import ODEBlock, blocks, build_model, dynamics_penalty
 from odenet.models.dynamics import TrainingField
-from odenet.tasks import ClassifyTask
-from odenet.train import run, train_step
+from odenet.training.tasks import ClassifyTask
+from odenet.training.trainer import run, train_step
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 
@@ -329,8 +329,8 @@ def _history(out):
 
 def test_a_training_with_penalties_records_them_and_resumes_bit_for_bit(compose_cfg,
                                                                         tmp_path):
-    from odenet.checkpoint import load as load_checkpoint
-    from odenet.record import CHECKPOINT_FILE
+    from odenet.run.record import CHECKPOINT_FILE
+    from odenet.training.checkpoint_file import load as load_checkpoint
 
     a, b = tmp_path / "straight", tmp_path / "stopped"
     m = run(compose_cfg(*TINY, *PENALTIES), a)

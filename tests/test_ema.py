@@ -1,4 +1,4 @@
-"""The weights' exponential moving average (optim.ema_decay, odenet.optim.build_ema):
+"""The weights' exponential moving average (optim.ema_decay, odenet.training.optim.build_ema):
 its formula, its evaluation beside the raw weights (ema_test_error, ema_val_error), a raw
 training it leaves untouched, its checkpoint and a bit-for-bit resume."""
 
@@ -11,12 +11,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from odenet import optim
-from odenet.app import compose
-from odenet.checkpoint import load as load_checkpoint
-from odenet.config import ConfigError
-from odenet.record import CHECKPOINT_FILE
-from odenet.train import run
+from odenet.cli.app import compose
+from odenet.config.schema import ConfigError
+from odenet.run.record import CHECKPOINT_FILE
+from odenet.training import optim
+from odenet.training.checkpoint_file import load as load_checkpoint
+from odenet.training.trainer import run
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 
@@ -40,7 +40,7 @@ class _Net(nn.Module):
 
 def _d(decay: float, n: int) -> float:
     """The decay of the update after n updates: warmed up, min(decay, (1 + n) / (10 + n))
-    (odenet.optim.ema_update)."""
+    (odenet.training.optim.ema_update)."""
     return min(decay, (1 + n) / (10 + n))
 
 
@@ -147,7 +147,7 @@ def test_the_checkpoint_holds_the_average_of_the_steps(runs):
 
 
 def test_a_checkpoint_is_rebuilt_with_the_average_where_the_run_kept_one(runs):
-    from odenet.checkpoint import load_model
+    from odenet.training.checkpoint_file import load_model
 
     for name in ("ema", "plain"):
         out = runs[name][1]

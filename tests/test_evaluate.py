@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from odenet import evaluate as E
+from odenet.analysis import evaluate as E
 from odenet.models import build_model, ode_blocks
 from odenet.solvers import odeint
 
@@ -182,7 +182,7 @@ def test_a_cnf_is_measured_nfe_error_and_nll_per_tolerance(tmp_path, density_che
     """A CNF's ODE block is re-solved like the ODE-Net's: NFE, numerical error and the
     test NLL at each tolerance."""
     from odenet.cnf.data import split_points
-    from odenet.tasks import DensityTask
+    from odenet.training.tasks import DensityTask
 
     ck = density_checkpoint(tmp_path / "checkpoint.pt")
     # float64: an untrained CNF's errors at tight tolerances lie below float32's round-off
@@ -233,7 +233,7 @@ def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
 
 def test_the_recorded_checkpoint_is_relative_to_the_result(tmp_path):
     """A result written elsewhere (out=) names its checkpoint from its own folder."""
-    from odenet.probe import recorded_checkpoint
+    from odenet.analysis.probe import recorded_checkpoint
 
     ck = tmp_path / "run" / "checkpoint.pt"
     cfg = E.EvaluateConfig(checkpoint=str(ck), out=str(tmp_path / "results" / "ev.json"))
@@ -245,8 +245,8 @@ def test_the_recorded_checkpoint_is_relative_to_the_result(tmp_path):
 def test_the_block_is_timed_after_the_downsampling_is_done(monkeypatch):
     """On a GPU a layer's call returns before its kernels have run: block_seconds starts
     after a sync, so the downsampling's GPU time is not the block's."""
-    from odenet import measure
-    from odenet.tasks import ClassifyTask
+    from odenet.training import measure
+    from odenet.training.tasks import ClassifyTask
 
     torch.manual_seed(0)
     model = build_model({"name": "odenet"}, {"method": "dopri5", "rtol": 1e-3}).eval()

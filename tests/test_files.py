@@ -1,4 +1,4 @@
-"""The one atomic writer (odenet/files.py)."""
+"""The one atomic writer (odenet/run/files.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from odenet.files import write_atomic, write_json
+from odenet.run.files import write_atomic, write_json
 
 
 def test_writes_whole_files_with_the_usual_mode(tmp_path):

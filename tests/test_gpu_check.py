@@ -26,7 +26,7 @@ def _check(tmp_path: Path, device: str, *args: str, timeout: float = 300,
 def test_quick_cpu_check(tmp_path, mnist_root):
     pytest.importorskip("torchdiffeq")
     from bench.bench_training import TRAINING_CASES
-    from odenet.registry import CLASSIFY, models_of
+    from odenet.config.model_registry import CLASSIFY, models_of
 
     r = _check(tmp_path, "cpu", QUICK="1")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -126,7 +126,6 @@ def test_without_mnist_the_other_steps_still_run(tmp_path, monkeypatch, capsys):
 
     from bench import gpu_check as G
     from odenet import data
-
     def offline(root, **kw):
         raise data.DataError("MNIST not found in data/MNIST/raw and no network")
 

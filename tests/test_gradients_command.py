@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from odenet import gradients as G
+from odenet.analysis import gradients as G
 from odenet.models import build_model
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -9,14 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from odenet.app import compose
-from odenet.measure import MIB, ActivationMeter, Timer, activation_mib, median, rss_peak_mib
+from odenet.cli.app import compose
 from odenet.models import (
     build_model,
     configure_solver,
     measured_blocks,
     reset_solver_stats,
     solver_stats,
+)
+from odenet.training.measure import (
+    MIB,
+    ActivationMeter,
+    Timer,
+    activation_mib,
+    median,
+    rss_peak_mib,
 )
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
@@ -102,7 +109,7 @@ def test_resnet_block_memory_is_fixed_and_mlp_has_no_block():
 
 
 def test_rss_peak_can_be_reset():
-    from odenet.measure import reset_rss_peak
+    from odenet.training.measure import reset_rss_peak
 
     big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
     high = rss_peak_mib()
@@ -125,8 +132,8 @@ def test_device_peaks_are_the_runs_and_each_stretchs(monkeypatch):
     what it needed above what it started with (weights, optimizer state, a dataset on the
     device), and starts without the solver's kept buffers; the run's peak is all of it,
     not an earlier run's. On a CPU every value is None."""
-    from odenet import measure
     from odenet.solvers import rk
+    from odenet.training import measure
 
     alloc = {"now": 0, "peak": 0}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from odenet.app import compose
-from odenet.measure import count_parameters
+from odenet.cli.app import compose
+from odenet.config.model_registry import models_of
 from odenet.models import (
     ConcatConv2d,
     ODEBlock,
@@ -17,8 +17,8 @@ from odenet.models import (
     reset_solver_stats,
     solver_stats,
 )
-from odenet.record import CLASSIFY
-from odenet.registry import models_of
+from odenet.run.record import CLASSIFY
+from odenet.training.measure import count_parameters
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 
@@ -148,7 +148,7 @@ def test_build_model_from_a_checkpoint_config_dict():
 def test_a_checkpoint_config_with_keys_the_schemas_lack_builds_with_strict_false():
     """load_model reads checkpoints of another odenet version: keys it does not know are
     dropped there (strict=False), refused everywhere else."""
-    from odenet.config import ConfigError
+    from odenet.config.schema import ConfigError
 
     solver = {"method": "bosh3", "rtol": 1e-2, "adjoint": False, "gradient": "backprop"}
     (blk,) = ode_blocks(build_model({"name": "rknet", "old": 1}, solver, strict=False))

@@ -1,10 +1,10 @@
-"""The OpenMP wait policy odenet picks before torch loads (odenet/openmp.py)."""
+"""The OpenMP wait policy odenet picks before torch loads (odenet/training/openmp.py)."""
 
 import os
 
 import pytest
 
-from odenet import openmp
+from odenet.training import openmp
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The run record's schema (odenet/record.py): what it accepts, what it refuses, and that
+"""The run record's schema (odenet/run/record.py): what it accepts, what it refuses, and that
 the trainer, the registry and the report agree with it."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from dataclasses import fields
 
 import pytest
 
-from odenet import record
-from odenet.record import EpochRecord, IterRecord, Metrics, RecordError
+from odenet.run import record
+from odenet.run.record import EpochRecord, IterRecord, Metrics, RecordError
 
 
 def test_fake_records_are_complete_and_valid():

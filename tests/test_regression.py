@@ -8,8 +8,8 @@ import copy
 
 import pytest
 
-from odenet import record
 from odenet.report import regression as G
+from odenet.run import record
 
 STUCK = 0.874  # test error of a net that predicts "1" for the first 1,000 test images
 

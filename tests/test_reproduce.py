@@ -1,7 +1,7 @@
 """odenet reproduce: plan expansion, skip/resume, failures, the report.
 
 The training and evaluation children are replaced by a fake `odenet` (a small script
-that writes complete run records, built from the schema by odenet.record.fake), so these tests check the orchestration in seconds; the
+that writes complete run records, built from the schema by odenet.run.record.fake), so these tests check the orchestration in seconds; the
 real pipeline at smoke scale is tested in test_reproduce_smoke (marked slow).
 """
 
@@ -19,7 +19,7 @@ from odenet import reproduce as R
 FAKE = textwrap.dedent('''
     import json, os, sys
     from pathlib import Path
-    from odenet.record import EpochRecord, IterRecord, Metrics, fake
+    from odenet.run.record import EpochRecord, IterRecord, Metrics, fake
     args = sys.argv[1:]
     with open(os.environ["FAKE_LOG"], "a") as f:
         f.write(json.dumps(args) + "\\n")
@@ -370,7 +370,7 @@ def test_invalid_run_is_listed_and_the_report_still_written(fake):
 def test_defaults_come_from_the_registry():
     assert R.Plan().models == ["mlp", "resnet", "rknet", "odenet"]
     assert R.EvalPlan().model == "odenet" and R.SweepPlan().model == "odenet"
-    assert R.ConfigError is __import__("odenet.errors").errors.ConfigError
+    assert R.ConfigError is __import__("odenet.config.errors").errors.ConfigError
 
 
 def test_dry_run_runs_nothing(fake):

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from test_reproduce import FAKE
 
-from odenet import record
 from odenet import reproduce as R
+from odenet.run import record
 
 STANDIN = textwrap.dedent('''
     import json, os, runpy, signal, sys, time

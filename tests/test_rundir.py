@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from odenet import files, rundir
-from odenet.app import compose
-from odenet.config import ConfigError
-from odenet.runlog import Heartbeat
-from odenet.train import run
+from odenet.cli.app import compose
+from odenet.config.schema import ConfigError
+from odenet.run import directory as rundir
+from odenet.run import files
+from odenet.training.progress import Heartbeat
+from odenet.training.trainer import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,7 +196,7 @@ def test_a_full_disk_fails_the_run_and_metrics_match_the_checkpoint(compose_cfg,
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr("odenet.checkpoint.write_atomic", write_atomic)
+    monkeypatch.setattr("odenet.training.checkpoint_file.write_atomic", write_atomic)
     m = run(compose_cfg(*TINY, "model=mlp", "optim.epochs=3"), tmp_path)
     assert m["status"] == "failed" and "No space left on device" in m["reason"]
     assert "\n" not in m["reason"]
@@ -223,7 +224,7 @@ def test_bad_run_directories_are_one_line_errors(cli, tmp_path, mnist_root):
 
 def test_heartbeat_logs_progress_without_a_terminal(caplog):
     beat = Heartbeat(enabled=True, every=0.0)
-    with caplog.at_level("INFO", logger="odenet.train"):
+    with caplog.at_level("INFO", logger="odenet.training.trainer"):
         beat.tick(epoch=0, epochs=2, batch=10, ipe=100, loss=0.5, nfe=(26, 20), seconds=0.5)
     msg = caplog.records[-1].getMessage()
     assert msg == "epoch 1/2, iteration 10/100, loss 0.5000, NFE 26/20, 0.500 s/iter, " \
@@ -239,7 +240,7 @@ def test_a_terminal_without_a_width_gets_the_heartbeat(monkeypatch):
     heartbeat lines take over (the bars do not count as shown)."""
     import io
 
-    from odenet.runlog import Bars
+    from odenet.training.progress import Bars
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -261,7 +262,7 @@ def test_bars_under_script_fall_back_to_the_heartbeat():
 
     if shutil.which("script") is None:
         pytest.skip("no script(1)")
-    code = "from odenet.runlog import Bars; print('shown', Bars('auto').shown)"
+    code = "from odenet.training.progress import Bars; print('shown', Bars('auto').shown)"
     r = subprocess.run(["script", "-qc", shlex.join([sys.executable, "-c", code]), "/dev/null"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "shown False" in r.stdout, (r.stdout, r.stderr)
@@ -286,7 +287,7 @@ def test_a_training_whose_owning_parent_died_stops(monkeypatch):
     import os
     import signal
 
-    from odenet.train import Stop, _Signals
+    from odenet.training.trainer import Stop, _Signals
 
     monkeypatch.delenv(rundir.PARENT_PID, raising=False)
     assert not rundir.parent_gone()
@@ -301,7 +302,6 @@ def test_a_training_whose_owning_parent_died_stops(monkeypatch):
 
 def test_reproduce_reruns_a_run_without_checkpoint_afresh(tmp_path):
     from odenet import reproduce as R
-
     job = R.Job("mlp_seed0", "table", ["model=mlp"], tmp_path)
     assert R.train_command(job)[-1].startswith("hydra.run.dir=")
     (tmp_path / "metrics.json").write_text("{}")  # failed before its first checkpoint
@@ -315,7 +315,7 @@ def test_sweep_jobs_label_their_log_lines(cli, tmp_path, mnist_root):
             f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert r.returncode == 0, r.stderr
     log0 = (tmp_path / "sweep" / "0" / "train.log").read_text()
-    lines = [ln for ln in log0.splitlines() if "odenet.train" in ln]
+    lines = [ln for ln in log0.splitlines() if "odenet.training.trainer" in ln]
     assert lines and all("] - [job 0: " in ln and ",seed=0," in ln for ln in lines)
     assert "[job 1:" not in log0 and ",seed=1," in (r.stdout + r.stderr)
 
@@ -356,7 +356,7 @@ def test_ctrl_c_early_in_a_sweep_stops_it_in_one_line(tmp_path, mnist_root, when
 
     sweep = tmp_path / "sweep"
     # Ctrl-C's default even where this test was started with SIGINT ignored (`make test &`)
-    p = subprocess.Popen([sys.executable, "-m", "odenet.cli", "train", "-m", *TINY,
+    p = subprocess.Popen([sys.executable, "-m", "odenet.cli.main", "train", "-m", *TINY,
                           "model=mlp", "seed=0,1,2", f"data.root={mnist_root}",
                           f"hydra.sweep.dir={sweep}"], cwd=REPO, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env={
@@ -404,7 +404,7 @@ def test_a_missing_cuda_is_refused_before_anything_is_written(cli, tmp_path, mni
 
 def test_a_cuda_index_past_the_devices_is_refused(monkeypatch):
     """device=cuda:N with N past the machine's GPUs failed deep in CUDA's own error."""
-    from odenet.runtime import resolve_device
+    from odenet.training.runtime import resolve_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == torch.device("cuda:1")

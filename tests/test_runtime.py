@@ -1,4 +1,4 @@
-"""The process a run lives in (odenet/runtime.py), its GPU side checked on the CPU with
+"""The process a run lives in (odenet/training/runtime.py), its GPU side checked on the CPU with
 torch.cuda's queries patched: bf16 only with bf16 units, fp32 as IEEE float32, RNG states
 of another machine, CUDA left alone by a CPU run."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from odenet import runtime
+from odenet.training import runtime
 
 
 @pytest.fixture

@@ -1,14 +1,14 @@
-"""The learning-rate schedules (odenet/schedules.py): each one's numbers, and the trait
+"""The learning-rate schedules (odenet/config/schedules.py): each one's numbers, and the trait
 resume reads (fitted to optim.epochs or not)."""
 
 from __future__ import annotations
 
 import pytest
 
-from odenet.app import compose
-from odenet.config import ConfigError
-from odenet.optim import FITTED_TO_LENGTH, lr_factor
-from odenet.schedules import SCHEDULES
+from odenet.cli.app import compose
+from odenet.config.schedules import SCHEDULES
+from odenet.config.schema import ConfigError
+from odenet.training.optim import FITTED_TO_LENGTH, lr_factor
 
 # The factor at steps 0, 3, 5, 10, 24, 25, 39 of 4 epochs x 10 iterations, milestones at
 # epochs 1 and 2.5, a warm-up of half an epoch from 0.1, a floor of 0.05: exact values

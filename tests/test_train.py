@@ -14,15 +14,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from odenet import record
-from odenet.app import compose
-from odenet.checkpoint import load as load_checkpoint
-from odenet.config import ConfigError
-from odenet.measure import count_parameters
+from odenet.cli.app import compose
+from odenet.config.model_registry import models_of, spec
+from odenet.config.schema import ConfigError
 from odenet.models import build_model
-from odenet.record import CHECKPOINT_FILE, CLASSIFY
-from odenet.registry import models_of, spec
-from odenet.train import Progress, Step, run
+from odenet.run import record
+from odenet.run.record import CHECKPOINT_FILE, CLASSIFY
+from odenet.training.checkpoint_file import load as load_checkpoint
+from odenet.training.measure import count_parameters
+from odenet.training.trainer import Progress, Step, run
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 
@@ -96,7 +96,7 @@ def test_smoke_run_writes_valid_files(name, compose_cfg, tmp_path):
                    for r in iters)
         assert m["nfe_forward_mean"] == pytest.approx(sum(r["nfe_forward"] for r in iters) / 8)
     assert epochs[0]["test_error"] == m["test_error"]
-    # the files hold exactly the schema's records (odenet/record.py): every key a field
+    # the files hold exactly the schema's records (odenet/run/record.py): every key a field
     assert record.read_metrics(tmp_path / "metrics.json") == m
     assert set(m) == set(record.for_task(record.Metrics, "classify"))
     assert m["residual_blocks"] == (cfg.model[trait.residual_blocks] if trait.residual_blocks
@@ -159,7 +159,7 @@ def test_resume_without_a_checkpoint_starts_afresh_without_the_old_events(
     tiny = [*TINY, "model=mlp", "train.tensorboard=true"]
     run(compose_cfg(*tiny, "train.stop_after_iters=2"), tmp_path)
     (tmp_path / CHECKPOINT_FILE).unlink()
-    with caplog.at_level("WARNING", logger="odenet.train"):
+    with caplog.at_level("WARNING", logger="odenet.training.trainer"):
         m = run(compose_cfg(*tiny, "resume=true"), tmp_path)
     assert m["status"] == "finished"
     acc = EventAccumulator(str(tmp_path / "tb"))
@@ -172,8 +172,8 @@ def test_resume_without_a_checkpoint_starts_afresh_without_the_old_events(
 
 def test_rebuilt_checkpoint_reproduces_the_test_error(compose_cfg, tmp_path):
     from odenet.data import mnist_loaders
-    from odenet.tasks import ClassifyTask
-    from odenet.train import evaluate_split as evaluate
+    from odenet.training.tasks import ClassifyTask
+    from odenet.training.trainer import evaluate_split as evaluate
 
     m = run(compose_cfg(*TINY, "model=odenet"), tmp_path)
     ck = load_checkpoint(tmp_path / CHECKPOINT_FILE)
@@ -262,7 +262,7 @@ def test_settings_that_do_not_apply_are_said(compose_cfg, tmp_path, caplog):
     MNIST has, are said in the log, not dropped without a word."""
     cfg = compose_cfg(*TINY, "model=mlp", "solver=bosh3", "data.train_size=100000000",
                       "train.max_iters_per_epoch=2")
-    with caplog.at_level("WARNING", logger="odenet.train"):
+    with caplog.at_level("WARNING", logger="odenet.training.trainer"):
         m = run(cfg, tmp_path)
     said = [r.getMessage() for r in caplog.records]
     assert "model=mlp has no ODE block: solver.method=bosh3 not applied (metrics.json " \
@@ -278,7 +278,7 @@ def test_a_batch_larger_than_the_train_split_is_the_split_and_scales_the_lr(
     run (0.1 x 100 / 128), not the 5000 asked for."""
     cfg = compose_cfg(*TINY, "model=mlp", "data.train_size=100", "data.batch_size=5000",
                       "optim.epochs=2")
-    with caplog.at_level("WARNING", logger="odenet.train"):
+    with caplog.at_level("WARNING", logger="odenet.training.trainer"):
         m = run(cfg, tmp_path)
     assert ("data.batch_size=5000 but the train split holds 100 samples: batches of 100, lr "
             "0.078125, optim.base_lr scaled by it") in [r.getMessage() for r in caplog.records]
@@ -294,7 +294,7 @@ def test_more_threads_than_the_process_may_use_are_said(compose_cfg, tmp_path, c
     cfg = compose_cfg(*TINY, "model=mlp", "threads=2", "train.stop_after_iters=1")
     before = torch.get_num_threads()
     try:
-        with caplog.at_level("WARNING", logger="odenet.train"):
+        with caplog.at_level("WARNING", logger="odenet.training.trainer"):
             run(cfg, tmp_path)
     finally:
         torch.set_num_threads(before)
@@ -307,8 +307,7 @@ def test_a_file_that_cannot_be_written_fails_the_run_in_one_line(compose_cfg, tm
                                                                  caplog, monkeypatch):
     """A full disk at the second epoch's checkpoint: one line naming the file and what is
     kept (the first epoch's checkpoint, and the command that continues it), no traceback."""
-    from odenet import checkpoint
-
+    from odenet.training import checkpoint_file as checkpoint
     saves, real_save = [], checkpoint.save
 
     def save(path, ck):
@@ -318,7 +317,7 @@ def test_a_file_that_cannot_be_written_fails_the_run_in_one_line(compose_cfg, tm
         real_save(path, ck)
 
     monkeypatch.setattr(checkpoint, "save", save)
-    with caplog.at_level("ERROR", logger="odenet.train"):
+    with caplog.at_level("ERROR", logger="odenet.training.trainer"):
         m = run(compose_cfg(*TINY, "model=mlp", "optim.epochs=3"), tmp_path)
     ck = tmp_path / "checkpoint.pt"
     assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [(
@@ -521,7 +520,7 @@ def test_auto_precision_is_bf16_only_with_bf16_units(units, compose_cfg, tmp_pat
     """precision=auto runs bf16 where the device has bf16 units and fp32 where bf16 would
     be emulated (an AVX2-only CPU: ~20x slower); metrics.json and the checkpoint record
     what ran, so a resume compares like with like."""
-    import odenet.runtime as runtime
+    import odenet.training.runtime as runtime
 
     monkeypatch.setattr(runtime, "has_bf16_units", lambda device: units)
     m = run(compose_cfg(*TINY, "model=resnet", "precision=auto"), tmp_path)
@@ -556,7 +555,7 @@ def test_progress_round_trips_through_its_checkpoint_state():
 def test_a_typed_config_is_not_validated_again(compose_cfg, tmp_path, monkeypatch):
     """The config is validated once, at the command layer; the trainer and the
     model builder take the typed Config as it is. A dict is still validated."""
-    import odenet.config
+    import odenet.config.schema
     import odenet.models
 
     cfg = compose_cfg(*TINY, "model=odenet", "train.max_iters_per_epoch=1")
@@ -564,7 +563,7 @@ def test_a_typed_config_is_not_validated_again(compose_cfg, tmp_path, monkeypatc
     def again(*args, **kwargs):
         raise AssertionError("validated again")
 
-    for module, name in ((odenet.config, "_validate"), (odenet.models, "model_config"),
+    for module, name in ((odenet.config.schema, "_validate"), (odenet.models, "model_config"),
                          (odenet.models, "solver_config")):
         monkeypatch.setattr(module, name, again)
     assert run(cfg, tmp_path)["status"] == "finished"
@@ -581,8 +580,8 @@ def _counted_step(name: str, monkeypatch) -> tuple[dict, dict, dict]:
 
     from odenet.models import solver_stats
     from odenet.solvers import TRAFFIC
-    from odenet.tasks import ClassifyTask
-    from odenet.train import train_step
+    from odenet.training.tasks import ClassifyTask
+    from odenet.training.trainer import train_step
 
     class Reads(TorchDispatchMode):
         n = 0
@@ -628,7 +627,7 @@ def test_a_non_finite_loss_that_breaks_the_backward_solve_is_named(compose_cfg, 
                                                                     monkeypatch):
     """The loss is read after backward: an adjoint solve that fails on its NaN gradients
     still ends the run as a non-finite loss, not as the solver's error."""
-    from odenet.tasks import ClassifyTask
+    from odenet.training.tasks import ClassifyTask
 
     monkeypatch.setattr(ClassifyTask, "loss", lambda self, out, batch: torch.nn.functional
                         .cross_entropy(out, batch[1]) * float("nan"))

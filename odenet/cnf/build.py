@@ -1,6 +1,6 @@
-"""Builders of the density models (registered in odenet/registry.py as ``cnf`` and
+"""Builders of the density models (registered in odenet/config/model_registry.py as ``cnf`` and
 ``planar``): ``f(model_cfg, solver_cfg) -> nn.Module`` from validated configs (schemas
-``CNFConfig`` and ``PlanarConfig`` in odenet/registry.py).
+``CNFConfig`` and ``PlanarConfig`` in odenet/config/model_registry.py).
 """
 
 from __future__ import annotations

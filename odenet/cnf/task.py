@@ -1,5 +1,5 @@
 """The density task (the trainer's, for model=cnf and planar): maximum likelihood on
-2-D toy points, NLL in nats per point. Satisfies odenet.tasks.Task."""
+2-D toy points, NLL in nats per point. Satisfies odenet.training.tasks.Task."""
 
 from __future__ import annotations
 

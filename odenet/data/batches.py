@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from odenet.errors import ConfigError
+from odenet.config.errors import ConfigError
 
 # Epoch e of a run with seed s draws from the generator seeded s * SEED_STRIDE + e, so
 # distinct (s, e) pairs get distinct generators while e < SEED_STRIDE (a million epochs).

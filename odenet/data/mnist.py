@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from odenet.data.batches import Batches, Loaders, val_size_of
-from odenet.files import write_atomic
+from odenet.run.files import write_atomic
 
 # torchvision's file names (the .gz names without .gz) with the MD5 of the uncompressed file.
 RAW_FILES = {

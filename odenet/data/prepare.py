@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from odenet.data.mnist import RAW_FILES, VERIFIED, DataError, load_mnist, raw_dir, verify_raw
-from odenet.files import write_atomic
+from odenet.run.files import write_atomic
 
 # images of each digit 0-9 per split: the second check after the MD5s, on the decoded labels
 CLASS_COUNTS = {

@@ -1,6 +1,6 @@
 """The four MNIST models from one set of blocks; ``build_model`` builds any registered model.
 
-    model = build_model(cfg.model, cfg.solver)   # DictConfig or plain dict (odenet/registry.py)
+    model = build_model(cfg.model, cfg.solver)   # DictConfig or plain dict
     model = build(cfg.model, cfg.solver)         # a validated config's nodes, as they are
     ode_blocks(model)          # the ODEBlocks inside (their solver stats and settings)
     measured_blocks(model)     # what activation_block_mib measures (ODE or residual blocks)
@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from odenet.config import model_config, solver_config
-from odenet.registry import spec
+from odenet.config.model_registry import spec
+from odenet.config.schema import model_config, solver_config
 
 from .blocks import ConcatConv2d, ODEBlock, ODEFunc, ResBlock, downsampling, head, norm
 
@@ -116,8 +116,8 @@ def build(model_cfg: Any, solver_cfg: Any = None) -> nn.Module:
 
 
 def build_model(model_cfg: Any, solver_cfg: Any = None, *, strict: bool = True) -> nn.Module:
-    """The network ``model_cfg`` names (odenet/registry.py), with the solver settings of
-    ``solver_cfg`` where it has an ODE block, both validated first.
+    """The network ``model_cfg`` names (odenet/config/model_registry.py), with the solver
+    settings of ``solver_cfg`` where it has an ODE block, both validated first.
 
     Both may be validated configs, DictConfigs or plain dicts (a checkpoint's ``config``);
     ``strict=False`` drops keys the schemas do not have (a checkpoint of another version).

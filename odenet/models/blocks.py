@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from odenet.config import SolverConfig
+from odenet.config.schema import SolverConfig
 from odenet.models.dynamics import TrainingField, rademacher
 from odenet.solvers import (
     FIXED_METHODS,

@@ -2,7 +2,7 @@
 that the runs can speak to, with our numbers (report.md of ``odenet reproduce``).
 
 Table 1's claims read groups of runs (odenet/report/runs.py: a row's seeds together, mean
-± std over them); the figures' claims read the figures' rows (odenet/report/figures.py).
+± std over them); the figures' claims read the figures' rows (odenet/report/mnist_figures.py).
 A claim without data gives no line. Torch-free, like all of the report.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from odenet.registry import ADJOINT, BACKPROP, CHECKPOINT, MODELS, REVERSIBLE
-from odenet.report import figures as F
+from odenet.config.model_registry import ADJOINT, BACKPROP, CHECKPOINT, MODELS, REVERSIBLE
+from odenet.report import mnist_figures as F
 from odenet.report.runs import Group, Run, gradient_of, groups, solver_label
 from odenet.report.table import DERIVED
 

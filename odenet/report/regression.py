@@ -24,11 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from odenet import record
-from odenet.files import write_atomic
-from odenet.registry import models_of
+from odenet.config.model_registry import models_of
 from odenet.report._args import ArgumentParser
 from odenet.report.runs import ReportError, load_runs
+from odenet.run import record
+from odenet.run.files import write_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "outputs" / "reference" / "regression.json"
@@ -114,7 +114,7 @@ def load_reference(path: Path = REFERENCE) -> dict:
 
 def train_command(models, out_dir: Path) -> list[str]:
     exe = Path(sys.executable).with_name("odenet")
-    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "odenet.cli"]
+    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "odenet.cli.main"]
     return head + ["train", "--multirun", f"experiment={EXPERIMENT}",
                    f"model={','.join(models)}", f"hydra.sweep.dir={out_dir}"]
 

@@ -5,7 +5,7 @@ symbolic links (each directory once) and lists every directory it cannot enter a
 ``Invalid`` (not silently left out). Next to it may lie
 ``history.jsonl``, ``evaluation.json`` (written by ``odenet evaluate``, Figure 3 a/b) and
 ``gradients.json`` (written by ``odenet gradients``, Table 1's gradient error).
-metrics.json and history.jsonl are read through odenet/record.py and validated there; a
+metrics.json and history.jsonl are read through odenet/run/record.py and validated there; a
 file that fails is not an error of the command: it is returned as an ``Invalid`` (path
 and reason) for the report to list, and the other runs are read on. An evaluation.json
 or gradients.json whose checkpoint has changed since it was written is left out of the
@@ -30,9 +30,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from odenet import record, rundir
-from odenet.files import file_id
-from odenet.record import (
+from odenet.config.model_registry import ADJOINT, BACKPROP, MODELS, ModelSpec, PaperRow
+from odenet.run import directory as rundir
+from odenet.run import record
+from odenet.run.files import file_id
+from odenet.run.record import (
     CHECKPOINT_FILE,
     CHECKPOINT_ID,
     EVALUATION,
@@ -40,7 +42,6 @@ from odenet.record import (
     HISTORY,
     METRICS,
 )
-from odenet.registry import ADJOINT, BACKPROP, MODELS, ModelSpec, PaperRow
 
 
 class ReportError(Exception):
@@ -78,7 +79,7 @@ class Run:
     @property
     def status(self) -> str:
         """metrics.json's status, except that a run which says "running" but that no
-        process owns (odenet/rundir.py) was killed."""
+        process owns (odenet/run/directory.py) was killed."""
         s = str(self.metrics.get("status"))
         return "killed" if s == "running" and not rundir.is_claimed(self.dir) else s
 
@@ -386,7 +387,7 @@ def _check_keys() -> None:
     """The group keys are the record's settings: a renamed field fails here, at import."""
     bad = [k for k in GROUP_KEYS[1:] if k not in record.names(record.Metrics, record.SETTING)]
     if bad:
-        raise ImportError(f"odenet.report.runs: not in odenet.record.Metrics: {bad}")
+        raise ImportError(f"odenet.report.runs: not in odenet.run.record.Metrics: {bad}")
 
 
 _check_keys()

@@ -11,10 +11,10 @@ within [min, max] of the seeds' ("–" with one seed); a ResNet with other resid
 blocks than its own (the ablation rows) is a row of its own, without paper numbers.
 Runs that did not finish (running, failed, interrupted) are listed in a section of
 their own and never enter a mean, and so are run files that fail validation
-(odenet/record.py), by path and reason. Every path written is relative to the
+(odenet/run/record.py), by path and reason. Every path written is relative to the
 directory given (odenet/report/runs.py, ``Run.name``).
 Paper numbers, titles and Table 1's row order are the model registry's
-(odenet/registry.py); which table a run belongs to is its record's ``task``.
+(odenet/config/model_registry.py); which table a run belongs to is its record's ``task``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from odenet import record
-from odenet.files import check_writable, os_reason, write_atomic
 from odenet.report._args import ArgumentParser
 from odenet.report.runs import (
     SCALE_KEYS,
@@ -45,6 +43,8 @@ from odenet.report.runs import (
     scale_label,
     solver_label,
 )
+from odenet.run import record
+from odenet.run.files import check_writable, os_reason, write_atomic
 
 # Measures averaged over seeds, in table.csv order (an explicit order: table.csv's columns
 # stay put when the record gains a field; the density runs' NLLs are not Table 1's).
@@ -67,7 +67,7 @@ def _check_keys() -> None:
     measures = set(record.names(record.Metrics, record.MEASURE))
     bad = [k for k in AVERAGED + DENSITY_AVERAGED if k not in measures]
     if bad:
-        raise ImportError(f"odenet.report.table: not in odenet.record.Metrics: {bad}")
+        raise ImportError(f"odenet.report.table: not in odenet.run.record.Metrics: {bad}")
 
 
 _check_keys()
@@ -146,7 +146,7 @@ def _blocks_text(rows: Sequence[Row]) -> str:
 
 
 def _title(name: str, unit: str | None = None) -> str:
-    """A column's header from its metrics.json field's declaration (odenet/record.py)."""
+    """A column's header from its metrics.json field's declaration (odenet/run/record.py)."""
     return record.title(record.Metrics, name) + (f" ({unit})" if unit else "")
 
 
@@ -309,7 +309,7 @@ def render_markdown(rows: Sequence[Row], excluded: Sequence[Run], sources: Seque
               f"| {m.get('seed', '-')} | {r.status} | "
               f"{m.get('epochs', '-')}/{m.get('epochs_planned', '-')} | {reason} |\n")
     if invalid:
-        w("\nFiles that failed validation (odenet/record.py); their runs are left out:\n\n")
+        w("\nFiles that failed validation (odenet/run/record.py); their runs are left out:\n\n")
         w("| File | Reason |\n|---|---|\n")
         for bad in invalid:
             w(f"| {_name(bad)} | {bad.reason.replace('|', '/')} |\n")

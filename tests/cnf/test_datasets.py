@@ -56,6 +56,6 @@ def test_moons_entropy_is_what_the_density_says():
 
 
 def test_the_config_schema_lists_every_dataset():
-    from odenet.config import TOY_DATASETS
+    from odenet.config.schema import TOY_DATASETS
 
     assert set(TOY_DATASETS) == set(datasets.DATASETS)

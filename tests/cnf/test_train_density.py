@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from odenet.app import compose
-from odenet.config import ConfigError
+from odenet.cli.app import compose
+from odenet.config.schema import ConfigError
 
 # a tiny budget: 2 epochs of 4 batches of 128 points, fixed-grid RK4 (fast, deterministic)
 TINY = ["data.train_size=512", "data.test_size=500", "data.batch_size=128",
@@ -47,7 +47,7 @@ def test_bad_density_configs_are_one_line_errors(overrides, expected):
 
 
 def _run(tmp_path: Path, *overrides: str) -> tuple[dict, Path]:
-    from odenet.train import run
+    from odenet.training.trainer import run
 
     out = tmp_path / "_".join(o.replace("=", "-") for o in overrides) if overrides else tmp_path
     m = run(compose(["experiment=cnf_moons", *TINY, *overrides]), out)
@@ -57,7 +57,7 @@ def _run(tmp_path: Path, *overrides: str) -> tuple[dict, Path]:
 def test_cnf_and_planar_train_log_and_lower_the_nll(tmp_path):
     from odenet.cnf.data import toy_loaders
     from odenet.models import build_model as build_density_model
-    from odenet.runtime import seed_everything
+    from odenet.training.runtime import seed_everything
 
     cfg = compose(["experiment=cnf_moons", *TINY, *SMALL_CNF])
     seed_everything(cfg.seed)
@@ -85,9 +85,9 @@ def test_cnf_and_planar_train_log_and_lower_the_nll(tmp_path):
     assert math.isfinite(p["test_nll"])
 
     # the checkpoints rebuild the models; `odenet figures` draws from them
-    from odenet.checkpoint import load_model
-    from odenet.figures import write_figures
+    from odenet.report.figure_registry import write_figures
     from odenet.report.runs import load_runs
+    from odenet.training.checkpoint_file import load_model
 
     model, saved, _ = load_model(out / "checkpoint.pt")
     assert saved["model"]["name"] == "cnf"

@@ -1,5 +1,5 @@
 """Synthetic run directories for the report tests, built from the run record's schema
-(odenet/record.py): complete, current records, as the trainer writes them.
+(odenet/run/record.py): complete, current records, as the trainer writes them.
 
 (A module of its own, not conftest.py: test modules import these helpers by name.)"""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from odenet import record
-from odenet.record import EpochRecord, IterRecord, Metrics
+from odenet.run import record
+from odenet.run.record import EpochRecord, IterRecord, Metrics
 
 
 def metrics_record(**over) -> dict:

@@ -7,10 +7,10 @@ import csv
 import pytest
 from fakeruns import evaluation_record, history_records
 
-from odenet import figures as registry
-from odenet.record import CLASSIFY
-from odenet.report import figures as F
+from odenet.report import figure_registry as registry
+from odenet.report import mnist_figures as F
 from odenet.report import load_runs
+from odenet.run.record import CLASSIFY
 
 # Figure 3 and memory: the registry's figures of MNIST runs
 FIG3 = tuple(f.name for f in registry.of_task(CLASSIFY))

@@ -8,7 +8,7 @@ import csv
 import pytest
 from fakeruns import history_records
 
-from odenet import figures as registry
+from odenet.report import figure_registry as registry
 from odenet.report.table import main as table_main
 
 

@@ -119,7 +119,6 @@ def test_reproduce_variants_of_resnet_are_the_ablation_rows(tmp_path):
     from fakeruns import write_run
 
     from odenet import reproduce as R
-
     plan = tmp_path / "plan.yaml"
     plan.write_text(ABLATION_PLAN)
     cfg = R.load_config([f"root={tmp_path / 'runs'}"], plan_file=plan)

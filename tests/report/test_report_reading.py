@@ -10,13 +10,13 @@ import json
 import pytest
 from fakeruns import evaluation_record, history_records
 
-from odenet import figures as registry
-from odenet import record
-from odenet.report import figures as F
+from odenet.report import figure_registry as registry
+from odenet.report import mnist_figures as F
 from odenet.report import load_runs
 from odenet.report.runs import file_id
 from odenet.report.table import build_rows
 from odenet.report.table import main as table_main
+from odenet.run import record
 
 
 def _csv(path):

@@ -1,4 +1,4 @@
-"""load_runs: finding and reading run directories through the run record (odenet/record.py)."""
+"""load_runs: finding and reading run directories through the run record (odenet/run/record.py)."""
 
 from __future__ import annotations
 

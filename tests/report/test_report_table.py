@@ -8,11 +8,11 @@ import json
 import pytest
 from fakeruns import metrics_record
 
-from odenet import record
-from odenet.registry import MODELS
+from odenet.config.model_registry import MODELS
 from odenet.report import load_runs
 from odenet.report import table as T
 from odenet.report.table import build_rows, main, write_table
+from odenet.run import record
 
 
 def _csv(path):

@@ -264,7 +264,7 @@ def test_methods_without_an_adaptive_step_refuse_a_carry(method):
 
 
 def test_config_refuses_carry_step_without_an_adaptive_step(cli, compose_cfg, tmp_path):
-    from odenet.config import ConfigError
+    from odenet.config.schema import ConfigError
 
     r = cli("train", "solver=rk4", "solver.carry_step=true", f"hydra.run.dir={tmp_path / 'run'}")
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -377,9 +377,9 @@ TINY = ("experiment=smoke", "model=odenet", "model.width=8", "data.train_size=12
 def test_resume_of_a_carry_step_training_is_bit_for_bit(compose_cfg, tmp_path):
     import json
 
-    from odenet.checkpoint import load as load_checkpoint
-    from odenet.record import CHECKPOINT_FILE
-    from odenet.train import run
+    from odenet.run.record import CHECKPOINT_FILE
+    from odenet.training.checkpoint_file import load as load_checkpoint
+    from odenet.training.trainer import run
 
     a, b = tmp_path / "straight", tmp_path / "stopped"
     ma = run(compose_cfg(*TINY), a)
@@ -407,9 +407,9 @@ def test_resume_of_a_carry_step_training_is_bit_for_bit(compose_cfg, tmp_path):
 
 def test_an_older_checkpoint_resumed_with_a_carry_is_refused_or_continued(compose_cfg,
                                                                          tmp_path):
-    from odenet.config import ConfigError
-    from odenet.record import CHECKPOINT_FILE
-    from odenet.train import run
+    from odenet.config.schema import ConfigError
+    from odenet.run.record import CHECKPOINT_FILE
+    from odenet.training.trainer import run
 
     plain = tuple(o for o in TINY if o != "solver.carry_step=true")
     run(compose_cfg(*plain, "train.stop_after_iters=2"), tmp_path)

@@ -1,11 +1,11 @@
 """The Hydra layer: composing ``configs/``, the ``odenet train`` app, and Hydra's errors
 turned into one line. The only module that imports Hydra; below it, configs are
-validated structured configs (odenet/config.py) and ``train.run(cfg, out_dir)`` trains.
+validated structured configs (odenet/config/schema.py) and ``train.run(cfg, out_dir)`` trains.
 
 Python API (README, "Python API"):
 
-    from odenet.app import compose
-    from odenet.train import run
+    from odenet.cli.app import compose
+    from odenet.training.trainer import run
     cfg = compose(["experiment=smoke", "model=odenet"])
     metrics = run(cfg, "outputs/api/odenet")
 """
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from odenet.config import ConfigError, to_config, unknown_key_line
-from odenet.record import CHECKPOINT_FILE
+from odenet.config.schema import ConfigError, to_config, unknown_key_line
+from odenet.run.record import CHECKPOINT_FILE
 
 CONFIG_MODULE = "odenet.configs"
 CONFIG_NAME = "config"
@@ -98,7 +98,7 @@ PARSE_ERROR = re.compile(r"Error parsing override '(.+=.*)'")
 def _quoting_hint(lines: list[str], cause: BaseException | None) -> str:
     """How to quote the override of Hydra's error ``lines`` ("" for another error), as it
     pastes into a shell."""
-    from odenet.rundir import command_line, hydra_value
+    from odenet.run.directory import command_line, hydra_value
 
     parsed = PARSE_ERROR.fullmatch(lines[0]) if lines and cause is None else None
     if parsed:
@@ -156,8 +156,8 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
     bad config, missing data or a run directory that cannot be used ends with one clear
     line and exit status 2, and leaves every file as it was.
     """
+    from odenet.config.model_registry import CLASSIFY, spec
     from odenet.data import DataError, require_raw
-    from odenet.registry import CLASSIFY, spec
 
     args = _hydra_flags(argv)
     if args.hydra_help:  # Hydra's own advertises a shell completion odenet cannot offer
@@ -212,7 +212,7 @@ def preflight(argv: list[str]) -> tuple[str, int] | None:
         except ConfigError as e:
             return str(e), 2
     if finished and len(finished) == len(composed):
-        from odenet.schedules import SCHEDULES
+        from odenet.config.schedules import SCHEDULES
 
         extendable = " or ".join(s.name for s in SCHEDULES.values() if not s.fitted_to_length)
         return (f"odenet train: nothing to do: {', '.join(finished)} finished (resume=true "
@@ -257,8 +257,8 @@ def train_help(overrides: list[str], config_name: str = CONFIG_NAME) -> str:
                    if k not in values}  # a schema's default no YAML file writes
     lines += _described(
         (f"{key}={_yaml_text(value)}",
-         comments.get(key, "not in configs/: the schema's default (odenet/config.py, "
-                           "odenet/registry.py); set it with " + key + "=..."
+         comments.get(key, "not in configs/: the schema's default (odenet/config/schema.py, "
+                           "odenet/config/model_registry.py); set it with " + key + "=..."
                       if key.startswith("+") else ""))
         for key, value in {**values, **schema_only}.items())
     return "\n".join(lines)
@@ -384,7 +384,9 @@ def _check_devices(devices: set[str]) -> None:
     """ConfigError for a device this machine lacks (device=cuda without CUDA)."""
     asked = sorted(devices - {"auto", "cpu"})
     if asked:
-        from odenet.runtime import resolve_device  # loads torch: only when CUDA is asked for
+        from odenet.training.runtime import (
+            resolve_device,  # loads torch: only when CUDA is asked for
+        )
 
         for name in asked:
             resolve_device(name)
@@ -418,8 +420,8 @@ def _check_run_dir(cfg: Any, out: Path, claim: bool) -> bool:
     """ConfigError where ``cfg`` cannot run in ``out``; True when it has nothing to do
     (resume=true on a finished run). ``claim``: keep ``out`` locked for this process, so
     that nobody else starts there before Hydra does."""
-    from odenet import rundir, train
-
+    from odenet.run import directory as rundir
+    from odenet.training import trainer as train
     _check_writable(out)
     if rundir.is_claimed(out):
         rundir.claim(out)  # raises the one line that names the owner
@@ -466,8 +468,9 @@ def _train_job(dcfg: Any) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from odenet import rundir, train
     from odenet.data import DataError
+    from odenet.run import directory as rundir
+    from odenet.training import trainer as train
 
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
@@ -501,8 +504,7 @@ def _train_job(dcfg: Any) -> float | None:
 
 def train_main(argv: list[str] | None = None) -> int:
     """`odenet train [overrides] [-m]`: the Hydra app (config: configs/config.yaml)."""
-    from odenet import rundir
-
+    from odenet.run import directory as rundir
     rundir.defer_signals()  # before torch and Hydra load: an early Ctrl-C ends in one line
     argv = list(sys.argv[1:] if argv is None else argv)
     _STATUSES.clear()
@@ -530,8 +532,7 @@ def _launch(argv: list[str]) -> tuple[str, int]:
     import hydra
     from hydra.errors import HydraException
 
-    from odenet import rundir
-
+    from odenet.run import directory as rundir
     signum = rundir.pending_signal()
     if signum is not None:  # came during preflight
         return "", 128 + signum

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from odenet.errors import ConfigError
+from odenet.config.errors import ConfigError
 
 
 def seed_everything(seed: int) -> None:

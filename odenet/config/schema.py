@@ -3,14 +3,14 @@
 The YAML files give every value; these dataclasses give each key a type, reject unknown
 keys and catch values that make no sense (``solver.rtol=-1``) before anything is trained.
 ``to_config`` turns a composed config (``DictConfig``, dict or a checkpoint's plain dict)
-into a validated, read-only structured config, once, at the command layer (odenet/app.py);
+into a validated, read-only structured config, once, at the command layer (odenet/cli/app.py);
 everything below receives that and reads attributes only, validating nothing again
 (``is_typed``; the trainer builds its network with ``models.build``). The ``model``
-node's schema is the chosen model's (odenet/registry.py); the rules "atol follows rtol"
+node's schema is the chosen model's (odenet/config/model_registry.py); the rules "atol follows rtol"
 and "the adjoint follows the model" are applied here, once (``resolve_solver``).
 
 Imports OmegaConf only (no torch, no Hydra), so that a bad command line is rejected
-within a second. Composing the YAML files with Hydra is the command layer's (odenet/app.py).
+within a second. Composing the YAML files with Hydra is the command layer's (odenet/cli/app.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from odenet.errors import ConfigError, need, one_of
-from odenet.registry import (
+from odenet.config.errors import ConfigError, need, one_of
+from odenet.config.model_registry import (
     ADJOINT,
     BACKPROP,
     CHECKPOINT,
@@ -36,7 +36,7 @@ from odenet.registry import (
     ODENetConfig,
     spec,
 )
-from odenet.schedules import SCHEDULES
+from odenet.config.schedules import SCHEDULES
 
 GRADIENTS = (ADJOINT, BACKPROP, CHECKPOINT, REVERSIBLE)  # as odenet.solvers.GRADIENTS
 
@@ -93,7 +93,7 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     epochs: int = 160
-    schedule: str = "multistep"  # a name of odenet/schedules.py's SCHEDULES
+    schedule: str = "multistep"  # a name of odenet/config/schedules.py's SCHEDULES
     milestones: list[float] = field(default_factory=lambda: [60.0, 100.0, 140.0])
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from warmup_start * lr
@@ -121,13 +121,13 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads; None: torch's default
     # fp32 | bf16 | auto: bf16 autocasts the network's convolutions and linear layers; the
-    # ODE state, the solver, the loss and the weights stay fp32 (odenet/runtime.py); auto
+    # ODE state, the solver, the loss and the weights stay fp32 (odenet/training/runtime.py); auto
     # is bf16 where the device has bf16 units (AVX-512/AMX, a bf16 GPU), else fp32; the
     # run records the precision it ran with
     precision: str = "fp32"
     resume: bool = False  # continue the run in the run directory
     overwrite: bool = False  # delete the run in the run directory and start afresh
-    # the chosen model's schema (odenet/registry.py), set by to_config
+    # the chosen model's schema (odenet/config/model_registry.py), set by to_config
     model: Any = field(default_factory=ODENetConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     data: DataConfig = field(default_factory=DataConfig)

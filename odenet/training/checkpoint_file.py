@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from odenet.files import write_atomic
+from odenet.config.model_registry import MODELS
 from odenet.models import build_model, ode_blocks
-from odenet.record import CHECKPOINT_FILE
-from odenet.registry import MODELS
+from odenet.run.files import write_atomic
+from odenet.run.record import CHECKPOINT_FILE
 
 REQUIRED = ("model", "config")
 

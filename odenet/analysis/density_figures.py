@@ -7,8 +7,8 @@
   by the angle of their starting point so that one can follow them.
 
 ``write_density_figures(runs, out_dir)`` is the "density" entry of the figures registry
-(odenet/figures.py; runs: objects with ``dir`` and ``metrics``, as
-odenet.report.runs.load_runs returns). Models come back through odenet.checkpoint.
+(odenet/report/figure_registry.py; runs: objects with ``dir`` and ``metrics``, as
+odenet.report.runs.load_runs returns). Models come back through odenet.training.checkpoint_file.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from odenet.checkpoint import load, load_model
 from odenet.cnf import datasets
-from odenet.record import CHECKPOINT_FILE, DENSITY
-from odenet.registry import MODELS
+from odenet.config.model_registry import MODELS
+from odenet.run.record import CHECKPOINT_FILE, DENSITY
+from odenet.training.checkpoint_file import load, load_model
 
 EXTENT = {"moons": 3.5}  # half-width of the square drawn; 4.5 for the other datasets
 GRID = 160  # grid points per axis for densities

@@ -38,10 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from odenet.config import load_settings
-from odenet.errors import ConfigError, need
-from odenet.files import os_reason, write_json
-from odenet.probe import (
+from odenet.analysis.probe import (
     ProbeSettings,
     check,
     open_checkpoint,
@@ -49,7 +46,10 @@ from odenet.probe import (
     recorded_checkpoint,
     warn_if_loose,
 )
-from odenet.record import CHECKPOINT_ID, EVALUATION
+from odenet.config.errors import ConfigError, need
+from odenet.config.schema import load_settings
+from odenet.run.files import os_reason, write_json
+from odenet.run.record import CHECKPOINT_ID, EVALUATION
 
 CONFIG_FILE = "evaluate.yaml"
 
@@ -102,8 +102,8 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     """Run the evaluation; returns the record written to evaluation.json."""
     import torch
 
-    from odenet.runtime import float32_math
-    from odenet.tasks import task_of
+    from odenet.training.runtime import float32_math
+    from odenet.training.tasks import task_of
 
     device, model, config, ck, ckpt_id = open_checkpoint(cfg)
     block = model.ode_block
@@ -229,7 +229,7 @@ def _measure_tolerance(model, task, batches, h0s, ref, dtype, repeats: int) -> d
     ``repeats``."""
     import torch
 
-    from odenet.measure import synchronize
+    from odenet.training.measure import synchronize
 
     device = ref.device
     block = model.ode_block

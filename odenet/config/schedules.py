@@ -1,9 +1,9 @@
-"""Every learning-rate schedule, in one place, as the models are in odenet/registry.py.
+"""Every learning-rate schedule, in one place, as the models are in odenet/config/model_registry.py.
 
 A schedule is a pure function ``f(step, iters_per_epoch, o) -> float``: the multiplier of
 the peak learning rate at iteration ``step`` (0-based) for the ``optim`` config ``o``
 (config.OptimConfig), and one ``Schedule`` entry in ``SCHEDULES`` naming it. Config
-validation (``optim.schedule``), the optimizer (odenet/optim.py) and resume's check of a
+validation (``optim.schedule``), the optimizer (odenet/training/optim.py) and resume's check of a
 changed ``optim.epochs`` read this registry; no schedule name is written anywhere else.
 
 Adding a schedule: its function and its entry here, and its numbers in

@@ -1,12 +1,12 @@
 """Optimizer and learning-rate schedule from the ``optim`` config (OptimConfig); the
-schedules themselves are odenet/schedules.py's registry."""
+schedules themselves are odenet/config/schedules.py's registry."""
 
 from __future__ import annotations
 
 import torch
 
-from odenet.config import peak_lr  # defined beside its validation; train reads it here
-from odenet.schedules import fitted_to_length, lr_factor
+from odenet.config.schedules import fitted_to_length, lr_factor
+from odenet.config.schema import peak_lr  # defined beside its validation; train reads it here
 
 __all__ = ["build", "build_ema", "lr_factor", "peak_lr", "FITTED_TO_LENGTH"]
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odenet.errors import ConfigError, need
-from odenet.files import check_writable, os_reason
-from odenet.openmp import threads_warning
+from odenet.config.errors import ConfigError, need
+from odenet.run.files import check_writable, os_reason
+from odenet.training.openmp import threads_warning
 
 
 @dataclass
@@ -118,9 +118,9 @@ def open_checkpoint(cfg: ProbeSettings) -> tuple[Any, Any, dict, dict, dict | No
     for ``cfg.checkpoint``, after setting the threads and IEEE float32 arithmetic
     (runtime.set_exact_math); ConfigError in one line."""
 
-    from odenet.checkpoint import CheckpointError, load_ode_model
-    from odenet.files import file_id
-    from odenet.runtime import resolve_device, set_exact_math
+    from odenet.run.files import file_id
+    from odenet.training.checkpoint_file import CheckpointError, load_ode_model
+    from odenet.training.runtime import resolve_device, set_exact_math
 
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)

@@ -1,8 +1,8 @@
 """What a run learns: a ``Task`` gives the trainer its data, loss and metric.
 
-The model's ``task`` trait (odenet/registry.py) picks the task: ``classify`` (MNIST,
+The model's ``task`` trait (odenet/config/model_registry.py) picks the task: ``classify`` (MNIST,
 cross-entropy, error rate) here, ``density`` (2-D toy densities, NLL) in
-odenet/cnf/task.py. The trainer (odenet/train.py) is the same for both.
+odenet/cnf/task.py. The trainer (odenet/training/trainer.py) is the same for both.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from odenet.cnf.task import DensityTask
+from odenet.config.model_registry import spec
 from odenet.data import Loaders, MnistBatches, load_mnist, mnist_loaders
-from odenet.record import CLASSIFY, DENSITY
-from odenet.registry import spec
+from odenet.run.record import CLASSIFY, DENSITY
 
 
 class Task(Protocol):

@@ -4,15 +4,15 @@ Read top to bottom: ``_run`` sets up (run directory, device, task, data, model, 
 resume), then loops over epochs and iterations (``train_step``), evaluates at each
 epoch's end (``_epoch_record``), writes the epoch's record and a checkpoint, and ends with
 a status (``_ending``, ``_close``). The records are built from their fields' declarations
-(odenet/record.py): an iteration's measures (``Step``) go by name into its IterRecord
+(odenet/run/record.py): an iteration's measures (``Step``) go by name into its IterRecord
 and, folded as each EpochRecord field declares, into the epoch's (``Progress.reduced``);
 the epochs fold into metrics.json as each Metrics field declares. What it writes
 (DEVELOPERS.md, Contract 2): metrics.json, history.jsonl and TensorBoard events through
-``RunLog`` (odenet/runlog.py), checkpoint.pt through odenet/checkpoint.py.
+``RunLog`` (odenet/training/progress.py), checkpoint.pt through odenet/training/checkpoint_file.py.
 
-The task (what is learned: data, loss, metric) is the model's trait (odenet/tasks.py);
+The task (what is learned: data, loss, metric) is the model's trait (odenet/training/tasks.py);
 the loop, measurements, checkpoints, resume and failure handling are shared. No Hydra
-here: the command layer (odenet/app.py) validates the config once and calls ``run``.
+here: the command layer (odenet/cli/app.py) validates the config once and calls ``run``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from odenet import checkpoint, measure, optim, record, rundir
-from odenet.config import ConfigError, as_dict, to_config, unused_settings
-from odenet.files import os_reason
+from odenet.config.model_registry import ADJOINT, spec
+from odenet.config.schedules import SCHEDULES
+from odenet.config.schema import ConfigError, as_dict, to_config, unused_settings
 from odenet.models import (
     build,
     dynamics_penalty,
@@ -42,10 +42,16 @@ from odenet.models import (
     reset_solver_stats,
     solver_stats,
 )
-from odenet.openmp import threads_warning
-from odenet.registry import ADJOINT, spec
-from odenet.runlog import Bars, Heartbeat, RunLog, epoch_records, log_epoch
-from odenet.runtime import (
+from odenet.run import directory as rundir
+from odenet.run import record
+from odenet.run.files import os_reason
+from odenet.solvers import FIXED_METHODS, SolverError, release_buffers
+from odenet.solvers.device import read_all
+from odenet.training import checkpoint_file as checkpoint
+from odenet.training import measure, optim
+from odenet.training.openmp import threads_warning
+from odenet.training.progress import Bars, Heartbeat, RunLog, epoch_records, log_epoch
+from odenet.training.runtime import (
     autocast,
     float32_math,
     git_commit,
@@ -57,12 +63,9 @@ from odenet.runtime import (
     set_exact_math,
     set_rng_state,
 )
-from odenet.schedules import SCHEDULES
-from odenet.solvers import FIXED_METHODS, SolverError, release_buffers
-from odenet.solvers.device import read_all
-from odenet.tasks import TASKS, Task
+from odenet.training.tasks import TASKS, Task
 
-log = logging.getLogger("odenet.train")
+log = logging.getLogger("odenet.training.trainer")
 
 # config keys a resumed run may change: what does not change the weights' trajectory
 # (more epochs extend it, unless the schedule is fitted to them: optim.FITTED_TO_LENGTH;
@@ -80,7 +83,7 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 class Progress:
     """Where the run stands; saved in checkpoints (plain types only). The epoch so far is
     ``reduced``: each EpochRecord field that its iterations make, folded as the field
-    declares (its ``reduce`` of the Step values ``of``, odenet/record.py)."""
+    declares (its ``reduce`` of the Step values ``of``, odenet/run/record.py)."""
 
     epoch: int = 0  # epochs completed
     batch: int = 0  # batches of epoch `epoch` already trained
@@ -318,7 +321,7 @@ def _open_records(cfg: Any, out: Path, task: Task, model: nn.Module, loaders: An
     log.info("%s: %s, %d parameters, %s, %d x %d iterations -> %s",
              "resuming" if ck else "training", cfg.model.name, metrics.params, device,
              cfg.optim.epochs, ipe, out)
-    log.info("threads %d, OMP_WAIT_POLICY=%s, GOMP_SPINCOUNT=%s (odenet/openmp.py)",
+    log.info("threads %d, OMP_WAIT_POLICY=%s, GOMP_SPINCOUNT=%s (odenet/training/openmp.py)",
              torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "-"),
              os.environ.get("GOMP_SPINCOUNT", "-"))
     _note_settings(cfg, loaders)
@@ -441,7 +444,7 @@ def _close(runlog: RunLog, metrics: record.Metrics, metric: str,
 @dataclass
 class Step:
     """What one training iteration measured, by the names the records read: IterRecord's
-    fields and the ``of`` of the EpochRecord fields its iterations make (odenet/record.py)."""
+    fields and the ``of`` of the EpochRecord fields its iterations make (odenet/run/record.py)."""
 
     loss: float
     sums: dict[str, float]

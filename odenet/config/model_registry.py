@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from odenet.errors import ConfigError, need, one_of
-from odenet.record import CLASSIFY, DENSITY
+from odenet.config.errors import ConfigError, need, one_of
+
+CLASSIFY, DENSITY = "classify", "density"  # the tasks a model learns (its trait)
 
 # how an ODE block's gradient is computed (odenet.solvers.GRADIENTS): the adjoint's backward
 # solve, backprop through the solver's steps, a replay of checkpointed steps, or a

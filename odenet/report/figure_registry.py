@@ -4,8 +4,8 @@ An entry says which runs the figure reads (``task``: the runs of that task), how
 drawn and what it writes, and its caption (report.md). ``odenet figures``, ``odenet
 reproduce`` and the tests iterate over it. Drawing functions are ``"module:function"``
 strings, imported when the figure is drawn: the MNIST figures are the report's
-(odenet/report/figures.py, torch-free); the density figures rebuild models from
-checkpoints (odenet/cnf/figures.py, torch), so this module sits above report and cnf.
+(odenet/report/mnist_figures.py, torch-free); the density figures rebuild models from
+checkpoints (odenet/analysis/density_figures.py, torch), so this module sits above report and cnf.
 
 Adding a figure: its rows and draw functions (or one write function) and an entry here
 (DEVELOPERS.md, "Where a change goes").
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odenet.files import check_writable, os_reason
-from odenet.record import CLASSIFY, DENSITY, EVALUATION, HISTORY
 from odenet.report._args import ArgumentParser
-from odenet.report.figures import NoData, write_csv
+from odenet.report.mnist_figures import NoData, write_csv
 from odenet.report.runs import ReportError, Run, load_runs, print_invalid
+from odenet.run.files import check_writable, os_reason
+from odenet.run.record import CLASSIFY, DENSITY, EVALUATION, HISTORY
 
 DEFAULT_OUT = "outputs/report/latest"
 
@@ -43,7 +43,7 @@ class Figure:
 
     name: str
     caption: str
-    task: str  # the figure reads the runs of this task (odenet/record.py)
+    task: str  # the figure reads the runs of this task (odenet/run/record.py)
     rows: str | None = None
     draw: str | None = None
     write: str | None = None
@@ -86,7 +86,7 @@ class Figure:
         return {self.name: out / f"{self.name}.png"}, {}
 
 
-_R = "odenet.report.figures"
+_R = "odenet.report.mnist_figures"
 FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("fig3a", "Fig. 3a: NFE forward vs numerical error of the trained ODE-Net's block "
            "(re-solved at each tolerance; error against a float64 reference solve).",
@@ -110,7 +110,7 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
     # flow_<dataset>.png (noise to data over t, Figures 5/6), from checkpoints; no CSV
     Figure("density", "Density models on 2-D data: target, planar flow and CNF (Fig. 4), "
            "and the CNF's flow from noise to data (Figs. 5/6).", DENSITY,
-           write="odenet.cnf.figures:write_density_figures", csv=False),
+           write="odenet.analysis.density_figures:write_density_figures", csv=False),
 )}
 
 

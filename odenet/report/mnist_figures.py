@@ -1,7 +1,7 @@
 """The MNIST figures: Figure 3 (a)-(d) of the paper and a measured memory plot.
 
 For each, a ``*_rows(runs)`` function extracts the data (the figure's CSV) and a
-``draw_*(rows, path)`` function draws the PNG; odenet/figures.py lists the figures
+``draw_*(rows, path)`` function draws the PNG; odenet/report/figure_registry.py lists the figures
 (captions, which runs each reads) and writes them. Torch-free, like all of the report.
 - fig3a: NFE-forward vs numerical error of a trained ODE-Net's block, per tolerance
   (from ``evaluation.json``, written by ``odenet evaluate``).
@@ -32,8 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from odenet.files import write_atomic
-from odenet.registry import ADJOINT, BACKPROP, CHECKPOINT, MODELS, REVERSIBLE
+from odenet.config.model_registry import ADJOINT, BACKPROP, CHECKPOINT, MODELS, REVERSIBLE
 from odenet.report.runs import (
     Group,
     Run,
@@ -48,6 +47,7 @@ from odenet.report.runs import (
     scale_label,
     solver_label,
 )
+from odenet.run.files import write_atomic
 
 # The solvers of the paper's own family (ODEPACK's LSODE, here LSODA): Fig. 3c's claim
 PAPER_FAMILY = ("lsoda",)

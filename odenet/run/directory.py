@@ -26,8 +26,8 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from odenet.errors import ConfigError
-from odenet.record import (
+from odenet.config.errors import ConfigError
+from odenet.run.record import (
     CHECKPOINT_FILE,
     EVALUATION,
     GRADIENTS_FIGURE,
@@ -170,7 +170,7 @@ def clear(out: str | os.PathLike) -> list[str]:
 
 
 def remove_orphans(out: str | os.PathLike) -> list[str]:
-    """Temporary files left by a process killed between write and rename (odenet/files.py
+    """Temporary files left by a process killed between write and rename (odenet/run/files.py
     names them ``.<name>.<random>.tmp``); only call while owning ``out``."""
     gone = []
     for p in Path(out).glob(".*.tmp"):

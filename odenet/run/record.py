@@ -18,7 +18,7 @@ trainer's ``train.Step``), a ``Metrics`` field from the epoch records' field of 
 The trainer builds its epoch records and metrics from these declarations alone
 (``epoch_state``/``add_iteration``/``epoch_values``, ``add_epoch``); an ``EpochRecord``
 field without ``reduce`` is measured at the epoch's end (evaluation, peaks, clocks).
-Imports nothing but the standard library.
+Imports only the standard library and the model registry's task names.
 """
 
 import json
@@ -31,16 +31,17 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# the files of a run directory (checkpoint.pt is written by odenet/checkpoint.py)
+from odenet.config.model_registry import CLASSIFY, DENSITY  # the tasks (a model's trait)
+
+# the files of a run directory (checkpoint.pt is written by odenet/training/checkpoint_file.py)
 METRICS, HISTORY, EVALUATION = "metrics.json", "history.jsonl", "evaluation.json"
-# written by odenet gradients (odenet/gradients.py)
+# written by odenet gradients (odenet/analysis/gradients.py)
 GRADIENTS_FILE, GRADIENTS_FIGURE = "gradients.json", "gradients.png"
 CHECKPOINT_FILE = "checkpoint.pt"
-# evaluation.json / gradients.json: the key of the checkpoint's odenet.files.file_id
+# evaluation.json / gradients.json: the key of the checkpoint's odenet.run.files.file_id
 CHECKPOINT_ID = "checkpoint_file"
 SETTING, MEASURE, INFO = "setting", "measure", "info"
 STATUSES = ("running", "finished", "failed", "interrupted")
-CLASSIFY, DENSITY = "classify", "density"  # the tasks (a model's trait, odenet/registry.py)
 
 
 # how a field is reduced from the values of the level below (its ``reduce``); each is a fold
@@ -91,7 +92,7 @@ _EVAL_PEAK = "CUDA memory the epoch's evaluation passes needed at peak, likewise
 class Metrics:
     """metrics.json. Fractions in [0, 1]; NFE: function evaluations per solve."""
 
-    model: str = _f(INFO, "registry name (odenet/registry.py)", default="")
+    model: str = _f(INFO, "registry name (odenet/config/model_registry.py)", default="")
     experiment: str | None = _f(SETTING, "experiment_name of the config")
     seed: int | None = _f(INFO, "seed of torch, numpy, random and the data order")
     status: str = _f(INFO, "running | finished | failed | interrupted", default="running")
@@ -276,7 +277,7 @@ def _check_declarations() -> None:
     bad += [f"Metrics.{f.name}" for f in _reduced(Metrics)
             if f.metadata["reduce"] not in METRICS_REDUCTIONS or f.name not in epoch]
     if bad:
-        raise ImportError(f"odenet.record: bad reduce declarations: {', '.join(bad)}")
+        raise ImportError(f"odenet.run.record: bad reduce declarations: {', '.join(bad)}")
 
 
 class RecordError(ValueError):

@@ -2,7 +2,7 @@
 metrics.json, TensorBoard events, tqdm bars and the log lines of train.log.
 
 ``RunLog`` is the trainer's one handle on all of them; the records it writes are those
-of odenet/record.py.
+of odenet/run/record.py.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from odenet import record
-from odenet.files import write_json
-from odenet.record import HISTORY, METRICS
+from odenet.run import record
+from odenet.run.files import write_json
+from odenet.run.record import HISTORY, METRICS
 
-log = logging.getLogger("odenet.train")
+log = logging.getLogger("odenet.training.trainer")
 
 TENSORBOARD = "tb"
 # metrics.json keys that TensorBoard's hparams view shows beside the results

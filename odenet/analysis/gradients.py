@@ -29,7 +29,7 @@ parameters together (``error``) and per parameter tensor (``per_parameter``), wi
 
 Also per method and tolerance: ``seconds`` (forward + backward, the fastest of
 ``repeats``), ``nfe_forward`` / ``nfe_backward`` and ``block_activation_mib`` (what
-autograd saves for backward during the ODE block's solve, odenet.measure.ActivationMeter).
+autograd saves for backward during the ODE block's solve, odenet.training.measure.ActivationMeter).
 With several batches every number is the mean over batches (errors: also ``error_max``).
 
 ``checkpoint=init`` measures an untrained network instead: ``model`` (a registry name
@@ -51,10 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odenet.config import PRECISIONS, load_settings
-from odenet.errors import ConfigError, need, one_of
-from odenet.files import os_reason, write_json
-from odenet.probe import (
+from odenet.analysis.probe import (
     ProbeSettings,
     check,
     open_checkpoint,
@@ -63,8 +60,11 @@ from odenet.probe import (
     set_threads,
     warn_if_loose,
 )
-from odenet.record import CHECKPOINT_ID, GRADIENTS_FIGURE, GRADIENTS_FILE
+from odenet.config.errors import ConfigError, need, one_of
+from odenet.config.schema import PRECISIONS, load_settings
 from odenet.report.runs import fmt_tol
+from odenet.run.files import os_reason, write_json
+from odenet.run.record import CHECKPOINT_ID, GRADIENTS_FIGURE, GRADIENTS_FILE
 
 CONFIG_FILE = "gradients.yaml"
 INIT = "init"  # checkpoint=init: a freshly initialised network
@@ -117,8 +117,8 @@ def init_model(name: str, seed: int, device):
     """(untrained model, its config as a plain dict) for checkpoint=init."""
     import torch
 
+    from odenet.config.model_registry import CLASSIFY, MODELS
     from odenet.models import build_model
-    from odenet.registry import CLASSIFY, MODELS
 
     having = [s.name for s in MODELS.values() if s.ode_block and s.task == CLASSIFY]
     if name not in having:
@@ -143,10 +143,10 @@ def loss_gradient(model, task, batch, *, method: str, tol: float, gradient: str,
     ODE state and the solver stay in the model's dtype (ODEBlock's fast path)."""
     import torch
 
-    from odenet.measure import ActivationMeter, synchronize
     from odenet.models.blocks import autocast_func
-    from odenet.runtime import autocast
     from odenet.solvers import FIXED_METHODS, SolveStats, StepCarry, odeint
+    from odenet.training.measure import ActivationMeter, synchronize
+    from odenet.training.runtime import autocast
 
     x = batch[0]
     block = model.ode_block
@@ -216,7 +216,7 @@ class _SolveProgress:
         self.func, self.desc, self.log = func, desc, log
 
     def __enter__(self):
-        from odenet.runlog import Bars, Heartbeat
+        from odenet.training.progress import Bars, Heartbeat
 
         self.bars = Bars("auto").__enter__()
         self.bar = self.bars.count(self.desc, "NFE")
@@ -252,8 +252,8 @@ def _as(batch, dtype):
 def measure(cfg: GradientsConfig, log=print) -> dict:
     import torch
 
-    from odenet.runtime import float32_math
-    from odenet.tasks import task_of
+    from odenet.training.runtime import float32_math
+    from odenet.training.tasks import task_of
 
     device, model, config, ck, ckpt_id = _open(cfg)
     trained = dict(model.ode_block.settings())
@@ -309,7 +309,7 @@ def _open(cfg: GradientsConfig) -> tuple:
     """(device, model, its config, the checkpoint dict, its id): the checkpoint's, or an
     untrained ``model`` for checkpoint=init."""
 
-    from odenet.runtime import resolve_device, set_exact_math
+    from odenet.training.runtime import resolve_device, set_exact_math
 
     if cfg.checkpoint != INIT:
         return open_checkpoint(cfg)

@@ -1,0 +1,3 @@
+"""Trained checkpoints re-solved and measured: ``odenet evaluate`` (the solution's error,
+NFE and accuracy per tolerance, evaluate.py), ``odenet gradients`` (each gradient method's
+error and cost, gradients.py), and what both share (probe.py)."""
