@@ -33,7 +33,7 @@ REFERENCE = ["solver.carry_step=false", "optim.ema_decay=null", "optim.epochs=4"
 
 
 def train(model: str, overrides: list[str], iters: int, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "odenet.cli.main", "train", "experiment=table1", f"model={model}",
+    cmd = [sys.executable, "-m", "odenet.cli", "train", "experiment=table1", f"model={model}",
            "threads=1", f"train.stop_after_iters={iters}", "train.log_every=1",
            "train.measure_memory=false", "train.tensorboard=false", "train.progress=never",
            f"hydra.run.dir={out}", *overrides]

@@ -344,7 +344,7 @@ def odenet_command() -> list[str]:
     exe = Path(sys.executable).with_name("odenet")
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-c", "import sys; from odenet.cli.main import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from odenet.cli import main; sys.exit(main())"]
 
 
 def train_command(job: Job) -> list[str]:

@@ -119,7 +119,7 @@ def cli():
     ``env``: variables added to the environment."""
 
     def run(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
-        return subprocess.run([sys.executable, "-m", "odenet.cli.main", *args], cwd=cwd or REPO,
+        return subprocess.run([sys.executable, "-m", "odenet.cli", *args], cwd=cwd or REPO,
                               capture_output=True, text=True, timeout=timeout,
                               env={**_env(), **(env or {})})
 
@@ -132,7 +132,7 @@ def cli_popen():
     procs: list[subprocess.Popen] = []
 
     def start(*args: str, cwd: Path | None = None) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-m", "odenet.cli.main", *args], cwd=cwd or REPO,
+        p = subprocess.Popen([sys.executable, "-m", "odenet.cli", *args], cwd=cwd or REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env())
         procs.append(p)

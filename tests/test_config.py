@@ -249,7 +249,7 @@ def test_cli_dispatcher(cli):
 
 
 def test_dispatch_table_is_lazy_and_complete():
-    from odenet.cli.main import main as cli
+    from odenet.cli import dispatch as cli
     assert cli.COMMANDS["evaluate"][0] == "odenet.analysis.evaluate:main"
     assert cli.COMMANDS["gradients"][0] == "odenet.analysis.gradients:main"
     assert cli.COMMANDS["table"][0] == "odenet.report.table:main"

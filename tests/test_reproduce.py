@@ -370,7 +370,7 @@ def test_invalid_run_is_listed_and_the_report_still_written(fake):
 def test_defaults_come_from_the_registry():
     assert R.Plan().models == ["mlp", "resnet", "rknet", "odenet"]
     assert R.EvalPlan().model == "odenet" and R.SweepPlan().model == "odenet"
-    assert R.ConfigError is __import__("odenet.config.errors").errors.ConfigError
+    assert R.ConfigError is __import__("odenet.config.errors").config.errors.ConfigError
 
 
 def test_dry_run_runs_nothing(fake):

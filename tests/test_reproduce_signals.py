@@ -211,7 +211,7 @@ def test_sigterm_real_training_resumes(tmp_path, mnist_root):
     run = tmp_path / "runs" / "table" / "resnet_seed0"
     # one ResNet run of 40 iterations (a few seconds), no evaluation (no ODE-Net), no
     # variant rows, no gradient errors, no sweeps
-    cmd = [sys.executable, "-m", "odenet.cli.main", "reproduce", "experiment=quick",
+    cmd = [sys.executable, "-m", "odenet.cli", "reproduce", "experiment=quick",
            "plans.quick.models=[resnet]", "plans.quick.variants=[]",
            "plans.quick.gradients=null", "sweeps=false", f"root={tmp_path / 'runs'}",
            f"report={tmp_path / 'report'}",

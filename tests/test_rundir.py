@@ -356,7 +356,7 @@ def test_ctrl_c_early_in_a_sweep_stops_it_in_one_line(tmp_path, mnist_root, when
 
     sweep = tmp_path / "sweep"
     # Ctrl-C's default even where this test was started with SIGINT ignored (`make test &`)
-    p = subprocess.Popen([sys.executable, "-m", "odenet.cli.main", "train", "-m", *TINY,
+    p = subprocess.Popen([sys.executable, "-m", "odenet.cli", "train", "-m", *TINY,
                           "model=mlp", "seed=0,1,2", f"data.root={mnist_root}",
                           f"hydra.sweep.dir={sweep}"], cwd=REPO, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env={

@@ -114,7 +114,7 @@ def load_reference(path: Path = REFERENCE) -> dict:
 
 def train_command(models, out_dir: Path) -> list[str]:
     exe = Path(sys.executable).with_name("odenet")
-    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "odenet.cli.main"]
+    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "odenet.cli"]
     return head + ["train", "--multirun", f"experiment={EXPERIMENT}",
                    f"model={','.join(models)}", f"hydra.sweep.dir={out_dir}"]
 

@@ -9,8 +9,8 @@ import pytest
 from fakeruns import history_records
 
 from odenet import reproduce as R
-from odenet.report import mnist_figures as F
 from odenet.report import load_runs
+from odenet.report import mnist_figures as F
 from odenet.report.claims import measured_claims, paper_family_verdict
 
 

@@ -8,8 +8,8 @@ import pytest
 from fakeruns import evaluation_record, history_records
 
 from odenet.report import figure_registry as registry
-from odenet.report import mnist_figures as F
 from odenet.report import load_runs
+from odenet.report import mnist_figures as F
 from odenet.run.record import CLASSIFY
 
 # Figure 3 and memory: the registry's figures of MNIST runs

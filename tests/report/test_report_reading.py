@@ -11,8 +11,8 @@ import pytest
 from fakeruns import evaluation_record, history_records
 
 from odenet.report import figure_registry as registry
-from odenet.report import mnist_figures as F
 from odenet.report import load_runs
+from odenet.report import mnist_figures as F
 from odenet.report.runs import file_id
 from odenet.report.table import build_rows
 from odenet.report.table import main as table_main

@@ -70,6 +70,3 @@ def _run(cmd: str, rest: list[str]) -> int:
     rc = getattr(mod, func)(rest)
     return int(rc or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
