@@ -56,7 +56,6 @@ from typing import Any
 from odenet.config.errors import ConfigError
 from odenet.config.model_registry import MODELS, models_of
 from odenet.report.claims import measured_claims, paper_family_verdict  # noqa: F401 (its API)
-from odenet.report.mnist_figures import write_csv
 from odenet.report.runs import (
     EVALUATION,
     METRICS,
@@ -66,7 +65,7 @@ from odenet.report.runs import (
 )
 from odenet.run import directory as rundir
 from odenet.run import record
-from odenet.run.files import write_atomic
+from odenet.run.files import write_atomic, write_csv
 from odenet.training.openmp import usable_cores
 
 PLAN_FILE = "reproduce.yaml"

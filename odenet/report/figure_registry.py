@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from odenet.report._args import ArgumentParser
-from odenet.report.mnist_figures import NoData, write_csv
+from odenet.report.mnist_figures import NoData
 from odenet.report.runs import ReportError, Run, load_runs, print_invalid
-from odenet.run.files import check_writable, os_reason
+from odenet.run.files import check_writable, os_reason, write_csv
 from odenet.run.record import CLASSIFY, DENSITY, EVALUATION, HISTORY
 
 DEFAULT_OUT = "outputs/report/latest"

@@ -24,7 +24,6 @@ run directory relative to the directory searched.
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
 import math
@@ -317,24 +316,6 @@ def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     write_atomic(path, buf.getvalue())
-
-
-def _cell(v):
-    if v is None:
-        return ""
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return int(v)  # counts (NFE, iterations) read back as integers
-    return v
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """The figure's data, one row per dict (keys: the columns)."""
-    out = io.StringIO()
-    wr = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    wr.writeheader()
-    for r in rows:
-        wr.writerow({k: _cell(v) for k, v in r.items()})
-    write_atomic(path, out.getvalue())
 
 
 def group_by(rows: list[dict], key: str) -> dict[str, list[dict]]:

@@ -8,7 +8,9 @@ removed on any error. Standard library only (reports use it too).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -65,6 +67,25 @@ def os_reason(e: OSError) -> str:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """JSON (indent 1, no NaN: the caller turns non-finite numbers into null)."""
     return write_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """CSV, one row per dict (keys: the columns, from the first row); None is an empty
+    cell, a whole float an integer (counts such as NFE read back as integers)."""
+    out = io.StringIO()
+    wr = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    wr.writeheader()
+    for r in rows:
+        wr.writerow({k: _cell(v) for k, v in r.items()})
+    return write_atomic(path, out.getvalue())
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return int(v)
+    return v
 
 
 def _umask() -> int:
