@@ -18,8 +18,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -452,17 +454,23 @@ class _writable:
 
 
 # --------------------------------------------------------------------------- other commands
-def load_settings(schema: type, yaml_name: str, argv: list[str], what: str) -> Any:
-    """The settings of a command that is not a Hydra app (evaluate, gradients): the shipped
-    configs/<yaml_name> merged with ``key=value`` overrides into the dataclass ``schema``.
-    ConfigError (one line) for a bad argument, a missing required key or a bad value."""
+def load_settings(schema: type, yaml_name: str, argv: list[str], what: str, *,
+                  path: str | os.PathLike | None = None, examples: str | None = None) -> Any:
+    """The settings of a command that is not a Hydra app (evaluate, gradients, reproduce):
+    the shipped configs/<yaml_name> (or the file at ``path``) merged with ``key=value``
+    overrides into the dataclass ``schema``. ConfigError (one line) for a bad argument
+    (``examples``: overrides it names, e.g. "experiment=quick, dry_run=true"), a missing
+    required key or a bad value."""
     from importlib import resources
 
     for a in argv:
         if "=" not in a or a.startswith("-"):
-            raise ConfigError(f"bad argument {a!r}: expected key=value overrides "
-                              f"(see configs/{yaml_name})")
-    text = (resources.files("odenet.configs") / yaml_name).read_text(encoding="utf-8")
+            hint = f"such as {examples}" if examples else f"(see configs/{yaml_name})"
+            raise ConfigError(f"bad argument {a!r}: expected key=value overrides {hint}")
+    if path is None:
+        text = (resources.files("odenet.configs") / yaml_name).read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(text),
                               OmegaConf.from_dotlist(argv))
