@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from odenet import reproduce as R
+from odenet.config.errors import ConfigError
+from odenet.report.runs import ReportError
+from odenet.reproduce.command import main, reproduce, write_report
+from odenet.reproduce.jobs import Training, plan_trainings
+from odenet.reproduce.plan import EvalPlan, Plan, SweepPlan, load_config
+from odenet.reproduce.progress import duration
+from odenet.reproduce.wall import WALL, parts_line, read_parts
 
 FAKE = textwrap.dedent('''
     import json, os, sys
@@ -104,7 +110,7 @@ def fake(tmp_path, monkeypatch):
     script.write_text(FAKE)
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_LOG", str(log))
-    monkeypatch.setattr(R, "odenet_command", lambda: [sys.executable, str(script)])
+    monkeypatch.setattr("odenet.reproduce.jobs.odenet_command", lambda: [sys.executable, str(script)])
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN)
 
@@ -112,9 +118,9 @@ def fake(tmp_path, monkeypatch):
         return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
     def run(*over):
-        cfg = R.load_config([f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}",
+        cfg = load_config([f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}",
                              *over], plan_file=plan)
-        return R.reproduce(cfg, "odenet reproduce (test)", log=lambda *_: None)
+        return reproduce(cfg, "odenet reproduce (test)", log=lambda *_: None)
 
     return run, calls, tmp_path
 
@@ -122,8 +128,8 @@ def fake(tmp_path, monkeypatch):
 def test_plan_expansion(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN)
-    cfg = R.load_config(["seeds=[0,1]"], plan_file=plan)
-    jobs = R.plan_jobs(cfg, Path("r"))
+    cfg = load_config(["seeds=[0,1]"], plan_file=plan)
+    jobs = plan_trainings(cfg, Path("r"))
     table = [j for j in jobs if j.group == "table"]
     assert [j.name for j in table] == ["mlp_seed0", "mlp_seed1", "resnet_seed0", "resnet_seed1",
                                        "rknet_seed0", "rknet_seed1", "odenet_seed0",
@@ -137,7 +143,7 @@ def test_plan_expansion(tmp_path):
     assert "solver.adjoint_norm=seminorm" in sweep[3].overrides
     assert sweep[0].dir == Path("r/fig3c/odenet_rtol0.1_adjoint_normdefault_seed0")
     assert len({j.dir for j in jobs}) == len(jobs) == 8 + 4 + 2
-    assert len(R.plan_jobs(R.load_config(["sweeps=false"], plan_file=plan), Path("r"))) == 4
+    assert len(plan_trainings(load_config(["sweeps=false"], plan_file=plan), Path("r"))) == 4
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -148,7 +154,7 @@ def test_plan_expansion(tmp_path):
     (["seeds=[]"], "seeds=[]"),
 ])
 def test_bad_settings_one_line(argv, needle, capsys):
-    assert R.main(argv) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err
 
@@ -156,14 +162,14 @@ def test_bad_settings_one_line(argv, needle, capsys):
 def test_shipped_plans_load():
     paper_rows = ("mlp", "resnet", "rknet", "odenet", "odenet_checkpoint", "odenet_reversible")
     # the quick plan is sized to 45 minutes: the paper's four rows, Fig. 3c and memory only
-    quick = R.load_config(["experiment=quick"])
-    jobs = R.plan_jobs(quick, Path("r"))
+    quick = load_config(["experiment=quick"])
+    jobs = plan_trainings(quick, Path("r"))
     assert [j.name for j in jobs if j.group == "table"] == [
         "odenet_seed0", "rknet_seed0", "resnet_seed0", "mlp_seed0"]
     assert {j.group for j in jobs} == {"table", "fig3c", "memory"}
     assert quick.plans["quick"].gradients is not None
-    cfg = R.load_config(["experiment=paper"])
-    jobs = R.plan_jobs(cfg, Path("r"))
+    cfg = load_config(["experiment=paper"])
+    jobs = plan_trainings(cfg, Path("r"))
     assert {j.name for j in jobs if j.group == "table"} == {
         f"{m}_seed{s}" for m in paper_rows for s in cfg.plans["paper"].seeds}
     assert {j.group for j in jobs} == {"table", "fig3c", "fig3c_solvers", "memory"}
@@ -200,8 +206,8 @@ def test_variants_gradient_error_and_the_paper_family(fake):
     _, calls, tmp = fake
     plan = tmp / "variants.yaml"
     plan.write_text(VARIANT_PLAN)
-    cfg = R.load_config([f"root={tmp / 'runs'}", f"report={tmp / 'report'}"], plan_file=plan)
-    assert R.reproduce(cfg, "test", log=lambda *_: None) == 0
+    cfg = load_config([f"root={tmp / 'runs'}", f"report={tmp / 'report'}"], plan_file=plan)
+    assert reproduce(cfg, "test", log=lambda *_: None) == 0
     c = calls()
     variant = next(a for a in c if a[0] == "train" and "solver.gradient=checkpoint" in a)
     assert any(a.endswith("table/odenet_checkpoint_seed0") for a in variant)
@@ -227,7 +233,7 @@ def test_variants_gradient_error_and_the_paper_family(fake):
     c3 = (tmp / "report" / "fig3c.csv").read_text().splitlines()
     assert c3[0].startswith("solver,variant,") and any(x.startswith("lsoda,") for x in c3)
     n = len(c)
-    assert R.reproduce(cfg, "test", log=lambda *_: None) == 0
+    assert reproduce(cfg, "test", log=lambda *_: None) == 0
     assert len(calls()) == n  # trainings, evaluation and gradients all skipped
 
 
@@ -235,11 +241,11 @@ def test_plan_with_an_unknown_model_or_repeated_row_is_refused(tmp_path):
     plan = tmp_path / "p.yaml"
     plan.write_text(VARIANT_PLAN.replace("model: odenet, overrides: [solver.gradient",
                                          "model: odenett, overrides: [solver.gradient"))
-    with pytest.raises(R.ConfigError, match="'odenett' is not a model"):
-        R.load_config([], plan_file=plan)
+    with pytest.raises(ConfigError, match="'odenett' is not a model"):
+        load_config([], plan_file=plan)
     plan.write_text(VARIANT_PLAN.replace("name: odenet_checkpoint", "name: odenet"))
-    with pytest.raises(R.ConfigError, match="repeated: odenet"):
-        R.load_config([], plan_file=plan)
+    with pytest.raises(ConfigError, match="repeated: odenet"):
+        load_config([], plan_file=plan)
 
 
 def test_full_pipeline_then_rerun_skips_everything(fake):
@@ -278,7 +284,7 @@ def test_full_pipeline_then_rerun_skips_everything(fake):
            "1.43" in claims
     assert "ODE-Net 1.00 % (paper 0.42 %)" in claims
 
-    parts = R.read_parts(tmp / "runs")
+    parts = read_parts(tmp / "runs")
     assert [(p["children_started"], p["ended_by"]) for p in parts] == [
         (str(len(c)), "ran to the report")]
     assert 0 < float(parts[0]["seconds"]) < 600
@@ -286,9 +292,9 @@ def test_full_pipeline_then_rerun_skips_everything(fake):
 
     assert run() == 0
     assert len(calls()) == len(c)  # nothing re-run, the evaluation included
-    parts = R.read_parts(tmp / "runs")  # the rerun is a second part, that started nothing
+    parts = read_parts(tmp / "runs")  # the rerun is a second part, that started nothing
     assert [p["children_started"] for p in parts] == [str(len(c)), "0"]
-    total = R.duration(sum(float(p["seconds"]) for p in parts))
+    total = duration(sum(float(p["seconds"]) for p in parts))
     assert "over 2 invocations: " in (rep / "report.md").read_text()
     assert (rep / "report.md").read_text().count(f" = {total} (`wall.csv` there)") == 1
 
@@ -297,26 +303,26 @@ def test_wall_parts_add_up_and_a_broken_record_is_refused_before_any_run(fake):
     run, calls, tmp = fake
     root = tmp / "runs"
     root.mkdir()
-    (root / R.WALL).write_text("started_utc,ended_utc,seconds,children_started,ended_by\n"
+    (root / WALL).write_text("started_utc,ended_utc,seconds,children_started,ended_by\n"
                                "2026-12-02T14:12:06+00:00,2026-12-02T14:41:09+00:00,1743.0,"
                                "4,stopped by SIGINT\n")
     assert run("sweeps=false") == 0
-    parts = R.read_parts(root)
+    parts = read_parts(root)
     assert [p["ended_by"] for p in parts] == ["stopped by SIGINT", "ran to the report"]
-    assert R.parts_line(parts[:1]) == "1 invocation: 29m (stopped by SIGINT) = 29m"
+    assert parts_line(parts[:1]) == "1 invocation: 29m (stopped by SIGINT) = 29m"
     line = next(x for x in (tmp / "report" / "report.md").read_text().splitlines()
                 if "invocations" in x)
     assert line.startswith(f"- Wall time of the plan's runs under `{root}`, over 2 "
                            "invocations: 29m (stopped by SIGINT) + ")
     n = len(calls())
-    (root / R.WALL).write_text("start,end\n1,2\n")
-    with pytest.raises(R.ReportError, match="expected the columns started_utc"):
-        R.read_parts(root)
+    (root / WALL).write_text("start,end\n1,2\n")
+    with pytest.raises(ReportError, match="expected the columns started_utc"):
+        read_parts(root)
     assert run("sweeps=false") == 1 and len(calls()) == n  # nothing ran
-    (root / R.WALL).write_text("started_utc,ended_utc,seconds,children_started,ended_by\n"
+    (root / WALL).write_text("started_utc,ended_utc,seconds,children_started,ended_by\n"
                                "a,b,soon,0,x\n")
-    with pytest.raises(R.ReportError, match="line 2: seconds='soon' is not a number"):
-        R.read_parts(root)
+    with pytest.raises(ReportError, match="line 2: seconds='soon' is not a number"):
+        read_parts(root)
 
 
 def test_interrupted_run_resumes_and_failure_is_reported(fake, monkeypatch):
@@ -357,20 +363,22 @@ def test_invalid_run_is_listed_and_the_report_still_written(fake):
     m = json.loads(bad.read_text())
     m["test_error"] = "0.01"  # a string: not a number
     bad.write_text(json.dumps(m))
-    assert R.Job("x", "table", [], bad.parent).status() is None  # not finished: retrained
-    cfg = R.load_config([f"root={tmp / 'runs'}", f"report={tmp / 'report2'}"],
+    assert Training("x", "table", [], bad.parent).status() is None  # not finished: retrained
+    cfg = load_config([f"root={tmp / 'runs'}", f"report={tmp / 'report2'}"],
                         plan_file=tmp / "plan.yaml")
-    jobs = R.plan_jobs(cfg, tmp / "runs")
-    R.write_report(cfg, jobs, tmp / "report2", "test", {}, [])
+    jobs = plan_trainings(cfg, tmp / "runs")
+    write_report(cfg, jobs, tmp / "report2", "test", {}, [])
     md = (tmp / "report2" / "report.md").read_text()
     assert f"| {bad.relative_to(tmp / 'runs')} | invalid metrics.json: test_error = '0.01' is not float or null |" in md
     assert "| 1-layer MLP |" not in md and "| ODE-Net |" in md
 
 
 def test_defaults_come_from_the_registry():
-    assert R.Plan().models == ["mlp", "resnet", "rknet", "odenet"]
-    assert R.EvalPlan().model == "odenet" and R.SweepPlan().model == "odenet"
-    assert R.ConfigError is __import__("odenet.config.errors").config.errors.ConfigError
+    assert Plan().models == ["mlp", "resnet", "rknet", "odenet"]
+    assert EvalPlan().model == "odenet" and SweepPlan().model == "odenet"
+    from odenet.reproduce import plan as reproduce_plan
+
+    assert reproduce_plan.ConfigError is ConfigError  # the one every command raises
 
 
 def test_dry_run_runs_nothing(fake):
@@ -410,15 +418,15 @@ def test_reproduce_smoke_real_pipeline(tmp_path, monkeypatch):
     base = [f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}"]
     quiet = lambda *_: None  # noqa: E731
     # pass 1: Table-1 runs only, each stopped after 3 iterations as if interrupted
-    cfg = R.load_config(base + ["sweeps=false", "train_args=[train.stop_after_iters=3]"],
+    cfg = load_config(base + ["sweeps=false", "train_args=[train.stop_after_iters=3]"],
                         plan_file=plan)
-    assert R.reproduce(cfg, "odenet reproduce (smoke, pass 1)", log=quiet) == 1
+    assert reproduce(cfg, "odenet reproduce (smoke, pass 1)", log=quiet) == 1
     odenet_dir = tmp_path / "runs" / "table" / "odenet_seed0"
     first = json.loads((odenet_dir / "metrics.json").read_text())
     assert first["status"] == "interrupted"
     # pass 2: resumes, finishes, evaluates, sweeps, reports
-    cfg = R.load_config(base, plan_file=plan)
-    assert R.reproduce(cfg, "odenet reproduce (smoke)", log=quiet) == 0
+    cfg = load_config(base, plan_file=plan)
+    assert reproduce(cfg, "odenet reproduce (smoke)", log=quiet) == 0
     m = json.loads((odenet_dir / "metrics.json").read_text())
     assert m["status"] == "finished" and m["epochs"] == m["epochs_planned"]
     ev = json.loads((odenet_dir / "evaluation.json").read_text())

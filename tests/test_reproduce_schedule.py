@@ -18,7 +18,22 @@ from pathlib import Path
 import pytest
 from test_reproduce import FAKE
 
-from odenet import reproduce as R
+from odenet.config.errors import ConfigError
+from odenet.reproduce.command import main, reproduce
+from odenet.reproduce.executor import job_count, usable_cores
+from odenet.reproduce.jobs import EVALUATE, GRADIENTS, job_command, plan_jobs, plan_trainings
+from odenet.reproduce.local import GpuSlots, child_gpus
+from odenet.reproduce.plan import load_config
+from odenet.reproduce.progress import (
+    RunState,
+    Show,
+    _last_iters,
+    duration,
+    eta_text,
+    run_state,
+    time_left,
+)
+from odenet.reproduce.scheduling import JobQueue
 from odenet.run import record
 
 STANDIN = textwrap.dedent('''
@@ -73,13 +88,13 @@ def standin(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SCRIPT", str(tmp_path / "fake.py"))
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("EVENTS", str(tmp_path / "events.jsonl"))
-    monkeypatch.setattr(R, "odenet_command", lambda: [sys.executable, str(tmp_path / "standin.py")])
+    monkeypatch.setattr("odenet.reproduce.jobs.odenet_command", lambda: [sys.executable, str(tmp_path / "standin.py")])
 
     def run(*over):
         lines: list[str] = []
-        cfg = R.load_config([f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}",
+        cfg = load_config([f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}",
                              *over], plan_file=tmp_path / "plan.yaml")
-        return R.reproduce(cfg, "odenet reproduce (test)", log=lines.append), lines
+        return reproduce(cfg, "odenet reproduce (test)", log=lines.append), lines
 
     def events():
         path = tmp_path / "events.jsonl"
@@ -158,12 +173,12 @@ def test_on_gpus_one_job_per_gpu_or_the_number_asked(tmp_path, monkeypatch, gpus
     each, not one per CPU core; the trainings' device= decides (cpu, cuda:N)."""
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN)
-    monkeypatch.setattr(R, "usable_cores", lambda: 16)
+    monkeypatch.setattr("odenet.reproduce.executor.usable_cores", lambda: 16)
 
     def jobs(*over):
-        cfg = R.load_config(list(over), plan_file=plan)
-        gpu_names = R.child_gpus(cfg)
-        return R.job_count(cfg, gpu_names), gpu_names
+        cfg = load_config(list(over), plan_file=plan)
+        gpu_names = child_gpus(cfg)
+        return job_count(cfg, gpu_names), gpu_names
 
     gpus(4)
     assert jobs() == (4, ["0", "1", "2", "3"])
@@ -177,8 +192,8 @@ def test_on_gpus_one_job_per_gpu_or_the_number_asked(tmp_path, monkeypatch, gpus
     assert jobs() == (1, [None])
     gpus(0)
     assert jobs() == (16, [])
-    with pytest.raises(R.ConfigError, match="jobs_per_gpu=0: must be a positive integer"):
-        R.load_config(["jobs_per_gpu=0"], plan_file=plan)
+    with pytest.raises(ConfigError, match="jobs_per_gpu=0: must be a positive integer"):
+        load_config(["jobs_per_gpu=0"], plan_file=plan)
 
 
 def test_each_child_gets_the_least_busy_gpu(standin, gpus):
@@ -198,11 +213,11 @@ def test_each_child_gets_the_least_busy_gpu(standin, gpus):
             running[e["pid"]] = e["gpu"]
         else:
             running.pop(e["pid"])
-    slots = R.GpuSlots(["0", "1"])
+    slots = GpuSlots(["0", "1"])
     assert [slots.take(t) for t in "abc"] == [{"CUDA_VISIBLE_DEVICES": g} for g in "010"]
     slots.give_back("b")
     assert slots.take("d") == {"CUDA_VISIBLE_DEVICES": "1"}
-    assert R.GpuSlots([None]).take("a") == {} and R.GpuSlots([]).take("a") == {}
+    assert GpuSlots([None]).take("a") == {} and GpuSlots([]).take("a") == {}
 
 
 def test_a_dead_job_is_reported_its_work_skipped_and_rerun(standin, monkeypatch):
@@ -237,7 +252,7 @@ def test_no_child_outlives_a_failing_reproduce(standin, monkeypatch):
             raise RuntimeError("a bug in reproduce")
         return "progress"
 
-    monkeypatch.setattr(R.Schedule, "progress", broken)
+    monkeypatch.setattr(JobQueue, "progress", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         run("jobs=2", "sweeps=false")
     pids = [e["pid"] for e in events()]
@@ -253,8 +268,8 @@ def test_sweep_seeds(tmp_path):
 
     def names(*over, text=PLAN):
         plan.write_text(text)
-        cfg = R.load_config(list(over), plan_file=plan)
-        return {g: [j.name for j in R.plan_jobs(cfg, Path("r")) if j.group == g]
+        cfg = load_config(list(over), plan_file=plan)
+        return {g: [j.name for j in plan_trainings(cfg, Path("r")) if j.group == g]
                 for g in ("fig3c", "memory")}
 
     got = names()
@@ -269,14 +284,14 @@ def test_sweep_seeds(tmp_path):
     assert got["memory"] == ["rknet_rtol0.1_seed1", "rknet_rtol0.1_seed2",
                              "rknet_rtol1e-4_seed1", "rknet_rtol1e-4_seed2"]
     plan.write_text(PLAN)
-    job = next(j for j in R.plan_jobs(R.load_config([], plan_file=plan), Path("r"))
+    job = next(j for j in plan_trainings(load_config([], plan_file=plan), Path("r"))
                if j.name == "odenet_rtol1e-2_seed1")
     assert "seed=1" in job.overrides and job.dir == Path("r/fig3c/odenet_rtol1e-2_seed1")
     for bad in ("some", "[a]", "[]", "true"):
         plan.write_text(PLAN.replace(memory, memory + f" seeds: {bad},"))
-        with pytest.raises(R.ConfigError, match=r"sweep 'memory': seeds=.*; accepted: null "
+        with pytest.raises(ConfigError, match=r"sweep 'memory': seeds=.*; accepted: null "
                                                 r"\(the first seed\), all"):
-            R.load_config([], plan_file=plan)
+            load_config([], plan_file=plan)
 
 
 def test_threads_jobs_and_their_defaults(tmp_path, monkeypatch):
@@ -284,19 +299,19 @@ def test_threads_jobs_and_their_defaults(tmp_path, monkeypatch):
     plan.write_text(PLAN)
 
     def train_threads(*over):
-        jobs = R.plan_jobs(R.load_config(list(over), plan_file=plan), Path("r"))
+        jobs = plan_trainings(load_config(list(over), plan_file=plan), Path("r"))
         return {tuple(a for a in j.overrides if a.startswith("threads=")) for j in jobs}
 
     assert train_threads() == {("threads=1",)}
     assert train_threads("threads=2") == {("threads=2",)}
     assert train_threads("train_args=[threads=4]") == {("threads=4",)}  # theirs, once
     assert train_threads("threads=null") == {()}
-    cfg = R.load_config(["threads=3"], plan_file=plan)
-    ev = next(t for t in R.plan_tasks(cfg, R.plan_jobs(cfg, Path("r"))) if t.kind == R.EVALUATE)
-    assert R.task_command(ev, cfg)[-1] == "threads=3"
-    assert R.load_config([], plan_file=plan).jobs is None
+    cfg = load_config(["threads=3"], plan_file=plan)
+    ev = next(t for t in plan_jobs(cfg, plan_trainings(cfg, Path("r"))) if t.kind == EVALUATE)
+    assert job_command(ev, cfg)[-1] == "threads=3"
+    assert load_config([], plan_file=plan).jobs is None
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
-    assert R.usable_cores() == 3
+    assert usable_cores() == 3
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -307,7 +322,7 @@ def test_threads_jobs_and_their_defaults(tmp_path, monkeypatch):
     (["threads=1.5"], "threads"),
 ])
 def test_bad_schedule_settings_one_line(argv, needle, capsys):
-    assert R.main(argv) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
 
@@ -326,42 +341,42 @@ def _records(run_dir: Path, status: str, steps: list[int], seconds: list[float],
 
 def test_run_state_reads_the_records(tmp_path):
     _records(tmp_path / "a", "running", list(range(1, 13)), [2.0] * 11 + [30.0])
-    assert R.run_state(tmp_path / "a") == R.RunState(total=30, done=12, sec_per_iter=2.0)
+    assert run_state(tmp_path / "a") == RunState(total=30, done=12, sec_per_iter=2.0)
     _records(tmp_path / "b", "finished", [30], [1.5], max_iters_per_epoch=4)
-    assert R.run_state(tmp_path / "b") == R.RunState(total=12, done=12, sec_per_iter=1.5)
+    assert run_state(tmp_path / "b") == RunState(total=12, done=12, sec_per_iter=1.5)
     # after an epoch, its wall time per iteration: the per-epoch evaluations included
     _records(tmp_path / "e", "running", list(range(1, 15)), [2.0] * 14, epochs=1,
              wall_seconds=25.0)
-    assert R.run_state(tmp_path / "e") == R.RunState(total=30, done=14, sec_per_iter=2.5)
+    assert run_state(tmp_path / "e") == RunState(total=30, done=14, sec_per_iter=2.5)
     _records(tmp_path / "c", "running", [], [])  # started, nothing logged yet
-    assert R.run_state(tmp_path / "c") == R.RunState(total=30, done=0, sec_per_iter=9.0)
-    assert R.run_state(tmp_path / "nothing") is None
+    assert run_state(tmp_path / "c") == RunState(total=30, done=0, sec_per_iter=9.0)
+    assert run_state(tmp_path / "nothing") is None
     # a long history is read from its end
     _records(tmp_path / "d", "running", list(range(1, 3001)), [1.0] * 2991 + [4.0] * 9)
-    assert R._last_iters(tmp_path / "d" / "history.jsonl")[-1]["step"] == 3000
-    assert R.run_state(tmp_path / "d").sec_per_iter == 1.0  # median of the last 20
+    assert _last_iters(tmp_path / "d" / "history.jsonl")[-1]["step"] == 3000
+    assert run_state(tmp_path / "d").sec_per_iter == 1.0  # median of the last 20
 
 
 def test_time_left_arithmetic():
-    S = R.RunState
+    S = RunState
     runs = [("odenet", False, S(100, 40, 2.0)),  # running: 60 x 2 = 120 s left
             ("odenet", False, None),             # not started: a whole odenet, 100 x 2
             ("odenet", False, None),             # another: 200 s
             ("mlp", True, S(50, 50, 0.2)),       # done: only its row's cost, 10 s
             ("mlp", False, S(None, 0, None)),    # started, not measured: 10 s
             ("resnet", False, None)]             # nothing of its row measured
-    assert R.time_left(runs, jobs=1) == (530.0, 1)
-    assert R.time_left(runs, jobs=2) == (265.0, 1)
-    assert R.time_left(runs, jobs=8) == (200.0, 1)  # never less than the longest
-    assert R.time_left([("resnet", False, None)], 2) == (None, 1)
-    assert R.time_left([("mlp", True, S(50, 50, 0.2))], 2) == (0.0, 0)
-    assert R.eta_text(265.0, 1) == "time left ~4m + 1 training(s) not measured yet (trainings)"
-    assert R.eta_text(None, 3) == "time left: not measured yet (3 training(s))"
-    assert [R.duration(s) for s in (0, 59.6, 61, 3600 + 5 * 60)] == ["0s", "1m", "1m", "1h05m"]
+    assert time_left(runs, jobs=1) == (530.0, 1)
+    assert time_left(runs, jobs=2) == (265.0, 1)
+    assert time_left(runs, jobs=8) == (200.0, 1)  # never less than the longest
+    assert time_left([("resnet", False, None)], 2) == (None, 1)
+    assert time_left([("mlp", True, S(50, 50, 0.2))], 2) == (0.0, 0)
+    assert eta_text(265.0, 1) == "time left ~4m + 1 training(s) not measured yet (trainings)"
+    assert eta_text(None, 3) == "time left: not measured yet (3 training(s))"
+    assert [duration(s) for s in (0, 59.6, 61, 3600 + 5 * 60)] == ["0s", "1m", "1m", "1h05m"]
 
 
 def test_the_progress_line_on_a_terminal_redraws(capsys):
-    show = R.Show(tty=True)
+    show = Show(tty=True)
     show.progress("progress after 0s: 0 done, 2 running, 3 left")
     show.line("start:  table/mlp_seed0")
     show.progress("progress after 5s: 1 done, 2 running, 2 left")
@@ -370,7 +385,7 @@ def test_the_progress_line_on_a_terminal_redraws(capsys):
     assert "start:  table/mlp_seed0\n" in out and "1 done, 2 running, 2 left" in out
     assert "\r" in out  # redrawn in place
     lines: list[str] = []
-    show = R.Show(lines.append, every=3600)
+    show = Show(lines.append, every=3600)
     for k in range(3):
         show.progress(f"p{k}")
     show.progress("last", final=True)
@@ -380,27 +395,27 @@ def test_the_progress_line_on_a_terminal_redraws(capsys):
 def test_order_passes_over_names_of_no_row(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(PLAN)
-    cfg = R.load_config(["plans.tiny.models=[mlp,resnet]", "plans.tiny.order=[nope,resnet]",
+    cfg = load_config(["plans.tiny.models=[mlp,resnet]", "plans.tiny.order=[nope,resnet]",
                          "sweeps=false", "seeds=[0]"], plan_file=plan)
-    assert [j.name for j in R.plan_jobs(cfg, Path("r"))] == ["resnet_seed0", "mlp_seed0"]
+    assert [j.name for j in plan_trainings(cfg, Path("r"))] == ["resnet_seed0", "mlp_seed0"]
 
 
 def test_table1_plan():
-    cfg = R.load_config(["experiment=table1"])
-    jobs = R.plan_jobs(cfg, Path("r"))
-    table = [j for j in jobs if j.group == "table"]
+    cfg = load_config(["experiment=table1"])
+    trainings = plan_trainings(cfg, Path("r"))
+    table = [j for j in trainings if j.group == "table"]
     rows = ("odenet", "rknet", "resnet", "oneblock", "noblock", "mlp")  # the longest first
     assert [j.name for j in table] == [f"{r}_seed{s}" for r in rows for s in (0, 1, 2)]
     noblock = next(j for j in table if j.name == "noblock_seed1")
     assert noblock.overrides == ["experiment=table1", "model=resnet", "seed=1",
                                  "model.num_blocks=0", "threads=1"]
     assert "model.num_blocks=1" in next(j for j in table if j.row == "oneblock").overrides
-    assert len(jobs) == len(table)  # no sweeps: the quick plan draws Fig. 3c and memory
-    tasks = R.plan_tasks(cfg, jobs)
-    assert [t.job.name for t in tasks if t.kind == R.EVALUATE] == ["odenet_seed0"]
-    assert sorted(t.job.name for t in tasks if t.kind == R.GRADIENTS) == [
+    assert len(trainings) == len(table)  # no sweeps: the quick plan draws Fig. 3c and memory
+    jobs = plan_jobs(cfg, trainings)
+    assert [j.training.name for j in jobs if j.kind == EVALUATE] == ["odenet_seed0"]
+    assert sorted(j.training.name for j in jobs if j.kind == GRADIENTS) == [
         f"{m}_seed{s}" for m in ("odenet", "rknet") for s in (0, 1, 2)]
-    quick = R.load_config([]).plans["quick"]
+    quick = load_config([]).plans["quick"]
     plan = cfg.plans["table1"]
     assert (plan.evaluate, plan.gradients, plan.sweeps) == (quick.evaluate, quick.gradients, [])
 
@@ -408,9 +423,9 @@ def test_table1_plan():
 def test_dry_run_prints_the_plan(tmp_path):
     (tmp_path / "plan.yaml").write_text(PLAN)
     lines: list[str] = []
-    cfg = R.load_config([f"root={tmp_path / 'runs'}", "jobs=3", "threads=2", "dry_run=true"],
+    cfg = load_config([f"root={tmp_path / 'runs'}", "jobs=3", "threads=2", "dry_run=true"],
                         plan_file=tmp_path / "plan.yaml")
-    assert R.reproduce(cfg, "test", log=lines.append) == 0
+    assert reproduce(cfg, "test", log=lines.append) == 0
     assert not (tmp_path / "runs").exists()
     text = "\n".join(lines)
     assert "3 job(s) at once (jobs=3), threads=2 each" in text

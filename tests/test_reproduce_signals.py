@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from odenet import reproduce as R
+from odenet.reproduce.wall import read_parts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,11 +49,11 @@ CHILD = textwrap.dedent('''
 # reproduce's own main(), with the fake child and a one-run plan
 DRIVER = textwrap.dedent('''
     import functools, sys
-    from odenet import reproduce as R
-    child, plan = sys.argv[1], sys.argv[2]
-    R.odenet_command = lambda: [sys.executable, child]
-    R.load_config = functools.partial(R.load_config, plan_file=plan)
-    sys.exit(R.main(sys.argv[3:]))
+    from odenet.reproduce import command, jobs, plan
+    child, plan_file = sys.argv[1], sys.argv[2]
+    jobs.odenet_command = lambda: [sys.executable, child]
+    command.load_config = functools.partial(plan.load_config, plan_file=plan_file)
+    sys.exit(command.main(sys.argv[3:]))
 ''')
 
 PLAN = textwrap.dedent('''
@@ -134,7 +134,7 @@ def test_signal_reaches_every_child_once(tmp_path, signum, to_group, jobs):
     for run in runs[jobs:]:
         assert not run.exists()  # nothing started after
     assert not (tmp_path / "report").exists()
-    [part] = R.read_parts(tmp_path / "runs")  # the interrupted part is on record
+    [part] = read_parts(tmp_path / "runs")  # the interrupted part is on record
     assert part["ended_by"] == f"stopped by {signal.Signals(signum).name}"
     assert part["children_started"] == str(jobs)
     last = err.strip().splitlines()[-1]
@@ -199,7 +199,7 @@ def test_a_root_is_held_by_one_invocation(tmp_path):
                    "/dev/null) and run again, or choose another root=\n")
     assert json.loads((run / "signals.json").read_text()) == [signal.SIGTERM]
     assert sorted(p.name for p in (root / "table").iterdir()) == ["mlp_seed0"]
-    [part] = R.read_parts(root)
+    [part] = read_parts(root)
     assert (part["children_started"], part["ended_by"]) == ("1", "stopped by SIGTERM")
 
 

@@ -301,13 +301,14 @@ def test_a_training_whose_owning_parent_died_stops(monkeypatch):
 
 
 def test_reproduce_reruns_a_run_without_checkpoint_afresh(tmp_path):
-    from odenet import reproduce as R
-    job = R.Job("mlp_seed0", "table", ["model=mlp"], tmp_path)
-    assert R.train_command(job)[-1].startswith("hydra.run.dir=")
+    from odenet.reproduce.jobs import Training, train_command
+
+    job = Training("mlp_seed0", "table", ["model=mlp"], tmp_path)
+    assert train_command(job)[-1].startswith("hydra.run.dir=")
     (tmp_path / "metrics.json").write_text("{}")  # failed before its first checkpoint
-    assert R.train_command(job)[-1] == "overwrite=true"
+    assert train_command(job)[-1] == "overwrite=true"
     (tmp_path / "checkpoint.pt").write_bytes(b"x")
-    assert R.train_command(job)[-1] == "resume=true"
+    assert train_command(job)[-1] == "resume=true"
 
 
 def test_sweep_jobs_label_their_log_lines(cli, tmp_path, mnist_root):
