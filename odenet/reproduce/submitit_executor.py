@@ -20,20 +20,21 @@ from odenet.reproduce.jobs import Job
 from odenet.reproduce.plan import ReproduceConfig
 from odenet.run import directory as rundir
 
-# the worker's notice of its time limit (submitit's SIGUSR2): the child checkpoints as on
-# SIGTERM, and the next reproduction resumes it
+# what a job is sent: SIGTERM (submitit's local controller passes on no other); SLURM's
+# notice of the time limit, SIGUSR2, counts as one
 NOTICE = getattr(signal, "SIGUSR2", signal.SIGTERM)
 # signals a terminal sends its whole foreground group: submitit_local's processes start
-# with them ignored, as reproduce passes each on once itself (SIGTERM, which submitit's
-# controller passes on to the job)
+# with them ignored, as reproduce passes each signal on once itself
 TERMINAL = {signal.SIGINT, signal.SIGHUP} if hasattr(signal, "SIGHUP") else {signal.SIGINT}
 REAP_SECONDS = 60  # a stopped job's time to checkpoint before it is cancelled
 
 
 def run_logged(cmd: list[str], log: str) -> int:
     """On the job's node: ``cmd`` with its output appended to ``log``; its exit code (a
-    signal's: negative). Signals to this process go on to the command (SIGUSR2 as
-    SIGTERM), which stops, checkpointing, should this process die unseen."""
+    signal's: negative). The first SIGTERM (or SIGUSR2) to this process reaches the
+    command as SIGTERM (`odenet train` checkpoints and exits), any later one as SIGINT
+    (it stops at once, as on a second Ctrl-C); the command also stops, checkpointing,
+    should this process die unseen."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINAL)  # blocked by terminal_ignored
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {shlex.join(cmd)}\n")
@@ -41,12 +42,14 @@ def run_logged(cmd: list[str], log: str) -> int:
         env = {**os.environ, rundir.PARENT_PID: str(os.getpid())}
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        sent: list[int] = []
 
         def forward(signum: int, frame: Any) -> None:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM if signum == NOTICE else signum)
+                proc.send_signal(signal.SIGINT if sent else signal.SIGTERM)
+                sent.append(signum)
 
-        old = {s: signal.signal(s, forward) for s in {signal.SIGINT, signal.SIGTERM, NOTICE}}
+        old = {s: signal.signal(s, forward) for s in {signal.SIGTERM, NOTICE}}
         try:
             return proc.wait()
         finally:
@@ -104,8 +107,9 @@ def first_line(e: BaseException) -> str:
 class SubmititExecutor(Executor):
     """Jobs submitted through submitit.AutoExecutor (SLURM, or submitit's LocalExecutor),
     its files under slurm.folder (default ROOT/.submitit). A signal that stops reproduce
-    reaches each running job once (SLURM: scancel --signal; a pending job is cancelled);
-    the job's `odenet` command checkpoints and exits."""
+    reaches each running job once, as SIGTERM (SLURM: scancel --signal; a pending job is
+    cancelled): the job's `odenet` command checkpoints and exits; a second signal stops
+    it at once."""
 
     def __init__(self, cfg: ReproduceConfig) -> None:
         super().__init__()
@@ -150,9 +154,9 @@ class SubmititExecutor(Executor):
             return 1
 
     def _send(self, job: Job, signum: int) -> None:
+        """SIGTERM, whatever reproduce received (see run_logged)."""
         handle = self.running[job]
-        if self.cluster == "local":
-            # submitit's controller passes SIGTERM on to the job (SIGINT would kill it)
+        if self.cluster == "local":  # its controller passes SIGTERM on to the job
             process = getattr(handle, "_process", None)
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -160,9 +164,8 @@ class SubmititExecutor(Executor):
         if handle.state in ("PENDING", "REQUEUED"):  # not started: nothing to checkpoint
             handle.cancel(check=False)
             return
-        subprocess.run(["scancel", "--signal", signal.Signals(signum).name.removeprefix("SIG"),
-                        handle.job_id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=False)
+        subprocess.run(["scancel", "--signal", "TERM", handle.job_id],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
     def reap(self) -> None:
         """Jobs still running mean reproduce itself failed: SIGTERM (time to checkpoint),
