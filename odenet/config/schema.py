@@ -407,6 +407,17 @@ def _validate(c: Any) -> None:
     need(d.batch_size >= 1, f"data.batch_size must be >= 1 (got {d.batch_size})")
     need(d.crop_padding >= 0, f"data.crop_padding must be >= 0 (got {d.crop_padding})")
     need(d.test_batch_size >= 1, f"data.test_batch_size must be >= 1 (got {d.test_batch_size})")
+    _validate_optim(c)
+    t = c.train
+    need(t.log_every >= 1, f"train.log_every must be >= 1 (got {t.log_every})")
+    for k in ("train_eval_size", "max_iters_per_epoch", "stop_after_iters"):
+        v = getattr(t, k)
+        lo = 0 if k == "train_eval_size" else 1
+        need(v is None or v >= lo, f"train.{k} must be >= {lo} or null (got {v})")
+    one_of("train.progress", t.progress, ("auto", "always", "never"))
+
+
+def _validate_optim(c: Any) -> None:
     o = c.optim
     one_of("optim.name", o.name, OPTIMIZERS)
     one_of("optim.schedule", o.schedule, list(SCHEDULES))
@@ -417,7 +428,8 @@ def _validate(c: Any) -> None:
     need(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum})")
     need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
     lr = f"optim.lr={o.lr:g}" if o.lr is not None else (
-        f"optim.base_lr={o.base_lr:g} scaled to data.batch_size={d.batch_size} = {peak_lr(c):g}")
+        f"optim.base_lr={o.base_lr:g} scaled to data.batch_size={c.data.batch_size} = "
+        f"{peak_lr(c):g}")
     for what, v in (lr, peak_lr(c)), (f"optim.weight_decay={o.weight_decay:g}", o.weight_decay):
         need(v <= FLOAT32_MAX, f"{what} is too large: float32 parameters take at most "
              f"{FLOAT32_MAX:.3g}")
@@ -428,13 +440,6 @@ def _validate(c: Any) -> None:
     need(0 <= o.final_lr_fraction <= 1, "optim.final_lr_fraction must be in [0, 1]")
     need(o.ema_decay is None or 0 < o.ema_decay < 1,
          f"optim.ema_decay must be in (0, 1) or null (got {o.ema_decay})")
-    t = c.train
-    need(t.log_every >= 1, f"train.log_every must be >= 1 (got {t.log_every})")
-    for k in ("train_eval_size", "max_iters_per_epoch", "stop_after_iters"):
-        v = getattr(t, k)
-        lo = 0 if k == "train_eval_size" else 1
-        need(v is None or v >= lo, f"train.{k} must be >= {lo} or null (got {v})")
-    one_of("train.progress", t.progress, ("auto", "always", "never"))
 
 
 def _density_models() -> list[str]:
