@@ -169,7 +169,7 @@ class SubmititExecutor(Executor):
 
     def reap(self) -> None:
         """Jobs still running mean reproduce itself failed: SIGTERM (time to checkpoint),
-        cancelled after a minute."""
+        cancelled (submitit_local: killed) after a minute."""
         self.busy = True
         for job in self.running:
             self._send(job, signal.SIGTERM)
@@ -178,6 +178,10 @@ class SubmititExecutor(Executor):
             self.exited()
             time.sleep(0.5)
         for handle in self.running.values():
-            handle.cancel(check=False)
+            process = getattr(handle, "_process", None)
+            if self.cluster == "local" and process is not None:
+                process.kill()  # its controller ignores the SIGINT of submitit's cancel
+            else:
+                handle.cancel(check=False)
         self.running.clear()
         self._sent.clear()
