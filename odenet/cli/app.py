@@ -136,6 +136,7 @@ def _train(argv: list[str]) -> tuple[str, int]:
     """("", exit status) or a line to print with it."""
     from hydra._internal.utils import get_args_parser  # what hydra.main parses sys.argv with
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     parser = get_args_parser()
     parser.error = _bad_flag  # type: ignore[method-assign]  # one line, not argparse's usage
@@ -156,18 +157,28 @@ def _train(argv: list[str]) -> tuple[str, int]:
                 raw = _composed(args.overrides, config_name)[1]
                 print(gh.hydra.get_help(raw.hydra.hydra_help, raw, parser, resolve=False))
             return "", 0
-        if args.cfg or args.info or args.resolve:
-            return _hydras_own(args, parser, config_name)
+        if args.cfg or args.info:
+            return _show(args, config_name)
         return (_sweep if args.multirun else _single)(args.overrides, config_name)
-    except (Refused, Stopped):
-        raise
-    except HydraException as e:  # some are OSErrors too (a missing config file)
-        return error_line(e), 2
+    except (HydraException, ConfigError, OmegaConfBaseException) as e:  # composition
+        return error_line(e), 2  # (a missing config file is an OSError too: first)
     except OSError as e:  # Hydra writing .hydra/ into the run directory, e.g. a full disk
         where = e.filename or "Hydra's record of the run (.hydra/)"
         return f"cannot write {where}: {e.strerror or e}", 1
-    except Exception as e:  # noqa: BLE001 - every composition error becomes one line
-        return error_line(e), 2
+
+
+def _show(args: Any, config_name: str) -> tuple[str, int]:
+    """--cfg and --info: Hydra prints the configuration of one job, or its sources."""
+    if args.multirun or (args.cfg and args.info):
+        return ("-m, --cfg and --info exclude each other: --cfg and --info print the "
+                "configuration of one job (drop -m and give one value per key)", 2)
+    with _hydra() as gh:
+        if args.cfg:
+            gh.hydra.show_cfg(config_name=config_name, overrides=args.overrides,
+                              cfg_type=args.cfg, package=args.package, resolve=args.resolve)
+        else:
+            gh.hydra.show_info(args.info, config_name=config_name, overrides=args.overrides)
+    return "", 0
 
 
 def _bad_flag(message: str) -> None:
@@ -175,41 +186,17 @@ def _bad_flag(message: str) -> None:
                   "(odenet train --help, --hydra-help)")
 
 
-@contextlib.contextmanager
-def _full_errors() -> Iterator[None]:
-    """Hydra's errors raised to us, to become one line (Hydra would print them in several)."""
-    saved = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved
-
-
-def _hydras_own(args: Any, parser: Any, config_name: str) -> tuple[str, int]:
-    """--cfg, --info: what hydra.main does with them."""
-    from hydra._internal.utils import _run_hydra
-
-    with _full_errors():
-        try:
-            _run_hydra(args=args, args_parser=parser, task_function=_sweep_job,
-                       config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name)
-        except SystemExit as e:
-            return "", int(e.code or 0)
-    return "", 0
-
-
 def _single(overrides: list[str], config_name: str) -> tuple[str, int]:
     """One run: composed and validated once, checked before Hydra's run_job creates its
-    directory and writes its record there, then trained by that validated config."""
+    directory and writes its record there, then trained by that validated config. (Not
+    Hydra's run(): its one hook before it writes, the on_run_start callback, cannot hand
+    the validated config to the job, which would validate its own copy again.)"""
     from hydra._internal.callbacks import Callbacks
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import run_job
     from hydra.types import HydraContext, RunMode
 
+    from odenet.data import DataError
     from odenet.run import directory as rundir
     from odenet.training import trainer as train
 
@@ -221,13 +208,17 @@ def _single(overrides: list[str], config_name: str) -> tuple[str, int]:
         signum = rundir.pending_signal()
         if signum is not None:
             return "", 128 + signum
-        ret = run_job(task_function=lambda _: train.run(cfg, HydraConfig.get().runtime.output_dir),
-                      config=raw, job_dir_key="hydra.run.dir", job_subdir_key=None,
-                      hydra_context=HydraContext(config_loader=gh.config_loader(),
-                                                 callbacks=Callbacks(raw)))
+
+        def job(_: Any) -> dict:  # Hydra's copy of the config is left: cfg is validated
+            return train.run(cfg, HydraConfig.get().runtime.output_dir)
+
+        # the configured hydra.callbacks, as Hydra's own run() hands them to run_job
+        context = HydraContext(config_loader=gh.config_loader(), callbacks=Callbacks(raw))
+        ret = run_job(task_function=job, config=raw, job_dir_key="hydra.run.dir",
+                      job_subdir_key=None, hydra_context=context)
     try:
         metrics = ret.return_value  # the job's exception, raised
-    except ConfigError as e:  # e.g. the data changed since the check
+    except (ConfigError, DataError) as e:  # e.g. the data changed since the check
         raise Refused(str(e)) from None
     if train.last_signal is not None:
         return "", 128 + int(train.last_signal)
@@ -241,7 +232,7 @@ def _sweep(overrides: list[str], config_name: str) -> tuple[str, int]:
         returns = gh.hydra.multirun(config_name=config_name, task_function=_sweep_job,
                                     overrides=[*overrides, "hydra.mode=MULTIRUN"])
     jobs = [(r.hydra_cfg.hydra.job.num, Path(r.hydra_cfg.hydra.runtime.output_dir))
-            for batch in returns for r in batch]
+            for batch in returns or [] for r in batch]
     records = [(num, out, read_metrics(out / METRICS)) for num, out in jobs]
     failed = [f"job {num} in {out}: {m['reason']}" for num, out, m in records
               if m["status"] == "failed"]

@@ -28,9 +28,6 @@ def error_line(exc: BaseException) -> str:
     hint = _quoting_hint(text.splitlines(), exc.__cause__)
     if hint:
         return first + hint
-    if first.startswith("Only one of --run, --multirun, --cfg"):  # Hydra's own check
-        return ("-m, --cfg and --info exclude each other: --cfg and --info print the "
-                "configuration of one job (drop -m and give one value per key)")
     if "Available options in" in text:  # e.g. model=nope
         after = text.split("Available options in", 1)[1].splitlines()[1:]
         block = itertools.takewhile(lambda ln: ln.startswith("\t") or not ln.strip(), after)
