@@ -34,8 +34,8 @@ SLOW = {
     "test_size=200 error_images=20 reference_tol=1e-7": 0,
     "odenet gradients checkpoint=outputs/runs/ode/checkpoint.pt tolerances=[1e-2] "
     "batch_size=16 reference_tol=1e-7": 0,
-    "odenet table outputs/runs --out outputs/report/mine": 0,
-    "odenet figures outputs/runs --out outputs/report/mine": 0,
+    "odenet table outputs/runs out=outputs/report/mine": 0,
+    "odenet figures outputs/runs out=outputs/report/mine": 0,
     "odenet train experiment=smoke model=odenet solver=bosh3 solver.rtol=1e-2 "
     "solver.gradient=checkpoint": 0,
     "odenet train -m experiment=smoke model=mlp,resnet seed=0,1": 0,

@@ -1,9 +1,66 @@
-"""argparse with one-line errors, for the report commands (`odenet table|figures`)."""
+"""Command lines of the report commands (`odenet table|figures`): run directories first,
+then ``key=value`` settings, as every odenet command takes them (docs/commands.md).
+Also argparse with one-line errors, for the scripts that keep flags (report.regression)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A bad command line: its one line names the argument and the accepted keys."""
+
+
+def settings(argv: list[str], keys: dict[str, str], defaults: dict[str, Any],
+             lists: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``defaults`` updated by ``argv``: leading paths are ``run_dirs``, then ``key=value``
+    for the keys of ``keys`` (name: meaning); a key of ``lists`` takes one value or a list
+    ``[a,b]``. SettingsError for a flag, an unknown or repeated key, a stray path."""
+    accepted = ", ".join(keys)
+    out, given, paths = dict(defaults), set(), []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if arg.startswith("-"):
+            raise SettingsError(f"unknown flag {arg!r}: settings are key=value "
+                                f"(keys: {accepted}), after the run directories")
+        if not eq:
+            if given:
+                raise SettingsError(f"bad argument {arg!r}: run directories come first, then "
+                                    f"key=value settings (keys: {accepted})")
+            paths.append(arg)
+            continue
+        if key not in keys:
+            raise SettingsError(f"unknown key {key!r} in {arg!r} (keys: {accepted})")
+        if key in given or (key == "run_dirs" and paths):
+            raise SettingsError(f"{key} given twice; several values go in one list: "
+                                f"{key}=[a,b]")
+        given.add(key)
+        out[key] = _list(value) if key in lists else value
+    if paths:
+        out["run_dirs"] = paths
+    return out
+
+
+def _list(value: str) -> list[str]:
+    """``a`` or ``[a,b]`` (Hydra's way of writing a list), as a list of strings."""
+    if value.startswith("[") and value.endswith("]"):
+        items = [v.strip().strip("'\"") for v in value[1:-1].split(",")]
+        return [v for v in items if v]
+    return [value]
+
+
+def usage(prog: str, what: str, keys: dict[str, str], example: str) -> str:
+    """The text of ``PROG --help``."""
+    lines = [f"usage: {prog} [RUN_DIR ...] [key=value ...]", "", what, "",
+             "settings (key=value; docs/commands.md):"]
+    lines += [f"  {k:<10} {meaning}" for k, meaning in keys.items()]
+    return "\n".join([*lines, "", f"example: {example}"])
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odenet.report._args import ArgumentParser
+from odenet.report._args import SettingsError, settings, usage, wants_help
 from odenet.report.mnist_figures import NoData
 from odenet.report.runs import ReportError, Run, load_runs, print_invalid
 from odenet.run.files import check_writable, os_reason, write_csv
@@ -130,41 +130,54 @@ def write_figures(runs: Sequence[Run], out_dir: str | Path,
     return written, skipped
 
 
+def _keys() -> dict[str, str]:
+    return {
+        "run_dirs": "directories searched recursively for runs, also given first as paths "
+                    "(default: [outputs])",
+        "out": f"where the PNG and CSV files go (default: {DEFAULT_OUT})",
+        "only": f"the figures to draw, one or a list (default: all): {', '.join(FIGURES)}",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(
-        prog="odenet figures",
-        description="Figure 3 (a)-(d), memory.png (each with its CSV) and the density "
-                    "figures from run directories (metrics.json, history.jsonl, "
-                    "evaluation.json, checkpoint.pt below RUN_DIRS; an evaluation.json "
-                    "whose checkpoint changed since is left out). Run paths in the CSVs "
-                    "are relative to RUN_DIRS.")
-    ap.add_argument("run_dirs", nargs="*", default=["outputs"], metavar="RUN_DIRS",
-                    help="directories searched recursively for runs (default: outputs)")
-    ap.add_argument("--out", default=DEFAULT_OUT,
-                    help=f"where the PNG and CSV files go (default: {DEFAULT_OUT})")
-    ap.add_argument("--only", action="append", choices=list(FIGURES), metavar="NAME",
-                    help=f"draw only this figure (repeatable): {', '.join(FIGURES)}")
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(usage("odenet figures", "Figure 3 (a)-(d), memory.png (each with its CSV) and "
+                    "the density figures from run directories (metrics.json, history.jsonl, "
+                    "evaluation.json, checkpoint.pt below them; an evaluation.json whose "
+                    "checkpoint changed since is left out). Run paths in the CSVs are relative "
+                    "to the run directories.", _keys(),
+                    "odenet figures outputs/runs out=outputs/report/mine only=[fig3a,fig3b]"))
+        return 0
     try:
-        check_writable(args.out)
+        args = settings(argv, _keys(), {"run_dirs": ["outputs"], "out": DEFAULT_OUT,
+                                        "only": list(FIGURES)}, lists=("run_dirs", "only"))
+        unknown = [n for n in args["only"] if n not in FIGURES]
+        if unknown or not args["only"]:
+            raise SettingsError(f"only={','.join(unknown)}: not a figure (figures: "
+                                f"{', '.join(FIGURES)})")
+        check_writable(args["out"])
+    except SettingsError as e:
+        print(f"odenet figures: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
-        print(f"odenet figures: error: --out {args.out}: cannot write there "
-              f"({os_reason(e)}); give --out a writable directory", file=sys.stderr)
+        print(f"odenet figures: error: out={args['out']}: cannot write there "
+              f"({os_reason(e)}); give out= a writable directory", file=sys.stderr)
         return 2
     try:
-        runs, invalid = load_runs(args.run_dirs)
+        runs, invalid = load_runs(args["run_dirs"])
     except ReportError as e:
         print(f"odenet figures: error: {e}", file=sys.stderr)
         return 1
     print_invalid("odenet figures", invalid)
-    which = args.only or list(FIGURES)
+    which = args["only"]
     for name in which:
         for note in FIGURES[name].notes(runs):
             print(f"odenet figures: {note}", file=sys.stderr)
     try:
-        written, skipped = write_figures(runs, args.out, which)
+        written, skipped = write_figures(runs, args["out"], which)
     except OSError as e:  # e.g. the disk filled up since the check
-        print(f"odenet figures: error: writing to {args.out}: {os_reason(e)}",
+        print(f"odenet figures: error: writing to {args['out']}: {os_reason(e)}",
               file=sys.stderr)
         return 2
     for name, why in skipped.items():
@@ -175,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with_csv = any(FIGURES[n].csv for n in written if n in FIGURES)
     print(f"odenet figures: wrote {', '.join(p.name for p in written.values())}"
-          f"{' (+ CSV)' if with_csv else ''} to {args.out}")
+          f"{' (+ CSV)' if with_csv else ''} to {args['out']}")
     return 0
 
 

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from odenet.report._args import ArgumentParser
+from odenet.report._args import SettingsError, settings, usage, wants_help
 from odenet.report.runs import (
     SCALE_KEYS,
     SOLVER_KEYS,
@@ -412,38 +412,46 @@ def write_table(runs: Sequence[Run], out_dir: str | Path, sources: Sequence[str]
 DEFAULT_OUT = "outputs/report/latest"
 
 
+TABLE_KEYS = {
+    "run_dirs": "directories searched (recursively) for metrics.json, also given first as "
+                "paths (default: [outputs])",
+    "out": f"where table.md, table.csv go (default: {DEFAULT_OUT})",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(
-        prog="odenet table",
-        description="Table 1 (test error, params, memory, time, NFE) and the density "
-                    "models' table (NLL, NFE, time) from run directories: reads every "
-                    "metrics.json below RUN_DIRS, writes table.md, table.csv (MNIST runs), "
-                    "table_density.csv (density runs) and excluded_runs.csv; paths in "
-                    "them are relative to RUN_DIRS.")
-    ap.add_argument("run_dirs", nargs="*", default=["outputs"], metavar="RUN_DIRS",
-                    help="directories searched (recursively) for metrics.json "
-                         "(default: outputs)")
-    ap.add_argument("--out", default=DEFAULT_OUT,
-                    help=f"where table.md / table.csv go (default: {DEFAULT_OUT})")
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(usage("odenet table", "Table 1 (test error, params, memory, time, NFE) and the "
+                    "density models' table (NLL, NFE, time) from run directories: reads every "
+                    "metrics.json below them, writes table.md, table.csv (MNIST runs), "
+                    "table_density.csv (density runs) and excluded_runs.csv; paths in them are "
+                    "relative to the run directories.", TABLE_KEYS,
+                    "odenet table outputs/runs out=outputs/report/mine"))
+        return 0
     try:
-        check_writable(args.out)
+        args = settings(argv, TABLE_KEYS, {"run_dirs": ["outputs"], "out": DEFAULT_OUT},
+                        lists=("run_dirs",))
+        check_writable(args["out"])
+    except SettingsError as e:
+        print(f"odenet table: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
-        print(f"odenet table: error: --out {args.out}: cannot write there ({os_reason(e)}); "
-              "give --out a writable directory", file=sys.stderr)
+        print(f"odenet table: error: out={args['out']}: cannot write there ({os_reason(e)}); "
+              "give out= a writable directory", file=sys.stderr)
         return 2
     try:
         # the table reads neither histories nor evaluations (a bad one leaves its run in);
         # it reads gradients.json (its gradient-error column)
-        runs, invalid = load_runs(args.run_dirs, history=False, evaluation=False)
+        runs, invalid = load_runs(args["run_dirs"], history=False, evaluation=False)
     except ReportError as e:
         print(f"odenet table: error: {e}", file=sys.stderr)
         return 1
     print_invalid("odenet table", invalid)
     try:
-        res = write_table(runs, args.out, args.run_dirs, invalid)
+        res = write_table(runs, args["out"], args["run_dirs"], invalid)
     except OSError as e:  # e.g. the disk filled up since the check
-        print(f"odenet table: error: writing to {args.out}: {os_reason(e)}", file=sys.stderr)
+        print(f"odenet table: error: writing to {args['out']}: {os_reason(e)}", file=sys.stderr)
         return 2
     rows = res["rows"] + res["density_rows"]
     n_fin = sum(len(r.runs) for r in rows)

@@ -188,7 +188,7 @@ def test_each_figure_has_title_and_axes_with_units(runs, tmp_path, name):
 def test_figures_without_data_are_skipped_with_a_note(make_run, tmp_path, capsys):
     make_run("res", model="resnet")
     out = tmp_path / "figs"
-    assert registry.main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert registry.main([str(tmp_path / "outputs"), f"out={out}"]) == 0
     err = capsys.readouterr().err
     assert "fig3a skipped" in err and "odenet evaluate" in err
     assert "fig3c skipped" in err
@@ -197,15 +197,17 @@ def test_figures_without_data_are_skipped_with_a_note(make_run, tmp_path, capsys
 
 def test_main_errors(make_run, tmp_path, capsys):
     make_run("mlp", model="mlp", activation_block_mib=None)
-    assert registry.main([str(tmp_path / "outputs"), "--out", str(tmp_path / "f")]) == 1
+    assert registry.main([str(tmp_path / "outputs"), f"out={tmp_path / 'f'}"]) == 1
     assert "no figure could be drawn" in capsys.readouterr().err
     assert registry.main([str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err
-    with pytest.raises(SystemExit) as e:
-        registry.main(["--only", "fig9"])
-    assert e.value.code == 2
-    assert "fig9" in capsys.readouterr().err
+    assert registry.main(["only=fig9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fig9" in err and "fig3a, fig3b" in err
+    assert registry.main(["--only", "fig3a"]) == 2  # a flag: named, with the keys
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'--only'" in err and "keys: run_dirs, out, only" in err
 
 
 def test_only_selects_figures(runs, tmp_path):
@@ -235,7 +237,7 @@ def test_invalid_run_next_to_good_ones_is_reported(runs, tmp_path, capsys):
     bad.mkdir()
     (bad / "metrics.json").write_text('{"model": "odenet", "status": "fin')  # truncated
     out = tmp_path / "figs"
-    assert registry.main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert registry.main([str(tmp_path / "outputs"), f"out={out}"]) == 0
     err = capsys.readouterr().err
     assert f"not read: {bad / 'metrics.json'}: not valid JSON" in err
     assert all((out / f"{n}.png").exists() and (out / f"{n}.csv").exists() for n in FIG3)

@@ -15,7 +15,7 @@ from odenet.report.table import main as table_main
 def _one_line_exit_2(code, capsys, prog):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith(f"odenet {prog}: error: --out ") and "writable" in err, err
+    assert err.startswith(f"odenet {prog}: error: out=") and "writable" in err, err
     return err
 
 
@@ -32,7 +32,7 @@ def test_out_where_nothing_can_be_written_is_one_line(prog, where, make_run, tmp
         (tmp_path / "ro").mkdir()
         out = read_only(tmp_path / "ro")
     main = table_main if prog == "table" else registry.main
-    _one_line_exit_2(main([str(tmp_path / "outputs"), "--out", str(out)]), capsys, prog)
+    _one_line_exit_2(main([str(tmp_path / "outputs"), f"out={out}"]), capsys, prog)
 
 
 def _excluded(out):
@@ -46,7 +46,7 @@ def test_an_unreadable_run_directory_is_listed_with_its_reason(make_run, tmp_pat
     make_run("a")
     unreadable(make_run("b"))
     out = tmp_path / "t"
-    assert table_main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert table_main([str(tmp_path / "outputs"), f"out={out}"]) == 0
     err = capsys.readouterr().err
     assert "not read: " in err and "b: cannot list the directory: Permission denied" in err
     [row] = _excluded(out)
@@ -74,8 +74,8 @@ def test_a_cut_last_history_line_of_a_finished_run_is_noted(make_run, tmp_path, 
     text = (d / "history.jsonl").read_text()
     (d / "history.jsonl").write_text(text[: text.rstrip().rfind("{") + 10])  # cut the last
     out = tmp_path / "f"
-    assert registry.main([str(tmp_path / "outputs"), "--out", str(out),
-                          "--only", "fig3d"]) == 0
+    assert registry.main([str(tmp_path / "outputs"), f"out={out}",
+                          "only=fig3d"]) == 0
     err = capsys.readouterr().err
     assert "fig3d: ode/history.jsonl: line 8 is cut short (an interrupted write): left out " \
            "(1 of 2 epoch records)" in err, err

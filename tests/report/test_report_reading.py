@@ -47,7 +47,7 @@ def test_table_paths_are_relative_to_the_directory_given(mixed, tmp_path, capsys
                                                          monkeypatch):
     monkeypatch.chdir(tmp_path)  # the directory as given: "outputs"
     out = tmp_path / "rep"
-    assert table_main(["outputs", "--out", str(out)]) == 0
+    assert table_main(["outputs", f"out={out}"]) == 0
     std = capsys.readouterr()
     assert std.out.count("\n") == 1 and "invalid file(s) listed" in std.out
     assert _files(out) == ["excluded_runs.csv", "table.csv", "table.md"]
@@ -74,8 +74,8 @@ def test_several_directories_paths_relative_to_their_common_directory(make_run, 
 
 def test_figure_csvs_paths_are_relative(mixed, tmp_path, capsys):
     out = tmp_path / "figs"
-    assert registry.main([str(mixed), "--out", str(out), "--only", "fig3a",
-                          "--only", "fig3d", "--only", "memory"]) == 0
+    assert registry.main([str(mixed), f"out={out}",
+                          "only=[fig3a,fig3d,memory]"]) == 0
     assert "wrote fig3a.png, fig3d.png, memory.png (+ CSV)" in capsys.readouterr().out
     assert _files(out) == ["fig3a.csv", "fig3a.png", "fig3d.csv", "fig3d.png",
                            "memory.csv", "memory.png"]
@@ -104,7 +104,7 @@ def _density(make_run):
 def test_density_runs_get_their_own_table_not_an_empty_table1(make_run, tmp_path, capsys):
     _density(make_run)
     out = tmp_path / "rep"
-    assert table_main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert table_main([str(tmp_path / "outputs"), f"out={out}"]) == 0
     msg = capsys.readouterr().out
     assert msg.count("\n") == 1
     assert "2 row(s) from 3 finished run(s) (2 of density models), 1 not finished" in msg
@@ -132,7 +132,7 @@ def test_mnist_and_density_runs_two_tables(make_run, tmp_path, capsys):
     _density(make_run)
     make_run("ode", seed=0)
     out = tmp_path / "rep"
-    assert table_main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert table_main([str(tmp_path / "outputs"), f"out={out}"]) == 0
     assert "3 row(s) from 4 finished run(s) (2 of density models)" in capsys.readouterr().out
     assert _files(out) == ["excluded_runs.csv", "table.csv", "table.md", "table_density.csv"]
     md = (out / "table.md").read_text()
@@ -154,7 +154,7 @@ def test_repeats_of_one_seed_are_not_independent_seeds(make_run, tmp_path, capsy
     assert row.seeds_text == "0 (x2), 1"
     assert loose.seeds_text == "5 (x2)" and loose.stats["test_error"].std is None
     out = tmp_path / "rep"
-    assert table_main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert table_main([str(tmp_path / "outputs"), f"out={out}"]) == 0
     assert "2 row(s) from 5 finished run(s), 0 not finished" in capsys.readouterr().out
     md = (out / "table.md").read_text()
     line = next(x for x in md.splitlines() if "tol=1e-3" in x)
@@ -180,8 +180,8 @@ def _evaluated_run(make_run, content=b"weights v1"):
 def test_evaluation_of_the_current_checkpoint_is_used(make_run, tmp_path, capsys):
     _evaluated_run(make_run)
     out = tmp_path / "figs"
-    assert registry.main([str(tmp_path / "outputs"), "--out", str(out), "--only", "fig3a",
-                          "--only", "fig3b"]) == 0
+    assert registry.main([str(tmp_path / "outputs"), f"out={out}",
+                          "only=[fig3a,fig3b]"]) == 0
     std = capsys.readouterr()
     assert std.err == "" and _files(out) == ["fig3a.csv", "fig3a.png", "fig3b.csv",
                                              "fig3b.png"]
@@ -191,8 +191,8 @@ def test_evaluation_of_a_changed_checkpoint_is_left_out(make_run, tmp_path, caps
     d = _evaluated_run(make_run)
     (d / "checkpoint.pt").write_bytes(b"weights v2")  # retrained: same size, other bytes
     out = tmp_path / "figs"
-    assert registry.main([str(tmp_path / "outputs"), "--out", str(out), "--only", "fig3a",
-                          "--only", "fig3b"]) == 1
+    assert registry.main([str(tmp_path / "outputs"), f"out={out}",
+                          "only=[fig3a,fig3b]"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == ("odenet figures: fig3a: left out ode/evaluation.json: checkpoint.pt "
                       "changed since it was evaluated (size or SHA-256 differ); rerun "
@@ -216,7 +216,7 @@ def test_table_ignores_evaluations(make_run, tmp_path, capsys):
     d = make_run("ode")
     (d / "evaluation.json").write_text("[]")  # broken: a figure's input, not the table's
     out = tmp_path / "rep"
-    assert table_main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert table_main([str(tmp_path / "outputs"), f"out={out}"]) == 0
     std = capsys.readouterr()
     assert std.err == "" and "1 row(s) from 1 finished run(s)" in std.out
 
@@ -249,8 +249,8 @@ def test_memory_fit_is_drawn_as_y_equals_ax(make_run, tmp_path, capsys):
     assert all(y == pytest.approx(8.0 * x) for x, y in zip(xs, ys))
     assert ax.get_yscale() == "log"
     out = tmp_path / "figs"
-    assert registry.main([str(tmp_path / "outputs"), "--out", str(out), "--only",
-                          "memory"]) == 0
+    assert registry.main([str(tmp_path / "outputs"), f"out={out}",
+                          "only=memory"]) == 0
     assert capsys.readouterr().out.strip() == \
         f"odenet figures: wrote memory.png (+ CSV) to {out}"
     assert _files(out) == ["memory.csv", "memory.png"]

@@ -148,7 +148,7 @@ def test_invalid_files_are_listed_not_fatal(tmp_path, four_models, capsys):
     out_root = tmp_path / "outputs"
     _bad_files(out_root / "bad")
     out = tmp_path / "rep"
-    assert main([str(out_root), "--out", str(out)]) == 0
+    assert main([str(out_root), f"out={out}"]) == 0
     std = capsys.readouterr()
     assert "5 row(s) from 7 finished run(s), 2 not finished" in std.out
     assert "4 invalid file(s) listed" in std.out
@@ -205,7 +205,7 @@ def test_seeds_with_different_scale_are_not_averaged(make_run, tmp_path):
 
 def test_main_writes_files_and_reports(tmp_path, four_models, capsys):
     out = tmp_path / "rep"
-    assert main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert main([str(tmp_path / "outputs"), f"out={out}"]) == 0
     assert (out / "table.md").exists() and (out / "table.csv").exists()
     msg = capsys.readouterr().out
     assert "5 row(s) from 7 finished run(s), 2 not finished" in msg
@@ -213,21 +213,33 @@ def test_main_writes_files_and_reports(tmp_path, four_models, capsys):
 
 def test_main_bad_input_one_line_nonzero(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 1
+    assert main([str(tmp_path / "empty"), f"out={tmp_path / 'rep'}"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no runs found" in err and "empty" in err
     assert not (tmp_path / "rep").exists()
-    with pytest.raises(SystemExit) as e:
-        main(["--bogus"])
-    assert e.value.code == 2
+    assert main(["--bogus"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--bogus" in err
+    assert err.count("\n") == 1 and "--bogus" in err and "keys: run_dirs, out" in err
+    for bad, named in ((["nope=1"], "unknown key 'nope'"),
+                       ([f"out={tmp_path}", "out=a"], "out given twice"),
+                       ([f"out={tmp_path}", "stray"], "bad argument 'stray'")):
+        assert main(bad) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and named in err, err
+
+
+def test_run_directories_as_paths_or_as_a_key(make_run, tmp_path):
+    make_run("a")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([str(tmp_path / "outputs"), f"out={one}"]) == 0
+    assert main([f"run_dirs=[{tmp_path / 'outputs'}]", f"out={two}"]) == 0
+    assert (one / "table.csv").read_text() == (two / "table.csv").read_text()
 
 
 def test_main_only_failed_runs_still_writes_their_list(make_run, tmp_path):
     make_run("f", status="failed", reason="NaN loss at iteration 3")
     out = tmp_path / "rep"
-    assert main([str(tmp_path / "outputs"), "--out", str(out)]) == 0
+    assert main([str(tmp_path / "outputs"), f"out={out}"]) == 0
     md = (out / "table.md").read_text()
     assert "(no finished runs)" in md and "NaN loss at iteration 3" in md
 
@@ -239,7 +251,7 @@ def test_runs_of_other_tasks_are_not_table1(make_run, tmp_path, capsys):
     make_run("cnf_failed", task="density", model="cnf", status="failed")
     rows, excluded = build_rows(load_runs([tmp_path / "outputs"])[0])
     assert [len(r.runs) for r in rows] == [2] and excluded == []
-    assert main([str(tmp_path / "outputs"), "--out", str(tmp_path / "rep")]) == 0
+    assert main([str(tmp_path / "outputs"), f"out={tmp_path / 'rep'}"]) == 0
     # the density runs are in a table of their own (tests/report/test_report_reading.py)
     assert "3 finished run(s) (1 of density models), 1 not finished" in capsys.readouterr().out
 
