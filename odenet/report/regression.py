@@ -24,8 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from odenet.config.command_line import ArgumentParser
 from odenet.config.model_registry import models_of
-from odenet.report._args import ArgumentParser
 from odenet.report.runs import ReportError, load_runs
 from odenet.run import record
 from odenet.run.files import write_atomic

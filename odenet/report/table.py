@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from odenet.report._args import SettingsError, settings, usage, wants_help
+from odenet.config.command_line import SettingsError, settings, usage, wants_help
 from odenet.report.runs import (
     SCALE_KEYS,
     SOLVER_KEYS,

@@ -1,5 +1,6 @@
-"""Command lines of the report commands (`odenet table|figures`): run directories first,
-then ``key=value`` settings, as every odenet command takes them (docs/commands.md).
+"""Command lines of the commands that are not Hydra apps (`odenet table|figures|data`):
+run directories first (table, figures), then ``key=value`` settings, as every odenet command
+takes them (docs/commands.md).
 Also argparse with one-line errors, for the scripts that keep flags (report.regression)."""
 
 from __future__ import annotations
@@ -14,18 +15,23 @@ class SettingsError(ValueError):
 
 
 def settings(argv: list[str], keys: dict[str, str], defaults: dict[str, Any],
-             lists: tuple[str, ...] = ()) -> dict[str, Any]:
+             lists: tuple[str, ...] = (), paths: bool = True) -> dict[str, Any]:
     """``defaults`` updated by ``argv``: leading paths are ``run_dirs``, then ``key=value``
     for the keys of ``keys`` (name: meaning); a key of ``lists`` takes one value or a list
-    ``[a,b]``. SettingsError for a flag, an unknown or repeated key, a stray path."""
+    ``[a,b]``; ``paths=False``: a command without run directories. SettingsError for a
+    flag, an unknown or repeated key, a stray path."""
     accepted = ", ".join(keys)
+    where = ", after the run directories" if paths else ""
     out, given, paths = dict(defaults), set(), []
     for arg in argv:
         key, eq, value = arg.partition("=")
         if arg.startswith("-"):
             raise SettingsError(f"unknown flag {arg!r}: settings are key=value "
-                                f"(keys: {accepted}), after the run directories")
+                                f"(keys: {accepted}){where}")
         if not eq:
+            if not paths:
+                raise SettingsError(f"bad argument {arg!r}: expected key=value settings "
+                                    f"(keys: {accepted})")
             if given:
                 raise SettingsError(f"bad argument {arg!r}: run directories come first, then "
                                     f"key=value settings (keys: {accepted})")
