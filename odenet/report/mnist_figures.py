@@ -33,19 +33,17 @@ from pathlib import Path
 
 from odenet.config.model_registry import ADJOINT, BACKPROP, CHECKPOINT, MODELS, REVERSIBLE
 from odenet.report.runs import (
-    Group,
     Run,
     adjoint_model,
     fmt_tol,
     gradient_of,
-    group_of,
-    groups,
     num,
     recipe_label,
     residual_blocks,
     scale_label,
     solver_label,
 )
+from odenet.report.seed_groups import Group, group_of, groups
 from odenet.run.files import write_atomic
 
 # The solvers of the paper's own family (ODEPACK's LSODE, here LSODA): Fig. 3c's claim
@@ -183,7 +181,7 @@ def _positions(records: list[dict]) -> list[float]:
 
 def fig3d_rows(runs: Sequence[Run]) -> list[dict]:
     """NFE-F of every iteration and epoch of each finished ODE-block run; ``group``: the
-    label of its group of seeds (runs.groups), drawn in one colour."""
+    label of its group of seeds (seed_groups.groups), drawn in one colour."""
     rows = []
     of = group_of(groups(runs, task=None))
     for run in runs:
