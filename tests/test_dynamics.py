@@ -16,8 +16,9 @@ from odenet.cli.app import compose
 from odenet.config.schema import ConfigError
 from odenet.models import ODEBlock, blocks, build_model, dynamics_penalty
 from odenet.models.dynamics import TrainingField
+from odenet.training.iteration import train_step
 from odenet.training.tasks import ClassifyTask
-from odenet.training.trainer import run, train_step
+from odenet.training.trainer import run
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 

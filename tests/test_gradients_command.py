@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from odenet.analysis import gradient_error
 from odenet.analysis import gradients as G
+from odenet.analysis.gradient_figure import draw_figure
 from odenet.models import build_model
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -173,7 +175,7 @@ def test_a_checkpoint_where_nothing_can_be_written_is_refused_before_the_work(
 def test_the_reference_solve_shows_progress(tmp_path, capsys, monkeypatch):
     """Off a terminal, heartbeat lines count the reference solve's evaluations (a silent
     reference solve can take minutes)."""
-    monkeypatch.setattr(G, "HEARTBEAT_SECONDS", 0.0)
+    monkeypatch.setattr(gradient_error, "HEARTBEAT_SECONDS", 0.0)
     assert G.main(["checkpoint=init", f"out={tmp_path / 'g.json'}", "methods=[backprop]",
                    *FAST]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -195,7 +197,7 @@ def test_the_figure_names_its_tolerances_and_reads_nfe_in_plain_numbers(toleranc
                                     ("backprop", 0.01, 26, 0, 190.0))]
     record = {"model": "odenet", "results": rows,
               "settings": {"methods": ["adjoint", "backprop"], "tolerances": tolerances}}
-    fig = G.draw_figure(record)
+    fig = draw_figure(record)
     fig.canvas.draw()
     assert fig._suptitle.get_text().endswith(title)
     ticks = [t.get_text() for ax in fig.axes for minor in (False, True)

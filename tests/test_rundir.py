@@ -287,16 +287,16 @@ def test_a_training_whose_owning_parent_died_stops(monkeypatch):
     import os
     import signal
 
-    from odenet.training.trainer import Stop, _Signals
+    from odenet.training.stopping import Stop, StopSignals
 
     monkeypatch.delenv(rundir.PARENT_PID, raising=False)
     assert not rundir.parent_gone()
     monkeypatch.setenv(rundir.PARENT_PID, str(os.getppid()))
     assert not rundir.parent_gone()
-    _Signals().check("received")  # the parent lives: goes on
+    StopSignals().check("received")  # the parent lives: goes on
     monkeypatch.setenv(rundir.PARENT_PID, "999999999")  # re-parented: the owner is gone
     with pytest.raises(Stop) as info:
-        _Signals().check("received")
+        StopSignals().check("received")
     assert info.value.signum == signal.SIGTERM
 
 

@@ -21,8 +21,10 @@ from odenet.models import build_model
 from odenet.run import record
 from odenet.run.record import CHECKPOINT_FILE, CLASSIFY
 from odenet.training.checkpoint_file import load as load_checkpoint
+from odenet.training.iteration import IterationMeasures
 from odenet.training.measure import count_parameters
-from odenet.training.trainer import Progress, Step, run
+from odenet.training.run_state import Progress
+from odenet.training.trainer import run
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads spin
 
@@ -533,11 +535,12 @@ def test_auto_precision_is_bf16_only_with_bf16_units(units, compose_cfg, tmp_pat
 
 
 def test_the_records_take_the_steps_measures_by_name():
-    """IterRecord's measures and the EpochRecord fields its iterations make name a Step
-    field: the trainer copies none of them by hand (record.fill, record.add_iteration)."""
+    """IterRecord's measures and the EpochRecord fields its iterations make name an
+    IterationMeasures field: the trainer copies none of them by hand (record.fill,
+    record.add_iteration)."""
     from dataclasses import fields
 
-    step = set(Step.__dataclass_fields__)
+    step = set(IterationMeasures.__dataclass_fields__)
     assert set(record.names(record.IterRecord, record.MEASURE)) <= step
     made = {f.metadata["of"] for f in fields(record.EpochRecord) if f.metadata["reduce"]}
     assert made and made <= step
@@ -545,8 +548,8 @@ def test_the_records_take_the_steps_measures_by_name():
 
 def test_progress_round_trips_through_its_checkpoint_state():
     p = Progress()
-    p.add(Step(loss=4.0, sums={"wrong": 1.0, "count": 32.0}, seconds=0.9, lr=0.1,
-               nfe_forward=26, nfe_backward=20, sample_seconds=0.9))
+    p.add(IterationMeasures(loss=4.0, sums={"wrong": 1.0, "count": 32.0}, seconds=0.9,
+                            lr=0.1, nfe_forward=26, nfe_backward=20, sample_seconds=0.9))
     assert (p.batch, p.step, p.sums["count"]) == (1, 1, 32.0)
     assert record.epoch_values(p.reduced)["loss"] == 4.0
     assert Progress.from_state(p.state()).state() == p.state()
@@ -580,8 +583,8 @@ def _counted_step(name: str, monkeypatch) -> tuple[dict, dict, dict]:
 
     from odenet.models import solver_stats
     from odenet.solvers import TRAFFIC
+    from odenet.training.iteration import train_step
     from odenet.training.tasks import ClassifyTask
-    from odenet.training.trainer import train_step
 
     class Reads(TorchDispatchMode):
         n = 0

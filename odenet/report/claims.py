@@ -1,8 +1,9 @@
 """The report's "Measured against the paper's claims": one line per claim of the paper
 that the runs can speak to, with our numbers (report.md of ``odenet reproduce``).
 
-Table 1's claims read groups of runs (odenet/report/runs.py: a row's seeds together, mean
-± std over them); the figures' claims read the figures' rows (odenet/report/mnist_figures.py).
+Table 1's claims read groups of runs (odenet/report/seed_groups.py: a row's seeds
+together, mean ± std over them); the figures' claims read the figures' rows
+(odenet/report/mnist_figures.py).
 A claim without data gives no line. Torch-free, like all of the report.
 """
 
@@ -12,7 +13,8 @@ from collections.abc import Sequence
 
 from odenet.config.model_registry import ADJOINT, BACKPROP, CHECKPOINT, MODELS, REVERSIBLE
 from odenet.report import mnist_figures as F
-from odenet.report.runs import Group, Run, gradient_of, groups, solver_label
+from odenet.report.runs import Run, gradient_of, solver_label
+from odenet.report.seed_groups import Group, groups
 from odenet.report.table import DERIVED
 
 # The paper's NFE-B ≈ ½ NFE-F "holds" within ±20 % of ½

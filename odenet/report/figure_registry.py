@@ -4,7 +4,8 @@ An entry says which runs the figure reads (``task``: the runs of that task), how
 drawn and what it writes, and its caption (report.md). ``odenet figures``, ``odenet
 reproduce`` and the tests iterate over it. Drawing functions are ``"module:function"``
 strings, imported when the figure is drawn: the MNIST figures are the report's
-(odenet/report/mnist_figures.py, torch-free); the density figures rebuild models from
+(rows: odenet/report/mnist_figures.py, drawings: odenet/report/mnist_drawing.py,
+torch-free); the density figures rebuild models from
 checkpoints (odenet/analysis/density_figures.py, torch), so this module sits above report and cnf.
 
 Adding a figure: its rows and draw functions (or one write function) and an entry here
@@ -86,26 +87,27 @@ class Figure:
         return {self.name: out / f"{self.name}.png"}, {}
 
 
-_R = "odenet.report.mnist_figures"
+_R = "odenet.report.mnist_figures"  # the rows
+_D = "odenet.report.mnist_drawing"  # the drawings
 FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("fig3a", "Fig. 3a: NFE forward vs numerical error of the trained ODE-Net's block "
            "(re-solved at each tolerance; error against a float64 reference solve).",
-           CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3a", evaluations=True),
+           CLASSIFY, f"{_R}:fig3ab_rows", f"{_D}:draw_fig3a", evaluations=True),
     Figure("fig3b", "Fig. 3b: NFE forward vs relative wall time of the forward pass.",
-           CLASSIFY, f"{_R}:fig3ab_rows", f"{_R}:draw_fig3b", evaluations=True),
+           CLASSIFY, f"{_R}:fig3ab_rows", f"{_D}:draw_fig3b", evaluations=True),
     Figure("fig3c", "Fig. 3c: NFE forward vs NFE backward over training iterations, a "
            "panel per solver (the paper reported backward ≈ half of forward with its "
            "LSODE-family solvers; LSODA is that family) — this is what we measured.",
-           CLASSIFY, f"{_R}:fig3c_rows", f"{_R}:draw_fig3c", history=True),
+           CLASSIFY, f"{_R}:fig3c_rows", f"{_D}:draw_fig3c", history=True),
     Figure("fig3d", "Fig. 3d: NFE forward during training.",
-           CLASSIFY, f"{_R}:fig3d_rows", f"{_R}:draw_fig3d", history=True),
+           CLASSIFY, f"{_R}:fig3d_rows", f"{_D}:draw_fig3d", history=True),
     Figure("memory", "Measured activation memory (saved for backward) of the ODE block / "
            "residual blocks vs NFE or depth: the O(1) / O(L~) / O(L) of Table 1.",
-           CLASSIFY, f"{_R}:memory_rows", f"{_R}:draw_memory"),
+           CLASSIFY, f"{_R}:memory_rows", f"{_D}:draw_memory"),
     Figure("tradeoff", "Validation error against training core-hours, and NFE per training "
            "iteration against epoch, one colour per recipe (runs with data.val_size): "
            "the picture for choosing a recipe.",
-           CLASSIFY, f"{_R}:tradeoff_rows", f"{_R}:draw_tradeoff", history=True),
+           CLASSIFY, f"{_R}:tradeoff_rows", f"{_D}:draw_tradeoff", history=True),
     # density_<dataset>.png (target | planar | CNF, the paper's Figure 4) and
     # flow_<dataset>.png (noise to data over t, Figures 5/6), from checkpoints; no CSV
     Figure("density", "Density models on 2-D data: target, planar flow and CNF (Fig. 4), "

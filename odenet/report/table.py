@@ -1,11 +1,11 @@
 """`odenet table [RUN_DIRS...]`: Table 1 from run directories, ours beside the paper's,
 and a table of the density models (CNF, planar flow) when there are density runs.
 
-Finished runs are grouped (odenet/report/runs.py, ``groups``) by model, residual blocks,
-solver settings and scale (experiment, epochs, training-set size, batch size, device)
-and averaged over seeds: the runs of one seed (a run repeated) are averaged first, so a
-row's mean is over distinct seeds and its sample std is over distinct seeds only
-(repeats are not independent seeds); the seeds column says "0 (x2)" for two runs of
+Finished runs are grouped (odenet/report/seed_groups.py, ``groups``) by model, residual
+blocks, solver settings and scale (experiment, epochs, training-set size, batch size,
+device) and averaged over seeds: the runs of one seed (a run repeated) are averaged
+first, so a row's mean is over distinct seeds and its sample std is over distinct seeds
+only (repeats are not independent seeds); the seeds column says "0 (x2)" for two runs of
 seed 0. Table 1 says per row how many seeds (n) and whether the paper's test error lies
 within [min, max] of the seeds' ("–" with one seed); a ResNet with other residual
 blocks than its own (the ablation rows) is a row of its own, without paper numbers.
@@ -27,14 +27,9 @@ from pathlib import Path
 
 from odenet.config.command_line import SettingsError, settings, usage, wants_help
 from odenet.report.runs import (
-    SCALE_KEYS,
-    SOLVER_KEYS,
-    Group,
     Invalid,
     ReportError,
     Run,
-    Stat,
-    groups,
     has_ode_block,
     load_runs,
     own_gradient_result,
@@ -43,6 +38,7 @@ from odenet.report.runs import (
     scale_label,
     solver_label,
 )
+from odenet.report.seed_groups import SCALE_KEYS, SOLVER_KEYS, Group, Stat, groups
 from odenet.run import record
 from odenet.run.files import check_writable, os_reason, write_atomic
 
@@ -72,7 +68,7 @@ def _check_keys() -> None:
 
 _check_keys()
 
-Row = Group  # a row of the table is a group of runs (odenet/report/runs.py)
+Row = Group  # a row of the table is a group of runs (odenet/report/seed_groups.py)
 
 
 def is_table1_run(run: Run) -> bool:
@@ -83,7 +79,7 @@ def is_table1_run(run: Run) -> bool:
 
 def build_rows(runs: Sequence[Run], task: str = record.CLASSIFY
                ) -> tuple[list[Row], list[Run]]:
-    """Group the finished runs of ``task`` into rows (runs.groups, with the table's
+    """Group the finished runs of ``task`` into rows (seed_groups.groups, with the table's
     measures); return (rows, its runs not finished). Runs of other tasks are left out of
     both."""
     derived = DERIVED if task == record.CLASSIFY else {}

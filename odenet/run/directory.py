@@ -125,10 +125,10 @@ _pending: list[int] = []  # signals received while deferred (defer_signals)
 
 
 def defer_signals() -> None:
-    """From now until a training's own handler takes over (train._Signals, which adopts
-    what came meanwhile), SIGINT and SIGTERM are noted rather than raised: a Ctrl-C in
-    the middle of importing torch or of Hydra's launch would leave a traceback, or a
-    half-imported module that the next sweep job crashes on. A second SIGINT is raised
+    """From now until a training's own handler takes over (the trainer's StopSignals,
+    which adopts what came meanwhile), SIGINT and SIGTERM are noted rather than raised: a
+    Ctrl-C in the middle of importing torch or of Hydra's launch would leave a traceback,
+    or a half-imported module that the next sweep job crashes on. A second SIGINT is raised
     (KeyboardInterrupt), so that Ctrl-C twice still stops at once."""
     _pending.clear()
 

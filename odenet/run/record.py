@@ -14,7 +14,8 @@ groups by it; ``MEASURE``: a number the run measured; ``INFO``: bookkeeping), ``
 ``unit``, ``title`` (a table's column header, where it has one), ``task`` (only runs of
 that task write the field) and ``reduce``: how the field is reduced from the level below
 (``REDUCTIONS``): an ``EpochRecord`` field from the values ``of`` its iterations (the
-trainer's ``train.Step``), a ``Metrics`` field from the epoch records' field of its name.
+trainer's ``IterationMeasures``), a ``Metrics`` field from the epoch records' field of its
+name.
 The trainer builds its epoch records and metrics from these declarations alone
 (``epoch_state``/``add_iteration``/``epoch_values``, ``add_epoch``); an ``EpochRecord``
 field without ``reduce`` is measured at the epoch's end (evaluation, peaks, clocks).

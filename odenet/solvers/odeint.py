@@ -113,11 +113,11 @@ def odeint(func: Func, y0, t, method: str | None = DEFAULT_METHOD, rtol=1e-7, at
             back = _validate_adjoint_options(adjoint_options, problem)
         _check_gradient_method(gradient, problem.method)
         params = _adjoint_params(func, adjoint_params, gradient)
-    return run(problem, gradient, params, back, stats)
+    return _solve_validated(problem, gradient, params, back, stats)
 
 
-def run(problem: Problem, gradient: str, params: tuple, back: dict | None,
-        stats: SolveStats | None):
+def _solve_validated(problem: Problem, gradient: str, params: tuple, back: dict | None,
+                     stats: SolveStats | None):
     """The validated solve: `gradient` checked against the method, `params` the tensors
     differentiated (adjoint, checkpoint, reversible), `back` the adjoint's settings."""
     if gradient == "backprop" and "backprop" not in problem.method.gradients:

@@ -21,8 +21,8 @@ from .odeint import (
     _adjoint_params,
     _check_gradient_method,
     _positive,
+    _solve_validated,
     _validate_adjoint_options,
-    run,
     validate,
 )
 from .registry import METHODS, REGISTRY
@@ -140,7 +140,7 @@ class PreparedSolve:
                              f"{self.device} (as prepared), got {got}")
         problem = copy.copy(self.problem)
         problem.y0 = y0.reshape(-1)
-        return run(problem, self.spec.gradient, self.params, self.back, stats)
+        return _solve_validated(problem, self.spec.gradient, self.params, self.back, stats)
 
     solve = __call__
 

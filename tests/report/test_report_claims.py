@@ -9,6 +9,7 @@ import pytest
 from fakeruns import history_records
 
 from odenet.report import load_runs
+from odenet.report import mnist_drawing as D
 from odenet.report import mnist_figures as F
 from odenet.report.claims import measured_claims, paper_family_verdict
 
@@ -96,6 +97,6 @@ def test_fig3d_one_colour_and_one_label_per_group(seeds3, tmp_path):
     group = "ODE-Net dopri5 tol=1e-3 adjoint, quick, 2 ep, n=60000, seeds 0, 1, 2"
     assert {r["group"] for r in rows} == {group}
     assert {r["label"] for r in rows} == {f"dopri5 tol=1e-3 adjoint seed {s}" for s in range(3)}
-    ax = F.draw_fig3d(rows, tmp_path / "fig3d.png").axes[0]
+    ax = D.draw_fig3d(rows, tmp_path / "fig3d.png").axes[0]
     assert ax.get_legend_handles_labels()[1] == [group]
     assert len({line.get_color() for line in ax.lines}) == 1

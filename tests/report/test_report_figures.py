@@ -9,6 +9,7 @@ from fakeruns import evaluation_record, history_records
 
 from odenet.report import figure_registry as registry
 from odenet.report import load_runs
+from odenet.report import mnist_drawing as D
 from odenet.report import mnist_figures as F
 from odenet.run.record import CLASSIFY
 
@@ -86,7 +87,7 @@ def test_fig3c_one_panel_per_solver_with_its_ratio(make_run, tmp_path):
     rows = F.fig3c_rows(load_runs([tmp_path / "outputs"])[0])
     assert {r["solver"] for r in rows} == {"dopri5", "lsoda"}
     assert F.nfe_ratio([r for r in rows if r["solver"] == "lsoda"]) == 0.5
-    fig = F.draw_fig3c(rows, tmp_path / "c.png")
+    fig = D.draw_fig3c(rows, tmp_path / "c.png")
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles == ["dopri5: NFE-B / NFE-F = 0.90", "lsoda: NFE-B / NFE-F = 0.50"]
 
@@ -95,7 +96,7 @@ def test_fig3c_variants_on_the_same_points_stay_visible_and_say_so(make_run, tmp
     hist = history_records(nfe_f=(20, 26), nfe_b=(26, 32))
     make_run("default", history=hist)
     make_run("semi", solver_adjoint_norm="seminorm", history=hist)
-    fig = F.draw_fig3c(F.fig3c_rows(load_runs([tmp_path / "outputs"])[0]), tmp_path / "c.png")
+    fig = D.draw_fig3c(F.fig3c_rows(load_runs([tmp_path / "outputs"])[0]), tmp_path / "c.png")
     ax = fig.axes[0]
     assert ax.get_legend_handles_labels()[1][:2] == [
         "dopri5 adjoint (measured)",
@@ -119,7 +120,7 @@ def test_fig3d_twelve_groups_in_twelve_colours_labels_apart_legend_off_the_data(
     labels = {r["group"] for r in rows}
     assert len(labels) == 12 and "ODE-Net dopri5 tol=1e-3 adjoint, smoke, 2 ep, n=60000, " \
         "seed 0" in labels
-    fig = F.draw_fig3d(rows, tmp_path / "d.png")
+    fig = D.draw_fig3d(rows, tmp_path / "d.png")
     ax = fig.axes[0]
     dots = [line for line in ax.lines if line.get_label() in labels]
     assert len(dots) == 12

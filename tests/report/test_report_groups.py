@@ -9,7 +9,7 @@ import pytest
 from fakeruns import metrics_record
 
 from odenet.report import load_runs
-from odenet.report.runs import Stat, group_of, groups
+from odenet.report.seed_groups import Stat, group_of, groups
 from odenet.report.table import write_table
 
 RESNETS = {6: 576_778, 0: 132_874, 1: 206_858}

@@ -12,6 +12,7 @@ from fakeruns import evaluation_record, history_records
 
 from odenet.report import figure_registry as registry
 from odenet.report import load_runs
+from odenet.report import mnist_drawing as D
 from odenet.report import mnist_figures as F
 from odenet.report.runs import file_id
 from odenet.report.table import build_rows
@@ -239,7 +240,7 @@ def test_memory_fit_is_drawn_as_y_equals_ax(make_run, tmp_path, capsys):
              activation_block_mib=320.0)
     make_run("ode", activation_nfe_forward=30, activation_block_mib=3.0)
     rows = F.memory_rows(load_runs([tmp_path / "outputs"])[0])
-    fig = F.draw_memory(rows, tmp_path / "memory.png")
+    fig = D.draw_memory(rows, tmp_path / "memory.png")
     ax = fig.axes[0]
     [fit] = [line for line in ax.get_lines() if line.get_label().startswith("fit: y = ")]
     assert fit.get_label() == "fit: y = 8.00·x"
