@@ -16,10 +16,10 @@ import pytest
 
 from odenet.config.errors import ConfigError
 from odenet.report.runs import ReportError
-from odenet.reproduce.command import main, reproduce, write_report
+from odenet.reproduce.command import build_report, main, reproduce
 from odenet.reproduce.jobs import Training, plan_trainings
 from odenet.reproduce.plan import EvalPlan, Plan, SweepPlan, load_config
-from odenet.reproduce.progress import duration
+from odenet.reproduce.status import duration
 from odenet.reproduce.wall import WALL, parts_line, read_parts
 
 FAKE = textwrap.dedent('''
@@ -367,7 +367,7 @@ def test_invalid_run_is_listed_and_the_report_still_written(fake):
     cfg = load_config([f"root={tmp / 'runs'}", f"report={tmp / 'report2'}"],
                         plan_file=tmp / "plan.yaml")
     jobs = plan_trainings(cfg, tmp / "runs")
-    write_report(cfg, jobs, tmp / "report2", "test", {}, [])
+    build_report(cfg, jobs, tmp / "report2", "test", {}, [])
     md = (tmp / "report2" / "report.md").read_text()
     assert f"| {bad.relative_to(tmp / 'runs')} | invalid metrics.json: test_error = '0.01' is not float or null |" in md
     assert "| 1-layer MLP |" not in md and "| ODE-Net |" in md

@@ -24,7 +24,8 @@ from odenet.reproduce.executor import job_count, usable_cores
 from odenet.reproduce.jobs import EVALUATE, GRADIENTS, job_command, plan_jobs, plan_trainings
 from odenet.reproduce.local import GpuSlots, child_gpus
 from odenet.reproduce.plan import load_config
-from odenet.reproduce.progress import (
+from odenet.reproduce.scheduling import JobQueue
+from odenet.reproduce.status import (
     RunState,
     Show,
     _last_iters,
@@ -33,7 +34,6 @@ from odenet.reproduce.progress import (
     run_state,
     time_left,
 )
-from odenet.reproduce.scheduling import JobQueue
 from odenet.run import record
 
 STANDIN = textwrap.dedent('''

@@ -28,7 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from odenet.cli import guard
-from odenet.cli.errors import Refused, error_line
+from odenet.cli.error_lines import Refused, error_line
 from odenet.config.schema import ConfigError, to_config
 from odenet.run.record import METRICS, read_metrics
 
@@ -92,7 +92,7 @@ class SweepGuard(Callback):
         except ConfigError as e:
             raise Refused(str(e)) from None
         guard.check_job(cfg)
-        guard.check_writable(Path(config.hydra.sweep.dir))
+        guard.check_run_dir_writable(Path(config.hydra.sweep.dir))
 
 
 # ------------------------------------------------------------------------- odenet train

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from odenet.cli.errors import Refused
+from odenet.cli.error_lines import Refused
 from odenet.config.schema import ConfigError
 from odenet.run.record import CHECKPOINT_FILE
 
@@ -34,7 +34,7 @@ def check_job(cfg: Any) -> None:
         raise Refused(str(e)) from None
 
 
-def check_writable(path: Path) -> None:
+def check_run_dir_writable(path: Path) -> None:
     p = path
     while not p.exists() and p != p.parent:
         p = p.parent
@@ -53,7 +53,7 @@ def claim_run_dir(cfg: Any, out: Path) -> None:
     from odenet.run import directory as rundir
     from odenet.training import trainer as train
 
-    check_writable(out)
+    check_run_dir_writable(out)
     try:
         if rundir.is_claimed(out):
             rundir.claim(out)  # raises the one line that names the owner

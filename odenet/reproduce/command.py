@@ -63,8 +63,8 @@ from odenet.reproduce.executor import (
 )
 from odenet.reproduce.jobs import TRAIN, Job, Training, job_command, plan_jobs, plan_trainings
 from odenet.reproduce.plan import PLAN_FILE, ReproduceConfig, load_config
-from odenet.reproduce.progress import Show
 from odenet.reproduce.scheduling import JobQueue
+from odenet.reproduce.status import Show
 from odenet.reproduce.wall import WALL, parts_line, read_parts, record_part, utc_now
 from odenet.run import directory as rundir
 
@@ -88,7 +88,7 @@ def machine_line() -> str:
             f"{dev}, Python {platform.python_version()}, torch {tv}")
 
 
-def write_report(cfg: ReproduceConfig, trainings: list[Training], report_dir: Path,
+def build_report(cfg: ReproduceConfig, trainings: list[Training], report_dir: Path,
                  command: str, timings: dict[str, float], failures: list[str]) -> Path:
     """table + figures + report.md in report_dir; returns report.md's path."""
     from odenet.report.markdown import Invocation
@@ -203,7 +203,7 @@ def _reproduce(cfg: ReproduceConfig, command: str, log, executor: Executor,
 def _report(cfg: ReproduceConfig, trainings: list[Training], report_dir: Path, command: str,
             timings: dict[str, float], failures: list[str], log) -> int:
     try:
-        path = write_report(cfg, trainings, report_dir, command, timings, failures)
+        path = build_report(cfg, trainings, report_dir, command, timings, failures)
     except ReportError as e:
         log(f"odenet reproduce: error: {e}")
         return 1

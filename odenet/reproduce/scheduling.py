@@ -14,7 +14,7 @@ from odenet.reproduce.done import exit_text, job_done, job_failure, skipped
 from odenet.reproduce.executor import Executor
 from odenet.reproduce.jobs import TRAIN, Job, job_command
 from odenet.reproduce.plan import ReproduceConfig
-from odenet.reproduce.progress import RunState, Show, duration, eta_text, run_state, time_left
+from odenet.reproduce.status import RunState, Show, duration, eta_text, run_state, time_left
 
 TICK = 0.1            # seconds between looks at the jobs
 ESTIMATE_EVERY = 5.0  # seconds between readings of the runs' records for the time left

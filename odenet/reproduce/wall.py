@@ -9,7 +9,7 @@ import datetime as _dt
 from pathlib import Path
 
 from odenet.report.runs import ReportError
-from odenet.reproduce.progress import duration
+from odenet.reproduce.status import duration
 from odenet.run.files import write_csv
 
 WALL = "wall.csv"

@@ -19,7 +19,7 @@ from odenet.run import record
 from odenet.run.files import write_json
 from odenet.run.record import HISTORY, METRICS
 
-log = logging.getLogger("odenet.training.trainer")
+log = logging.getLogger("odenet.train")
 
 TENSORBOARD = "tb"
 # metrics.json keys that TensorBoard's hparams view shows beside the results

@@ -24,7 +24,7 @@ from odenet.training.runtime import rng_state, set_rng_state
 if TYPE_CHECKING:
     from odenet.training.iteration import IterationMeasures
 
-log = logging.getLogger("odenet.training.trainer")  # the run's log lines name the trainer
+log = logging.getLogger("odenet.train")  # the run's log lines name the trainer
 
 
 @dataclass

@@ -19,7 +19,7 @@ from odenet.solvers import SolverError
 if TYPE_CHECKING:
     from odenet.training.run_state import CheckpointSaver, Progress
 
-log = logging.getLogger("odenet.training.trainer")  # the run's log lines name the trainer
+log = logging.getLogger("odenet.train")  # the run's log lines name the trainer
 
 # a file the run could not write (a full disk or quota, a file too large, a read-only
 # mount): its one line says so

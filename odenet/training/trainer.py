@@ -56,7 +56,7 @@ from odenet.training.runtime import (
 from odenet.training.stopping import Stop, StopSignals, ending
 from odenet.training.tasks import TASKS, Task
 
-log = logging.getLogger("odenet.training.trainer")
+log = logging.getLogger("odenet.train")  # the name train.log lines carry
 
 last_signal: int | None = None  # the signal that stopped the last run() in this process
 

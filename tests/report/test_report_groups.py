@@ -118,7 +118,7 @@ def test_reproduce_variants_of_resnet_are_the_ablation_rows(tmp_path):
     `odenet train` writes them) come out as rows of their own in report.md."""
     from fakeruns import write_run
 
-    from odenet.reproduce.command import write_report
+    from odenet.reproduce.command import build_report
     from odenet.reproduce.jobs import plan_trainings
     from odenet.reproduce.plan import load_config
 
@@ -134,7 +134,7 @@ def test_reproduce_variants_of_resnet_are_the_ablation_rows(tmp_path):
             if job.model == "resnet" else {}
         write_run(job.dir, model=job.model, seed=seed, experiment="tiny",
                   test_error=0.005 + seed / 1000, **resnet)
-    path = write_report(cfg, jobs, tmp_path / "report", "test", {}, [])
+    path = build_report(cfg, jobs, tmp_path / "report", "test", {}, [])
     md = path.read_text()
     table = md.split("## Table 1")[1].split("## Measured")[0]
     titles = [x.split("|")[1].strip() for x in table.splitlines() if x.startswith("| ")][1:]
