@@ -224,7 +224,7 @@ def test_bad_run_directories_are_one_line_errors(cli, tmp_path, mnist_root):
 
 def test_heartbeat_logs_progress_without_a_terminal(caplog):
     beat = Heartbeat(enabled=True, every=0.0)
-    with caplog.at_level("INFO", logger="odenet.training.trainer"):
+    with caplog.at_level("INFO", logger="odenet.train"):
         beat.tick(epoch=0, epochs=2, batch=10, ipe=100, loss=0.5, nfe=(26, 20), seconds=0.5)
     msg = caplog.records[-1].getMessage()
     assert msg == "epoch 1/2, iteration 10/100, loss 0.5000, NFE 26/20, 0.500 s/iter, " \
@@ -316,7 +316,7 @@ def test_sweep_jobs_label_their_log_lines(cli, tmp_path, mnist_root):
             f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert r.returncode == 0, r.stderr
     log0 = (tmp_path / "sweep" / "0" / "train.log").read_text()
-    lines = [ln for ln in log0.splitlines() if "odenet.training.trainer" in ln]
+    lines = [ln for ln in log0.splitlines() if "odenet.train]" in ln]
     assert lines and all("] - [job 0: " in ln and ",seed=0," in ln for ln in lines)
     assert "[job 1:" not in log0 and ",seed=1," in (r.stdout + r.stderr)
 

@@ -161,7 +161,7 @@ def test_resume_without_a_checkpoint_starts_afresh_without_the_old_events(
     tiny = [*TINY, "model=mlp", "train.tensorboard=true"]
     run(compose_cfg(*tiny, "train.stop_after_iters=2"), tmp_path)
     (tmp_path / CHECKPOINT_FILE).unlink()
-    with caplog.at_level("WARNING", logger="odenet.training.trainer"):
+    with caplog.at_level("WARNING", logger="odenet.train"):
         m = run(compose_cfg(*tiny, "resume=true"), tmp_path)
     assert m["status"] == "finished"
     acc = EventAccumulator(str(tmp_path / "tb"))
@@ -264,7 +264,7 @@ def test_settings_that_do_not_apply_are_said(compose_cfg, tmp_path, caplog):
     MNIST has, are said in the log, not dropped without a word."""
     cfg = compose_cfg(*TINY, "model=mlp", "solver=bosh3", "data.train_size=100000000",
                       "train.max_iters_per_epoch=2")
-    with caplog.at_level("WARNING", logger="odenet.training.trainer"):
+    with caplog.at_level("WARNING", logger="odenet.train"):
         m = run(cfg, tmp_path)
     said = [r.getMessage() for r in caplog.records]
     assert "model=mlp has no ODE block: solver.method=bosh3 not applied (metrics.json " \
@@ -280,7 +280,7 @@ def test_a_batch_larger_than_the_train_split_is_the_split_and_scales_the_lr(
     run (0.1 x 100 / 128), not the 5000 asked for."""
     cfg = compose_cfg(*TINY, "model=mlp", "data.train_size=100", "data.batch_size=5000",
                       "optim.epochs=2")
-    with caplog.at_level("WARNING", logger="odenet.training.trainer"):
+    with caplog.at_level("WARNING", logger="odenet.train"):
         m = run(cfg, tmp_path)
     assert ("data.batch_size=5000 but the train split holds 100 samples: batches of 100, lr "
             "0.078125, optim.base_lr scaled by it") in [r.getMessage() for r in caplog.records]
@@ -296,7 +296,7 @@ def test_more_threads_than_the_process_may_use_are_said(compose_cfg, tmp_path, c
     cfg = compose_cfg(*TINY, "model=mlp", "threads=2", "train.stop_after_iters=1")
     before = torch.get_num_threads()
     try:
-        with caplog.at_level("WARNING", logger="odenet.training.trainer"):
+        with caplog.at_level("WARNING", logger="odenet.train"):
             run(cfg, tmp_path)
     finally:
         torch.set_num_threads(before)
@@ -319,7 +319,7 @@ def test_a_file_that_cannot_be_written_fails_the_run_in_one_line(compose_cfg, tm
         real_save(path, ck)
 
     monkeypatch.setattr(checkpoint, "save", save)
-    with caplog.at_level("ERROR", logger="odenet.training.trainer"):
+    with caplog.at_level("ERROR", logger="odenet.train"):
         m = run(compose_cfg(*TINY, "model=mlp", "optim.epochs=3"), tmp_path)
     ck = tmp_path / "checkpoint.pt"
     assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [(

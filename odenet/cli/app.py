@@ -204,13 +204,13 @@ def _single(overrides: list[str], config_name: str) -> tuple[str, int]:
         cfg, raw = _composed(overrides, config_name)
         raw.hydra.mode = RunMode.RUN
         guard.check_job(cfg)
-        guard.claim_run_dir(cfg, Path(raw.hydra.run.dir))  # ${now:} is resolved once
+        decided = guard.claim_run_dir(cfg, Path(raw.hydra.run.dir))  # ${now:} resolved once
         signum = rundir.pending_signal()
         if signum is not None:
             return "", 128 + signum
 
         def job(_: Any) -> dict:  # Hydra's copy of the config is left: cfg is validated
-            return train.run(cfg, HydraConfig.get().runtime.output_dir)
+            return train.run(cfg, HydraConfig.get().runtime.output_dir, decided)
 
         # the configured hydra.callbacks, as Hydra's own run() hands them to run_job
         context = HydraContext(config_loader=gh.config_loader(), callbacks=Callbacks(raw))

@@ -2,19 +2,22 @@
 data and device, the run directory, and the label of a sweep job's log lines.
 
 Hydra creates the run directory and writes its record (.hydra/) before the job starts, so
-a refusal must come first to leave every file as it was; the trainer checks the same
-directory again when it claims it (``train.run``)."""
+a refusal must come first to leave every file as it was. What is decided about the run
+directory here (its checkpoint loaded once) is handed to the trainer
+(``trainer.run(cfg, out, decided)``); a sweep's jobs decide in the trainer."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from odenet.cli.error_lines import Refused
 from odenet.config.schema import ConfigError
-from odenet.run.record import CHECKPOINT_FILE
+
+if TYPE_CHECKING:
+    from odenet.training.resume import TakeOver
 
 
 def check_job(cfg: Any) -> None:
@@ -45,32 +48,29 @@ def check_run_dir_writable(path: Path) -> None:
                       "or no permission)")
 
 
-def claim_run_dir(cfg: Any, out: Path) -> None:
-    """Claim ``out`` for this process (nobody else starts there before the trainer does),
-    or Refused: another owner, a resume the checkpoint refuses, a run there without
-    resume or overwrite; Refused with status 0 when a resumed run has nothing left."""
+def claim_run_dir(cfg: Any, out: Path) -> TakeOver:
+    """Claim ``out`` for this process (nobody else starts there before the trainer does)
+    and decide what the training does with it (``resume.take_over``, handed to the
+    trainer), or Refused: another owner, a resume the checkpoint refuses, a run there
+    without resume or overwrite; Refused with status 0 when a resumed run has nothing left."""
     from odenet.config.schedules import SCHEDULES
     from odenet.run import directory as rundir
-    from odenet.training import trainer as train
+    from odenet.training.resume import take_over
 
     check_run_dir_writable(out)
     try:
         if rundir.is_claimed(out):
             rundir.claim(out)  # raises the one line that names the owner
-        if cfg.resume:
-            if (out / CHECKPOINT_FILE).is_file():
-                train.check_resume(cfg, out)
-            if train.finished(out, cfg) is not None:
-                more = " or ".join(s.name for s in SCHEDULES.values() if not s.fitted_to_length)
-                raise Refused(f"odenet train: nothing to do: {out} finished (resume=true "
-                              "continues only a run that has epochs left; raise optim.epochs "
-                              f"for more, with a {more} schedule)", 0)
-        elif rundir.holds_run(out) and not cfg.overwrite:
-            raise ConfigError(f"{out} already holds a run: resume=true continues it, "
-                              "overwrite=true deletes it and starts afresh")
+        decided = take_over(cfg, out)
+        if decided.done is not None:
+            more = " or ".join(s.name for s in SCHEDULES.values() if not s.fitted_to_length)
+            raise Refused(f"odenet train: nothing to do: {out} finished (resume=true "
+                          "continues only a run that has epochs left; raise optim.epochs "
+                          f"for more, with a {more} schedule)", 0)
         rundir.claim(out)
     except ConfigError as e:
         raise Refused(str(e)) from None
+    return decided
 
 
 class JobLabel(logging.Filter):

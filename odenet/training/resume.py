@@ -1,16 +1,20 @@
-"""Whether a run directory's checkpoint may be continued (``check_resume``: a training
-checkpoint of the same settings, but those a resumed run may change, with its history
-intact), and whether its run has nothing left to do (``finished``). Settings are compared
+"""What a training does with its run directory (``take_over``, decided once, before
+anything is written): whether its checkpoint may be continued (``check_resume``: a
+training checkpoint of the same settings, but those a resumed run may change, with its
+history intact), whether its run has nothing left to do (``finished``), and the refusal
+of a run there that is neither resumed nor overwritten. Settings are compared
 as the machine runs them (``machine_precision``: precision=auto resolved).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from odenet.config.schedules import SCHEDULES
 from odenet.config.schema import ConfigError, as_dict, to_config
+from odenet.run import directory as rundir
 from odenet.run import record
 from odenet.training import checkpoint_file as checkpoint
 from odenet.training import optim
@@ -113,3 +117,24 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(name)
     return out
+
+
+@dataclass(frozen=True)
+class TakeOver:
+    """A run directory's fate: continue ``checkpoint`` (None: start afresh), or nothing to
+    do when ``done`` holds the metrics of a run that has finished its epochs."""
+    checkpoint: dict[str, Any] | None = None
+    done: dict[str, Any] | None = None
+
+
+def take_over(cfg: Any, out: Path) -> TakeOver:
+    """The resume/overwrite rules for ``out``, reading it only (the checkpoint is loaded
+    here, once): ConfigError for a resume the checkpoint refuses and for a run there that
+    is neither resumed (resume=true) nor overwritten (overwrite=true)."""
+    if cfg.resume:
+        ck = check_resume(cfg, out) if (out / checkpoint.CHECKPOINT_FILE).is_file() else None
+        return TakeOver(ck, finished(out, cfg))
+    if rundir.holds_run(out) and not cfg.overwrite:
+        raise ConfigError(f"{out} already holds a run: resume=true continues it, "
+                          "overwrite=true deletes it and starts afresh")
+    return TakeOver()

@@ -42,7 +42,7 @@ from odenet.training import measure, optim
 from odenet.training.iteration import train_step
 from odenet.training.openmp import threads_warning
 from odenet.training.progress import Bars, Heartbeat, RunLog, epoch_records, log_epoch
-from odenet.training.resume import check_resume, finished, machine_precision
+from odenet.training.resume import TakeOver, machine_precision, take_over
 from odenet.training.run_state import CheckpointSaver, Progress, restore
 from odenet.training.runtime import (
     autocast,
@@ -62,9 +62,11 @@ last_signal: int | None = None  # the signal that stopped the last run() in this
 
 
 # ============================================================================ the run
-def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
+def run(cfg: Any, out_dir: str | os.PathLike,
+        decided: TakeOver | None = None) -> dict[str, Any]:
     """Train ``cfg`` writing into ``out_dir``: a Config validated by the command layer
     (``config.to_config``; taken as it is), or a DictConfig or dict (tests; validated here).
+    ``decided``: ``resume.take_over(cfg, out_dir)`` where the caller has already made it.
 
     Returns the metrics record (also in metrics.json). Never raises for a failed or
     interrupted run: ``status`` says what happened and ``reason`` why. Raises
@@ -80,15 +82,15 @@ def run(cfg: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
     rundir.claim(out)  # one owner: a second training into out is refused here
     release_buffers()  # the solver's kept buffers are the run's: none inherited, none left
     try:
-        return _run(cfg, out)
+        return _run(cfg, out, decided)
     finally:
         release_buffers()
         rundir.release(out)
 
 
-def _run(cfg: Any, out: Path) -> dict[str, Any]:
+def _run(cfg: Any, out: Path, decided: TakeOver | None) -> dict[str, Any]:
     global last_signal
-    ck, done = _take_over(cfg, out)  # the checkpoint to continue from; a finished run
+    ck, done = _take_over(cfg, out, decided)  # the checkpoint to continue from; a finished run
     if done is not None:
         return done
     prog = Progress.from_state(ck["progress"]) if ck else Progress()  # its clock starts
@@ -203,16 +205,14 @@ def _end_epoch(t: _Training, sig: StopSignals, bars: Bars) -> record.EpochRecord
     return erec
 
 
-def _take_over(cfg: Any, out: Path) -> tuple[dict | None, dict | None]:
+def _take_over(cfg: Any, out: Path, decided: TakeOver | None) -> tuple[dict | None, dict | None]:
     """(the checkpoint to continue, the metrics of a run with nothing left to do) for
-    ``out``, after the resume/overwrite rules: a run there is refused unless resumed
-    (``check_resume``) or overwritten."""
+    ``out``, by ``resume.take_over`` (``decided``: what the command layer decided before
+    Hydra wrote into ``out``), then the directory cleared as that decision says."""
     rundir.remove_orphans(out)
-    ck = None
+    decided = decided or take_over(cfg, out)
+    ck, done = decided.checkpoint, decided.done
     if cfg.resume:
-        if (out / checkpoint.CHECKPOINT_FILE).is_file():
-            ck = check_resume(cfg, out)
-        done = finished(out, cfg)
         if done is not None:
             log.info("resume=true: the run in %s has finished its %d epochs; nothing to do",
                      out, done["epochs"])
@@ -223,10 +223,7 @@ def _take_over(cfg: Any, out: Path) -> tuple[dict | None, dict | None]:
                         checkpoint.CHECKPOINT_FILE, out,
                         f" (deleted what the earlier start left: {', '.join(gone)})" if gone
                         else "")
-    elif rundir.holds_run(out):
-        if not cfg.overwrite:
-            raise ConfigError(f"{out} already holds a run: resume=true continues it, "
-                              "overwrite=true deletes it and starts afresh")
+    elif rundir.holds_run(out):  # overwrite=true: take_over refused it otherwise
         log.warning("overwrite=true: deleted %s of the run in %s",
                     ", ".join(rundir.clear(out)), out)
     return ck, None
