@@ -15,13 +15,13 @@ class SettingsError(ValueError):
 
 
 def settings(argv: list[str], keys: dict[str, str], defaults: dict[str, Any],
-             lists: tuple[str, ...] = (), paths: bool = True) -> dict[str, Any]:
+             lists: tuple[str, ...] = (), takes_paths: bool = True) -> dict[str, Any]:
     """``defaults`` updated by ``argv``: leading paths are ``run_dirs``, then ``key=value``
     for the keys of ``keys`` (name: meaning); a key of ``lists`` takes one value or a list
-    ``[a,b]``; ``paths=False``: a command without run directories. SettingsError for a
+    ``[a,b]``; ``takes_paths=False``: a command without run directories. SettingsError for a
     flag, an unknown or repeated key, a stray path."""
     accepted = ", ".join(keys)
-    where = ", after the run directories" if paths else ""
+    where = ", after the run directories" if takes_paths else ""
     out, given, paths = dict(defaults), set(), []
     for arg in argv:
         key, eq, value = arg.partition("=")
@@ -29,7 +29,7 @@ def settings(argv: list[str], keys: dict[str, str], defaults: dict[str, Any],
             raise SettingsError(f"unknown flag {arg!r}: settings are key=value "
                                 f"(keys: {accepted}){where}")
         if not eq:
-            if not paths:
+            if not takes_paths:
                 raise SettingsError(f"bad argument {arg!r}: expected key=value settings "
                                     f"(keys: {accepted})")
             if given:

@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 def _settings(argv: list[str]) -> dict:
     """root, source and force from ``key=value`` arguments; SettingsError names a bad one."""
     args = settings(argv, KEYS, {"root": "data", "source": "auto", "force": "false"},
-                    paths=False)
+                    takes_paths=False)
     if args["source"] not in SOURCES:
         raise SettingsError(f"source={args['source']!r}; accepted: {', '.join(SOURCES)}")
     if args["force"].lower() not in BOOLEANS:
