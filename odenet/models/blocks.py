@@ -99,14 +99,19 @@ class ODEFunc(nn.Module):
 class CarriedStep(StepCarry):
     """The step one direction of a block's solves carries (solver.carry_step), kept in the
     block's ``carried_steps`` buffer (NaN: none yet), so that checkpoints hold it and a
-    resumed run continues bit for bit. Solves in eval mode read it and leave it as it is:
-    evaluation never steers training."""
+    resumed run continues bit for bit. Solves in eval mode neither read nor write it: a
+    test-time solve depends on the weights and the solver's settings alone, starts from
+    the first-step estimate and so keeps its tolerance (a carried step that the error
+    estimate accepts can be far less accurate than the tolerance asks), and evaluation
+    never steers training."""
 
     def __init__(self, block: nn.Module, index: int):
         self.block, self.index = block, index
 
     @property
     def h(self) -> float | None:
+        if not self.block.training:
+            return None
         h = float(self.block.carried_steps[self.index])
         return None if math.isnan(h) else h
 

@@ -315,7 +315,7 @@ def _train_forward(block, x):
     return out.detach(), block.stats.as_dict()
 
 
-def test_the_blocks_carry_is_saved_and_read_but_not_updated_in_eval_mode(steps):
+def test_the_blocks_carry_is_saved_and_not_used_in_eval_mode(steps):
     x = torch.tensor([[1.0, -1.0, 0.5], [0.2, 0.3, -0.4]], dtype=torch.float64)
     block = ODEBlock(_Linear(), 1.0, method="dopri5", rtol=1e-6, carry_step=True)
     assert torch.isnan(block.state_dict()["carried_steps"]).all()  # none yet
@@ -324,12 +324,12 @@ def test_the_blocks_carry_is_saved_and_read_but_not_updated_in_eval_mode(steps):
     assert torch.isfinite(carried).all() and (carried > 0).all()  # forward and backward
     assert carried.dtype == torch.float64
     assert carried[0] != carried[1]
-    # eval mode reads the carried step but leaves it as it is
+    # eval mode starts from the first-step estimate and leaves the carried step as it is
     block.eval()
     steps.clear()
     with torch.no_grad():
         out = block(x)
-    assert steps[0][0] == "first" and steps[0][1] == float(carried[0])
+    assert steps[0][0] == "first" and steps[0][1] != float(carried[0])
     assert torch.equal(block.carried_steps, carried)
     (block(x.clone().requires_grad_()) ** 2).sum().backward()  # with gradients too
     assert torch.equal(block.carried_steps, carried)
@@ -341,7 +341,9 @@ def test_the_blocks_carry_is_saved_and_read_but_not_updated_in_eval_mode(steps):
     assert torch.equal(twin.carried_steps, carried)
     for b in (block, twin):
         b.func.zero_grad(set_to_none=True)
+    steps.clear()
     (ya, sa), (yb, sb) = _train_forward(block, x), _train_forward(twin, x)
+    assert steps[0][0] == "first" and steps[0][1] == float(carried[0])  # training reads it
     assert torch.equal(ya, yb) and sa == sb
     assert torch.equal(block.func.A.grad, twin.func.A.grad)
     assert torch.equal(block.carried_steps, twin.carried_steps)
