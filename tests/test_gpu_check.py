@@ -23,6 +23,7 @@ def _check(tmp_path: Path, device: str, *args: str, timeout: float = 300,
                           env=e, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # the whole check script on the CPU: ~1.5 min
 def test_quick_cpu_check(tmp_path, mnist_root):
     pytest.importorskip("torchdiffeq")
     from bench.bench_training import TRAINING_CASES

@@ -42,7 +42,7 @@ def test_gradcheck_direct_fixed_grid():
     assert torch.autograd.gradcheck(solve, inputs)
 
 
-@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+@pytest.mark.parametrize("method", [pytest.param("dopri5", marks=pytest.mark.slow), "rk4"])
 def test_gradcheck_adjoint(method):
     """Adjoint gradients w.r.t. y0, the parameters and t, against finite differences."""
     func = Counted()
