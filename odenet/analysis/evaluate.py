@@ -124,6 +124,8 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
     method = cfg.method or trained["method"]
     results = [_tolerance(cfg, model, task, batches, h0s, ref, dtype, method, tol, log)
                for tol in cfg.tolerances]
+    carried = (_from_carried_step(cfg, model, task, batches, h0s, ref, dtype, method, log)
+               if method == trained["method"] else None)
     min_err = min((r["numerical_error"] for r in results if r.get("numerical_error")),
                   default=None)
     check_error = reference["check_error"]
@@ -151,6 +153,8 @@ def evaluate(cfg: EvaluateConfig, log=print) -> dict:
         "reference": reference,
         "results": results,
     }
+    if carried is not None:
+        record["carried_step"] = carried
     warn_if_loose(reference, check_error, min_err, log)
     return record
 
@@ -195,6 +199,26 @@ def _reference(cfg: EvaluateConfig, block, err_h0, log) -> tuple[Any, dict]:
                  "nfe_forward_mean": ref_nfe, "seconds": ref_seconds,
                  "check_rtol": cfg.reference_tol * 10, "check_nfe_forward_mean": check_nfe,
                  "check_error": check_error}
+
+
+def _from_carried_step(cfg: EvaluateConfig, model, task, batches, h0s, ref, dtype,
+                       method: str, log) -> dict | None:
+    """For a block trained with solver.carry_step: every tolerance again, each solve
+    starting from the step training carried instead of the first-step estimate (what
+    training's solves did); None for a block without one."""
+    block = model.ode_block
+    steps = getattr(block, "carried_steps", None)
+    if steps is None or math.isnan(float(steps[0])):
+        return None
+    h = float(steps[0])
+    log(f"from the step training carried (h = {h:.3g}) instead of the first-step estimate:")
+    block.eval_from_carried_step = True
+    try:
+        rows = [_tolerance(cfg, model, task, batches, h0s, ref, dtype, method, tol, log)
+                for tol in cfg.tolerances]
+    finally:
+        block.eval_from_carried_step = False
+    return {"first_step": h, "results": rows}
 
 
 def _tolerance(cfg: EvaluateConfig, model, task, batches, h0s, ref, dtype, method: str,

@@ -103,14 +103,15 @@ class CarriedStep(StepCarry):
     test-time solve depends on the weights and the solver's settings alone, starts from
     the first-step estimate and so keeps its tolerance (a carried step that the error
     estimate accepts can be far less accurate than the tolerance asks), and evaluation
-    never steers training."""
+    never steers training. ``block.eval_from_carried_step = True`` makes eval-mode solves
+    read it (still never write it): `odenet evaluate` shows what it does to the error."""
 
     def __init__(self, block: nn.Module, index: int):
         self.block, self.index = block, index
 
     @property
     def h(self) -> float | None:
-        if not self.block.training:
+        if not (self.block.training or self.block.eval_from_carried_step):
             return None
         h = float(self.block.carried_steps[self.index])
         return None if math.isnan(h) else h
@@ -139,6 +140,7 @@ class ODEBlock(nn.Module):
         self.func = func
         self.register_buffer("times", torch.tensor([0.0, float(t1)]), persistent=False)
         self.stats = SolveStats()
+        self.eval_from_carried_step = False  # see CarriedStep
         self._settings = {k: getattr(SolverConfig, k) for k in self.SETTINGS}
         self._settings.update(atol=self._settings["rtol"], gradient="adjoint")
         self.configure(**solver)

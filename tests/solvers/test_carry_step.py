@@ -424,3 +424,31 @@ def test_an_older_checkpoint_resumed_with_a_carry_is_refused_or_continued(compos
         assert "\n" not in str(e)
     else:
         assert m["status"] == "finished"
+
+
+def test_evaluate_solves_from_the_estimate_and_shows_the_carried_step(compose_cfg, tmp_path,
+                                                                       steps):
+    """`odenet evaluate` on a carry_step run: its rows start from the first-step estimate;
+    ``carried_step`` repeats each tolerance from the step training carried."""
+    from odenet.analysis import evaluate as E
+    from odenet.run.record import CHECKPOINT_FILE
+    from odenet.training.checkpoint_file import load as load_checkpoint
+    from odenet.training.trainer import run
+
+    run(compose_cfg(*TINY), tmp_path)
+    ck = tmp_path / CHECKPOINT_FILE
+    h = float(load_checkpoint(ck)["model"]["body.carried_steps"][0])
+    cfg = E.validate(E.EvaluateConfig(checkpoint=str(ck), tolerances=[1e-3], test_size=32,
+                                      error_images=8, reference_tol=1e-7, repeats=1))
+    steps.clear()
+    ev = E.evaluate(cfg, log=lambda *_: None)
+    firsts = [s[1] for s in steps if s[0] == "first"]
+    h_used = ev["carried_step"]["first_step"]  # in the evaluation's dtype (float32)
+    assert h_used == pytest.approx(h, rel=1e-6)
+    assert len(ev["results"]) == len(ev["carried_step"]["results"]) == 1
+    row, carried = ev["results"][0], ev["carried_step"]["results"][0]
+    assert row["status"] == carried["status"] == "ok" and carried["rtol"] == 1e-3
+    # the reference, the rows and the carried rows solve the same batches: only the
+    # carried rows' solves (under half of them) start from the carried step
+    assert 0 < firsts.count(h_used) < len(firsts) / 2
+    assert float(load_checkpoint(ck)["model"]["body.carried_steps"][0]) == h  # left as it was
