@@ -27,15 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# the key=value commands whose settings are a dataclass: an unknown key or a flag is named
-# with the accepted keys before the command starts (docs/commands.md)
-SETTINGS: dict[str, str] = {
-    "evaluate": "odenet.analysis.evaluate:EvaluateConfig",
-    "gradients": "odenet.analysis.gradients:GradientsConfig",
-    "reproduce": "odenet.reproduce.plan:ReproduceConfig",
-}
-
-
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: odenet <command> [args...]   (odenet <command> --help for its options)",
@@ -76,27 +67,5 @@ def _run(cmd: str, rest: list[str]) -> int:
             print(f"odenet {cmd}: not available yet ({module} is not installed)", file=sys.stderr)
             return 2
         raise
-    bad = _unknown_setting(cmd, rest)
-    if bad:
-        print(f"odenet {cmd}: error: {bad}", file=sys.stderr)
-        return 2
     rc = getattr(mod, func)(rest)
     return int(rc or 0)
-
-
-def _unknown_setting(cmd: str, argv: list[str]) -> str | None:
-    """The line naming the first flag or unknown key of ``argv`` and the accepted keys."""
-    import dataclasses
-
-    if cmd not in SETTINGS or any(a in ("-h", "--help") for a in argv):
-        return None
-    module, name = SETTINGS[cmd].split(":")
-    keys = [f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))]
-    for arg in argv:
-        key = arg.split("=", 1)[0].split(".", 1)[0]
-        if arg.startswith("-") or "=" not in arg:
-            return f"bad argument {arg!r}: settings are key=value (keys: {', '.join(keys)})"
-        if key not in keys:
-            return f"unknown key {key!r} in {arg!r} (keys: {', '.join(keys)})"
-    return None
-

@@ -464,14 +464,20 @@ def load_settings(schema: type, yaml_name: str, argv: list[str], what: str, *,
     """The settings of a command that is not a Hydra app (evaluate, gradients, reproduce):
     the shipped configs/<yaml_name> (or the file at ``path``) merged with ``key=value``
     overrides into the dataclass ``schema``. ConfigError (one line) for a bad argument
-    (``examples``: overrides it names, e.g. "experiment=quick, dry_run=true"), a missing
-    required key or a bad value."""
+    (``examples``: overrides it names, e.g. "experiment=quick, dry_run=true") or an unknown
+    key, each naming the accepted keys, a missing required key or a bad value."""
     from importlib import resources
 
+    keys = [f.name for f in dataclasses.fields(schema)]
+    accepted = f"(keys: {', '.join(keys)})"
     for a in argv:
         if "=" not in a or a.startswith("-"):
             hint = f"such as {examples}" if examples else f"(see configs/{yaml_name})"
-            raise ConfigError(f"bad argument {a!r}: expected key=value overrides {hint}")
+            raise ConfigError(f"bad argument {a!r}: expected key=value overrides {hint} "
+                              f"{accepted}")
+        key = a.split("=", 1)[0].split(".", 1)[0]
+        if key not in keys:
+            raise ConfigError(f"unknown key {key!r} in {a!r} {accepted}")
     if path is None:
         text = (resources.files("odenet.configs") / yaml_name).read_text(encoding="utf-8")
     else:
