@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odenet.config.command_line import SettingsError, settings, usage, wants_help
+from odenet.config.command_line import SettingsError, usage, wants_help
+from odenet.report.arguments import report_settings
 from odenet.report.mnist_figures import NoData
 from odenet.report.runs import ReportError, Run, load_runs, print_invalid
-from odenet.run.files import check_writable, os_reason, write_csv
+from odenet.run.files import os_reason, write_csv
 from odenet.run.record import CLASSIFY, DENSITY, EVALUATION, HISTORY
 
 DEFAULT_OUT = "outputs/report/latest"
@@ -141,6 +142,13 @@ def _keys() -> dict[str, str]:
     }
 
 
+def _check_only(args: dict) -> None:
+    unknown = [n for n in args["only"] if n not in FIGURES]
+    if unknown or not args["only"]:
+        raise SettingsError(f"only={','.join(unknown)}: not a figure (figures: "
+                            f"{', '.join(FIGURES)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if wants_help(argv):
@@ -151,20 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                     "to the run directories.", _keys(),
                     "odenet figures outputs/runs out=outputs/report/mine only=[fig3a,fig3b]"))
         return 0
-    try:
-        args = settings(argv, _keys(), {"run_dirs": ["outputs"], "out": DEFAULT_OUT,
-                                        "only": list(FIGURES)}, lists=("run_dirs", "only"))
-        unknown = [n for n in args["only"] if n not in FIGURES]
-        if unknown or not args["only"]:
-            raise SettingsError(f"only={','.join(unknown)}: not a figure (figures: "
-                                f"{', '.join(FIGURES)})")
-        check_writable(args["out"])
-    except SettingsError as e:
-        print(f"odenet figures: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"odenet figures: error: out={args['out']}: cannot write there "
-              f"({os_reason(e)}); give out= a writable directory", file=sys.stderr)
+    args = report_settings("odenet figures", argv, _keys(),
+                           {"run_dirs": ["outputs"], "out": DEFAULT_OUT, "only": list(FIGURES)},
+                           lists=("run_dirs", "only"), check=_check_only)
+    if args is None:
         return 2
     try:
         runs, invalid = load_runs(args["run_dirs"])

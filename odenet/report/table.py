@@ -25,7 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from odenet.config.command_line import SettingsError, settings, usage, wants_help
+from odenet.config.command_line import usage, wants_help
+from odenet.report.arguments import report_settings
 from odenet.report.runs import (
     Invalid,
     ReportError,
@@ -40,7 +41,7 @@ from odenet.report.runs import (
 )
 from odenet.report.seed_groups import SCALE_KEYS, SOLVER_KEYS, Group, Stat, groups
 from odenet.run import record
-from odenet.run.files import check_writable, os_reason, write_atomic
+from odenet.run.files import os_reason, write_atomic
 
 # Measures averaged over seeds, in table.csv order (an explicit order: table.csv's columns
 # stay put when the record gains a field; the density runs' NLLs are not Table 1's).
@@ -425,16 +426,9 @@ def main(argv: list[str] | None = None) -> int:
                     "relative to the run directories.", TABLE_KEYS,
                     "odenet table outputs/runs out=outputs/report/mine"))
         return 0
-    try:
-        args = settings(argv, TABLE_KEYS, {"run_dirs": ["outputs"], "out": DEFAULT_OUT},
-                        lists=("run_dirs",))
-        check_writable(args["out"])
-    except SettingsError as e:
-        print(f"odenet table: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"odenet table: error: out={args['out']}: cannot write there ({os_reason(e)}); "
-              "give out= a writable directory", file=sys.stderr)
+    args = report_settings("odenet table", argv, TABLE_KEYS,
+                           {"run_dirs": ["outputs"], "out": DEFAULT_OUT}, lists=("run_dirs",))
+    if args is None:
         return 2
     try:
         # the table reads neither histories nor evaluations (a bad one leaves its run in);
