@@ -146,29 +146,41 @@ def test_signal_reaches_every_child_once(tmp_path, signum, to_group, jobs):
     assert f"start:  table/mlp_seed0; output: {runs[0] / 'train.out'}" in out
 
 
+def _signals_of(runs: list[Path]) -> list[list[int]]:
+    return [json.loads((r / "signals.json").read_text()) for r in runs]
+
+
+def _ctrl_c_twice(proc: subprocess.Popen, runs: list[Path], start_timeout: float):
+    """Ctrl-C to reproduce's process group once every run has started, then once more
+    after each run noted the first; (the runs' signals after the first, stderr)."""
+    try:
+        for run in runs:
+            _wait_for(run / "pid", start_timeout, proc)
+        _signal(proc, signal.SIGINT, True)
+        for run in runs:
+            _wait_for(run / "signals.json", 30, proc)
+        time.sleep(1.0)  # reproduce waits for them, signals nothing more
+        assert proc.poll() is None
+        first = _signals_of(runs)
+        _signal(proc, signal.SIGINT, True)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return first, err
+
+
 def test_a_second_signal_reaches_each_child_once_more(tmp_path):
     """Children that go on after the first Ctrl-C: reproduce waits for them; the second
     Ctrl-C reaches each of them once more (odenet train then stops at once)."""
     args = [f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}", "jobs=2"]
     proc = _start(tmp_path, *args, env={"FAKE_NEEDS": "2"})
     runs = [tmp_path / "runs" / "table" / f"{m}_seed0" for m in ("mlp", "resnet")]
-    try:
-        for run in runs:
-            _wait_for(run / "pid", 30, proc)
-        _signal(proc, signal.SIGINT, True)
-        for run in runs:
-            _wait_for(run / "signals.json", 30, proc)
-        time.sleep(1.0)  # reproduce waits for them, signals nothing more
-        assert proc.poll() is None
-        assert [json.loads((r / "signals.json").read_text()) for r in runs] == [[2], [2]]
-        _signal(proc, signal.SIGINT, True)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    first, err = _ctrl_c_twice(proc, runs, 30)
+    assert first == [[2], [2]]
     assert proc.returncode == 130, err
-    assert [json.loads((r / "signals.json").read_text()) for r in runs] == [[2, 2], [2, 2]]
+    assert _signals_of(runs) == [[2, 2], [2, 2]]
     assert not (tmp_path / "runs" / "table" / "rknet_seed0").exists()
 
 

@@ -111,35 +111,18 @@ def test_ctrl_c_reaches_each_job_once_then_once_more(tmp_path):
     starts and the part is on record."""
     pytest.importorskip("submitit")
     import signal
-    import time
 
-    from test_reproduce_signals import _gone, _signal, _start, _wait_for
+    from test_reproduce_signals import _ctrl_c_twice, _gone, _signals_of, _start
 
     args = [f"root={tmp_path / 'runs'}", f"report={tmp_path / 'report'}", "jobs=2",
             "executor=submitit_local"]
     proc = _start(tmp_path, *args, env={"FAKE_NEEDS": "2"})
     runs = [tmp_path / "runs" / "table" / f"{m}_seed0" for m in ("mlp", "resnet")]
-    try:
-        for run in runs:
-            _wait_for(run / "pid", 60, proc)
-        children = [int((run / "pid").read_text()) for run in runs]
-        _signal(proc, signal.SIGINT, True)
-        for run in runs:
-            _wait_for(run / "signals.json", 30, proc)
-        time.sleep(1.0)  # reproduce waits for them, signals nothing more
-        assert proc.poll() is None
-        got = [json.loads((r / "signals.json").read_text()) for r in runs]
-        assert got == [[signal.SIGTERM]] * 2
-        _signal(proc, signal.SIGINT, True)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    first, err = _ctrl_c_twice(proc, runs, 60)
+    assert first == [[signal.SIGTERM]] * 2
     assert proc.returncode == 130, err
-    got = [json.loads((r / "signals.json").read_text()) for r in runs]
-    assert got == [[signal.SIGTERM, signal.SIGINT]] * 2
-    assert all(_gone(child) for child in children)
+    assert _signals_of(runs) == [[signal.SIGTERM, signal.SIGINT]] * 2
+    assert all(_gone(int((run / "pid").read_text())) for run in runs)
     assert not (tmp_path / "runs" / "table" / "rknet_seed0").exists()
     [part] = read_parts(tmp_path / "runs")
     assert (part["children_started"], part["ended_by"]) == ("2", "stopped by SIGINT")
