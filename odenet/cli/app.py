@@ -1,6 +1,6 @@
 """The Hydra layer: composing ``configs/``, the ``odenet train`` app, and Hydra's errors
 turned into one line. The only module that imports Hydra; below it, configs are
-validated structured configs (odenet/config/schema.py) and ``train.run(cfg, out_dir)`` trains.
+validated structured configs (odenet/config/schema.py) and ``trainer.run(cfg, out_dir)`` trains.
 
 Python API (README, "Python API"):
 
@@ -198,7 +198,7 @@ def _single(overrides: list[str], config_name: str) -> tuple[str, int]:
 
     from odenet.data import DataError
     from odenet.run import directory as rundir
-    from odenet.training import trainer as train
+    from odenet.training import trainer
 
     with _hydra() as gh:
         cfg, raw = _composed(overrides, config_name)
@@ -210,7 +210,7 @@ def _single(overrides: list[str], config_name: str) -> tuple[str, int]:
             return "", 128 + signum
 
         def job(_: Any) -> dict:  # Hydra's copy of the config is left: cfg is validated
-            return train.run(cfg, HydraConfig.get().runtime.output_dir, decided)
+            return trainer.run(cfg, HydraConfig.get().runtime.output_dir, decided)
 
         # the configured hydra.callbacks, as Hydra's own run() hands them to run_job
         context = HydraContext(config_loader=gh.config_loader(), callbacks=Callbacks(raw))
@@ -220,8 +220,8 @@ def _single(overrides: list[str], config_name: str) -> tuple[str, int]:
         metrics = ret.return_value  # the job's exception, raised
     except (ConfigError, DataError) as e:  # e.g. the data changed since the check
         raise Refused(str(e)) from None
-    if train.last_signal is not None:
-        return "", 128 + int(train.last_signal)
+    if trainer.last_signal is not None:
+        return "", 128 + int(trainer.last_signal)
     return "", {"finished": 0, "interrupted": 3}.get(metrics["status"], 1)
 
 
@@ -249,7 +249,7 @@ def _sweep_job(dcfg: Any) -> float | None:
 
     from odenet.data import DataError
     from odenet.run import directory as rundir
-    from odenet.training import trainer as train
+    from odenet.training import trainer
 
     hc = HydraConfig.get()
     sweep_dir = os.path.abspath(hc.sweep.dir)
@@ -258,13 +258,13 @@ def _sweep_job(dcfg: Any) -> float | None:
         raise Stopped(128 + signum, sweep_dir, started=int(hc.job.num) > 0)
     label = guard.JobLabel(f"job {hc.job.num}: {hc.job.override_dirname or 'defaults'}")
     try:
-        metrics = train.run(to_config(dcfg), hc.runtime.output_dir)  # validated here, once
+        metrics = trainer.run(to_config(dcfg), hc.runtime.output_dir)  # validated here, once
     except (ConfigError, DataError) as e:
         raise Refused(str(e)) from None
     finally:
         label.remove()
-    if train.last_signal is not None:  # Ctrl-C / SIGTERM also ends a sweep
-        raise Stopped(128 + int(train.last_signal), sweep_dir, started=True)
+    if trainer.last_signal is not None:  # Ctrl-C / SIGTERM also ends a sweep
+        raise Stopped(128 + int(trainer.last_signal), sweep_dir, started=True)
     # what a sweeper that chooses settings optimizes: the validation metric, never the
     # test metric (None without data.val_size)
     value = metrics.get("val_error", metrics.get("val_nll"))
