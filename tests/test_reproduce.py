@@ -182,6 +182,24 @@ def test_shipped_plans_load():
     assert cfg.plans["paper"].gradients is not None
 
 
+
+def test_quick_plan_trains_its_ode_rows_with_the_levers_and_sweeps_without():
+    """The quick plan's ODE rows carry the step and keep the kinetic penalty; its Fig. 3c
+    and memory sweeps measure NFE under the error control alone, so they have neither."""
+    from odenet.cli.app import compose
+
+    jobs = plan_trainings(load_config(["experiment=quick"]), Path("r"))
+    for job in jobs:
+        if job.model not in ("odenet", "rknet"):
+            continue
+        cfg = compose(job.overrides)
+        levers = (cfg.solver.carry_step, cfg.model.kinetic_weight)
+        if job.group == "table":
+            assert levers == (True, 0.1), job.name
+            assert (cfg.solver.method, cfg.solver.rtol) == ("dopri5", 1e-3)
+        else:
+            assert levers == (False, 0.0), job.name
+
 VARIANT_PLAN = textwrap.dedent('''
     experiment: tiny
     plans:
