@@ -34,7 +34,9 @@ class TrainingField:
             return self.func(t * c, z) * c if c != 1.0 else self.func(t, z)
         h = z[:, :-2].reshape(self.shape)
         graph = torch.is_grad_enabled()  # False in the adjoint's forward solve
-        with torch.enable_grad():  # the Jacobian term differentiates f even there
+        # the Jacobian term differentiates f even there; the kinetic term needs no graph,
+        # and one built per evaluation would be work (and saved tensors) thrown away
+        with torch.set_grad_enabled(graph or self.jacobian):
             if self.jacobian and not (graph and h.requires_grad):  # a leaf to differentiate
                 h = h.detach().requires_grad_()
             f = self.func(t * c, h)
