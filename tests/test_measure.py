@@ -46,10 +46,28 @@ def test_block_share_is_measured_separately():
     seq = nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh())
     x = torch.randn(16, 32)
     with ActivationMeter(seq, blocks=[seq[3]]) as m:
-        seq(x).sum()
+        out = seq(x).sum()
     # inside the block only Tanh's output is saved; outside, x, two pre-activations ...
     assert m.block_bytes == 16 * 32 * 4
     assert m.total_bytes > m.block_bytes
+    del out
+
+
+def test_a_graph_dropped_inside_the_meter_is_not_counted():
+    """Only what backward will need counts: a graph built and freed within the measured
+    forward (a per-evaluation vector-Jacobian product) is transient."""
+    lin = nn.Linear(32, 32)
+    x = torch.randn(16, 32, requires_grad=True)
+    with ActivationMeter(lin) as kept:
+        out = torch.tanh(lin(x))
+    with ActivationMeter(lin) as dropped:
+        for _ in range(5):
+            y = torch.tanh(lin(x))
+            torch.autograd.grad(y.sum(), x)  # frees y's graph
+        out2 = torch.tanh(lin(x))
+    assert kept.total_bytes == dropped.total_bytes > 0
+    assert dropped.tensors > kept.tensors  # the dropped graphs did save tensors
+    del out, out2
 
 
 def test_meter_keeps_no_graph_alive():
@@ -68,8 +86,8 @@ def test_meter_keeps_no_graph_alive():
         gc.enable()
 
 
-def _block_mib_and_nfe(name: str, rtol: float, x, y):
-    cfg = compose([f"model={name}"])
+def _block_mib_and_nfe(name: str, rtol: float, x, y, *overrides: str):
+    cfg = compose([f"model={name}", *overrides])
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.solver)
     configure_solver(model, rtol=rtol)
@@ -96,6 +114,19 @@ def test_odenet_block_memory_is_flat_while_rknet_grows_with_nfe():
     # per evaluation, backprop keeps about (batch x 64 x 6 x 6 floats) x a few tensors
     per_eval = (rk_t - rk_l) * MIB / (nfe_t - nfe_l)
     assert 3 * 4 * 64 * 36 * 4 < per_eval < 30 * 4 * 64 * 36 * 4
+
+
+@pytest.mark.parametrize("penalty", ["model.kinetic_weight=0.1", "model.jacobian_weight=0.1"])
+def test_the_adjoint_block_stays_flat_with_a_penalty(penalty):
+    """A training solve's penalty channels do not cost the adjoint its O(1) memory."""
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    _, plain, _ = _block_mib_and_nfe("odenet", 1e-1, x, y)
+    _, loose, nfe_l = _block_mib_and_nfe("odenet", 1e-1, x, y, penalty)
+    _, tight, nfe_t = _block_mib_and_nfe("odenet", 1e-5, x, y, penalty)
+    assert nfe_t >= 2 * nfe_l
+    assert tight == pytest.approx(loose)
+    assert loose < 1.1 * plain  # the state's two more channels, nothing per evaluation
 
 
 def test_resnet_block_memory_is_fixed_and_mlp_has_no_block():

@@ -17,6 +17,7 @@ import resource
 import statistics
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -39,9 +40,12 @@ class ActivationMeter:
     A storage is counted once however many tensors view it; parameters (and views of
     them) are not activations and are skipped. ``block_mib`` counts the storages saved
     while one of ``blocks`` runs its forward (a storage saved both inside and outside
-    counts in both). The pack hook hands autograd a detached alias, not the tensor it
-    got: returning the tensor itself can make a reference cycle (tensor -> grad_fn ->
-    saved tensor) that keeps whole graphs alive.
+    counts in both). Only what a graph still holds when the block exits counts: a graph
+    built and dropped inside it (e.g. a vector-Jacobian product taken per evaluation of
+    an adjoint's forward solve) is transient, not kept for backward. The pack hook hands
+    autograd a detached alias, not the tensor it got: returning the tensor itself can
+    make a reference cycle (tensor -> grad_fn -> saved tensor) that keeps whole graphs
+    alive; the alias's weak reference tells whether its graph is alive.
     """
 
     def __init__(self, model: nn.Module | None = None, blocks: Iterable[nn.Module] = ()):
@@ -59,14 +63,10 @@ class ActivationMeter:
         except (RuntimeError, NotImplementedError):  # e.g. tensors without storage
             return t.detach()
         self.tensors += 1
+        alias = t.detach()
         if key[2] not in self._params:
-            if key not in self._seen:
-                self._seen.add(key)
-                self.total_bytes += nbytes
-            if self._depth > 0 and key not in self._seen_block:
-                self._seen_block.add(key)
-                self.block_bytes += nbytes
-        return t.detach()
+            self._saved.append((key, nbytes, self._depth > 0, weakref.ref(alias)))
+        return alias
 
     @staticmethod
     def _unpack(t: torch.Tensor) -> torch.Tensor:
@@ -81,8 +81,7 @@ class ActivationMeter:
     # context ------------------------------------------------------------------------
     def __enter__(self) -> ActivationMeter:
         self.total_bytes = self.block_bytes = self.tensors = 0
-        self._seen: set = set()
-        self._seen_block: set = set()
+        self._saved: list = []  # (storage key, bytes, saved inside a block, alias ref)
         self._depth = 0
         params = self.model.parameters() if self.model is not None else ()
         self._params = {p.untyped_storage().data_ptr() for p in params}
@@ -99,7 +98,17 @@ class ActivationMeter:
         for h in self._handles:
             h.remove()
         self._handles = []
-        self._seen = self._seen_block = set()
+        seen, seen_block = set(), set()
+        for key, nbytes, in_block, alias in self._saved:
+            if alias() is None:  # its graph is gone: nothing backward will need
+                continue
+            if key not in seen:
+                seen.add(key)
+                self.total_bytes += nbytes
+            if in_block and key not in seen_block:
+                seen_block.add(key)
+                self.block_bytes += nbytes
+        self._saved = []
 
     @property
     def total_mib(self) -> float:
