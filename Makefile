@@ -47,7 +47,7 @@ train: $(VENV) $(DATA)  ## one run, e.g. make train ARGS="model=odenet solver.rt
 sweep: $(VENV) $(DATA)  ## tolerance sweep (Hydra multirun), see scripts/sweep_tolerances.sh
 	bash scripts/sweep_tolerances.sh $(ARGS)
 
-reproduce: $(VENV) $(DATA)  ## Table 1 + Figure 3 at quick scale, ~30 min on 2 cores (one 1-thread job per core, or per GPU on CUDA; report in outputs/report/)
+reproduce: $(VENV) $(DATA)  ## Table 1 + Figure 3 at quick scale, ~15-30 min on 2 cores (one 1-thread job per core, or per GPU on CUDA; report in outputs/report/)
 	.venv/bin/odenet reproduce experiment=quick $(ARGS)
 
 bench: $(VENV) $(DATA)  ## training speed with precision=bf16 vs fp32 vs the torchdiffeq reference network

@@ -50,7 +50,7 @@ NOT_RUN = {
     "source .venv/bin/activate": "the shell's environment",
     "make test": "the test suite itself",
     "odenet train experiment=quick model=odenet": "full MNIST, an epoch: minutes",
-    "make reproduce": "the quick plan: ~30 minutes on 2 cores",
+    "make reproduce": "the quick plan: 15-30 minutes on 2 cores",
     "odenet train experiment=cnf_moons": "1,000 CNF steps: ~2 minutes",
 }
 
