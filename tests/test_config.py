@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from odenet.cli.app import compose, error_line
@@ -314,7 +316,9 @@ def test_train_help_describes_each_preset_and_where_a_run_goes():
 def test_per_model_experiment_deltas_apply_automatically(option):
     experiment, model = option.rsplit("_", 1)
     with_delta = compose([f"experiment={experiment}", f"model={model}"])
-    delta = OmegaConf.load(CONFIGS / "experiment_model" / f"{option}.yaml")
+    with initialize_config_dir(str(CONFIGS), version_base=None):  # its defaults resolved
+        # composed alone, a group's file lands under its group's name
+        delta = hydra_compose(config_name=f"experiment_model/{option}").experiment_model
     for section, values in delta.items():
         if not OmegaConf.is_config(values):  # a top-level setting, e.g. precision
             assert with_delta[section] == values
