@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from odenet.analysis import evaluate as E
+from odenet.config.errors import ConfigError
 from odenet.models import build_model, ode_blocks
 from odenet.solvers import odeint
 
@@ -272,3 +273,51 @@ def test_the_float32_side_runs_ieee_float32(evaluated):
     _, ev = evaluated
     assert ev["float32_math"] == "ieee"
     assert torch.backends.cudnn.allow_tf32 is False
+
+
+class _Bad(Exception):
+    pass
+
+
+def _shell(tmp_path, prepare=None, run=None, argv=()):
+    from odenet.analysis.probe import command_main
+
+    out = tmp_path / "ev.json"
+    return command_main(list(argv), command="probe", doc="The probe.\n", config_file="p.yaml",
+                        errors=(_Bad,), prepare=prepare or (lambda argv: ("cfg", out)),
+                        run=run or (lambda cfg, out: ({"results": []}, "done")))
+
+
+@pytest.mark.parametrize("statuses, code", [(["ok", "failed"], 0), (["failed", "failed"], 1),
+                                            (["ok"], 0)])
+def test_the_command_shell_exits_1_only_when_every_result_failed(tmp_path, capsys, statuses,
+                                                                 code):
+    record = {"results": [{"status": s} for s in statuses]}
+    assert _shell(tmp_path, run=lambda cfg, out: (record, f"tolerances -> {out}")) == code
+    ok = statuses.count("ok")
+    assert capsys.readouterr().out == f"odenet probe: {ok}/{len(statuses)} tolerances -> " \
+                                      f"{tmp_path / 'ev.json'}\n"
+
+
+def test_the_command_shell_prints_its_help_and_does_no_work(tmp_path, capsys):
+    def prepare(argv):
+        raise AssertionError("no work on --help")
+
+    assert _shell(tmp_path, prepare=prepare, argv=["--help"]) == 0
+    assert capsys.readouterr().out == "The probe.\n\nSettings: configs/p.yaml (key=value overrides).\n"
+
+
+@pytest.mark.parametrize("where, error, message", [
+    ("prepare", ConfigError("rtol must be positive, got 0"), "rtol must be positive, got 0"),
+    ("run", _Bad("the checkpoint has no ODE block"), "the checkpoint has no ODE block"),
+    ("run", OSError(28, "No space left on device"), "writing {out}: No space left on device"),
+])
+def test_the_command_shell_reports_an_error_in_one_line_exit_2(tmp_path, capsys, where, error,
+                                                               message):
+    def fail(*args):
+        raise error
+
+    assert _shell(tmp_path, **{where: fail}) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"odenet probe: error: {message.format(out=tmp_path / 'ev.json')}\n"

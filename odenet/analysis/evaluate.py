@@ -33,22 +33,23 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from odenet.analysis.probe import (
     ProbeSettings,
     check,
+    command_main,
     open_checkpoint,
     output_path,
     recorded_checkpoint,
     warn_if_loose,
 )
-from odenet.config.errors import ConfigError, need
+from odenet.config.errors import need
 from odenet.config.schema import load_settings
-from odenet.run.files import os_reason, write_json
+from odenet.run.files import write_json
 from odenet.run.record import CHECKPOINT_ID, EVALUATION
 
 CONFIG_FILE = "evaluate.yaml"
@@ -302,25 +303,17 @@ def _measure_tolerance(model, task, batches, h0s, ref, dtype, repeats: int) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip() + f"\n\nSettings: configs/{CONFIG_FILE} (key=value overrides).")
-        return 0
-    try:
+    def prepare(argv: list[str]) -> tuple[EvaluateConfig, Path]:
         cfg = validate(load_settings(EvaluateConfig, CONFIG_FILE, argv, "evaluate"))
-        out = output_path(cfg, EVALUATION)
+        return cfg, output_path(cfg, EVALUATION)
+
+    def run(cfg: EvaluateConfig, out: Path) -> tuple[dict, str]:
         record = evaluate(cfg)
         write_json(out, record)
-    except (EvaluateError, ConfigError) as e:
-        print(f"odenet evaluate: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # written after the check: e.g. the disk filled up since
-        print(f"odenet evaluate: error: writing {out}: {os_reason(e)}", file=sys.stderr)
-        return 2
-    failed = [r for r in record["results"] if r["status"] != "ok"]
-    print(f"odenet evaluate: {len(record['results']) - len(failed)}/{len(record['results'])} "
-          f"tolerances evaluated -> {out}")
-    return 1 if failed and len(failed) == len(record["results"]) else 0
+        return record, f"tolerances evaluated -> {out}"
+
+    return command_main(argv, command="evaluate", doc=__doc__, config_file=CONFIG_FILE,
+                        errors=(EvaluateError,), prepare=prepare, run=run)
 
 
 if __name__ == "__main__":

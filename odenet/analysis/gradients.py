@@ -42,15 +42,15 @@ activation memory, one series per method.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from odenet.analysis.gradient_error import GRADIENT_METHODS, INIT, GradientsError, measure
 from odenet.analysis.gradient_figure import write_figure
-from odenet.analysis.probe import ProbeSettings, check, output_path
-from odenet.config.errors import ConfigError, need, one_of
+from odenet.analysis.probe import ProbeSettings, check, command_main, output_path
+from odenet.config.errors import need, one_of
 from odenet.config.schema import PRECISIONS, load_settings
-from odenet.run.files import os_reason, write_json
+from odenet.run.files import write_json
 from odenet.run.record import GRADIENTS_FIGURE, GRADIENTS_FILE
 
 CONFIG_FILE = "gradients.yaml"
@@ -90,30 +90,22 @@ def validate(cfg: GradientsConfig) -> GradientsConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip() + f"\n\nSettings: configs/{CONFIG_FILE} (key=value overrides).")
-        return 0
-    try:
+    def prepare(argv: list[str]) -> tuple[GradientsConfig, Path]:
         cfg = validate(load_settings(GradientsConfig, CONFIG_FILE, argv, "gradients"))
         if cfg.checkpoint == INIT and not cfg.out:
             raise GradientsError("checkpoint=init has no run directory: give out=PATH.json")
-        out = output_path(cfg, GRADIENTS_FILE)
+        return cfg, output_path(cfg, GRADIENTS_FILE)
+
+    def run(cfg: GradientsConfig, out: Path) -> tuple[dict, str]:
         figure = out.with_name(GRADIENTS_FIGURE if out.name == GRADIENTS_FILE
                                else out.stem + ".png")
         record = measure(cfg)
         write_json(out, record)
         write_figure(record, figure)
-    except (GradientsError, ConfigError) as e:
-        print(f"odenet gradients: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # written after the check: e.g. the disk filled up since
-        print(f"odenet gradients: error: writing {out}: {os_reason(e)}", file=sys.stderr)
-        return 2
-    failed = [r for r in record["results"] if r["status"] != "ok"]
-    print(f"odenet gradients: {len(record['results']) - len(failed)}/{len(record['results'])} "
-          f"measurements -> {out}, {figure}")
-    return 1 if failed and len(failed) == len(record["results"]) else 0
+        return record, f"measurements -> {out}, {figure}"
+
+    return command_main(argv, command="gradients", doc=__doc__, config_file=CONFIG_FILE,
+                        errors=(GradientsError,), prepare=prepare, run=run)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What `odenet evaluate` and `odenet gradients` share: both re-solve the ODE block of a
 trained checkpoint at several tolerances against a float64 reference. Their common
-settings (``ProbeSettings``), the checks of those settings, and opening the checkpoint.
+settings (``ProbeSettings``), the checks of those settings, opening the checkpoint, and
+the command's shell (``command_main``: help, one-line errors, exit status).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,3 +146,32 @@ def warn_if_loose(reference: dict, check_error: float, min_err: float, log) -> N
     if not reference["ok"]:
         log(f"warning: the reference is not much tighter than the smallest error reported "
             f"({check_error:.1e} vs {min_err:.1e}); lower reference_tol")
+
+
+def command_main(argv: list[str] | None, *, command: str, doc: str, config_file: str,
+                 errors: tuple[type[Exception], ...],
+                 prepare: Callable[[list[str]], tuple[Any, Path]],
+                 run: Callable[[Any, Path], tuple[dict, str]]) -> int:
+    """`odenet <command>`: ``prepare(argv)`` loads and checks the settings and returns them
+    with the output path (checked writable before any work); ``run(cfg, out)`` does the
+    work, writes its files and returns the record and what the summary line names. Exit
+    0, 1 when every result failed, 2 on bad settings or a failed write (one line on
+    stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc.strip() + f"\n\nSettings: configs/{config_file} (key=value overrides).")
+        return 0
+    out = None
+    try:
+        cfg, out = prepare(argv)
+        record, summary = run(cfg, out)
+    except (*errors, ConfigError) as e:
+        print(f"odenet {command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # written after the check: e.g. the disk filled up since
+        print(f"odenet {command}: error: writing {out}: {os_reason(e)}", file=sys.stderr)
+        return 2
+    failed = [r for r in record["results"] if r["status"] != "ok"]
+    print(f"odenet {command}: {len(record['results']) - len(failed)}/{len(record['results'])} "
+          f"{summary}")
+    return 1 if failed and len(failed) == len(record["results"]) else 0
