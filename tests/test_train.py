@@ -290,6 +290,16 @@ def test_a_batch_larger_than_the_train_split_is_the_split_and_scales_the_lr(
     assert [r["lr"] for r in iters] == pytest.approx([0.078125, 0.078125])
 
 
+def test_the_optimizer_settings_are_recorded(compose_cfg, tmp_path):
+    """The settings that make a recipe, so a report never counts two recipes as one."""
+    cfg = compose_cfg(*TINY, "model=mlp", "optim.epochs=1", "optim.nesterov=true",
+                      "optim.weight_decay=5e-4", "optim.momentum=0.8")
+    m = run(cfg, tmp_path)
+    assert (m["optimizer"], m["momentum"], m["nesterov"], m["weight_decay"]) == \
+        ("sgd", 0.8, True, 5e-4)
+    assert json.loads((tmp_path / "metrics.json").read_text())["nesterov"] is True
+
+
 def test_more_threads_than_the_process_may_use_are_said(compose_cfg, tmp_path, caplog,
                                                        monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)

@@ -34,12 +34,14 @@ from odenet.report.runs import (
     fmt_tol,
     gradient_of,
     num,
+    optimizer_label,
     recipe_label,
     residual_blocks,
     scale_label,
     solver_label,
+    varying,
 )
-from odenet.report.seed_groups import Group, group_of, groups
+from odenet.report.seed_groups import OPTIM_KEYS, RECIPE_KEYS, Group, group_of, groups
 
 # The solvers of the paper's own family (ODEPACK's LSODE, here LSODA): Fig. 3c's claim
 PAPER_FAMILY = ("lsoda",)
@@ -200,17 +202,17 @@ def fig3d_rows(runs: Sequence[Run]) -> list[dict]:
     return rows
 
 
-def recipe_of(run: Run) -> str:
-    """The trade-off figure's line: the run's model, solver (with an ODE block), levers
-    and epochs, e.g. 'odenet dopri5 tol=1e-3 adjoint, carried step, EMA 0.999, 8 ep'."""
+def recipe_of(run: Run, optimizer_settings: Sequence[str] = ()) -> str:
+    """The trade-off figure's line: the run's model, solver (with an ODE block), levers,
+    the ``optimizer_settings`` named (those the runs drawn differ in) and epochs, e.g.
+    'odenet dopri5 tol=1e-3 adjoint, carried step, EMA 0.999, Nesterov, 8 ep'."""
     m = run.metrics
     parts = [str(m.get("model"))]
     if run.has_ode_block:
         parts[0] += f" {solver_label(m)}"
-    levers = recipe_label({k: m.get(k) for k in ("ema_decay", "solver_carry_step",
-                                                   "kinetic_weight", "jacobian_weight",
-                                                   "t1_jitter")})
-    parts += [levers] if levers else []
+    levers = recipe_label({k: m.get(k) for k in RECIPE_KEYS})
+    optimizer = optimizer_label(m, optimizer_settings)
+    parts += [p for p in (levers, optimizer) if p]
     parts.append(f"{m.get('epochs_planned')} ep")
     return ", ".join(parts)
 
@@ -221,10 +223,10 @@ def tradeoff_rows(runs: Sequence[Run]) -> list[dict]:
     so far (each epoch's training wall time x torch threads) and its mean NFE per
     training iteration, forward and backward."""
     rows = []
+    runs = [run for run in runs if run.metrics.get("val_size") is not None]
+    shown = varying((run.metrics for run in runs), OPTIM_KEYS)
     for run in runs:
         m = run.metrics
-        if m.get("val_size") is None:
-            continue
         key = "ema_val_error" if m.get("ema_decay") else "val_error"
         threads, core_seconds = num(m.get("threads")) or 1, 0.0
         for e in run.epochs():
@@ -232,7 +234,7 @@ def tradeoff_rows(runs: Sequence[Run]) -> list[dict]:
             if num(e.get(key)) is None or num(e.get("epoch")) is None:
                 continue
             f, b = num(e.get("nfe_forward_mean")), num(e.get("nfe_backward_mean"))
-            rows.append({"run_dir": _dir(run), "recipe": recipe_of(run),
+            rows.append({"run_dir": _dir(run), "recipe": recipe_of(run, shown),
                          "seed": m.get("seed"), "epoch": num(e["epoch"]) + 1,
                          "core_seconds": core_seconds, "val_error": num(e[key]),
                          "nfe_forward": f, "nfe_backward": b,

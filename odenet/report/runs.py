@@ -289,7 +289,35 @@ def scale_label(key: dict) -> str:
         parts.append(f"test n={key['test_size']}")
     if recipe_label(key):  # the training levers
         parts.append(recipe_label(key))
+    if key.get("optimizer_label"):  # seed_groups.groups: what tells it from the others
+        parts.append(key["optimizer_label"])
     return ", ".join(parts) or "-"
+
+
+def varying(records: Iterable[dict], names: Sequence[str]) -> tuple[str, ...]:
+    """The ``names`` whose values differ among ``records`` (metrics or group keys)."""
+    records = list(records)
+    return tuple(n for n in names if len({repr(r.get(n)) for r in records}) > 1)
+
+
+def optimizer_label(m: dict, names: Sequence[str]) -> str:
+    """The optimizer settings ``names`` of a record in short, e.g. 'lr 0.05, Nesterov,
+    wd 0.0005'; a setting the record lacks (older records) reads '<name> ?'."""
+    parts = []
+    for name in names:
+        v = m.get(name)
+        if v is None:
+            parts.append(f"{OPTIMIZER_NAMES.get(name, name)} ?")
+        elif name == "nesterov":
+            parts.append("Nesterov" if v else "no Nesterov")
+        elif name in ("optimizer", "schedule"):
+            parts.append(str(v))
+        else:
+            parts.append(f"{OPTIMIZER_NAMES.get(name, name)} {v:g}")
+    return ", ".join(parts)
+
+
+OPTIMIZER_NAMES = {"nesterov": "Nesterov", "weight_decay": "wd"}
 
 
 def recipe_label(key: dict) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from odenet.config.model_registry import MODELS, ModelSpec, PaperRow
-from odenet.report.runs import Run, has_ode_block, num, residual_blocks
+from odenet.report.runs import Run, has_ode_block, num, optimizer_label, residual_blocks, varying
 from odenet.run import record
 
 SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_gradient",
@@ -22,8 +22,11 @@ SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_
 # the training levers (off: null, as in records from before them)
 RECIPE_KEYS = ("ema_decay", "solver_carry_step", "kinetic_weight", "jacobian_weight",
                "t1_jitter")
+# the optimizer: runs that differ here are other recipes, never repeats of one seed
+# (null in records from before a field)
+OPTIM_KEYS = ("optimizer", "lr", "schedule", "momentum", "nesterov", "weight_decay")
 # residual_blocks: a ResNet with fewer blocks (Table 1's ablations) is another row
-GROUP_KEYS = ("model", "residual_blocks") + SOLVER_KEYS + SCALE_KEYS + RECIPE_KEYS
+GROUP_KEYS = ("model", "residual_blocks") + SOLVER_KEYS + SCALE_KEYS + RECIPE_KEYS + OPTIM_KEYS
 
 
 def _check_keys() -> None:
@@ -231,9 +234,12 @@ def groups(runs: Sequence[Run], task: str | None = record.CLASSIFY, fields: Sequ
         members.setdefault(t, []).append(r)
         keys[t] = k
     out = []
+    shown = varying(keys.values(), OPTIM_KEYS)
     for t, rs in members.items():
         stats = {name: seed_stat(rs, name, REPORTED.get(name)) for name in fields}
         stats.update({name: seed_stat(rs, name, f) for name, f in (derived or {}).items()})
+        # the labels name the optimizer settings only where the groups listed differ in them
+        keys[t]["optimizer_label"] = optimizer_label(keys[t], shown)
         out.append(Group(key=keys[t], runs=rs, stats=stats))
     return sorted(out, key=lambda g: _sort_key(g.key))
 

@@ -199,7 +199,9 @@ def _test_set_text(rows: Sequence[Row]) -> str:
 def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
     w(f"From {sum(len(r.runs) for r in rows)} finished run(s) below: "
       f"{', '.join(sources)}. Mean ± sample std over distinct seeds where a row has several "
-      "(the runs of one seed are averaged first; \"0 (x2)\": seed 0 run twice).\n"
+      "(the runs of one seed are averaged first; \"0 (x2)\": seed 0 run twice); a row's "
+      "runs share model, solver, scale, levers and optimizer settings, and Scale names an "
+      "optimizer setting where rows differ in it.\n"
       f"{_test_set_text(rows)} Activations: bytes autograd saves for backward "
       f"in one training iteration, whole model / the ODE block or {_blocks_text(rows)} "
       "alone (device-independent; the paper gives memory only as O(·)). GPU train peak: "

@@ -179,6 +179,10 @@ class Metrics:
     max_iters_per_epoch: int | None = _f(SETTING, "train.max_iters_per_epoch")
     lr: float | None = _f(SETTING, "peak learning rate")
     schedule: str | None = _f(SETTING, "optim.schedule")
+    optimizer: str | None = _f(SETTING, "optim.name: sgd | adam")
+    momentum: float | None = _f(SETTING, "optim.momentum; null: Adam, which has none")
+    nesterov: bool | None = _f(SETTING, "optim.nesterov; null: Adam")
+    weight_decay: float | None = _f(SETTING, "optim.weight_decay")
     device: str | None = _f(SETTING, "torch device", title="Device")
     precision: str = _f(SETTING, "fp32 | bf16: the network layers' compute dtype",
                         default="fp32")

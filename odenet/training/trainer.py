@@ -371,7 +371,10 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         val_size=loaders.val.n if loaders.val is not None else None,
         max_iters_per_epoch=cfg.train.max_iters_per_epoch,
         lr=optim.peak_lr(cfg, running_batch(cfg, loaders)), ema_decay=cfg.optim.ema_decay,
-        schedule=cfg.optim.schedule, device=str(device), precision=cfg.precision,
+        schedule=cfg.optim.schedule, optimizer=cfg.optim.name,
+        momentum=cfg.optim.momentum if cfg.optim.name == "sgd" else None,
+        nesterov=cfg.optim.nesterov if cfg.optim.name == "sgd" else None,
+        weight_decay=cfg.optim.weight_decay, device=str(device), precision=cfg.precision,
         float32_math=float32_math(), threads=torch.get_num_threads(),
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())
 

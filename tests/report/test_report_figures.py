@@ -242,3 +242,12 @@ def test_invalid_run_next_to_good_ones_is_reported(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"not read: {bad / 'metrics.json'}: not valid JSON" in err
     assert all((out / f"{n}.png").exists() and (out / f"{n}.csv").exists() for n in FIG3)
+
+
+def test_tradeoff_lines_name_the_optimizer_settings_the_runs_differ_in(make_run, tmp_path):
+    history = history_records(val_error=[0.02, 0.012])
+    for name, nesterov in (("nesterov", True), ("plain", False)):
+        make_run(name, model="mlp", val_size=10000, history=history, optimizer="sgd",
+                 momentum=0.9, nesterov=nesterov, weight_decay=0.0)
+    recipes = {r["recipe"] for r in F.tradeoff_rows(load_runs([tmp_path / "outputs"])[0])}
+    assert recipes == {"mlp, Nesterov, 2 ep", "mlp, no Nesterov, 2 ep"}

@@ -145,3 +145,34 @@ def test_reproduce_variants_of_resnet_are_the_ablation_rows(tmp_path):
     assert "an ablation the paper has not" in table
     claims = md.split("## Measured against the paper's claims")[1]
     assert "ResNet, one block 0.60 ± 0.10 % over 3 seeds, 206,858 parameters" in claims
+
+
+def test_runs_of_other_optimizer_settings_are_other_rows_named_by_what_differs(make_run,
+                                                                                tmp_path):
+    """Two MLP recipes (Nesterov with weight decay, plain momentum) of one seed are two
+    rows, not one seed run twice; the labels name the settings they differ in, and only
+    those."""
+    for seed in (0, 1):
+        make_run(f"mlp_nesterov_seed{seed}", model="mlp", seed=seed, test_error=0.013,
+                 optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4)
+        make_run(f"mlp_plain_seed{seed}", model="mlp", seed=seed, test_error=0.010,
+                 optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.0)
+    gs = groups(load_runs([tmp_path / "outputs"])[0], fields=("test_error",))
+    assert sorted((g.key["optimizer_label"], g.seeds, g.stat("test_error").mean) for g in gs) \
+        == [("Nesterov, wd 0.0005", [0, 1], 0.013), ("no Nesterov, wd 0", [0, 1], 0.010)]
+    table = write_table(load_runs([tmp_path / "outputs"])[0], tmp_path / "rep")["md"].read_text()
+    assert "quick, 2 ep, n=60000, Nesterov, wd 0.0005 |" in table
+    assert "quick, 2 ep, n=60000, no Nesterov, wd 0 |" in table
+
+
+def test_runs_of_one_optimizer_recipe_keep_their_labels(make_run, tmp_path):
+    for seed in (0, 1):
+        make_run(f"mlp_seed{seed}", model="mlp", seed=seed, optimizer="sgd", momentum=0.9,
+                 nesterov=True, weight_decay=5e-4)
+    make_run("mlp_old", model="mlp", seed=0, lr=0.05)  # another lr, an older record
+    gs = groups(load_runs([tmp_path / "outputs"])[0])
+    assert sorted(g.key["optimizer_label"] for g in gs) == [
+        "optimizer ?, lr 0.05, momentum ?, Nesterov ?, wd ?",
+        "sgd, lr 0.1, momentum 0.9, Nesterov, wd 0.0005"]
+    one = groups([r for r in load_runs([tmp_path / "outputs"])[0] if r.name != "mlp_old"])
+    assert len(one) == 1 and one[0].key["optimizer_label"] == ""
