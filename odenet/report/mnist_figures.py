@@ -41,7 +41,13 @@ from odenet.report.runs import (
     solver_label,
     varying,
 )
-from odenet.report.seed_groups import OPTIM_KEYS, RECIPE_KEYS, Group, group_of, groups
+from odenet.report.seed_groups import (
+    RECIPE_KEYS,
+    Group,
+    group_of,
+    groups,
+    recorded_optim_keys,
+)
 
 # The solvers of the paper's own family (ODEPACK's LSODE, here LSODA): Fig. 3c's claim
 PAPER_FAMILY = ("lsoda",)
@@ -224,7 +230,8 @@ def tradeoff_rows(runs: Sequence[Run]) -> list[dict]:
     training iteration, forward and backward."""
     rows = []
     runs = [run for run in runs if run.metrics.get("val_size") is not None]
-    shown = varying((run.metrics for run in runs), OPTIM_KEYS)
+    shown = varying((run.metrics for run in runs),
+                    recorded_optim_keys(run.metrics for run in runs))
     for run in runs:
         m = run.metrics
         key = "ema_val_error" if m.get("ema_decay") else "val_error"

@@ -23,15 +23,24 @@ SCALE_KEYS = ("experiment", "epochs_planned", "train_size", "test_size", "batch_
 RECIPE_KEYS = ("ema_decay", "solver_carry_step", "kinetic_weight", "jacobian_weight",
                "t1_jitter")
 # the optimizer: runs that differ here are other recipes, never repeats of one seed
-# (null in records from before a field)
 OPTIM_KEYS = ("optimizer", "lr", "schedule", "momentum", "nesterov", "weight_decay")
 # residual_blocks: a ResNet with fewer blocks (Table 1's ablations) is another row
-GROUP_KEYS = ("model", "residual_blocks") + SOLVER_KEYS + SCALE_KEYS + RECIPE_KEYS + OPTIM_KEYS
+GROUP_KEYS = ("model", "residual_blocks") + SOLVER_KEYS + SCALE_KEYS + RECIPE_KEYS
+
+
+def recorded_optim_keys(records: Iterable[dict]) -> tuple[str, ...]:
+    """The optimizer settings that tell ``records`` apart: all of OPTIM_KEYS, or only lr
+    and schedule where a record predates the others (it has no ``optimizer``), so that a
+    plan resumed across that change keeps its seeds in one row."""
+    if all(m.get("optimizer") is not None for m in records):
+        return OPTIM_KEYS
+    return ("lr", "schedule")
 
 
 def _check_keys() -> None:
     """The group keys are the record's settings: a renamed field fails here, at import."""
-    bad = [k for k in GROUP_KEYS[1:] if k not in record.names(record.Metrics, record.SETTING)]
+    bad = [k for k in GROUP_KEYS[1:] + OPTIM_KEYS
+           if k not in record.names(record.Metrics, record.SETTING)]
     if bad:
         raise ImportError(f"odenet.report.seed_groups: not in odenet.run.record.Metrics: {bad}")
 
@@ -96,7 +105,7 @@ def default_blocks(model) -> int | None:
 
 def group_key(m: dict) -> dict:
     """What a group's runs share: model, residual blocks, solver settings and scale."""
-    key = {k: m.get(k) for k in GROUP_KEYS}
+    key = {k: m.get(k) for k in GROUP_KEYS + OPTIM_KEYS}
     key["residual_blocks"] = residual_blocks(m)  # an older record: the model's default
     if key["solver_last_step"] is None and key["solver_step_size"] is None:
         # adaptive steps always clamp or overshoot; null: a record from before the
@@ -226,15 +235,15 @@ def groups(runs: Sequence[Run], task: str | None = record.CLASSIFY, fields: Sequ
     ``stats`` holds ``fields`` (of metrics.json) and ``derived`` (name -> value(run))."""
     members: dict[tuple, list[Run]] = {}
     keys: dict[tuple, dict] = {}
+    runs = [r for r in runs if r.finished and (task is None or r.metrics["task"] == task)]
+    optim = recorded_optim_keys(r.metrics for r in runs)
     for r in runs:
-        if not r.finished or (task is not None and r.metrics["task"] != task):
-            continue
         k = group_key(r.metrics)
-        t = tuple((name, repr(k[name])) for name in GROUP_KEYS)
+        t = tuple((name, repr(k[name])) for name in GROUP_KEYS + optim)
         members.setdefault(t, []).append(r)
         keys[t] = k
     out = []
-    shown = varying(keys.values(), OPTIM_KEYS)
+    shown = varying(keys.values(), optim)
     for t, rs in members.items():
         stats = {name: seed_stat(rs, name, REPORTED.get(name)) for name in fields}
         stats.update({name: seed_stat(rs, name, f) for name, f in (derived or {}).items()})
