@@ -300,6 +300,10 @@ def varying(records: Iterable[dict], names: Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in names if len({repr(r.get(n)) for r in records}) > 1)
 
 
+# how optimizer_label names a setting (the others by their own names)
+OPTIMIZER_NAMES = {"nesterov": "Nesterov", "weight_decay": "wd"}
+
+
 def optimizer_label(m: dict, names: Sequence[str]) -> str:
     """The optimizer settings ``names`` of a record in short, e.g. 'lr 0.05, Nesterov,
     wd 0.0005'; a setting the record lacks (older records) reads '<name> ?'."""
@@ -315,9 +319,6 @@ def optimizer_label(m: dict, names: Sequence[str]) -> str:
         else:
             parts.append(f"{OPTIMIZER_NAMES.get(name, name)} {v:g}")
     return ", ".join(parts)
-
-
-OPTIMIZER_NAMES = {"nesterov": "Nesterov", "weight_decay": "wd"}
 
 
 def recipe_label(key: dict) -> str:
