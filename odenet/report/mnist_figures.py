@@ -37,7 +37,6 @@ from odenet.report.runs import (
     optimizer_label,
     recipe_label,
     residual_blocks,
-    scale_label,
     solver_label,
     varying,
 )
@@ -83,7 +82,7 @@ def fig3d_label(g: Group) -> str:
     custom, quick) reads apart."""
     seeds = "" if all(s is None for s in g.seeds) else \
         f", seed{'s' if g.n_seeds > 1 else ''} {g.seeds_text}"
-    return f"{g.title} {solver_label(g.key)}, {scale_label(g.key)}{seeds}"
+    return f"{g.title} {solver_label(g.key)}, {g.scale}{seeds}"
 
 
 def _dir(run: Run) -> str:

@@ -278,8 +278,9 @@ def fmt_tol(x) -> str:
     return f"{mant}e{int(exp)}"
 
 
-def scale_label(key: dict) -> str:
-    """A group key's scale (SCALE_KEYS) in short: 'quick, 1 ep, n=256, test n=100'."""
+def scale_label(key: dict, optimizer_settings: Sequence[str] = ()) -> str:
+    """A group key's scale (SCALE_KEYS), levers and ``optimizer_settings`` in short:
+    'quick, 1 ep, n=256, test n=100, EMA 0.999, lr 0.05'."""
     parts = [str(key["experiment"])] if key.get("experiment") is not None else []
     if key.get("epochs_planned") is not None:
         parts.append(f"{key['epochs_planned']} ep")
@@ -289,8 +290,8 @@ def scale_label(key: dict) -> str:
         parts.append(f"test n={key['test_size']}")
     if recipe_label(key):  # the training levers
         parts.append(recipe_label(key))
-    if key.get("optimizer_label"):  # seed_groups.groups: what tells it from the others
-        parts.append(key["optimizer_label"])
+    if optimizer_settings:
+        parts.append(optimizer_label(key, optimizer_settings))
     return ", ".join(parts) or "-"
 
 

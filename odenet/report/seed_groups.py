@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from odenet.config.model_registry import MODELS, ModelSpec, PaperRow
-from odenet.report.runs import Run, has_ode_block, num, optimizer_label, residual_blocks, varying
+from odenet.report.runs import Run, has_ode_block, num, residual_blocks, scale_label, varying
 from odenet.run import record
 
 SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_gradient",
@@ -145,6 +145,14 @@ class Group:
     key: dict
     runs: list[Run]
     stats: dict[str, Stat] = field(default_factory=dict)
+    # the optimizer settings (OPTIM_KEYS) the groups listed with it differ in: its label
+    # names them, and only them
+    optimizer_settings: tuple[str, ...] = ()
+
+    @property
+    def scale(self) -> str:
+        """Its scale, levers and telling optimizer settings in short (runs.scale_label)."""
+        return scale_label(self.key, self.optimizer_settings)
 
     @property
     def model(self) -> str:
@@ -247,9 +255,7 @@ def groups(runs: Sequence[Run], task: str | None = record.CLASSIFY, fields: Sequ
     for t, rs in members.items():
         stats = {name: seed_stat(rs, name, REPORTED.get(name)) for name in fields}
         stats.update({name: seed_stat(rs, name, f) for name, f in (derived or {}).items()})
-        # the labels name the optimizer settings only where the groups listed differ in them
-        keys[t]["optimizer_label"] = optimizer_label(keys[t], shown)
-        out.append(Group(key=keys[t], runs=rs, stats=stats))
+        out.append(Group(key=keys[t], runs=rs, stats=stats, optimizer_settings=shown))
     return sorted(out, key=lambda g: _sort_key(g.key))
 
 

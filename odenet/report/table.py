@@ -36,10 +36,17 @@ from odenet.report.runs import (
     own_gradient_result,
     print_invalid,
     residual_blocks,
-    scale_label,
     solver_label,
 )
-from odenet.report.seed_groups import SCALE_KEYS, SOLVER_KEYS, Group, Stat, groups
+from odenet.report.seed_groups import (
+    OPTIM_KEYS,
+    RECIPE_KEYS,
+    SCALE_KEYS,
+    SOLVER_KEYS,
+    Group,
+    Stat,
+    groups,
+)
 from odenet.run import record
 from odenet.run.files import os_reason, write_atomic
 
@@ -225,7 +232,7 @@ def _mnist_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
         lines.append([
             row.title,
             solver_label(row.key) if nfe else "-",
-            scale_label(row.key),
+            row.scale,
             row.seeds_text,
             str(st["test_error"].n),
             _pm(st["test_error"], 100.0, 2),
@@ -262,7 +269,7 @@ def _density_md(w, rows: Sequence[Row], sources: Sequence[str]) -> None:
         lines.append([
             row.title,
             solver_label(row.key) if nfe else "-",
-            scale_label(row.key),
+            row.scale,
             row.seeds_text,
             _pm(st["test_nll"], digits=4),
             _pm(st["train_nll"], digits=4),
@@ -331,7 +338,7 @@ def csv_header(task: str = record.CLASSIFY) -> list[str]:
     cols += ["run_dirs"]
     if task == record.CLASSIFY:  # after run_dirs: the earlier columns keep their places
         cols += ["residual_blocks", "test_error_min", "test_error_max", "paper_in_seed_range"]
-    return cols
+    return cols + list(RECIPE_KEYS + OPTIM_KEYS)  # the rest of a row's key, last likewise
 
 
 def _mean_std(st: Stat) -> list[str]:
@@ -364,6 +371,7 @@ def render_csv(rows: Sequence[Row], task: str = record.CLASSIFY) -> str:
                      "" if st.min is None else repr(st.min),
                      "" if st.max is None else repr(st.max),
                      "" if inside is None else str(inside).lower()]
+        line += ["" if row.key[k] is None else row.key[k] for k in RECIPE_KEYS + OPTIM_KEYS]
         wr.writerow(line)
     return out.getvalue()
 

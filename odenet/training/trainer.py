@@ -347,6 +347,7 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
     """The record of a run that has not trained yet: its settings and environment."""
     model_spec, s = spec(cfg.model.name), cfg.solver
     ode, fixed = model_spec.ode_block, cfg.solver.method in FIXED_METHODS
+    sgd = cfg.optim.name == "sgd"
     return record.Metrics(
         model=cfg.model.name, experiment=cfg.experiment_name, seed=cfg.seed,
         task=model_spec.task,
@@ -372,8 +373,8 @@ def _new_metrics(cfg: Any, task: Task, model: nn.Module, loaders: Any,
         max_iters_per_epoch=cfg.train.max_iters_per_epoch,
         lr=optim.peak_lr(cfg, running_batch(cfg, loaders)), ema_decay=cfg.optim.ema_decay,
         schedule=cfg.optim.schedule, optimizer=cfg.optim.name,
-        momentum=cfg.optim.momentum if cfg.optim.name == "sgd" else None,
-        nesterov=cfg.optim.nesterov if cfg.optim.name == "sgd" else None,
+        # SGD's; Adam has neither (optim.build)
+        momentum=cfg.optim.momentum if sgd else None, nesterov=cfg.optim.nesterov if sgd else None,
         weight_decay=cfg.optim.weight_decay, device=str(device), precision=cfg.precision,
         float32_math=float32_math(), threads=torch.get_num_threads(),
         torch_version=str(torch.__version__), git_commit=git_commit(), host=platform.node())

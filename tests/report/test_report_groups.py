@@ -158,11 +158,16 @@ def test_runs_of_other_optimizer_settings_are_other_rows_named_by_what_differs(m
         make_run(f"mlp_plain_seed{seed}", model="mlp", seed=seed, test_error=0.010,
                  optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.0)
     gs = groups(load_runs([tmp_path / "outputs"])[0], fields=("test_error",))
-    assert sorted((g.key["optimizer_label"], g.seeds, g.stat("test_error").mean) for g in gs) \
-        == [("Nesterov, wd 0.0005", [0, 1], 0.013), ("no Nesterov, wd 0", [0, 1], 0.010)]
-    table = write_table(load_runs([tmp_path / "outputs"])[0], tmp_path / "rep")["md"].read_text()
+    assert sorted((g.scale, g.seeds, g.stat("test_error").mean) for g in gs) == [
+        ("quick, 2 ep, n=60000, Nesterov, wd 0.0005", [0, 1], 0.013),
+        ("quick, 2 ep, n=60000, no Nesterov, wd 0", [0, 1], 0.010)]
+    files = write_table(load_runs([tmp_path / "outputs"])[0], tmp_path / "rep")
+    table = files["md"].read_text()
     assert "quick, 2 ep, n=60000, Nesterov, wd 0.0005 |" in table
     assert "quick, 2 ep, n=60000, no Nesterov, wd 0 |" in table
+    with open(files["csv"]) as f:  # the CSV's rows carry the settings that split them
+        assert sorted((r["nesterov"], r["weight_decay"]) for r in csv.DictReader(f)) == [
+            ("False", "0.0"), ("True", "0.0005")]
 
 
 def test_runs_of_one_optimizer_recipe_keep_their_labels(make_run, tmp_path):
@@ -170,7 +175,7 @@ def test_runs_of_one_optimizer_recipe_keep_their_labels(make_run, tmp_path):
         make_run(f"mlp_seed{seed}", model="mlp", seed=seed, optimizer="sgd", momentum=0.9,
                  nesterov=True, weight_decay=5e-4)
     gs = groups(load_runs([tmp_path / "outputs"])[0])
-    assert len(gs) == 1 and gs[0].key["optimizer_label"] == "" and gs[0].seeds == [0, 1]
+    assert len(gs) == 1 and gs[0].scale == "quick, 2 ep, n=60000" and gs[0].seeds == [0, 1]
 
 
 def test_a_record_from_before_the_optimizer_fields_joins_its_seeds_row(make_run, tmp_path):
@@ -182,5 +187,5 @@ def test_a_record_from_before_the_optimizer_fields_joins_its_seeds_row(make_run,
     make_run("mlp_seed2", model="mlp", seed=2)  # written before the fields
     make_run("mlp_lr", model="mlp", seed=0, lr=0.05)
     gs = groups(load_runs([tmp_path / "outputs"])[0])
-    assert sorted((g.key["optimizer_label"], g.seeds) for g in gs) == [
-        ("lr 0.05", [0]), ("lr 0.1", [0, 1, 2])]
+    assert sorted((g.scale, g.seeds) for g in gs) == [
+        ("quick, 2 ep, n=60000, lr 0.05", [0]), ("quick, 2 ep, n=60000, lr 0.1", [0, 1, 2])]

@@ -131,7 +131,7 @@ def test_paper_rows_titles_and_order_come_from_the_registry(tmp_path, four_model
 def test_table_keys_are_record_fields():
     settings = record.names(record.Metrics, record.SETTING)
     measures = record.names(record.Metrics, record.MEASURE)
-    assert set(T.SOLVER_KEYS + T.SCALE_KEYS) <= set(settings)
+    assert set(T.SOLVER_KEYS + T.SCALE_KEYS + T.RECIPE_KEYS + T.OPTIM_KEYS) <= set(settings)
     assert set(T.AVERAGED) <= set(measures)
 
 
