@@ -38,14 +38,13 @@ from odenet.report.runs import (
     recipe_label,
     residual_blocks,
     solver_label,
-    varying,
 )
 from odenet.report.seed_groups import (
     RECIPE_KEYS,
     Group,
     group_of,
     groups,
-    recorded_optim_keys,
+    optimizer_settings_apart,
 )
 
 # The solvers of the paper's own family (ODEPACK's LSODE, here LSODA): Fig. 3c's claim
@@ -229,8 +228,7 @@ def tradeoff_rows(runs: Sequence[Run]) -> list[dict]:
     training iteration, forward and backward."""
     rows = []
     runs = [run for run in runs if run.metrics.get("val_size") is not None]
-    shown = varying((run.metrics for run in runs),
-                    recorded_optim_keys(run.metrics for run in runs))
+    apart = optimizer_settings_apart(run.metrics for run in runs)
     for run in runs:
         m = run.metrics
         key = "ema_val_error" if m.get("ema_decay") else "val_error"
@@ -240,7 +238,7 @@ def tradeoff_rows(runs: Sequence[Run]) -> list[dict]:
             if num(e.get(key)) is None or num(e.get("epoch")) is None:
                 continue
             f, b = num(e.get("nfe_forward_mean")), num(e.get("nfe_backward_mean"))
-            rows.append({"run_dir": _dir(run), "recipe": recipe_of(run, shown),
+            rows.append({"run_dir": _dir(run), "recipe": recipe_of(run, apart),
                          "seed": m.get("seed"), "epoch": num(e["epoch"]) + 1,
                          "core_seconds": core_seconds, "val_error": num(e[key]),
                          "nfe_forward": f, "nfe_backward": b,

@@ -295,12 +295,6 @@ def scale_label(key: dict, optimizer_settings: Sequence[str] = ()) -> str:
     return ", ".join(parts) or "-"
 
 
-def varying(records: Iterable[dict], names: Sequence[str]) -> tuple[str, ...]:
-    """The ``names`` whose values differ among ``records`` (metrics or group keys)."""
-    records = list(records)
-    return tuple(n for n in names if len({repr(r.get(n)) for r in records}) > 1)
-
-
 # how optimizer_label names a setting (the others by their own names)
 OPTIMIZER_NAMES = {"nesterov": "Nesterov", "weight_decay": "wd"}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from odenet.config.model_registry import MODELS, ModelSpec, PaperRow
-from odenet.report.runs import Run, has_ode_block, num, residual_blocks, scale_label, varying
+from odenet.report.runs import Run, has_ode_block, num, residual_blocks, scale_label
 from odenet.run import record
 
 SOLVER_KEYS = ("solver_method", "solver_rtol", "solver_atol", "solver_gradient",
@@ -28,13 +28,15 @@ OPTIM_KEYS = ("optimizer", "lr", "schedule", "momentum", "nesterov", "weight_dec
 GROUP_KEYS = ("model", "residual_blocks") + SOLVER_KEYS + SCALE_KEYS + RECIPE_KEYS
 
 
-def recorded_optim_keys(records: Iterable[dict]) -> tuple[str, ...]:
-    """The optimizer settings that tell ``records`` apart: all of OPTIM_KEYS, or only lr
-    and schedule where a record predates the others (it has no ``optimizer``), so that a
-    plan resumed across that change keeps its seeds in one row."""
-    if all(m.get("optimizer") is not None for m in records):
-        return OPTIM_KEYS
-    return ("lr", "schedule")
+def optimizer_settings_apart(records: Iterable[dict]) -> tuple[str, ...]:
+    """The optimizer settings (OPTIM_KEYS) in which the metrics ``records`` differ: rows
+    and lines split by them, and their labels name them. Where a record predates the
+    optimizer fields (it has no ``optimizer``), only lr and schedule count, so that a plan
+    resumed across that change keeps its seeds in one row."""
+    records = list(records)
+    names = OPTIM_KEYS if all(m.get("optimizer") is not None for m in records) \
+        else ("lr", "schedule")
+    return tuple(n for n in names if len({repr(m.get(n)) for m in records}) > 1)
 
 
 def _check_keys() -> None:
@@ -244,18 +246,17 @@ def groups(runs: Sequence[Run], task: str | None = record.CLASSIFY, fields: Sequ
     members: dict[tuple, list[Run]] = {}
     keys: dict[tuple, dict] = {}
     runs = [r for r in runs if r.finished and (task is None or r.metrics["task"] == task)]
-    optim = recorded_optim_keys(r.metrics for r in runs)
+    apart = optimizer_settings_apart(r.metrics for r in runs)
     for r in runs:
         k = group_key(r.metrics)
-        t = tuple((name, repr(k[name])) for name in GROUP_KEYS + optim)
+        t = tuple((name, repr(k[name])) for name in GROUP_KEYS + apart)
         members.setdefault(t, []).append(r)
         keys[t] = k
     out = []
-    shown = varying(keys.values(), optim)
     for t, rs in members.items():
         stats = {name: seed_stat(rs, name, REPORTED.get(name)) for name in fields}
         stats.update({name: seed_stat(rs, name, f) for name, f in (derived or {}).items()})
-        out.append(Group(key=keys[t], runs=rs, stats=stats, optimizer_settings=shown))
+        out.append(Group(key=keys[t], runs=rs, stats=stats, optimizer_settings=apart))
     return sorted(out, key=lambda g: _sort_key(g.key))
 
 
